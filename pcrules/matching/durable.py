@@ -1,0 +1,204 @@
+"""The rule spec compiled into a durable_rules ruleset, and one event matched through it.
+
+durable_rules keeps no visitor state here (see notes/durable-rules.md): all
+matching runs on one fixed sid, each event is asserted as a *fact* (a fact
+fires every rule it matches, an event only the lowest ``pri``) and retracted
+at once, so nothing piles up, no sid is ever allocated per visitor and
+``delete_state`` is never needed. We drive the C engine directly: the Python
+``Host`` adds JSON round trips and starts timer threads we do not use.
+
+Each spec rule is compiled up to three times: ``f`` (as written), ``s``
+(without its score conditions) and ``r`` (without score and time-on-page
+conditions). Which variants fire tells the policy core whether a rule matches,
+would match but for the score, or could match later on this page.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import uuid
+from typing import Any, Iterable, Mapping
+
+import durable_rules_engine as engine
+
+from ..clock import local_clock, weekday_name
+from ..errors import PcrulesError
+from ..spec import BOOL, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec, rule_tz
+from .result import NO_MATCHES, Matches
+
+__all__ = ["DurableMatcher", "compile_ruleset", "fact_fields"]
+
+KIND = "kind"  # discriminator every rule tests, so the sid's own state fact never matches
+SID = "pcrules"
+_SCORE = frozenset({"score"})
+_TIME_AND_SCORE = frozenset(TIME_FIELDS) | _SCORE
+_PER_ZONE = frozenset({"hour", "weekday"})
+
+
+def _zone_field(name: str, zone_index: int) -> str:
+    return f"{name}__z{zone_index}"
+
+
+def _leaf(cond: Condition, field: str) -> dict:
+    op, value = cond.op, cond.value
+    if op == "eq":
+        return {field: value}
+    if op == "ne":
+        return {"$neq": {field: value}}
+    if op in ("gt", "gte", "lt", "lte"):
+        return {f"${op}": {field: value}}
+    if op == "in":
+        return {"$or": [{field: v} for v in value]}
+    if op == "not_in":
+        return {"$and": [{"$neq": {field: v}} for v in value]}
+    if op == "matches":
+        from .regex import to_durable
+
+        return {"$mt": {field: to_durable(value)}}
+    if op == "exists":
+        return {"$ex" if value else "$nex": {field: 1}}
+    raise AssertionError(op)
+
+
+def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...] | None:
+    """The conjunction without conditions on `fields`; None when it became always-true inside an any_of."""
+    out: list[Node] = []
+    for node in nodes:
+        if isinstance(node, Condition):
+            if node.field not in fields:
+                out.append(node)
+            continue
+        branches = [_drop(b, fields) for b in node.branches]
+        if any(b == () for b in branches):
+            continue  # a branch with nothing left is always true, and so is the any_of
+        out.append(AnyOf(tuple(b for b in branches if b is not None)))
+    return tuple(out)
+
+
+def _uses(rule: Rule, fields: frozenset[str]) -> bool:
+    return any(c.field in fields for c in rule.conditions())
+
+
+def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
+    """The spec as durable_rules JSON: {rule key: {"all": [...], "pri": n}}."""
+    zones = {tz: i for i, tz in enumerate(spec.time_zones)}
+    ruleset: dict[str, Any] = {}
+    pri = itertools.count(1)
+    for index, rule in enumerate(spec.rules):
+        zone = zones[rule_tz(spec, rule)]
+
+        def tree(nodes: tuple[Node, ...]) -> list[dict]:
+            out = []
+            for node in nodes:
+                if isinstance(node, Condition):
+                    field = _zone_field(node.field, zone) if node.field in _PER_ZONE else node.field
+                    out.append(_leaf(node, field))
+                else:
+                    out.append({"$or": [{"$and": [{KIND: "pv"}, *tree(b)]} for b in node.branches]})
+            return out
+
+        variants = [("f", rule.when)]
+        if _uses(rule, _SCORE):
+            variants.append(("s", _drop(rule.when, _SCORE)))
+        if _uses(rule, frozenset(TIME_FIELDS)):
+            variants.append(("r", _drop(rule.when, _TIME_AND_SCORE)))
+        for tag, nodes in variants:
+            ruleset[f"{tag}{index}"] = {"all": [{"m": {"$and": [{KIND: "pv"}, *tree(nodes)]}}], "pri": next(pri)}
+    return ruleset
+
+
+_TYPE_CHECK = {
+    NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    STRING: lambda v: isinstance(v, str),
+    BOOL: lambda v: isinstance(v, bool),
+}
+
+
+def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
+    """The typed view of an event that rules see.
+
+    A field whose value is not of the type the spec compares it with is left
+    out, so every comparison on it is false (as for a missing field) instead
+    of durable_rules' JavaScript-like coercion ("301" >= 300).
+    """
+    view: dict[str, Any] = {}
+    for name, kind in spec.field_types.items():
+        if name in ("score", "minutes_on_page", "hour", "weekday"):
+            continue
+        value = fields.get(name)
+        if value is not None and _TYPE_CHECK[kind](value):
+            view[name] = value
+    if score is not None:
+        view["score"] = score
+    seconds = fields["seconds_on_page"]
+    view["minutes_on_page"] = seconds / 60.0
+    for i, tz in enumerate(spec.time_zones):
+        day, minute = local_clock(fields["ts"], tz)
+        view[_zone_field("hour", i)] = minute // 60
+        view[_zone_field("weekday", i)] = weekday_name(day)
+    return view
+
+
+class DurableMatcher:
+    """One compiled ruleset in the durable_rules engine. Thread-safe; close() frees it."""
+
+    def __init__(self, spec: RuleSpec):
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        definition = json.dumps(compile_ruleset(spec), ensure_ascii=False)
+        # A ruleset name can never be registered twice in one process, so every compile gets a fresh one.
+        self.name = f"pcrules-{spec.name}-{spec.version}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._handle: int | None = engine.create_ruleset(self.name, definition)
+        except Exception as exc:  # the engine reports bad definitions as bare errors
+            raise PcrulesError(f"durable_rules refused the compiled ruleset {spec.name!r}: {exc}") from exc
+        self._rules = {f"{tag}{i}": (tag, rule) for i, rule in enumerate(spec.rules) for tag in "fsr"}
+
+    def fired(self, view: Mapping[str, Any]) -> list[str]:
+        """Keys of every compiled rule variant that `view` satisfies."""
+        fact = dict(view)
+        fact[KIND] = "pv"
+        fact["sid"] = SID
+        with self._lock:
+            if self._handle is None:
+                raise PcrulesError("matcher is closed (its ruleset was replaced)")
+            fact["id"] = next(self._ids)
+            payload = json.dumps(fact, ensure_ascii=False)
+            result = engine.assert_fact(self._handle, payload)
+            keys: list[str] = []
+            try:
+                if result[0] == 0:
+                    state = result[1]
+                    action = engine.start_action_for_state(self._handle, state)
+                    while action:
+                        message = action[1] if isinstance(action, tuple) else action
+                        keys.extend(json.loads(message))
+                        action = engine.complete_and_start_action(self._handle, state)
+            finally:
+                engine.retract_fact(self._handle, payload)
+        return keys
+
+    def match(self, fields: Mapping[str, Any], score: float | None) -> Matches:
+        keys = self.fired(fact_fields(self.spec, fields, score))
+        if not keys:
+            return NO_MATCHES
+        full, unscored, later = [], [], []
+        for key in sorted(keys, key=lambda k: int(k[1:])):
+            tag, rule = self._rules[key]
+            (full if tag == "f" else unscored if tag == "s" else later).append(rule)
+        # A rule is "unscored" only when it does not match as written, and waits
+        # for "later" only when its non-time conditions hold but it matched neither way.
+        done = {r.name for r in full}
+        unscored = [r for r in unscored if r.name not in done]
+        done.update(r.name for r in unscored)
+        later = [r for r in later if r.name not in done]
+        return Matches(tuple(full), tuple(unscored), tuple(later))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                engine.delete_ruleset(self._handle)
+                self._handle = None

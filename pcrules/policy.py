@@ -1,0 +1,258 @@
+"""The pure core: (spec, session state, event, matched rules) -> (decision, new state).
+
+No I/O, no clock, no randomness: the runtime wraps it with state and a log,
+and the backtest applies the very same functions to its candidate rows, so
+the two cannot drift apart.
+
+Order of judgement, for an event that some rule matches now or could match
+later on this page:
+
+1. the session and the visitor: ``in_chat``, ``offer_pending``, ``max_offers``, ``cooldown``;
+2. a rule that matches now, strongest first, whose queue is open and not busy
+   (else ``closed`` / ``queue_busy`` of the strongest);
+3. the holdout group: ``none/holdout`` where the others get the offer;
+4. no rule matches now but one could as time on page grows: ``wait``;
+5. otherwise a rule failed only on its score: ``score_below``.
+
+An event that no rule could ever match on this page is ``none/no_rule``,
+whatever the session's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+from .clock import is_open
+from .decision import Action, Decision, OfferStatus, Reason
+from .events import Event
+from .matching.result import Matches
+from .spec import TIME_FIELDS, Queue, Rule, RuleSpec
+
+__all__ = [
+    "PendingOffer",
+    "SessionState",
+    "VisitorState",
+    "QueueStatus",
+    "Step",
+    "decide",
+    "answer",
+    "in_holdout",
+    "render_metadata",
+    "next_crossing",
+]
+
+HOLDOUT_SALT = b"pcrules-holdout-v1"
+MAX_METADATA_VALUE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOffer:
+    offer_id: str | None  # None for the would-be offer of a holdout visitor
+    rule: str
+    queue: str
+    offered_at: float
+    expires_at: float
+
+    @property
+    def holdout(self) -> bool:
+        return self.offer_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    offers_made: int = 0
+    pending: PendingOffer | None = None
+    in_chat: bool = False
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorState:
+    cooldown_until: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    agents_available: int | None = None
+    estimated_wait_s: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    decision: Decision
+    session: SessionState
+    visitor: VisitorState
+    expired: PendingOffer | None = None  # a pending offer whose time ran out before this event
+
+
+def in_holdout(visitor_id: str, share: float) -> bool:
+    """Stable in every process and version: a keyed hash, never Python's hash()."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(visitor_id.encode(), digest_size=8, key=HOLDOUT_SALT).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
+    """The offer's metadata: text templates filled from the event, safe to show as HTML."""
+    seconds = fields.get("seconds_on_page", 0.0)
+    values = {**fields, "minutes": int(seconds // 60), "seconds": int(seconds), "queue": rule.queue, "rule": rule.name}
+    out = {}
+    for key, template in rule.metadata:
+        text = template.format_map(_Blank(values))
+        out[key] = html.escape(text[:MAX_METADATA_VALUE], quote=True)
+    return out
+
+
+class _Blank(dict):
+    """Template values; a field the event lacks renders as empty text."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        super().__init__({k: _show(v) for k, v in values.items()})
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@lru_cache(maxsize=1024)
+def _crossings(rule: Rule) -> tuple[float, ...]:
+    """Seconds on page at which a time condition of `rule` turns from false to true."""
+    points = []
+    for cond in rule.conditions():
+        scale = TIME_FIELDS.get(cond.field)
+        if scale is None:
+            continue
+        if cond.op in ("gte", "eq"):
+            points.append(cond.value * scale)
+        elif cond.op == "gt":
+            points.append(cond.value * scale + 1e-3)
+        elif cond.op == "in":
+            points.extend(v * scale for v in cond.value)
+    return tuple(sorted(points))
+
+
+def next_crossing(rule: Rule, seconds_on_page: float) -> float | None:
+    """Seconds from now until `rule`'s time conditions could next change its outcome."""
+    for point in _crossings(rule):
+        if point > seconds_on_page:
+            return point - seconds_on_page
+    return None
+
+
+def _queue_block(queue: Queue, status: QueueStatus | None, ts: float) -> Reason | None:
+    if not is_open(queue.hours, ts):
+        return Reason.CLOSED
+    if status is None:
+        return None
+    if status.agents_available is not None and status.agents_available <= 0:
+        return Reason.QUEUE_BUSY
+    if queue.max_wait_s is not None and status.estimated_wait_s is not None and status.estimated_wait_s > queue.max_wait_s:
+        return Reason.QUEUE_BUSY
+    return None
+
+
+def _session_block(spec: RuleSpec, session: SessionState, visitor: VisitorState, ts: float) -> Reason | None:
+    if session.in_chat:
+        return Reason.IN_CHAT
+    if session.pending is not None:
+        return Reason.OFFER_PENDING
+    if session.offers_made >= spec.policy.max_offers_per_session:
+        return Reason.MAX_OFFERS
+    if ts < visitor.cooldown_until:
+        return Reason.COOLDOWN
+    return None
+
+
+def decide(
+    spec: RuleSpec,
+    event: Event,
+    session: SessionState,
+    visitor: VisitorState,
+    matches: Matches,
+    queues: Mapping[str, QueueStatus],
+    score: float | None,
+    new_offer_id: Callable[[], str],
+) -> Step:
+    ts = event.ts
+    expired = None
+    if session.pending is not None and session.pending.expires_at <= ts:
+        expired = session.pending
+        session = replace(session, pending=None)
+    session = replace(session, last_seen=max(session.last_seen, ts))
+
+    def result(action: Action, reason: Reason | None, **extra: Any) -> Step:
+        decision = Decision(action, reason, event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page,
+                            spec.name, spec.version, score=score, **extra)
+        return Step(decision, session, visitor, expired)
+
+    if not matches:
+        return result(Action.NONE, Reason.NO_RULE)
+    strongest = (matches.full or matches.later or matches.unscored)[0]
+    blocked = _session_block(spec, session, visitor, ts)
+    if blocked is not None:
+        return result(Action.NONE, blocked, rule=strongest.name, queue=strongest.queue)
+
+    if matches.full:
+        first_block: tuple[Rule, Reason] | None = None
+        for rule in matches.full:
+            reason = _queue_block(spec.queues[rule.queue], queues.get(rule.queue), ts)
+            if reason is None:
+                return _offer(spec, event, session, visitor, rule, score, new_offer_id, expired)
+            first_block = first_block or (rule, reason)
+        assert first_block is not None
+        rule, reason = first_block
+        return result(Action.NONE, reason, rule=rule.name, queue=rule.queue)
+
+    waits = [(d, r) for r in matches.later if (d := next_crossing(r, event.seconds_on_page)) is not None]
+    if waits:
+        delay, rule = min(waits, key=lambda pair: pair[0])
+        return result(Action.WAIT, None, rule=rule.name, queue=rule.queue, recheck_after=round(delay, 3))
+    if matches.unscored and score is not None:
+        rule = matches.unscored[0]
+        return result(Action.NONE, Reason.SCORE_BELOW, rule=rule.name, queue=rule.queue)
+    return result(Action.NONE, Reason.NO_RULE)
+
+
+def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: VisitorState, rule: Rule,
+           score: float | None, new_offer_id: Callable[[], str], expired: PendingOffer | None) -> Step:
+    ts = event.ts
+    expires_at = ts + spec.policy.offer_timeout_s
+    holdout = in_holdout(event.visitor_id, spec.policy.holdout)
+    offer_id = None if holdout else new_offer_id()
+    metadata = render_metadata(rule, event.fields)
+    # A holdout visitor's would-be offer occupies the session exactly as a real
+    # one would (never answered), so control and treatment see the same policy.
+    session = replace(session, offers_made=session.offers_made + 1,
+                      pending=PendingOffer(offer_id, rule.name, rule.queue, ts, expires_at))
+    decision = Decision(
+        Action.NONE if holdout else Action.OFFER, Reason.HOLDOUT if holdout else None,
+        event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page, spec.name, spec.version,
+        rule=rule.name, queue=rule.queue, score=score, offer_id=offer_id, metadata=metadata,
+        default_ui=rule.default_ui, expires_at=expires_at,
+    )
+    return Step(decision, session, visitor, expired)
+
+
+def answer(spec: RuleSpec, session: SessionState, visitor: VisitorState, status: OfferStatus,
+           ts: float) -> tuple[SessionState, VisitorState]:
+    """State after the visitor's answer to the session's pending offer (or its expiry)."""
+    session = replace(session, pending=None)
+    if status == OfferStatus.ACCEPTED:
+        session = replace(session, in_chat=True)
+    elif status == OfferStatus.DECLINED:
+        visitor = replace(visitor, cooldown_until=max(visitor.cooldown_until, ts + spec.policy.decline_cooldown_s))
+    return session, visitor

@@ -1,0 +1,243 @@
+"""The runtime: a thin stateful shell around the pure policy core.
+
+It validates the event, scores it, matches it through durable_rules, lets
+:func:`pcrules.policy.decide` judge, writes the decision to the log, and only
+then saves the new state and returns. All clocks are event time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .decision import Decision, OfferStatus, Outcome
+from .decision_log import DecisionLog
+from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, UnknownQueue
+from .events import Event, check_id, parse_ts, validate_event
+from .matching.durable import DurableMatcher
+from .policy import QueueStatus, SessionState, VisitorState, answer, decide
+from .scoring.protocol import Scorer
+from .spec import RuleSpec, load_spec
+from .stores import MemoryStore, OfferRecord, StateStore
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("pcrules.runtime")
+_NEW_SESSION = SessionState()
+_NEW_VISITOR = VisitorState()
+
+
+def _new_offer_id() -> str:
+    return secrets.token_urlsafe(16)  # 128 random bits
+
+
+class Runtime:
+    def __init__(
+        self,
+        spec: RuleSpec | str | Path | Mapping[str, Any],
+        *,
+        scorer: Scorer | None = None,
+        log: DecisionLog | None = None,
+        store: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
+        new_offer_id: Callable[[], str] = _new_offer_id,
+    ):
+        spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
+        self._scorer = scorer
+        self._log = log
+        self._store: StateStore = store if store is not None else MemoryStore()
+        self._clock = clock
+        self._new_offer_id = new_offer_id
+        self._lock = threading.RLock()
+        self._high_water = -math.inf  # latest event time seen: the clock for idle eviction
+        self.scorer_errors = 0
+        self._active = (spec, DurableMatcher(spec))
+        if self._log is not None:
+            self._log.record_ruleset(spec.name, spec.version, dict(spec.source), clock())
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def spec(self) -> RuleSpec:
+        return self._active[0]
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    def reload(self, spec: RuleSpec | str | Path | Mapping[str, Any]) -> RuleSpec:
+        """Switch to a new ruleset; on any error the current one stays active and the error is raised."""
+        new_spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
+        matcher = DurableMatcher(new_spec)
+        with self._lock:
+            old = self._active[1]
+            self._active = (new_spec, matcher)
+            if self._log is not None:
+                self._log.record_ruleset(new_spec.name, new_spec.version, dict(new_spec.source), self._clock())
+        old.close()
+        return new_spec
+
+    def close(self) -> None:
+        self._active[1].close()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ observations
+
+    def observe(self, event: Mapping[str, Any]) -> Decision:
+        ev = validate_event(event, self._clock)
+        for _ in range(3):
+            spec, matcher = self._active
+            score = self._score(spec, ev)
+            try:
+                matches = matcher.match(ev.fields, score)
+            except PcrulesError:
+                if self._active[1] is matcher:
+                    raise
+                continue  # the ruleset was replaced while we matched: use the new one
+            with self._lock:
+                if self._active[0] is not spec:
+                    continue
+                return self._judge(spec, ev, matches, score)
+        raise PcrulesError("the ruleset kept changing while this event was matched; try again")
+
+    def _score(self, spec: RuleSpec, ev: Event) -> float | None:
+        if self._scorer is None or not spec.uses_score:
+            return None
+        try:
+            score = self._scorer.predict_proba_one(ev.fields)
+        except Exception:  # a broken model must not stop the chat server: rules on score just do not match
+            self.scorer_errors += 1
+            log.exception("scorer failed; treating the score as missing")
+            return None
+        if score is None:
+            return None
+        score = float(score)
+        if not 0.0 <= score <= 1.0:  # also rejects NaN
+            self.scorer_errors += 1
+            log.warning("scorer returned %r, not a probability; treating the score as missing", score)
+            return None
+        return score
+
+    def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None) -> Decision:
+        self._housekeeping(spec, ev.ts)
+        store = self._store
+        session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
+        visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
+        step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, self._new_offer_id)
+        decision = step.decision
+        if step.expired is not None and not step.expired.holdout:
+            self._close(store.offer(step.expired.offer_id), OfferStatus.EXPIRED, step.expired.expires_at)
+        if self._log is not None:
+            self._log.record_decision(decision)  # on disk before anything else changes
+        if decision.offer_id is not None:
+            store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id, decision.rule or "",
+                                         decision.queue or "", ev.ts, decision.expires_at or ev.ts,
+                                         spec.name, spec.version))
+        store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
+        return decision
+
+    def _housekeeping(self, spec: RuleSpec, now: float) -> None:
+        """Expire offers whose time ran out, then forget sessions idle for longer than the TTL."""
+        if now > self._high_water:
+            self._high_water = now
+        for record in self._store.due_offers(self._high_water):
+            self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+        for gone in self._store.evict_idle(self._high_water - spec.policy.session_idle_ttl_s):
+            if gone.pending_offer is not None:
+                self._close(gone.pending_offer, OfferStatus.EXPIRED, gone.pending_offer.expires_at)
+
+    # ------------------------------------------------------------------ offer lifecycle
+
+    def accept(self, offer_id: str, ts: float | str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.ACCEPTED, ts)
+
+    def decline(self, offer_id: str, ts: float | str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.DECLINED, ts)
+
+    def expire(self, offer_id: str, ts: float | str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.EXPIRED, ts)
+
+    def _answer(self, offer_id: str, status: OfferStatus, ts: float | str | None) -> Outcome:
+        if not isinstance(offer_id, str) or not offer_id or len(offer_id) > 128:
+            raise OfferNotFound(str(offer_id)[:128])
+        when = self._clock() if ts is None else parse_ts(ts)
+        with self._lock:
+            spec = self._active[0]
+            record = self._store.offer(offer_id)
+            if record is None:
+                raise OfferNotFound(offer_id)
+            if record.status != OfferStatus.OFFERED:
+                raise OfferClosed(offer_id, record.status.value)
+            if status != OfferStatus.EXPIRED and when >= record.expires_at:
+                # By event time the offer had already expired: record that, refuse the late answer.
+                self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+                raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
+            if status == OfferStatus.EXPIRED:
+                when = min(when, record.expires_at)
+            return self._finish(spec, record, status, when)
+
+    def _finish(self, spec: RuleSpec, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
+        outcome = self._close(record, status, ts)
+        session = self._store.session(record.visitor_id, record.session_id)
+        if session is not None and session.pending is not None and session.pending.offer_id == record.offer_id:
+            visitor = self._store.visitor(record.visitor_id) or _NEW_VISITOR
+            session, visitor = answer(spec, session, visitor, status, ts)
+            self._store.save(record.visitor_id, record.session_id, session, visitor)
+        return outcome
+
+    def _close(self, record: OfferRecord | None, status: OfferStatus, ts: float) -> Outcome:
+        assert record is not None
+        outcome = Outcome(record.offer_id, status, ts, record.visitor_id, record.session_id, record.rule,
+                          record.queue, record.offered_at, record.ruleset, record.ruleset_version)
+        if self._log is not None:
+            self._log.record_outcome(outcome)
+        self._store.save_offer(_closed(record, status, ts))
+        return outcome
+
+    # ------------------------------------------------------------------ queues and goals
+
+    def update_queue(self, name: str, agents_available: int | None = None, estimated_wait_s: float | None = None,
+                     ts: float | str | None = None) -> QueueStatus:
+        if name not in self.spec.queues:
+            raise UnknownQueue(name, list(self.spec.queues))
+        if agents_available is not None and (isinstance(agents_available, bool) or not isinstance(agents_available, int)
+                                             or agents_available < 0):
+            raise InvalidEvent("agents_available", f"expected an integer >= 0, got {agents_available!r}")
+        if estimated_wait_s is not None and (isinstance(estimated_wait_s, bool) or not isinstance(estimated_wait_s, (int, float))
+                                             or not math.isfinite(estimated_wait_s) or estimated_wait_s < 0):
+            raise InvalidEvent("estimated_wait_s", f"expected a number >= 0, got {estimated_wait_s!r}")
+        when = self._clock() if ts is None else parse_ts(ts)
+        status = QueueStatus(agents_available, None if estimated_wait_s is None else float(estimated_wait_s), when)
+        with self._lock:
+            self._store.set_queue_status(name, status)
+        return status
+
+    def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float | str | None = None,
+                    value: float | None = None) -> None:
+        """A business outcome (e.g. bill_paid), kept for measuring uplift against the holdout."""
+        check_id("visitor_id", visitor_id)
+        check_id("session_id", session_id)
+        check_id("goal", goal)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise InvalidEvent("value", f"expected a finite number, got {value!r}")
+        when = self._clock() if ts is None else parse_ts(ts)
+        if self._log is not None:
+            with self._lock:
+                self._log.record_goal(visitor_id, session_id, goal, when, None if value is None else float(value))
+
+
+def _closed(record: OfferRecord, status: OfferStatus, ts: float) -> OfferRecord:
+    return replace(record, status=status, answered_at=ts)

@@ -1,0 +1,524 @@
+"""Load and validate a rule spec (YAML, a YAML string or a dict) into a frozen :class:`RuleSpec`.
+
+Strict on purpose: every problem in the file is collected, by its path, before
+anything is refused, so an analyst fixes a spec in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from .errors import SpecError
+
+__all__ = [
+    "Condition",
+    "AnyOf",
+    "Hours",
+    "Queue",
+    "Policy",
+    "Rule",
+    "RuleSpec",
+    "load_spec",
+    "OPERATORS",
+    "TIME_FIELDS",
+    "DERIVED_FIELDS",
+]
+
+OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "matches", "exists")
+ORDERING = frozenset({"gt", "gte", "lt", "lte"})
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+# Fields whose type is fixed by the event contract or by derivation.
+NUMBER, STRING, BOOL = "number", "string", "bool"
+KNOWN_FIELD_TYPES = {
+    "visitor_id": STRING, "session_id": STRING, "page": STRING,
+    "seconds_on_page": NUMBER, "session_seconds": NUMBER, "pages_viewed": NUMBER,
+    "device": STRING, "returning": BOOL,
+    "score": NUMBER, "minutes_on_page": NUMBER, "hour": NUMBER, "weekday": STRING,
+}
+# Fields that grow with the clock while the visitor stays on the page: the
+# source of `wait` decisions and of `recheck_after`.
+TIME_FIELDS = {"seconds_on_page": 1.0, "minutes_on_page": 60.0}
+DERIVED_FIELDS = frozenset({"score", "minutes_on_page", "hour", "weekday"})
+NON_NEGATIVE_FIELDS = frozenset({"seconds_on_page", "minutes_on_page", "session_seconds", "pages_viewed", "score"})
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Metadata templates may only name a field: `{page}`; never `{page.__class__}` or format specs.
+TEMPLATE_EXTRAS = frozenset({"minutes", "seconds", "queue", "rule"})
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """True when every condition of at least one branch holds."""
+
+    branches: tuple[tuple["Node", ...], ...]
+
+
+Node = Condition | AnyOf
+
+
+@dataclass(frozen=True, slots=True)
+class Hours:
+    tz: str
+    days: frozenset[int]  # 0 = Monday, as datetime.weekday()
+    start_min: int  # minutes after local midnight
+    end_min: int  # exclusive; end < start means the window spans midnight
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    name: str
+    max_wait_s: float | None = None
+    capacity_per_hour: float | None = None
+    hours: Hours | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    max_offers_per_session: int = 1
+    decline_cooldown_s: float = 86400.0
+    offer_timeout_s: float = 60.0
+    holdout: float = 0.0
+    session_idle_ttl_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    priority: int
+    when: tuple[Node, ...]
+    queue: str
+    default_ui: bool
+    metadata: tuple[tuple[str, str], ...]
+    order: int  # position in the file: breaks priority ties
+
+    def conditions(self) -> Iterable[Condition]:
+        return _walk(self.when)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    name: str
+    version: str
+    policy: Policy
+    queues: Mapping[str, Queue]
+    rules: tuple[Rule, ...]  # strongest first
+    field_types: Mapping[str, str]
+    source: Mapping[str, Any]
+
+    @property
+    def uses_score(self) -> bool:
+        return "score" in self.field_types
+
+    @property
+    def time_zones(self) -> tuple[str, ...]:
+        return tuple(sorted({rule_tz(self, r) for r in self.rules}))
+
+
+def rule_tz(spec: RuleSpec, rule: Rule) -> str:
+    """`hour` and `weekday` are read in the rule's queue time zone, UTC without one."""
+    hours = spec.queues[rule.queue].hours
+    return hours.tz if hours else "UTC"
+
+
+def _walk(nodes: Iterable[Node]) -> Iterable[Condition]:
+    for node in nodes:
+        if isinstance(node, Condition):
+            yield node
+        else:
+            for branch in node.branches:
+                yield from _walk(branch)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(source: str | Path | Mapping[str, Any]) -> RuleSpec:
+    """Load a spec from a path, a YAML string or a mapping; raise SpecError listing every problem."""
+    origin = None
+    if isinstance(source, Mapping):
+        raw = source
+    else:
+        text, origin = _read(source)
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise SpecError([f"(file): {where}not valid YAML ({getattr(exc, 'problem', exc)})"], origin) from None
+    checker = _Checker()
+    spec = checker.spec(raw)
+    if checker.problems:
+        raise SpecError(checker.problems, origin)
+    assert spec is not None
+    return spec
+
+
+def _read(source: str | Path) -> tuple[str, str | None]:
+    if isinstance(source, Path):
+        return _read_file(source), str(source)
+    looks_like_path = "\n" not in source and (source.endswith((".yaml", ".yml", ".json")) or Path(source).is_file())
+    if looks_like_path:
+        return _read_file(Path(source)), source
+    return source, None
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"(file): cannot read {path}: {exc.strerror or exc}"], str(path)) from None
+
+
+def spec_version(raw: Mapping[str, Any]) -> str:
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _type_of(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return BOOL
+    if _is_number(v):
+        return NUMBER
+    if isinstance(v, str):
+        return STRING
+    return None
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.field_types: dict[str, tuple[str, str]] = {}  # field -> (type, first path that fixed it)
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict | None:
+        if not isinstance(value, Mapping):
+            self.bad(path, f"expected a mapping, got {_show(value)}")
+            return None
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                self.bad(f"{path}.{key}" if path else str(key), f"unknown key (allowed: {', '.join(allowed)})")
+        for key in required:
+            if key not in value:
+                self.bad(f"{path}.{key}" if path else key, "required")
+        return dict(value)
+
+    def number(self, value: Any, path: str, *, minimum: float = 0.0, strict: bool = False,
+               integer: bool = False, below: float | None = None) -> float | None:
+        kind = "an integer" if integer else "a number"
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        if below is not None:
+            bound += f" and < {below:g}"
+        ok = _is_number(value) and (not integer or float(value).is_integer())
+        if ok:
+            ok = (value > minimum if strict else value >= minimum) and (below is None or value < below)
+        if not ok:
+            self.bad(path, f"expected {kind} {bound}, got {_show(value)}")
+            return None
+        return int(value) if integer else float(value)
+
+    # -- top level ------------------------------------------------------------------
+
+    def spec(self, raw: Any) -> RuleSpec | None:
+        top = self.mapping(raw, "", ("name", "version", "description", "policy", "queues", "rules"), ("name", "queues", "rules"))
+        if top is None:
+            return None
+        name = top.get("name")
+        if "name" in top and not (isinstance(name, str) and FIELD_NAME.match(name.replace("-", "_"))):
+            self.bad("name", f"expected a name of letters, digits, '-' or '_' (1..64), got {_show(name)}")
+        version = top.get("version")
+        if version is not None and not (isinstance(version, (str, int)) and str(version)):
+            self.bad("version", f"expected a string, got {_show(version)}")
+        policy = self.policy(top.get("policy", {}))
+        queues = self.queues(top.get("queues"))
+        rules = self.rules(top.get("rules"), queues)
+        if self.problems:
+            return None
+        field_types = {f: t for f, (t, _) in self.field_types.items()}
+        ordered = tuple(sorted(rules, key=lambda r: (-r.priority, r.order)))
+        return RuleSpec(
+            name=name,
+            version=str(version) if version is not None else spec_version(raw),
+            policy=policy, queues=queues, rules=ordered, field_types=field_types, source=raw,
+        )
+
+    def policy(self, raw: Any) -> Policy:
+        p = self.mapping(raw, "policy", Policy.__slots__) or {}
+        defaults = Policy()
+        values = {
+            "max_offers_per_session": self.number(p.get("max_offers_per_session", defaults.max_offers_per_session),
+                                                  "policy.max_offers_per_session", integer=True),
+            "decline_cooldown_s": self.number(p.get("decline_cooldown_s", defaults.decline_cooldown_s), "policy.decline_cooldown_s"),
+            "offer_timeout_s": self.number(p.get("offer_timeout_s", defaults.offer_timeout_s), "policy.offer_timeout_s", strict=True),
+            "holdout": self.number(p.get("holdout", defaults.holdout), "policy.holdout", below=1.0),
+            "session_idle_ttl_s": self.number(p.get("session_idle_ttl_s", defaults.session_idle_ttl_s),
+                                              "policy.session_idle_ttl_s", strict=True),
+        }
+        if any(v is None for v in values.values()):
+            return defaults
+        return Policy(**values)  # type: ignore[arg-type]
+
+    def queues(self, raw: Any) -> dict[str, Queue]:
+        out: dict[str, Queue] = {}
+        if not isinstance(raw, Mapping) or not raw:
+            if raw is not None:
+                self.bad("queues", f"expected a mapping of queue name to settings with at least one queue, got {_show(raw)}")
+            return out
+        for name, body in raw.items():
+            path = f"queues.{name}"
+            if not isinstance(name, str) or not name.strip() or len(name) > 128:
+                self.bad(path, "queue name must be a non-empty string of at most 128 characters")
+                continue
+            q = self.mapping(body if body is not None else {}, path, ("max_wait_s", "capacity_per_hour", "hours"))
+            if q is None:
+                continue
+            max_wait = self.number(q["max_wait_s"], f"{path}.max_wait_s") if "max_wait_s" in q else None
+            capacity = self.number(q["capacity_per_hour"], f"{path}.capacity_per_hour") if "capacity_per_hour" in q else None
+            hours = self.hours(q["hours"], f"{path}.hours") if "hours" in q else None
+            out[name] = Queue(name, max_wait, capacity, hours)
+        return out
+
+    def hours(self, raw: Any, path: str) -> Hours | None:
+        h = self.mapping(raw, path, ("tz", "days", "start", "end"), ("tz", "start", "end"))
+        if h is None:
+            return None
+        tz = h.get("tz")
+        try:
+            if not isinstance(tz, str) or not tz:
+                raise ZoneInfoNotFoundError
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.bad(f"{path}.tz", f"unknown time zone {_show(tz)} (use an IANA name such as Europe/Amsterdam)")
+            tz = None
+        days_raw = h.get("days", list(DAYS))
+        days: set[int] = set()
+        if not isinstance(days_raw, list) or not days_raw:
+            self.bad(f"{path}.days", f"expected a non-empty list of {', '.join(DAYS)}, got {_show(days_raw)}")
+        else:
+            for i, d in enumerate(days_raw):
+                if d in DAYS:
+                    days.add(DAYS.index(d))
+                else:
+                    self.bad(f"{path}.days[{i}]", f"expected one of {', '.join(DAYS)}, got {_show(d)}")
+        start = self.clock(h.get("start"), f"{path}.start")
+        end = self.clock(h.get("end"), f"{path}.end")
+        if start is not None and end is not None and start == end:
+            self.bad(f"{path}.end", "end equals start: the queue would never be open")
+        if tz is None or start is None or end is None or not days:
+            return None
+        return Hours(tz, frozenset(days), start, end)
+
+    def clock(self, value: Any, path: str) -> int | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML 1.1 reads an unquoted 08:00 as the sexagesimal number 480.
+            self.bad(path, f'expected a time "HH:MM" in quotes, got {value} (YAML read an unquoted time as a number)')
+            return None
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", value) if isinstance(value, str) else None
+        if not m or int(m[1]) > 24 or int(m[2]) > 59 or (int(m[1]) == 24 and int(m[2]) != 0):
+            self.bad(path, f'expected a time "HH:MM" between "00:00" and "24:00", got {_show(value)}')
+            return None
+        return int(m[1]) * 60 + int(m[2])
+
+    def rules(self, raw: Any, queues: Mapping[str, Queue]) -> list[Rule]:
+        if not isinstance(raw, list):
+            if raw is not None:
+                self.bad("rules", f"expected a list of rules, got {_show(raw)}")
+            return []
+        out: list[Rule] = []
+        seen: dict[str, int] = {}
+        for i, body in enumerate(raw):
+            path = f"rules[{i}]"
+            r = self.mapping(body, path, ("name", "description", "priority", "when", "offer"), ("name", "when", "offer"))
+            if r is None:
+                continue
+            name = r.get("name")
+            if "name" in r:
+                if not isinstance(name, str) or not name.strip() or len(name) > 128:
+                    self.bad(f"{path}.name", f"expected a non-empty string of at most 128 characters, got {_show(name)}")
+                elif name in seen:
+                    self.bad(f"{path}.name", f"duplicate rule name {name!r} (also rules[{seen[name]}])")
+                else:
+                    seen[name] = i
+            priority = r.get("priority", 0)
+            if not (isinstance(priority, int) and not isinstance(priority, bool)):
+                self.bad(f"{path}.priority", f"expected an integer, got {_show(priority)}")
+                priority = 0
+            when = self.when(r.get("when"), f"{path}.when") if "when" in r else ()
+            offer = self.offer(r.get("offer"), f"{path}.offer", queues) if "offer" in r else None
+            if offer is not None and isinstance(name, str):
+                out.append(Rule(name, priority, when, offer[0], offer[1], offer[2], i))
+        return out
+
+    def when(self, raw: Any, path: str) -> tuple[Node, ...]:
+        if not isinstance(raw, Mapping) or not raw:
+            self.bad(path, f"expected a non-empty mapping of field to condition, got {_show(raw)}")
+            return ()
+        nodes: list[Node] = []
+        for fld, cond in raw.items():
+            here = f"{path}.{fld}"
+            if fld == "any_of":
+                if not isinstance(cond, list) or len(cond) < 1:
+                    self.bad(here, f"expected a non-empty list of conditions, got {_show(cond)}")
+                    continue
+                nodes.append(AnyOf(tuple(self.when(b, f"{here}[{j}]") for j, b in enumerate(cond))))
+                continue
+            if not isinstance(fld, str) or not FIELD_NAME.match(fld):
+                self.bad(here, "field names are letters, digits and '_' (not starting with a digit), at most 64")
+                continue
+            if isinstance(cond, Mapping):
+                if not cond:
+                    self.bad(here, "empty condition")
+                for op, value in cond.items():
+                    leaf = self.condition(fld, op, value, f"{here}.{op}")
+                    if leaf:
+                        nodes.append(leaf)
+            else:
+                leaf = self.condition(fld, "eq", cond, here)
+                if leaf:
+                    nodes.append(leaf)
+        return tuple(nodes)
+
+    def condition(self, fld: str, op: Any, value: Any, path: str) -> Condition | None:
+        if op not in OPERATORS:
+            self.bad(path, f"unknown operator (use one of: {', '.join(OPERATORS)})")
+            return None
+        if op == "exists":
+            if not isinstance(value, bool):
+                self.bad(path, f"expected true or false, got {_show(value)}")
+                return None
+            return Condition(fld, op, value)
+        if op == "matches":
+            return self.regex(fld, value, path)
+        if op in ("in", "not_in"):
+            if not isinstance(value, list) or not value:
+                self.bad(path, f"expected a non-empty list, got {_show(value)}")
+                return None
+            ok = all(self.operand(fld, v, f"{path}[{j}]", op) for j, v in enumerate(value))
+            return Condition(fld, op, tuple(value)) if ok else None
+        if not self.operand(fld, value, path, op):
+            return None
+        return Condition(fld, op, value)
+
+    def operand(self, fld: str, value: Any, path: str, op: str) -> bool:
+        kind = _type_of(value)
+        expected = KNOWN_FIELD_TYPES.get(fld) or self.field_types.get(fld, (None, ""))[0]
+        if op in ORDERING and kind != NUMBER:
+            self.bad(path, f"expected a number{' >= 0' if fld in NON_NEGATIVE_FIELDS else ''}, got {_show(value)}")
+            return False
+        if kind is None:
+            self.bad(path, f"expected a string, number or boolean, got {_show(value)}")
+            return False
+        if expected and kind != expected:
+            bound = " >= 0" if expected == NUMBER and fld in NON_NEGATIVE_FIELDS else ""
+            origin = "" if fld in KNOWN_FIELD_TYPES else f" (as in {self.field_types[fld][1]})"
+            self.bad(path, f"expected a {expected}{bound}{origin}, got {_show(value)}")
+            return False
+        if fld in NON_NEGATIVE_FIELDS and value < 0:
+            self.bad(path, f"expected a number >= 0, got {_show(value)}")
+            return False
+        if fld == "score" and value > 1:
+            self.bad(path, f"a score is a probability: expected a number in [0, 1], got {_show(value)}")
+            return False
+        if fld == "weekday" and value not in DAYS:
+            self.bad(path, f"expected one of {', '.join(DAYS)}, got {_show(value)}")
+            return False
+        self.field_types.setdefault(fld, (kind, path))
+        return True
+
+    def regex(self, fld: str, value: Any, path: str) -> Condition | None:
+        from .matching.regex import UnsupportedPattern, python_regex, to_durable
+
+        if not isinstance(value, str) or not value:
+            self.bad(path, f"expected a regular expression string, got {_show(value)}")
+            return None
+        if not self.operand(fld, value, path, "matches"):
+            return None
+        try:
+            python_regex(value)
+        except re.error as exc:
+            self.bad(path, f"not a valid regular expression: {exc}")
+            return None
+        try:
+            to_durable(value)
+        except UnsupportedPattern as exc:
+            self.bad(path, f"the runtime engine cannot evaluate this pattern exactly like the backtest: {exc}")
+            return None
+        return Condition(fld, "matches", value)
+
+    def offer(self, raw: Any, path: str, queues: Mapping[str, Queue]) -> tuple[str, bool, tuple[tuple[str, str], ...]] | None:
+        o = self.mapping(raw, path, ("queue", "default_ui", "metadata"), ("queue",))
+        if o is None:
+            return None
+        queue = o.get("queue")
+        ok = True
+        if "queue" in o and queue not in queues:
+            self.bad(f"{path}.queue", f"unknown queue {_show(queue)} (defined: {', '.join(map(str, queues)) or 'none'})")
+            ok = False
+        default_ui = o.get("default_ui", True)
+        if not isinstance(default_ui, bool):
+            self.bad(f"{path}.default_ui", f"expected true or false, got {_show(default_ui)}")
+            ok = False
+        metadata = o.get("metadata", {})
+        pairs: list[tuple[str, str]] = []
+        if not isinstance(metadata, Mapping):
+            self.bad(f"{path}.metadata", f"expected a mapping of name to text template, got {_show(metadata)}")
+            ok = False
+        else:
+            for key, template in metadata.items():
+                here = f"{path}.metadata.{key}"
+                if not isinstance(key, str) or not key or len(key) > 100:
+                    self.bad(here, "metadata names are non-empty strings of at most 100 characters")
+                    ok = False
+                elif not isinstance(template, str) or len(template) > 1000:
+                    self.bad(here, f"expected a text template of at most 1000 characters, got {_show(template)}")
+                    ok = False
+                elif (problem := _template_problem(template)) is not None:
+                    self.bad(here, problem)
+                    ok = False
+                else:
+                    pairs.append((key, template))
+        return (queue, default_ui, tuple(pairs)) if ok else None
+
+
+def _template_problem(template: str) -> str | None:
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"bad template ({exc}); write a literal brace as {{{{ or }}}}"
+    for _, fld, spec, conversion in parts:
+        if fld is None:
+            continue
+        if not FIELD_NAME.match(fld) or spec or conversion:
+            return f"placeholder {{{fld}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} must be a plain field name such as {{page}}"
+    return None
