@@ -31,7 +31,7 @@ from .clock import is_open
 from .decision import Action, Decision, OfferStatus, Reason
 from .events import Event
 from .matching.result import Matches
-from .spec import TIME_FIELDS, Queue, Rule, RuleSpec
+from .spec import TIME_FIELDS, AnyOf, Node, Queue, Rule, RuleSpec
 
 __all__ = [
     "PendingOffer",
@@ -44,6 +44,7 @@ __all__ = [
     "in_holdout",
     "render_metadata",
     "next_crossing",
+    "needs_score",
 ]
 
 HOLDOUT_SALT = b"pcrules-holdout-v1"
@@ -106,7 +107,8 @@ def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for key, template in rule.metadata:
         text = template.format_map(_Blank(values))
-        out[key] = html.escape(text[:MAX_METADATA_VALUE], quote=True)
+        # Names and values both land in the CSR's HTML window; names come from the spec, but escape them too.
+        out[html.escape(key, quote=True)] = html.escape(text[:MAX_METADATA_VALUE], quote=True)
     return out
 
 
@@ -145,12 +147,57 @@ def _crossings(rule: Rule) -> tuple[float, ...]:
     return tuple(sorted(points))
 
 
+def _time_holds(nodes: tuple[Node, ...], seconds: float) -> bool:
+    """Whether the time-on-page conditions of `nodes` hold at `seconds` (other conditions count as true)."""
+    for node in nodes:
+        if isinstance(node, AnyOf):
+            if not any(_time_holds(branch, seconds) for branch in node.branches):
+                return False
+            continue
+        scale = TIME_FIELDS.get(node.field)
+        if scale is None or node.op in ("exists", "matches"):
+            continue
+        # Compare seconds with value * scale, the very figure _crossings() produced.
+        value = tuple(v * scale for v in node.value) if node.op in ("in", "not_in") else node.value * scale
+        if not _COMPARE[node.op](seconds, value):
+            return False
+    return True
+
+
+_COMPARE: dict[str, Callable[[float, Any], bool]] = {
+    "eq": lambda s, v: s == v, "ne": lambda s, v: s != v,
+    "gt": lambda s, v: s > v, "gte": lambda s, v: s >= v, "lt": lambda s, v: s < v, "lte": lambda s, v: s <= v,
+    "in": lambda s, v: s in v, "not_in": lambda s, v: s not in v,
+}
+
+
 def next_crossing(rule: Rule, seconds_on_page: float) -> float | None:
-    """Seconds from now until `rule`'s time conditions could next change its outcome."""
+    """Seconds from now until the earliest moment all of `rule`'s time conditions hold; None if never.
+
+    Not simply the next threshold: with `seconds_on_page >= 300` and
+    `minutes_on_page >= 6` nothing can fire before 360 s, and with an upper
+    bound such as `seconds_on_page < 200` past it, waiting cannot help.
+    """
     for point in _crossings(rule):
-        if point > seconds_on_page:
+        if point > seconds_on_page and _time_holds(rule.when, point):
             return point - seconds_on_page
     return None
+
+
+@lru_cache(maxsize=1024)
+def needs_score(rule: Rule) -> bool:
+    """True when `rule` cannot match without a score (every way through it tests `score`)."""
+    return not _possible_without_score(rule.when)
+
+
+def _possible_without_score(nodes: tuple[Node, ...]) -> bool:
+    for node in nodes:
+        if isinstance(node, AnyOf):
+            if not any(_possible_without_score(branch) for branch in node.branches):
+                return False
+        elif node.field == "score" and not (node.op == "exists" and node.value is False):
+            return False
+    return True
 
 
 def _queue_block(queue: Queue, status: QueueStatus | None, ts: float) -> Reason | None:
@@ -199,6 +246,10 @@ def decide(
                             spec.name, spec.version, score=score, **extra)
         return Step(decision, session, visitor, expired)
 
+    if score is None and (matches.unscored or matches.later):
+        # Without a score (no model, or it failed) a rule on `score` never matches:
+        # it is no reason to wait, and not a `score_below` either.
+        matches = Matches(matches.full, (), tuple(r for r in matches.later if not needs_score(r)))
     if not matches:
         return result(Action.NONE, Reason.NO_RULE)
     strongest = (matches.full or matches.later or matches.unscored)[0]

@@ -117,15 +117,16 @@ class Runtime:
         if self._scorer is None or not spec.uses_score:
             return None
         try:
-            score = self._scorer.predict_proba_one(ev.fields)
+            raw = self._scorer.predict_proba_one(ev.fields)
+            # Converted inside the guard: a model that returns junk ("high", a list) is as broken as one that raises.
+            score = None if raw is None else float(raw)
         except Exception:  # a broken model must not stop the chat server: rules on score just do not match
             self.scorer_errors += 1
             log.exception("scorer failed; treating the score as missing")
             return None
         if score is None:
             return None
-        score = float(score)
-        if not 0.0 <= score <= 1.0:  # also rejects NaN
+        if isinstance(raw, (bool, str, bytes)) or not 0.0 <= score <= 1.0:  # also rejects NaN
             self.scorer_errors += 1
             log.warning("scorer returned %r, not a probability; treating the score as missing", score)
             return None
@@ -139,7 +140,10 @@ class Runtime:
         step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, self._new_offer_id)
         decision = step.decision
         if step.expired is not None and not step.expired.holdout:
-            self._close(store.offer(step.expired.offer_id), OfferStatus.EXPIRED, step.expired.expires_at)
+            # Housekeeping normally closed it already; a store that forgot it (or closed it) must not crash observe.
+            record = store.offer(step.expired.offer_id)
+            if record is not None and record.status == OfferStatus.OFFERED:
+                self._close(record, OfferStatus.EXPIRED, step.expired.expires_at)
         if self._log is not None:
             self._log.record_decision(decision)  # on disk before anything else changes
         if decision.offer_id is not None:
@@ -211,8 +215,8 @@ class Runtime:
 
     def update_queue(self, name: str, agents_available: int | None = None, estimated_wait_s: float | None = None,
                      ts: float | str | None = None) -> QueueStatus:
-        if name not in self.spec.queues:
-            raise UnknownQueue(name, list(self.spec.queues))
+        if not isinstance(name, str) or name not in self.spec.queues:
+            raise UnknownQueue(str(name)[:128], list(self.spec.queues))
         if agents_available is not None and (isinstance(agents_available, bool) or not isinstance(agents_available, int)
                                              or agents_available < 0):
             raise InvalidEvent("agents_available", f"expected an integer >= 0, got {agents_available!r}")

@@ -89,8 +89,13 @@ class MemoryStore:
 
     def save(self, visitor_id: str, session_id: str, session: SessionState, visitor: VisitorState) -> None:
         key = (visitor_id, session_id)
+        old = self._sessions.get(key)
         self._sessions[key] = session
-        self._sessions.move_to_end(key)
+        # Keep the order "least recently seen first" that evict_idle relies on: an answer or an
+        # expiry saves the session without it being seen, and moving it then would park an old
+        # last_seen behind newer ones and stall eviction until it went idle itself.
+        if old is None or session.last_seen > old.last_seen:
+            self._sessions.move_to_end(key)
         if visitor.cooldown_until > float("-inf"):
             if self._visitors.get(visitor_id) != visitor:
                 heapq.heappush(self._cooldown_heap, (visitor.cooldown_until, visitor_id))

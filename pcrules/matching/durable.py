@@ -3,9 +3,10 @@
 durable_rules keeps no visitor state here (see notes/durable-rules.md): all
 matching runs on one fixed sid, each event is asserted as a *fact* (a fact
 fires every rule it matches, an event only the lowest ``pri``) and retracted
-at once, so nothing piles up, no sid is ever allocated per visitor and
-``delete_state`` is never needed. We drive the C engine directly: the Python
-``Host`` adds JSON round trips and starts timer threads we do not use.
+at once, so nothing piles up and no sid is ever allocated per visitor. The
+one sid's state is deleted with the ruleset (see ``_free_ruleset``). We drive
+the C engine directly: the Python ``Host`` adds JSON round trips and starts
+timer threads we do not use.
 
 Each spec rule is compiled up to three times: ``f`` (as written), ``s``
 (without its score conditions) and ``r`` (without score and time-on-page
@@ -17,19 +18,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import uuid
+import weakref
 from typing import Any, Iterable, Mapping
 
 import durable_rules_engine as engine
 
 from ..clock import local_clock, weekday_name
 from ..errors import PcrulesError
-from ..spec import BOOL, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec, rule_tz
+from ..spec import BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec, rule_tz
 from .result import NO_MATCHES, Matches
 
-__all__ = ["DurableMatcher", "compile_ruleset", "fact_fields"]
+__all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "untyped_fields"]
 
+log = logging.getLogger("pcrules.matching")
 KIND = "kind"  # discriminator every rule tests, so the sid's own state fact never matches
 SID = "pcrules"
 _SCORE = frozenset({"score"})
@@ -116,7 +120,14 @@ _TYPE_CHECK = {
 }
 
 
-def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
+def untyped_fields(spec: RuleSpec) -> frozenset[str]:
+    """Fields that rules test only with `exists`: no operand gave them a type in the spec."""
+    return frozenset(c.field for r in spec.rules for c in r.conditions()
+                     if c.field not in spec.field_types and c.field not in DERIVED_FIELDS)
+
+
+def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None,
+                untyped: frozenset[str] | None = None) -> dict[str, Any]:
     """The typed view of an event that rules see.
 
     A field whose value is not of the type the spec compares it with is left
@@ -125,10 +136,16 @@ def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None) 
     """
     view: dict[str, Any] = {}
     for name, kind in spec.field_types.items():
-        if name in ("score", "minutes_on_page", "hour", "weekday"):
+        if name in DERIVED_FIELDS:
             continue
         value = fields.get(name)
         if value is not None and _TYPE_CHECK[kind](value):
+            view[name] = value
+    # A field tested only by `exists` has no type to check, but must still be
+    # seen: without this, `exists: true` never matched and `exists: false` always did.
+    for name in untyped_fields(spec) if untyped is None else untyped:
+        value = fields.get(name)
+        if value is not None:
             view[name] = value
     if score is not None:
         view["score"] = score
@@ -141,6 +158,24 @@ def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None) 
     return view
 
 
+INIT = "init"  # a rule and a fact of their own, fired once so the sid has run an action (see _free_ruleset)
+
+
+def _free_ruleset(handle: int) -> None:
+    """Give a ruleset's memory back to the engine.
+
+    delete_ruleset alone leaves the sid's state behind (~300 KB with 10 rules:
+    every reload leaked that much), so the state goes first. delete_state can
+    segfault on a sid that never ran an action, hence the INIT fact fired at
+    construction.
+    """
+    try:
+        engine.delete_state(handle, SID)
+    except Exception:  # freeing must never fail a reload or a close: at worst the state leaks
+        log.warning("durable_rules could not delete the matcher state", exc_info=True)
+    engine.delete_ruleset(handle)
+
+
 class DurableMatcher:
     """One compiled ruleset in the durable_rules engine. Thread-safe; close() frees it."""
 
@@ -148,14 +183,22 @@ class DurableMatcher:
         self.spec = spec
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        definition = json.dumps(compile_ruleset(spec), ensure_ascii=False)
+        ruleset = compile_ruleset(spec)
+        ruleset[INIT] = {"all": [{"m": {KIND: INIT}}], "pri": len(ruleset) + 1}
+        definition = json.dumps(ruleset, ensure_ascii=False)
         # A ruleset name can never be registered twice in one process, so every compile gets a fresh one.
         self.name = f"pcrules-{spec.name}-{spec.version}-{uuid.uuid4().hex[:8]}"
         try:
             self._handle: int | None = engine.create_ruleset(self.name, definition)
         except Exception as exc:  # the engine reports bad definitions as bare errors
             raise PcrulesError(f"durable_rules refused the compiled ruleset {spec.name!r}: {exc}") from exc
+        # The engine's memory is C memory: free it even when a Runtime is dropped without close().
+        self._free = weakref.finalize(self, _free_ruleset, self._handle)
+        if self._post({KIND: INIT, "sid": SID, "id": INIT}) != [INIT]:
+            self.close()
+            raise PcrulesError("durable_rules did not run the start-up rule; refusing to use this ruleset")
         self._rules = {f"{tag}{i}": (tag, rule) for i, rule in enumerate(spec.rules) for tag in "fsr"}
+        self._untyped = untyped_fields(spec)
 
     def fired(self, view: Mapping[str, Any]) -> list[str]:
         """Keys of every compiled rule variant that `view` satisfies."""
@@ -166,23 +209,28 @@ class DurableMatcher:
             if self._handle is None:
                 raise PcrulesError("matcher is closed (its ruleset was replaced)")
             fact["id"] = next(self._ids)
-            payload = json.dumps(fact, ensure_ascii=False)
-            result = engine.assert_fact(self._handle, payload)
-            keys: list[str] = []
-            try:
-                if result[0] == 0:
-                    state = result[1]
-                    action = engine.start_action_for_state(self._handle, state)
-                    while action:
-                        message = action[1] if isinstance(action, tuple) else action
-                        keys.extend(json.loads(message))
-                        action = engine.complete_and_start_action(self._handle, state)
-            finally:
-                engine.retract_fact(self._handle, payload)
+            return self._post(fact)
+
+    def _post(self, fact: Mapping[str, Any]) -> list[str]:
+        """Assert `fact`, run every action it fires, retract it. Caller holds the lock (or owns the matcher)."""
+        assert self._handle is not None
+        payload = json.dumps(fact, ensure_ascii=False)
+        result = engine.assert_fact(self._handle, payload)
+        keys: list[str] = []
+        try:
+            if result[0] == 0:
+                state = result[1]
+                action = engine.start_action_for_state(self._handle, state)
+                while action:
+                    message = action[1] if isinstance(action, tuple) else action
+                    keys.extend(json.loads(message))
+                    action = engine.complete_and_start_action(self._handle, state)
+        finally:
+            engine.retract_fact(self._handle, payload)
         return keys
 
     def match(self, fields: Mapping[str, Any], score: float | None) -> Matches:
-        keys = self.fired(fact_fields(self.spec, fields, score))
+        keys = self.fired(fact_fields(self.spec, fields, score, self._untyped))
         if not keys:
             return NO_MATCHES
         full, unscored, later = [], [], []
@@ -200,5 +248,5 @@ class DurableMatcher:
     def close(self) -> None:
         with self._lock:
             if self._handle is not None:
-                engine.delete_ruleset(self._handle)
                 self._handle = None
+                self._free()  # _free_ruleset, at most once

@@ -1,0 +1,157 @@
+"""The SQLite decision log: durable before observe() returns, WAL, the documented schema, outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pcrules
+
+from helpers import T0, ev, make_runtime, rule
+from pcrules import Action, SQLiteDecisionLog
+from pcrules.decision_log import SCHEMA_VERSION
+
+# the directory holding the pcrules under test, for subprocesses
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
+
+DECISION_COLUMNS = ["id", "ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule",
+                    "queue", "score", "offer_id", "holdout", "expires_at", "recheck_after", "metadata", "ruleset",
+                    "ruleset_version", "logged_at"]
+OUTCOME_COLUMNS = ["id", "offer_id", "status", "ts", "visitor_id", "session_id", "rule", "queue", "offered_at",
+                   "ruleset", "ruleset_version", "logged_at"]
+GOAL_COLUMNS = ["id", "ts", "visitor_id", "session_id", "goal", "value", "logged_at"]
+RULESET_COLUMNS = ["id", "name", "version", "activated_at", "spec"]
+
+
+def columns(db, table):
+    return [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+
+
+CHILD = r"""
+import sys
+import pcrules
+path = sys.argv[1]
+spec = {"name": "kill", "policy": {"holdout": 0.0, "max_offers_per_session": 1},
+        "queues": {"Billing": {}},
+        "rules": [{"name": "r", "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 300}},
+                   "offer": {"queue": "Billing"}}]}
+rt = pcrules.Runtime(spec, log=pcrules.SQLiteDecisionLog(path))
+i = 0
+while True:
+    # alternate offers, waits and none, each in a session named after its row
+    page = "Home" if i % 3 == 2 else "Bill Payment"
+    d = rt.observe({"visitor_id": f"v{i}", "session_id": f"row-{i}", "page": page,
+                    "seconds_on_page": 301 if i % 3 == 0 else 10, "ts": 1767614400 + i * 0.01})
+    print(f"row-{i} {d.action} {d.offer_id or '-'}", flush=True)
+    i += 1
+"""
+
+
+def test_every_decision_printed_before_sigkill_is_in_the_database(tmp_path):
+    path = tmp_path / "decisions.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": ROOT}, text=True)
+    printed = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(printed) < 400 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            printed.append(line.split())
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: the child is still writing
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert len(printed) >= 400, proc.stderr.read()
+    assert proc.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(path) as db:  # opening recovers the WAL the dead writer left behind
+        rows = {r[0]: (r[1], r[2] or "-") for r in
+                db.execute("SELECT session_id, action, offer_id FROM decisions")}
+    missing = [p for p in printed if rows.get(p[0]) != (p[1], p[2])]
+    assert not missing, missing[:5]
+    assert {p[1] for p in printed} == {"offer", "wait", "none"}
+    assert len(rows) >= len(printed)
+
+
+def test_wal_mode_and_schema_as_documented(tmp_path):
+    log = SQLiteDecisionLog(tmp_path / "log.sqlite")
+    log.close()
+    with sqlite3.connect(tmp_path / "log.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert columns(db, "decisions") == DECISION_COLUMNS
+        assert columns(db, "outcomes") == OUTCOME_COLUMNS
+        assert columns(db, "goals") == GOAL_COLUMNS
+        assert columns(db, "rulesets") == RULESET_COLUMNS
+    # reopening an existing log is fine and keeps its rows
+    SQLiteDecisionLog(tmp_path / "log.sqlite").close()
+
+
+def test_decision_rows_hold_what_was_decided(tmp_path):
+    log = SQLiteDecisionLog(tmp_path / "log.sqlite")
+    rt = make_runtime([rule(metadata={"Page Name": "{page}", "Time spent on page": "{minutes} mins"})], log=log)
+    offer = rt.observe(ev(seconds=301, ts=T0))
+    wait = rt.observe(ev(visitor="v2", seconds=100, ts=T0 + 1))
+    none = rt.observe(ev(visitor="v3", page="Home", seconds=5, ts=T0 + 2))
+    with sqlite3.connect(log.path) as db:
+        db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
+        rulesets = db.execute("SELECT name, version, spec FROM rulesets").fetchall()
+    assert [r["action"] for r in rows] == ["offer", "wait", "none"]
+    o, w, n = rows
+    assert (o["visitor_id"], o["session_id"], o["page"], o["seconds_on_page"], o["ts"]) == ("v1", "s1", "Bill Payment", 301, T0)
+    assert (o["reason"], o["rule"], o["queue"], o["offer_id"], o["holdout"], o["expires_at"]) == (
+        None, "bill", "Billing", offer.offer_id, 0, T0 + 60)
+    assert json.loads(o["metadata"]) == {"Page Name": "Bill Payment", "Time spent on page": "5 mins"}
+    assert (o["ruleset"], o["ruleset_version"]) == ("test", rt.spec.version)
+    assert (w["recheck_after"], w["rule"], w["reason"], w["offer_id"], w["metadata"]) == (200, "bill", None, None, None)
+    assert (n["reason"], n["rule"], n["recheck_after"]) == ("no_rule", None, None)
+    assert all(r["logged_at"] > 1e9 for r in rows)
+    assert wait.recheck_after == 200 and none.reason == "no_rule"
+    assert [(name, version) for name, version, _ in rulesets] == [("test", rt.spec.version)]
+    assert json.loads(rulesets[0][2])["rules"][0]["name"] == "bill"
+
+
+def test_outcomes_table_gets_accepted_declined_and_expired_rows(tmp_path):
+    log = SQLiteDecisionLog(tmp_path / "log.sqlite")
+    rt = make_runtime(log=log)
+    a = rt.observe(ev(visitor="va", session="sa", seconds=301, ts=T0))
+    d = rt.observe(ev(visitor="vd", session="sd", seconds=301, ts=T0))
+    e = rt.observe(ev(visitor="ve", session="se", seconds=301, ts=T0))
+    x = rt.observe(ev(visitor="vx", session="sx", seconds=301, ts=T0))
+    rt.accept(a.offer_id, ts=T0 + 5)
+    rt.decline(d.offer_id, ts=T0 + 6)
+    rt.expire(e.offer_id, ts=T0 + 7)
+    rt.observe(ev(visitor="other", session="o", page="Home", seconds=1, ts=T0 + 60))  # expires x automatically
+    with sqlite3.connect(log.path) as db:
+        rows = db.execute("SELECT offer_id, status, ts, visitor_id, session_id, rule, queue, offered_at, ruleset"
+                          " FROM outcomes ORDER BY id").fetchall()
+    assert rows == [
+        (a.offer_id, "accepted", T0 + 5, "va", "sa", "bill", "Billing", T0, "test"),
+        (d.offer_id, "declined", T0 + 6, "vd", "sd", "bill", "Billing", T0, "test"),
+        (e.offer_id, "expired", T0 + 7, "ve", "se", "bill", "Billing", T0, "test"),
+        (x.offer_id, "expired", T0 + 60, "vx", "sx", "bill", "Billing", T0, "test"),
+    ]
+    assert all(r.action == Action.OFFER for r in (a, d, e, x))
+
+
+def test_reload_is_recorded(tmp_path):
+    log = SQLiteDecisionLog(tmp_path / "log.sqlite")
+    rt = make_runtime(log=log)
+    rt.reload({"name": "second", "queues": {"Billing": {}},
+               "rules": [{"name": "r", "when": {"page": "Home"}, "offer": {"queue": "Billing"}}]})
+    with sqlite3.connect(log.path) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM rulesets ORDER BY id")] == ["test", "second"]
+    d = rt.observe(ev(page="Home", seconds=1))
+    with sqlite3.connect(log.path) as db:
+        assert db.execute("SELECT ruleset FROM decisions").fetchall() == [("second",)]
+    assert d.ruleset == "second"
