@@ -235,11 +235,12 @@ def decide(
     new_offer_id: Callable[[], str],
 ) -> Step:
     ts = event.ts
+    pending = session.pending
     expired = None
-    if session.pending is not None and session.pending.expires_at <= ts:
-        expired = session.pending
-        session = replace(session, pending=None)
-    session = replace(session, last_seen=max(session.last_seen, ts))
+    if pending is not None and pending.expires_at <= ts:
+        expired, pending = pending, None
+    # Built directly, not with dataclasses.replace: this runs on every event.
+    session = SessionState(session.offers_made, pending, session.in_chat, max(session.last_seen, ts))
 
     def result(action: Action, reason: Reason | None, **extra: Any) -> Step:
         decision = Decision(action, reason, event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page,
@@ -287,8 +288,8 @@ def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: Visitor
     metadata = render_metadata(rule, event.fields)
     # A holdout visitor's would-be offer occupies the session exactly as a real
     # one would (never answered), so control and treatment see the same policy.
-    session = replace(session, offers_made=session.offers_made + 1,
-                      pending=PendingOffer(offer_id, rule.name, rule.queue, ts, expires_at))
+    session = SessionState(session.offers_made + 1, PendingOffer(offer_id, rule.name, rule.queue, ts, expires_at),
+                           session.in_chat, session.last_seen)
     decision = Decision(
         Action.NONE if holdout else Action.OFFER, Reason.HOLDOUT if holdout else None,
         event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page, spec.name, spec.version,

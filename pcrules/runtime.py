@@ -31,6 +31,7 @@ __all__ = ["Runtime"]
 log = logging.getLogger("pcrules.runtime")
 _NEW_SESSION = SessionState()
 _NEW_VISITOR = VisitorState()
+_KEEP = object()  # reload(): keep the current scorer
 
 
 def _new_offer_id() -> str:
@@ -49,7 +50,6 @@ class Runtime:
         new_offer_id: Callable[[], str] = _new_offer_id,
     ):
         spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
-        self._scorer = scorer
         self._log = log
         self._store: StateStore = store if store is not None else MemoryStore()
         self._clock = clock
@@ -57,9 +57,23 @@ class Runtime:
         self._lock = threading.RLock()
         self._high_water = -math.inf  # latest event time seen: the clock for idle eviction
         self.scorer_errors = 0
-        self._active = (spec, DurableMatcher(spec))
+        # Rules, their compiled matcher and the model are swapped as one: an event never meets a mix.
+        self._active: tuple[RuleSpec, DurableMatcher, Scorer | None] = (spec, DurableMatcher(spec), scorer)
         if self._log is not None:
             self._log.record_ruleset(spec.name, spec.version, dict(spec.source), clock())
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, **kwargs: Any) -> "Runtime":
+        """A runtime serving a published bundle's ruleset and model (see pcrules.bundle)."""
+        from .bundle import runtime_from_bundle
+
+        return runtime_from_bundle(path, **kwargs)
+
+    def reload_bundle(self, path: str | Path) -> Any:
+        """Switch to a bundle's ruleset and model; a bundle that fails to load leaves the current one serving."""
+        from .bundle import reload_from_bundle
+
+        return reload_from_bundle(self, path)
 
     # ------------------------------------------------------------------ configuration
 
@@ -71,13 +85,20 @@ class Runtime:
     def store(self) -> StateStore:
         return self._store
 
-    def reload(self, spec: RuleSpec | str | Path | Mapping[str, Any]) -> RuleSpec:
-        """Switch to a new ruleset; on any error the current one stays active and the error is raised."""
+    @property
+    def scorer(self) -> Scorer | None:
+        return self._active[2]
+
+    def reload(self, spec: RuleSpec | str | Path | Mapping[str, Any], *, scorer: Any = _KEEP) -> RuleSpec:
+        """Switch to a new ruleset (and model, when `scorer` is given; None removes it).
+
+        Sessions, offers and cooldowns are kept. On any error the current ruleset stays active and the error is raised.
+        """
         new_spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         matcher = DurableMatcher(new_spec)
         with self._lock:
             old = self._active[1]
-            self._active = (new_spec, matcher)
+            self._active = (new_spec, matcher, self._active[2] if scorer is _KEEP else scorer)
             if self._log is not None:
                 self._log.record_ruleset(new_spec.name, new_spec.version, dict(new_spec.source), self._clock())
         old.close()
@@ -99,8 +120,8 @@ class Runtime:
     def observe(self, event: Mapping[str, Any]) -> Decision:
         ev = validate_event(event, self._clock)
         for _ in range(3):
-            spec, matcher = self._active
-            score = self._score(spec, ev)
+            spec, matcher, scorer = self._active
+            score = self._score(spec, scorer, ev)
             try:
                 matches = matcher.match(ev.fields, score)
             except PcrulesError:
@@ -113,11 +134,11 @@ class Runtime:
                 return self._judge(spec, ev, matches, score)
         raise PcrulesError("the ruleset kept changing while this event was matched; try again")
 
-    def _score(self, spec: RuleSpec, ev: Event) -> float | None:
-        if self._scorer is None or not spec.uses_score:
+    def _score(self, spec: RuleSpec, scorer: Scorer | None, ev: Event) -> float | None:
+        if scorer is None or not spec.uses_score:
             return None
         try:
-            raw = self._scorer.predict_proba_one(ev.fields)
+            raw = scorer.predict_proba_one(ev.fields)
             # Converted inside the guard: a model that returns junk ("high", a list) is as broken as one that raises.
             score = None if raw is None else float(raw)
         except Exception:  # a broken model must not stop the chat server: rules on score just do not match

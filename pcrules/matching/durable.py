@@ -113,11 +113,7 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
     return ruleset
 
 
-_TYPE_CHECK = {
-    NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    STRING: lambda v: isinstance(v, str),
-    BOOL: lambda v: isinstance(v, bool),
-}
+_TYPES: dict[str, tuple[type, ...]] = {NUMBER: (int, float), STRING: (str,), BOOL: (bool,)}
 
 
 def untyped_fields(spec: RuleSpec) -> frozenset[str]:
@@ -126,36 +122,51 @@ def untyped_fields(spec: RuleSpec) -> frozenset[str]:
                      if c.field not in spec.field_types and c.field not in DERIVED_FIELDS)
 
 
-def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None,
-                untyped: frozenset[str] | None = None) -> dict[str, Any]:
-    """The typed view of an event that rules see.
+class ViewPlan:
+    """How to build, for one spec, the typed view of an event that rules see.
 
     A field whose value is not of the type the spec compares it with is left
     out, so every comparison on it is false (as for a missing field) instead
-    of durable_rules' JavaScript-like coercion ("301" >= 300).
+    of durable_rules' JavaScript-like coercion ("301" >= 300). Derived fields
+    are computed only when some rule reads them: this runs on every event.
     """
-    view: dict[str, Any] = {}
-    for name, kind in spec.field_types.items():
-        if name in DERIVED_FIELDS:
-            continue
-        value = fields.get(name)
-        if value is not None and _TYPE_CHECK[kind](value):
-            view[name] = value
-    # A field tested only by `exists` has no type to check, but must still be
-    # seen: without this, `exists: true` never matched and `exists: false` always did.
-    for name in untyped_fields(spec) if untyped is None else untyped:
-        value = fields.get(name)
-        if value is not None:
-            view[name] = value
-    if score is not None:
-        view["score"] = score
-    seconds = fields["seconds_on_page"]
-    view["minutes_on_page"] = seconds / 60.0
-    for i, tz in enumerate(spec.time_zones):
-        day, minute = local_clock(fields["ts"], tz)
-        view[_zone_field("hour", i)] = minute // 60
-        view[_zone_field("weekday", i)] = weekday_name(day)
-    return view
+
+    def __init__(self, spec: RuleSpec):
+        self.typed = tuple((name, _TYPES[kind], kind == NUMBER) for name, kind in spec.field_types.items()
+                           if name not in DERIVED_FIELDS)
+        # A field tested only by `exists` has no type to check, but must still be
+        # seen: without it, `exists: true` never matched and `exists: false` always did.
+        self.untyped = tuple(sorted(untyped_fields(spec)))
+        used = {c.field for r in spec.rules for c in r.conditions()}
+        self.minutes = "minutes_on_page" in used
+        zones = {tz: i for i, tz in enumerate(spec.time_zones)}
+        self.zones = tuple(sorted({(zones[rule_tz(spec, r)], rule_tz(spec, r)) for r in spec.rules
+                                   if any(c.field in _PER_ZONE for c in r.conditions())}))
+
+    def view(self, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        for name, types, numeric in self.typed:
+            value = fields.get(name)
+            if value is not None and isinstance(value, types) and not (numeric and value.__class__ is bool):
+                view[name] = value
+        for name in self.untyped:
+            value = fields.get(name)
+            if value is not None:
+                view[name] = value
+        if score is not None:
+            view["score"] = score
+        if self.minutes:
+            view["minutes_on_page"] = fields["seconds_on_page"] / 60.0
+        for i, tz in self.zones:
+            day, minute = local_clock(fields["ts"], tz)
+            view[_zone_field("hour", i)] = minute // 60
+            view[_zone_field("weekday", i)] = weekday_name(day)
+        return view
+
+
+def fact_fields(spec: RuleSpec, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
+    """The typed view of one event under `spec` (see ViewPlan)."""
+    return ViewPlan(spec).view(fields, score)
 
 
 INIT = "init"  # a rule and a fact of their own, fired once so the sid has run an action (see _free_ruleset)
@@ -197,8 +208,8 @@ class DurableMatcher:
         if self._post({KIND: INIT, "sid": SID, "id": INIT}) != [INIT]:
             self.close()
             raise PcrulesError("durable_rules did not run the start-up rule; refusing to use this ruleset")
-        self._rules = {f"{tag}{i}": (tag, rule) for i, rule in enumerate(spec.rules) for tag in "fsr"}
-        self._untyped = untyped_fields(spec)
+        self._rules = {f"{tag}{i}": (i, tag, rule) for i, rule in enumerate(spec.rules) for tag in "fsr"}
+        self._plan = ViewPlan(spec)
 
     def fired(self, view: Mapping[str, Any]) -> list[str]:
         """Keys of every compiled rule variant that `view` satisfies."""
@@ -223,19 +234,19 @@ class DurableMatcher:
                 action = engine.start_action_for_state(self._handle, state)
                 while action:
                     message = action[1] if isinstance(action, tuple) else action
-                    keys.extend(json.loads(message))
+                    # The message is {"<rule key>": {...}} and our keys hold no quote: slicing beats json.loads.
+                    keys.append(message[2:message.index('"', 2)])
                     action = engine.complete_and_start_action(self._handle, state)
         finally:
             engine.retract_fact(self._handle, payload)
         return keys
 
     def match(self, fields: Mapping[str, Any], score: float | None) -> Matches:
-        keys = self.fired(fact_fields(self.spec, fields, score, self._untyped))
+        keys = self.fired(self._plan.view(fields, score))
         if not keys:
             return NO_MATCHES
         full, unscored, later = [], [], []
-        for key in sorted(keys, key=lambda k: int(k[1:])):
-            tag, rule = self._rules[key]
+        for _, tag, rule in sorted(self._rules[key] for key in keys):
             (full if tag == "f" else unscored if tag == "s" else later).append(rule)
         # A rule is "unscored" only when it does not match as written, and waits
         # for "later" only when its non-time conditions hold but it matched neither way.
