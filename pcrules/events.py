@@ -7,6 +7,7 @@ has happened yet, so the runtime's state is untouched.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +18,9 @@ from .errors import InvalidEvent
 __all__ = ["Event", "validate_event", "parse_ts", "check_id", "MAX_EXTRA_FIELDS"]
 
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 control characters, DEL, and lone surrogates: a lone surrogate cannot be encoded as UTF-8,
+# so durable_rules (and SQLite) would fail on it after the event had been accepted.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_ID = 128
 MAX_PAGE = 200
 MAX_TEXT = 1000
@@ -39,22 +42,38 @@ class Event:
     fields: Mapping[str, Any]  # every non-null scalar field, required ones included, ts as epoch seconds
 
 
-def _text(name: str, value: Any, limit: int) -> str:
+def _text(name: str, value: Any, limit: int, *, minimum: int = 1) -> str:
     if not isinstance(value, str):
         raise InvalidEvent(name, f"expected a string, got {type(value).__name__}")
-    if not value or len(value) > limit:
-        raise InvalidEvent(name, f"expected 1..{limit} characters, got {len(value)}")
+    if not minimum <= len(value) <= limit:
+        raise InvalidEvent(name, f"expected {minimum}..{limit} characters, got {len(value)}")
     if CONTROL.search(value):
-        raise InvalidEvent(name, "control characters (such as NUL or newline) are not allowed")
-    return value
+        raise InvalidEvent(name, "control characters (such as NUL or newline) and lone surrogates are not allowed")
+    return str(value)  # a plain str, even from a str subclass
+
+
+def _is_number(value: Any) -> bool:
+    # numbers.Real also admits numpy scalars (pandas rows), which are then made plain Python numbers;
+    # bool (and numpy.bool_, which is no numbers.Real) is not a number.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(name: str, value: Any) -> int | float:
+    """`value` as a plain int or float; refuses NaN, infinities and ints too large for a float."""
+    try:
+        plain = int(value) if isinstance(value, numbers.Integral) else float(value)
+        finite = math.isfinite(plain)
+    except (OverflowError, ValueError):
+        finite = False
+    if not finite:
+        raise InvalidEvent(name, f"expected a finite number, got {str(value)[:40]}")
+    return plain
 
 
 def _number(name: str, value: Any, *, upper: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         raise InvalidEvent(name, f"expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidEvent(name, f"expected a finite number, got {value}")
+    value = float(_finite(name, value))
     if value < 0 or value > upper:
         raise InvalidEvent(name, f"expected a number between 0 and {upper:g}, got {value:g}")
     return value
@@ -69,11 +88,11 @@ def parse_ts(value: Any, name: str = "ts") -> float:
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
-        except ValueError:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            value = moment.timestamp()
+        except (ValueError, OverflowError):
             raise InvalidEvent(name, f"expected epoch seconds or ISO-8601 text, got {value[:40]!r}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        value = moment.timestamp()
     ts = _number(name, value, upper=TS_RANGE[1])
     return ts
 
@@ -95,26 +114,25 @@ def validate_event(raw: Any, clock: Callable[[], float]) -> Event:
 
     fields: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in fields or value is None:
-            continue
-        if not isinstance(key, str) or not FIELD_NAME.fullmatch(key):
-            shown = repr(key)[:70]
+        if not isinstance(key, str) or not FIELD_NAME.fullmatch(key):  # checked even when the value is null
+            # The name itself when it is readable; repr() for empty, unprintable or non-text names.
+            shown = key[:70] if isinstance(key, str) and key and key.isprintable() else repr(key)[:70]
             raise InvalidEvent(shown, "field names are letters, digits and '_' (not starting with a digit), at most 64")
+        if value is None or key == "ts":  # ts is parsed above and stored as epoch seconds below
+            continue
         kind = TYPED.get(key)
         if isinstance(value, bool):
             if kind not in (None, "bool"):
                 raise InvalidEvent(key, f"expected a {kind}, got bool")
-        elif isinstance(value, (int, float)):
+        elif _is_number(value):
             if kind not in (None, "number"):
                 raise InvalidEvent(key, f"expected a {kind}, got a number")
-            if kind == "number":
-                value = _number(key, value)
-            elif not math.isfinite(value):
-                raise InvalidEvent(key, f"expected a finite number, got {value}")
+            value = _number(key, value) if kind == "number" else _finite(key, value)
         elif isinstance(value, str):
             if kind not in (None, "string"):
                 raise InvalidEvent(key, f"expected a {kind}, got a string")
-            _text(key, value, MAX_TEXT)
+            # Optional text may be empty (a browser's empty referrer is a value, not a broken event).
+            value = _text(key, value, MAX_TEXT, minimum=0)
         else:
             raise InvalidEvent(key, f"expected a scalar (string, number, boolean or null), got {type(value).__name__}")
         fields[key] = value

@@ -6,6 +6,7 @@ anything is refused, so an analyst fixes a spec in one pass.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ __all__ = [
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "matches", "exists")
 ORDERING = frozenset({"gt", "gte", "lt", "lte"})
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+LIST = (list, tuple)  # YAML gives lists; a spec built in Python may well use tuples
 
 # Fields whose type is fixed by the event contract or by derivation.
 NUMBER, STRING, BOOL = "number", "string", "bool"
@@ -45,13 +47,16 @@ KNOWN_FIELD_TYPES = {
     "seconds_on_page": NUMBER, "session_seconds": NUMBER, "pages_viewed": NUMBER,
     "device": STRING, "returning": BOOL,
     "score": NUMBER, "minutes_on_page": NUMBER, "hour": NUMBER, "weekday": STRING,
+    "ts": NUMBER,  # events.py turns every ts (ISO text included) into epoch seconds
 }
 # Fields that grow with the clock while the visitor stays on the page: the
 # source of `wait` decisions and of `recheck_after`.
 TIME_FIELDS = {"seconds_on_page": 1.0, "minutes_on_page": 60.0}
 DERIVED_FIELDS = frozenset({"score", "minutes_on_page", "hour", "weekday"})
-NON_NEGATIVE_FIELDS = frozenset({"seconds_on_page", "minutes_on_page", "session_seconds", "pages_viewed", "score"})
-FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NON_NEGATIVE_FIELDS = frozenset({"seconds_on_page", "minutes_on_page", "session_seconds", "pages_viewed", "score",
+                                 "hour", "ts"})
+# \Z, not $: `$` also matches before a trailing newline, which let "page\n" through as a field name.
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 # Metadata templates may only name a field: `{page}`; never `{page.__class__}` or format specs.
 TEMPLATE_EXTRAS = frozenset({"minutes", "seconds", "queue", "rule"})
 
@@ -152,28 +157,74 @@ def _walk(nodes: Iterable[Node]) -> Iterable[Condition]:
 def load_spec(source: str | Path | Mapping[str, Any]) -> RuleSpec:
     """Load a spec from a path, a YAML string or a mapping; raise SpecError listing every problem."""
     origin = None
+    duplicates: list[str] = []
     if isinstance(source, Mapping):
         raw = source
-    else:
+    elif isinstance(source, (str, Path)):
         text, origin = _read(source)
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            raise SpecError([f"(file): {where}not valid YAML ({getattr(exc, 'problem', exc)})"], origin) from None
+        raw, duplicates = _parse_yaml(text, origin)
+    else:
+        raise SpecError([f"(spec): expected a file path, a YAML string or a mapping, got {type(source).__name__}"])
     checker = _Checker()
     spec = checker.spec(raw)
-    if checker.problems:
-        raise SpecError(checker.problems, origin)
+    problems = duplicates + checker.problems
+    if problems:
+        raise SpecError(problems, origin)
     assert spec is not None
     return spec
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice in one mapping is noted instead of silently keeping the last.
+
+    A repeated key under `when:` would otherwise drop a condition without a word.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` may legitimately be overridden by later keys
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        self.duplicates.append(f"(file): line {key_node.start_mark.line + 1}: duplicate key "
+                                               f"{_show(key)} (YAML would silently keep only the last one)")
+                    seen.add(key)
+                except TypeError:
+                    pass  # an unhashable key: SafeConstructor reports it below
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, origin: str | None) -> tuple[Any, list[str]]:
+    loader = None
+    try:
+        loader = _StrictLoader(text)  # the reader already refuses unprintable characters here
+        return loader.get_single_data(), loader.duplicates
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError([f"(file): {where}not valid YAML ({getattr(exc, 'problem', None) or exc})"], origin) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _read(source: str | Path) -> tuple[str, str | None]:
     if isinstance(source, Path):
         return _read_file(source), str(source)
-    looks_like_path = "\n" not in source and (source.endswith((".yaml", ".yml", ".json")) or Path(source).is_file())
+    if "\n" in source:
+        return source, None
+    try:
+        looks_like_path = source.endswith((".yaml", ".yml", ".json")) or Path(source).is_file()
+    except (OSError, ValueError):
+        # A one-line YAML string longer than a file name (ENAMETOOLONG) or holding a NUL is not a path.
+        looks_like_path = False
     if looks_like_path:
         return _read_file(Path(source)), source
     return source, None
@@ -184,9 +235,12 @@ def _read_file(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError([f"(file): cannot read {path}: {exc.strerror or exc}"], str(path)) from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError
+        raise SpecError([f"(file): {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"], str(path)) from None
 
 
 def spec_version(raw: Mapping[str, Any]) -> str:
+    """A stable content hash: the same spec (whatever its key order) gives the same version."""
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -195,12 +249,17 @@ def spec_version(raw: Mapping[str, Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, (dict, list)) else type(value).__name__
+    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, (Mapping, *LIST)) else type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float: no event can be compared with it
+        return False
 
 
 def _type_of(v: Any) -> str | None:
@@ -217,13 +276,14 @@ class _Checker:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.field_types: dict[str, tuple[str, str]] = {}  # field -> (type, first path that fixed it)
+        self.declared_queues: set[str] | None = None  # every queue name written, valid or not; None: no usable section
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
     def mapping(self, value: Any, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict | None:
         if not isinstance(value, Mapping):
-            self.bad(path, f"expected a mapping, got {_show(value)}")
+            self.bad(path or "(spec)", f"expected a mapping, got {_show(value)}")
             return None
         allowed = tuple(allowed)
         for key in value:
@@ -258,20 +318,29 @@ class _Checker:
         if "name" in top and not (isinstance(name, str) and FIELD_NAME.match(name.replace("-", "_"))):
             self.bad("name", f"expected a name of letters, digits, '-' or '_' (1..64), got {_show(name)}")
         version = top.get("version")
-        if version is not None and not (isinstance(version, (str, int)) and str(version)):
+        # `version` is the author's label only: it is part of the content, so bumping it changes the hash.
+        if version is not None and not (isinstance(version, (str, int)) and not isinstance(version, bool) and str(version)):
             self.bad("version", f"expected a string, got {_show(version)}")
-        policy = self.policy(top.get("policy", {}))
-        queues = self.queues(top.get("queues"))
-        rules = self.rules(top.get("rules"), queues)
+        self.text(top, "description", "description")
+        # An empty `policy:` (every line commented out) means the defaults, like an empty queue body.
+        policy = self.policy({} if top.get("policy") is None else top["policy"])
+        queues = self.queues(top.get("queues"), present="queues" in top)
+        rules = self.rules(top.get("rules"), queues, present="rules" in top)
         if self.problems:
             return None
         field_types = {f: t for f, (t, _) in self.field_types.items()}
         ordered = tuple(sorted(rules, key=lambda r: (-r.priority, r.order)))
+        # Always the content hash (never the author's label): the decision log keys every decision by it,
+        # so an edited spec must never share a version with its predecessor.
+        # The source is our own deep copy: a caller mutating its dict later cannot make it disagree with the hash.
         return RuleSpec(
-            name=name,
-            version=str(version) if version is not None else spec_version(raw),
-            policy=policy, queues=queues, rules=ordered, field_types=field_types, source=raw,
+            name=name, version=spec_version(raw),
+            policy=policy, queues=queues, rules=ordered, field_types=field_types, source=copy.deepcopy(dict(raw)),
         )
+
+    def text(self, body: Mapping, key: str, path: str) -> None:
+        if key in body and not isinstance(body[key], str):
+            self.bad(path, f"expected a string, got {_show(body[key])}")
 
     def policy(self, raw: Any) -> Policy:
         p = self.mapping(raw, "policy", Policy.__slots__) or {}
@@ -289,12 +358,13 @@ class _Checker:
             return defaults
         return Policy(**values)  # type: ignore[arg-type]
 
-    def queues(self, raw: Any) -> dict[str, Queue]:
+    def queues(self, raw: Any, present: bool = True) -> dict[str, Queue]:
         out: dict[str, Queue] = {}
         if not isinstance(raw, Mapping) or not raw:
-            if raw is not None:
+            if present:  # `queues:` left empty is a problem too; a missing key is already reported as required
                 self.bad("queues", f"expected a mapping of queue name to settings with at least one queue, got {_show(raw)}")
             return out
+        self.declared_queues = {name for name in raw if isinstance(name, str)}
         for name, body in raw.items():
             path = f"queues.{name}"
             if not isinstance(name, str) or not name.strip() or len(name) > 128:
@@ -318,12 +388,13 @@ class _Checker:
             if not isinstance(tz, str) or not tz:
                 raise ZoneInfoNotFoundError
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            self.bad(f"{path}.tz", f"unknown time zone {_show(tz)} (use an IANA name such as Europe/Amsterdam)")
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory in the tzdata package
+            if "tz" in h:  # a missing tz is already reported as required
+                self.bad(f"{path}.tz", f"unknown time zone {_show(tz)} (use an IANA name such as Europe/Amsterdam)")
             tz = None
         days_raw = h.get("days", list(DAYS))
         days: set[int] = set()
-        if not isinstance(days_raw, list) or not days_raw:
+        if not isinstance(days_raw, LIST) or not days_raw:
             self.bad(f"{path}.days", f"expected a non-empty list of {', '.join(DAYS)}, got {_show(days_raw)}")
         else:
             for i, d in enumerate(days_raw):
@@ -331,8 +402,11 @@ class _Checker:
                     days.add(DAYS.index(d))
                 else:
                     self.bad(f"{path}.days[{i}]", f"expected one of {', '.join(DAYS)}, got {_show(d)}")
-        start = self.clock(h.get("start"), f"{path}.start")
-        end = self.clock(h.get("end"), f"{path}.end")
+        start = self.clock(h.get("start"), f"{path}.start") if "start" in h else None
+        end = self.clock(h.get("end"), f"{path}.end") if "end" in h else None
+        if start == 24 * 60:
+            self.bad(f"{path}.start", 'a day starts at "00:00": "24:00" is only valid as an end')
+            start = None
         if start is not None and end is not None and start == end:
             self.bad(f"{path}.end", "end equals start: the queue would never be open")
         if tz is None or start is None or end is None or not days:
@@ -341,8 +415,12 @@ class _Checker:
 
     def clock(self, value: Any, path: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
-            # YAML 1.1 reads an unquoted 08:00 as the sexagesimal number 480.
-            self.bad(path, f'expected a time "HH:MM" in quotes, got {value} (YAML read an unquoted time as a number)')
+            # YAML 1.1 reads an unquoted 8:00 or 20:00 as a base-60 number (480, 1200); 08:00 stays text.
+            message = f'expected a time "HH:MM" in quotes, got the number {value}'
+            if 0 <= value <= 24 * 60:
+                hh, mm = divmod(value, 60)
+                message += f': YAML reads an unquoted {hh}:{mm:02d} as a base-60 number; quote it: "{hh:02d}:{mm:02d}"'
+            self.bad(path, message)
             return None
         m = re.fullmatch(r"(\d{1,2}):(\d{2})", value) if isinstance(value, str) else None
         if not m or int(m[1]) > 24 or int(m[2]) > 59 or (int(m[1]) == 24 and int(m[2]) != 0):
@@ -350,9 +428,9 @@ class _Checker:
             return None
         return int(m[1]) * 60 + int(m[2])
 
-    def rules(self, raw: Any, queues: Mapping[str, Queue]) -> list[Rule]:
-        if not isinstance(raw, list):
-            if raw is not None:
+    def rules(self, raw: Any, queues: Mapping[str, Queue], present: bool = True) -> list[Rule]:
+        if not isinstance(raw, LIST):
+            if present:  # `rules:` left empty is a problem; a missing key is already reported as required
                 self.bad("rules", f"expected a list of rules, got {_show(raw)}")
             return []
         out: list[Rule] = []
@@ -370,6 +448,7 @@ class _Checker:
                     self.bad(f"{path}.name", f"duplicate rule name {name!r} (also rules[{seen[name]}])")
                 else:
                     seen[name] = i
+            self.text(r, "description", f"{path}.description")
             priority = r.get("priority", 0)
             if not (isinstance(priority, int) and not isinstance(priority, bool)):
                 self.bad(f"{path}.priority", f"expected an integer, got {_show(priority)}")
@@ -388,7 +467,7 @@ class _Checker:
         for fld, cond in raw.items():
             here = f"{path}.{fld}"
             if fld == "any_of":
-                if not isinstance(cond, list) or len(cond) < 1:
+                if not isinstance(cond, LIST) or len(cond) < 1:
                     self.bad(here, f"expected a non-empty list of conditions, got {_show(cond)}")
                     continue
                 nodes.append(AnyOf(tuple(self.when(b, f"{here}[{j}]") for j, b in enumerate(cond))))
@@ -421,10 +500,11 @@ class _Checker:
         if op == "matches":
             return self.regex(fld, value, path)
         if op in ("in", "not_in"):
-            if not isinstance(value, list) or not value:
+            if not isinstance(value, LIST) or not value:
                 self.bad(path, f"expected a non-empty list, got {_show(value)}")
                 return None
-            ok = all(self.operand(fld, v, f"{path}[{j}]", op) for j, v in enumerate(value))
+            # A list, not all(): all() would stop at the first bad element and hide the others.
+            ok = all([self.operand(fld, v, f"{path}[{j}]", op) for j, v in enumerate(value)])
             return Condition(fld, op, tuple(value)) if ok else None
         if not self.operand(fld, value, path, op):
             return None
@@ -437,7 +517,8 @@ class _Checker:
             self.bad(path, f"expected a number{' >= 0' if fld in NON_NEGATIVE_FIELDS else ''}, got {_show(value)}")
             return False
         if kind is None:
-            self.bad(path, f"expected a string, number or boolean, got {_show(value)}")
+            hint = " (for several values use {in: [...]})" if isinstance(value, LIST) and op == "eq" else ""
+            self.bad(path, f"expected a string, number or boolean, got {_show(value)}{hint}")
             return False
         if expected and kind != expected:
             bound = " >= 0" if expected == NUMBER and fld in NON_NEGATIVE_FIELDS else ""
@@ -466,13 +547,14 @@ class _Checker:
             return None
         try:
             python_regex(value)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; ((((...)))) nested ~900 deep
             self.bad(path, f"not a valid regular expression: {exc}")
             return None
         try:
             to_durable(value)
-        except UnsupportedPattern as exc:
-            self.bad(path, f"the runtime engine cannot evaluate this pattern exactly like the backtest: {exc}")
+        except (UnsupportedPattern, RecursionError) as exc:
+            reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            self.bad(path, f"the runtime engine cannot evaluate this pattern exactly like the backtest: {reason}")
             return None
         return Condition(fld, "matches", value)
 
@@ -482,9 +564,12 @@ class _Checker:
             return None
         queue = o.get("queue")
         ok = True
-        if "queue" in o and queue not in queues:
-            self.bad(f"{path}.queue", f"unknown queue {_show(queue)} (defined: {', '.join(map(str, queues)) or 'none'})")
+        if "queue" in o and not (isinstance(queue, str) and queue in queues):  # a list here must not crash `in`
             ok = False
+            # A missing or broken queue section (or queue) is reported once where it is written;
+            # repeating it for every rule that names the queue would bury that one real problem.
+            if self.declared_queues is not None and not (isinstance(queue, str) and queue in self.declared_queues):
+                self.bad(f"{path}.queue", f"unknown queue {_show(queue)} (defined: {', '.join(map(str, queues)) or 'none'})")
         default_ui = o.get("default_ui", True)
         if not isinstance(default_ui, bool):
             self.bad(f"{path}.default_ui", f"expected true or false, got {_show(default_ui)}")
