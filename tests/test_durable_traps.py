@@ -265,3 +265,33 @@ def test_reload_keeps_sessions_and_queue_reports():
     rt.reload(spec_dict([rule("new", page="Plans", seconds=10)], decline_cooldown_s=600))
     assert rt.observe(ev(session="s2", page="Plans", seconds=20, ts=T0 + 2)).reason == Reason.COOLDOWN
     assert rt.observe(ev(visitor="v2", page="Plans", seconds=20, ts=T0 + 2)).reason == Reason.QUEUE_BUSY
+
+
+# --------------------------------------------------------------------------- numbers and names the engine mishandles
+
+
+@pytest.mark.parametrize("threshold, below, above", [(1e-7, 5e-8, 2e-7), (1e16, 9.9e15, 2e16), (2.5e-5, 1e-5, 3e-5)])
+def test_exponent_notation_numbers_compare_correctly_in_the_engine(threshold, below, above):
+    """The engine's JSON parser refuses `1e-07`; thresholds and values are written as `1.0e-07`."""
+    from pcrules import Runtime
+
+    spec = {"name": "t", "queues": {"Q": {}}, "rules": [
+        {"name": "r", "when": {"page": "P", "ratio": {"gte": threshold}}, "offer": {"queue": "Q"}}]}
+    rt = Runtime(spec)
+    base = {"page": "P", "seconds_on_page": 1, "ts": 1000}
+    assert rt.observe({**base, "visitor_id": "a", "session_id": "a", "ratio": below}).reason == "no_rule"
+    assert rt.observe({**base, "visitor_id": "b", "session_id": "b", "ratio": above}).action == "offer"
+    assert rt.observe({**base, "visitor_id": "c", "session_id": "c", "ratio": threshold}).action == "offer"
+
+
+@pytest.mark.parametrize("field", ["kind", "sid", "id"])
+def test_fields_named_like_the_engine_own_keys_do_not_collide(field):
+    """`kind`, `sid` and `id` are the engine's (and our discriminator's) keys; spec fields are prefixed."""
+    from pcrules import Runtime
+
+    spec = {"name": "t", "queues": {"Q": {}}, "rules": [
+        {"name": "r", "when": {"page": "P", field: {"exists": True}}, "offer": {"queue": "Q"}}]}
+    rt = Runtime(spec)
+    base = {"page": "P", "seconds_on_page": 1, "ts": 1000}
+    assert rt.observe({**base, "visitor_id": "a", "session_id": "a"}).reason == "no_rule"
+    assert rt.observe({**base, "visitor_id": "b", "session_id": "b", field: "x"}).action == "offer"

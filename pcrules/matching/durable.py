@@ -41,8 +41,42 @@ _TIME_AND_SCORE = frozenset(TIME_FIELDS) | _SCORE
 _PER_ZONE = frozenset({"hour", "weekday"})
 
 
-def _zone_field(name: str, zone_index: int) -> str:
-    return f"{name}__z{zone_index}"
+def _key(field: str, zone_index: int = 0) -> str:
+    """The engine-side name of a spec field.
+
+    Prefixed, so no event field can collide with the engine's own `id`, `sid`
+    and our `kind`; `hour` and `weekday` get one name per time zone.
+    """
+    return f"z{zone_index}_{field}" if field in _PER_ZONE else f"f_{field}"
+
+
+def _engine_number(value: float) -> str:
+    """A float as the engine's JSON parser accepts it: `1e-07` is refused, `1.0e-07` is not."""
+    text = repr(value)
+    mantissa, _, exponent = text.partition("e")
+    return text if not exponent or "." in mantissa else f"{mantissa}.0e{exponent}"
+
+
+def _needs_engine_number(value: Any) -> bool:
+    # repr() switches to exponent notation outside [1e-4, 1e16)
+    return value.__class__ is float and value != 0.0 and not 1e-4 <= abs(value) < 1e16
+
+
+def _encode(value: Any) -> str:
+    """JSON for the engine; json.dumps unless a float needs the engine's number form."""
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + _encode(v) for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_encode(v) for v in value) + "]"
+    if value.__class__ is float:
+        return _engine_number(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _encode_fact(fact: Mapping[str, Any]) -> str:
+    if any(_needs_engine_number(v) for v in fact.values()):
+        return _encode(dict(fact))
+    return json.dumps(fact, ensure_ascii=False)  # the common case, at C speed
 
 
 def _leaf(cond: Condition, field: str) -> dict:
@@ -97,8 +131,7 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
             out = []
             for node in nodes:
                 if isinstance(node, Condition):
-                    field = _zone_field(node.field, zone) if node.field in _PER_ZONE else node.field
-                    out.append(_leaf(node, field))
+                    out.append(_leaf(node, _key(node.field, zone)))
                 else:
                     out.append({"$or": [{"$and": [{KIND: "pv"}, *tree(b)]} for b in node.branches]})
             return out
@@ -132,11 +165,11 @@ class ViewPlan:
     """
 
     def __init__(self, spec: RuleSpec):
-        self.typed = tuple((name, _TYPES[kind], kind == NUMBER) for name, kind in spec.field_types.items()
+        self.typed = tuple((name, _key(name), _TYPES[kind], kind == NUMBER) for name, kind in spec.field_types.items()
                            if name not in DERIVED_FIELDS)
         # A field tested only by `exists` has no type to check, but must still be
         # seen: without it, `exists: true` never matched and `exists: false` always did.
-        self.untyped = tuple(sorted(untyped_fields(spec)))
+        self.untyped = tuple((name, _key(name)) for name in sorted(untyped_fields(spec)))
         used = {c.field for r in spec.rules for c in r.conditions()}
         self.minutes = "minutes_on_page" in used
         zones = {tz: i for i, tz in enumerate(spec.time_zones)}
@@ -145,22 +178,22 @@ class ViewPlan:
 
     def view(self, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
         view: dict[str, Any] = {}
-        for name, types, numeric in self.typed:
+        for name, key, types, numeric in self.typed:
             value = fields.get(name)
             if value is not None and isinstance(value, types) and not (numeric and value.__class__ is bool):
-                view[name] = value
-        for name in self.untyped:
+                view[key] = value
+        for name, key in self.untyped:
             value = fields.get(name)
             if value is not None:
-                view[name] = value
+                view[key] = value
         if score is not None:
-            view["score"] = score
+            view["f_score"] = score
         if self.minutes:
-            view["minutes_on_page"] = fields["seconds_on_page"] / 60.0
+            view["f_minutes_on_page"] = fields["seconds_on_page"] / 60.0
         for i, tz in self.zones:
             day, minute = local_clock(fields["ts"], tz)
-            view[_zone_field("hour", i)] = minute // 60
-            view[_zone_field("weekday", i)] = weekday_name(day)
+            view[f"z{i}_hour"] = minute // 60
+            view[f"z{i}_weekday"] = weekday_name(day)
         return view
 
 
@@ -196,7 +229,7 @@ class DurableMatcher:
         self._ids = itertools.count()
         ruleset = compile_ruleset(spec)
         ruleset[INIT] = {"all": [{"m": {KIND: INIT}}], "pri": len(ruleset) + 1}
-        definition = json.dumps(ruleset, ensure_ascii=False)
+        definition = _encode(ruleset)
         # A ruleset name can never be registered twice in one process, so every compile gets a fresh one.
         self.name = f"pcrules-{spec.name}-{spec.version}-{uuid.uuid4().hex[:8]}"
         try:
@@ -225,7 +258,7 @@ class DurableMatcher:
     def _post(self, fact: Mapping[str, Any]) -> list[str]:
         """Assert `fact`, run every action it fires, retract it. Caller holds the lock (or owns the matcher)."""
         assert self._handle is not None
-        payload = json.dumps(fact, ensure_ascii=False)
+        payload = _encode_fact(fact)
         result = engine.assert_fact(self._handle, payload)
         keys: list[str] = []
         try:
