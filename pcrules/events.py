@@ -28,6 +28,8 @@ MAX_EXTRA_FIELDS = 64
 MAX_SECONDS = 1e7  # about 115 days on one page: anything longer is a broken clock
 TS_RANGE = (0.0, 4102444800.0)  # 1970 .. 2100
 REQUIRED = ("visitor_id", "session_id", "page", "seconds_on_page")
+_DONE = frozenset((*REQUIRED, "ts"))
+_GOOD_NAMES: set[str] = set()
 # Optional fields with a type fixed by the contract.
 TYPED = {"pages_viewed": "number", "session_seconds": "number", "returning": "bool", "device": "string"}
 
@@ -71,6 +73,10 @@ def _finite(name: str, value: Any) -> int | float:
 
 
 def _number(name: str, value: Any, *, upper: float = math.inf) -> float:
+    cls = value.__class__
+    if cls is float or cls is int:  # the usual case, without the numbers.Real ABC check
+        if 0 <= value <= upper:  # False for NaN
+            return float(value)
     if not _is_number(value):
         raise InvalidEvent(name, f"expected a number, got {type(value).__name__}")
     value = float(_finite(name, value))
@@ -114,14 +120,21 @@ def validate_event(raw: Any, clock: Callable[[], float]) -> Event:
 
     fields: dict[str, Any] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not FIELD_NAME.fullmatch(key):  # checked even when the value is null
+        if key in _DONE:
+            continue  # validated above, stored below
+        if key not in _GOOD_NAMES and (not isinstance(key, str) or not FIELD_NAME.fullmatch(key)):
             # The name itself when it is readable; repr() for empty, unprintable or non-text names.
             shown = key[:70] if isinstance(key, str) and key and key.isprintable() else repr(key)[:70]
             raise InvalidEvent(shown, "field names are letters, digits and '_' (not starting with a digit), at most 64")
-        if value is None or key == "ts":  # ts is parsed above and stored as epoch seconds below
+        if value is None:
             continue
         kind = TYPED.get(key)
-        if isinstance(value, bool):
+        cls = value.__class__
+        if cls is str and kind is None and len(value) <= MAX_TEXT and not CONTROL.search(value):
+            pass  # the usual extra field, checked without the general path below
+        elif cls is float and kind is None and math.isfinite(value):
+            pass
+        elif isinstance(value, bool):
             if kind not in (None, "bool"):
                 raise InvalidEvent(key, f"expected a {kind}, got bool")
         elif _is_number(value):
@@ -136,5 +149,7 @@ def validate_event(raw: Any, clock: Callable[[], float]) -> Event:
         else:
             raise InvalidEvent(key, f"expected a scalar (string, number, boolean or null), got {type(value).__name__}")
         fields[key] = value
+        if len(_GOOD_NAMES) < 4096 and key.__class__ is str:
+            _GOOD_NAMES.add(key)  # names repeat from event to event: match each one once
     fields.update(visitor_id=visitor_id, session_id=session_id, page=page, seconds_on_page=seconds, ts=ts)
     return Event(visitor_id, session_id, page, seconds, ts, fields)
