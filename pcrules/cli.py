@@ -50,6 +50,156 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bundles: publish, rollback, bundle-info
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _publish(args: argparse.Namespace) -> int:
+    import json
+
+    from .bundle import publish
+    from .errors import PcrulesError
+
+    try:
+        metrics = None
+        if args.metrics:
+            try:
+                metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                return _fail(f"{args.metrics}: cannot read the metrics JSON ({exc})")
+        path = publish(Path(args.rules), Path(args.model) if args.model else None, Path(args.out), metrics,
+                       activate=not args.no_activate)
+    except (PcrulesError, OSError) as exc:
+        return _fail(exc)
+    print(f"published {path.name}: {path}" + ("" if args.no_activate else f" (now current in {args.out})"))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .bundle import rollback
+    from .errors import PcrulesError
+
+    try:
+        result = rollback(Path(args.out))
+    except (PcrulesError, OSError) as exc:
+        return _fail(exc)
+    print(f"rolled back: current is now {result.version} (was {result.previous}): {result.path}")
+    return 0
+
+
+def _bundle_info(args: argparse.Namespace) -> int:
+    from .bundle import CURRENT, STAGING_PREFIX, VERSIONS, BundleError, history, list_versions, load_bundle
+    from .errors import PcrulesError
+
+    path = Path(args.path)
+    try:
+        if not (path / "manifest.json").exists() and ((path / CURRENT).is_symlink() or (path / VERSIONS).is_dir()):
+            past = history(path)
+            print(f"{path}: current {past[-1] if past else '(none)'}; history (oldest first): {', '.join(past) or '-'}")
+            for leftover in sorted(path.glob(f"{STAGING_PREFIX}*")):
+                print(f"  leftover {leftover.name} (an interrupted publish; never served; removed by the next publish)")
+            status = 0
+            for version in list_versions(path):
+                mark = "*" if past and version == past[-1] else " "
+                try:
+                    b = load_bundle(path / VERSIONS / version)
+                    model = (b.manifest.get("model") or {}).get("kind", "none")
+                    print(f"{mark} {version}  ruleset {b.spec.name!r} {b.spec.version}  model {model}  ok")
+                except BundleError as exc:
+                    status = 1 if mark == "*" else status
+                    print(f"{mark} {version}  REFUSED: {exc}")
+            return status
+        b = load_bundle(path)
+    except (PcrulesError, OSError) as exc:
+        return _fail(exc)
+    m = b.manifest
+    print(f"bundle {b.version} at {b.path}: verified")
+    print(f"  created {m['created']}; ruleset {b.spec.name!r} version {b.spec.version}; "
+          f"model {(m.get('model') or {}).get('kind', 'none')}")
+    print(f"  libraries: {', '.join(f'{k} {v}' for k, v in m['libraries'].items())}")
+    if m.get("metrics"):
+        print(f"  metrics: {_json_brief(m['metrics'])}")
+    return 0
+
+
+def _json_brief(value: object, limit: int = 300) -> str:
+    import json
+
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _add_bundle_commands(commands: argparse._SubParsersAction) -> None:
+    pub = commands.add_parser("publish", help="write a verified bundle (rules + model) and make it current")
+    pub.add_argument("--rules", required=True, help="rule spec YAML")
+    pub.add_argument("--model", help="model JSON (a scorer's to_dict()); omit for a rules-only bundle")
+    pub.add_argument("--metrics", help="training metrics JSON to record in the manifest")
+    pub.add_argument("--out", default="published", help="publish directory (default: published)")
+    pub.add_argument("--no-activate", action="store_true", help="write the version but leave current alone")
+    pub.set_defaults(run=_publish)
+    back = commands.add_parser("rollback", help="make the previously current bundle current again")
+    back.add_argument("--out", default="published", help="publish directory (default: published)")
+    back.set_defaults(run=_rollback)
+    info = commands.add_parser("bundle-info", help="verify and describe a bundle or a publish directory")
+    info.add_argument("path", nargs="?", default="published", help="publish dir, <dir>/current or a version dir")
+    info.set_defaults(run=_bundle_info)
+
+
+# --------------------------------------------------------------------------- sample-data: the synthetic world
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    try:
+        from .world import generate
+    except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
+        print(f"error: sample-data needs numpy and pandas ({exc})", file=sys.stderr)
+        return 1
+    try:
+        world = generate(visitors=args.visitors, seed=args.seed, start=args.start, days=args.days,
+                         progress=sys.stderr.isatty() and not args.quiet)
+        paths = world.write(Path(args.out), format=args.format)
+    except ImportError as exc:  # Parquet without pyarrow
+        print(f"error: cannot write {args.format} ({exc}); try --format csv.gz", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"pcrules sample-data: {args.visitors:,} visitors, seed {args.seed}, {args.days} day(s) from {args.start}")
+    print(world.summary())
+    for name, path in paths.items():
+        print(f"{name:<11} {path}  ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("sample-data",
+                              help="generate a synthetic world with a known truth (events, page views, offers)")
+    gen.add_argument("--visitors", type=_positive_int, default=10_000,
+                     help="visitors (about 16 events each; default 10000)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same data")
+    gen.add_argument("--out", required=True, help="directory to write events, page_views and offers to")
+    gen.add_argument("--format", choices=("parquet", "csv.gz"), default="parquet", help="file format (default parquet)")
+    gen.add_argument("--days", type=_positive_int, default=7, help="days of traffic (default 7)")
+    gen.add_argument("--start", default="2025-11-24",
+                     help="first day, ISO date in site time UTC+1 (default 2025-11-24)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(run=_sample_data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log to write")
     demo.add_argument("--append", action="store_true", help="append to an existing log instead of starting afresh")
     demo.set_defaults(run=_demo)
+    _add_bundle_commands(commands)
+    _add_sample_data_command(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .decision import Action, OfferStatus
-from .errors import InvalidEvent, OfferClosed
+from .errors import InvalidEvent, OfferClosed, OfferNotFound
 from .runtime import Runtime
 
 __all__ = ["ReplaySummary", "replay"]
@@ -109,8 +109,8 @@ def replay(runtime: Runtime, rows: Iterable[dict[str, Any]], *, progress: bool =
     for offer_id, expires_at in open_offers.items():
         try:
             runtime.expire(offer_id, ts=expires_at)
-        except OfferClosed:
-            pass  # the runtime expired it already, by event time
+        except (OfferClosed, OfferNotFound):
+            pass  # the runtime expired it already, by event time (and may have forgotten its idle session)
     # Every offer ends one way: what was neither accepted nor declined expired.
     summary.outcomes[OfferStatus.EXPIRED] = summary.offers - summary.outcomes[OfferStatus.ACCEPTED] - summary.outcomes[OfferStatus.DECLINED]
     summary.seconds = time.perf_counter() - started

@@ -1,0 +1,314 @@
+"""The synthetic world: determinism, shapes and invariants, the ground truth's documented effects,
+agreement of the drawn answers with the truth, the legacy offers, and the runtime on world events."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pcrules import Runtime, load_spec
+from pcrules.cli import DEFAULT_RULES, main
+from pcrules.events import validate_event
+from pcrules.replay import replay
+from pcrules.sample import read_events
+from pcrules.world import (
+    DEVICES, EVENT_COLUMNS, LEGACY_COOLDOWN_S, LEGACY_HOURS, LEGACY_TIMEOUT_S, LEGACY_WAITS, OFFER_COLUMNS,
+    PAGE_VIEW_COLUMNS, PAGES, RECHECKS, SITE_UTC_OFFSET_S, generate, needs_help_probability, read_world,
+    time_multiplier, true_accept_probability, write_csv_gz,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate(visitors=20_000, seed=11)  # ~300k events, under a second
+
+
+@pytest.fixture(scope="module")
+def joined(world):
+    """Events with the session's latent needs_help and the page view's dwell."""
+    pv = world.page_views[["session_id", "pages_viewed", "needs_help", "dwell_s", "enter_ts"]]
+    out = world.events.merge(pv, on=["session_id", "pages_viewed"], how="left", validate="many_to_one")
+    assert len(out) == len(world.events) and out["needs_help"].notna().all()
+    return out
+
+
+# ------------------------------------------------------------------ determinism and shapes
+
+
+def test_same_seed_same_frames_and_another_seed_differs():
+    a, b, c = generate(visitors=400, seed=5), generate(visitors=400, seed=5), generate(visitors=400, seed=6)
+    for name in ("events", "page_views", "offers"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert not a.events.equals(c.events)
+    assert len(a.events) != len(c.events) or not np.array_equal(a.events["ts"], c.events["ts"])
+
+
+def test_chunked_generation_is_deterministic_too(monkeypatch):
+    import pcrules.world as world_module
+
+    monkeypatch.setattr(world_module, "CHUNK_VISITORS", 150)  # 400 visitors -> three chunks
+    a, b = generate(visitors=400, seed=2), generate(visitors=400, seed=2)
+    pd.testing.assert_frame_equal(a.events, b.events)
+    assert a.events["visitor_id"].nunique() == 400
+    assert a.events["ts"].is_monotonic_increasing
+
+
+def test_columns_and_types(world):
+    ev, pv, of = world.events, world.page_views, world.offers
+    assert tuple(ev.columns) == EVENT_COLUMNS
+    assert tuple(pv.columns) == PAGE_VIEW_COLUMNS
+    assert tuple(of.columns) == OFFER_COLUMNS
+    assert ev["returning"].dtype == bool and pv["needs_help"].dtype == bool
+    assert ev["pages_viewed"].dtype == np.int64
+    for col in ("ts", "seconds_on_page", "session_seconds", "response_delay_s"):
+        assert ev[col].dtype == np.float64
+    assert set(ev["response"].dropna()) == {"accept", "decline"}
+    assert set(of["response"]) == {"accept", "decline", "none"}
+
+
+def test_events_sorted_and_page_views_well_formed(world, joined):
+    ev = world.events
+    assert ev["ts"].is_monotonic_increasing
+    assert (joined.groupby("session_id", sort=False)["ts"].diff().dropna() > 0).all()
+    # Within a page view: 0, 15, 30, ... in order, and the re-checks stop at the dwell.
+    key = ["session_id", "pages_viewed"]
+    grouped = joined.groupby(key, sort=False)["seconds_on_page"]
+    assert (grouped.diff().dropna() > 0).all()
+    assert (grouped.min() == 0).all()
+    assert set(ev["seconds_on_page"].unique()) <= set(RECHECKS)
+    assert (joined["seconds_on_page"] <= joined["dwell_s"]).all()
+    expected = np.searchsorted(RECHECKS, world.page_views["dwell_s"].to_numpy(), side="right")
+    counts = world.page_views.set_index(key).index.map(joined.groupby(key).size())
+    assert np.array_equal(np.asarray(counts), expected), "one event per re-check the visitor stayed for"
+    assert np.allclose(joined["ts"], joined["enter_ts"] + joined["seconds_on_page"], atol=2e-3)
+    # pages_viewed counts 1, 2, 3, ... per session; session_seconds is time since the session's first page.
+    steps = world.page_views.sort_values(["session_id", "pages_viewed"])
+    assert (steps["pages_viewed"] == steps.groupby("session_id").cumcount() + 1).all()
+    first = joined.groupby("session_id")["ts"].transform("min")
+    assert np.allclose(joined["session_seconds"], joined["ts"] - first, atol=2e-3)
+
+
+def test_every_page_and_device_appears_and_visitors_return(world):
+    ev, pv = world.events, world.page_views
+    assert set(ev["page"]) == set(PAGES) and len(PAGES) >= 9
+    assert set(ev["device"]) == set(DEVICES)
+    sessions = ev.groupby("visitor_id")["session_id"].nunique()
+    assert (sessions > 1).mean() > 0.2, "some visitors come back for another session"
+    assert 0.25 < ev.groupby("session_id")["returning"].first().mean() < 0.6
+    # A later session of a visitor is always returning, and sessions of a visitor do not overlap.
+    bounds = pv.assign(end=pv["enter_ts"] + pv["dwell_s"]).groupby(["visitor_id", "session_id"]).agg(
+        start=("enter_ts", "min"), end=("end", "max"), returning=("returning", "first")).reset_index()
+    bounds = bounds.sort_values(["visitor_id", "start"])
+    later = bounds["visitor_id"].eq(bounds["visitor_id"].shift())
+    assert bounds.loc[later, "returning"].all()
+    assert (bounds["start"] > bounds.groupby("visitor_id")["end"].shift()).loc[later].all()
+
+
+def test_dwell_is_heavy_tailed_and_longer_when_help_is_needed(world):
+    pv = world.page_views
+    dwell = pv["dwell_s"]
+    assert dwell.mean() > 1.8 * dwell.median(), "heavy right tail"
+    assert (dwell > 10 * dwell.median()).mean() > 0.02
+    bill = pv[pv["page"] == "Bill Payment"].groupby("needs_help")["dwell_s"].median()
+    assert bill[True] > 2 * bill[False]
+    home = pv[pv["page"] == "Home"].groupby("needs_help")["dwell_s"].median()
+    assert home[True] < 1.5 * home[False], "Home is not a hard page"
+    # Visitors who need help go to the help pages more often.
+    help_pages = pv["page"].isin(["FAQ", "Support", "Contact"])
+    assert help_pages[pv["needs_help"]].mean() > 1.4 * help_pages[~pv["needs_help"]].mean()
+
+
+def test_daily_traffic_curve(world):
+    starts = world.page_views.loc[world.page_views["pages_viewed"] == 1, "enter_ts"]
+    hour = ((starts + SITE_UTC_OFFSET_S) % 86400) // 3600
+    night = hour.between(2, 4).mean() / 3
+    day = hour.between(10, 12).mean() / 3
+    assert day > 8 * night
+
+
+# ------------------------------------------------------------------ the ground truth
+
+
+@pytest.mark.parametrize("helped", [True, False], ids=["needs_help known", "needs_help marginalised"])
+def test_documented_effects_hold_over_the_worlds_events(joined, helped):
+    t = joined["seconds_on_page"]
+    p = true_accept_probability(joined["page"], t, joined["device"], joined["returning"], joined["pages_viewed"],
+                                joined["needs_help"] if helped else None)
+    average = p.mean()
+    # BoldChat: 2-3 minutes 79 % more likely to be accepted than average
+    assert p[t.between(120, 180)].mean() / average == pytest.approx(1.79, abs=0.08)
+    # BoldChat: 10-30 s does worse than average, and worse than inviting earlier
+    assert p[t.between(10, 30)].mean() < 0.8 * average
+    assert p[t.between(10, 30)].mean() < p[t == 0].mean()
+    # BoldChat: repeat visitors 64 % more likely to accept than first-time visitors
+    assert p[joined["returning"]].mean() / p[~joined["returning"]].mean() == pytest.approx(1.64, abs=0.04)
+    # a few percent overall; the checkout (cart) page on top, at most about 20 %
+    assert 0.02 < average < 0.08
+    by_page = p.groupby(joined["page"]).mean()
+    assert by_page.idxmax() == "Checkout"
+    assert 0.10 < by_page["Checkout"] <= 0.22
+    assert by_page.drop("Checkout").max() < 0.1
+
+
+def test_truth_is_vectorised_and_accepts_scalars():
+    one = true_accept_probability("Checkout", 150, "desktop", True, 4)
+    assert isinstance(one, float) and 0 < one < 0.6
+    arr = true_accept_probability(np.array(["Home", "Checkout"]), [0, 150], "mobile", [False, True], 3)
+    assert isinstance(arr, np.ndarray) and arr.shape == (2,) and arr[0] < arr[1]
+    ser = true_accept_probability(pd.Series(["Home", "FAQ"], index=[7, 9]), 30, "desktop", False, 1)
+    assert isinstance(ser, pd.Series) and list(ser.index) == [7, 9]
+    # Unknown page / device and a missing pages_viewed do not crash.
+    assert 0 < true_accept_probability("Somewhere", 60, "fridge", False, None) < 0.1
+    # Marginalising needs_help lies between its two values, and the probability stays below the cap.
+    lo = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=False)
+    hi = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=True)
+    mid = true_accept_probability("Bill Payment", 150, "desktop", False, 2)
+    assert lo < mid < hi == pytest.approx(2 * lo)
+    assert true_accept_probability("Checkout", 150, "desktop", True, 30, needs_help=True) <= 0.6
+
+
+def test_time_shape_and_help_posterior():
+    m = time_multiplier(RECHECKS)
+    by_t = dict(zip(RECHECKS, m))
+    assert min(by_t[15], by_t[30]) < by_t[0] <= by_t[60] < by_t[120]
+    assert max(m) == max(by_t[120], by_t[150], by_t[180])
+    post = needs_help_probability(["Bill Payment"] * 4, [0, 60, 150, 600])
+    assert np.all(np.diff(post) > 0), "staying longer on a hard page is evidence of needing help"
+    assert needs_help_probability("Support", 0) > needs_help_probability("Home", 0)
+
+
+# ------------------------------------------------------------------ drawn answers agree with the truth
+
+
+def _binomial_z(successes: int, probabilities: np.ndarray) -> float:
+    expected = probabilities.sum()
+    return (successes - expected) / math.sqrt((probabilities * (1 - probabilities)).sum())
+
+
+def test_offers_accept_at_the_true_rate(world):
+    of = world.offers.merge(world.page_views[["session_id", "pages_viewed", "needs_help"]],
+                            on=["session_id", "pages_viewed"], how="left")
+    p = true_accept_probability(of["page"], of["seconds_on_page"], of["device"], of["returning"], of["pages_viewed"],
+                                of["needs_help"]).to_numpy()
+    accepted = int((of["response"] == "accept").sum())
+    assert len(of) > 5000 and accepted > 100
+    assert abs(_binomial_z(accepted, p)) < 4
+    # And per wait time, the A/B arms give the model time-on-page contrast.
+    for wait, group in of.groupby("legacy_wait_s"):
+        if len(group) > 300:
+            assert abs(_binomial_z(int((group["response"] == "accept").sum()), p[group.index])) < 4, wait
+    assert 0.2 < (of["response"] == "decline").mean() < 0.5 and (of["response"] == "none").mean() > 0.3
+
+
+def test_would_be_answers_on_events_agree_with_the_truth(joined):
+    p = true_accept_probability(joined["page"], joined["seconds_on_page"], joined["device"], joined["returning"],
+                                joined["pages_viewed"], joined["needs_help"]).to_numpy()
+    accepted = (joined["response"] == "accept").to_numpy()
+    assert abs(_binomial_z(int(accepted.sum()), p)) < 4
+    t = joined["seconds_on_page"]
+    assert accepted[t.between(120, 180)].mean() / accepted.mean() == pytest.approx(1.79, abs=0.15)
+    delay = joined["response_delay_s"]
+    assert (delay.notna() == joined["response"].notna()).all() and (delay.dropna() > 0).all()
+
+
+# ------------------------------------------------------------------ the legacy policy
+
+
+def test_legacy_offers_follow_the_fixed_wait_policy(world):
+    of, ev = world.offers, world.events
+    assert of["session_id"].is_unique, "at most one offer per session"
+    assert (of["seconds_on_page"] == of["legacy_wait_s"]).all()
+    for i, page in enumerate(PAGES):
+        waits = set(of.loc[of["page"] == page, "legacy_wait_s"])
+        assert waits == set(LEGACY_WAITS[i]), f"all three A/B waits were offered on {page}"
+    hour = ((of["ts"] + SITE_UTC_OFFSET_S) % 86400) // 3600
+    assert hour.between(LEGACY_HOURS[0], LEGACY_HOURS[1] - 1).all()
+    # Each offer is an observation event, answered as that event's would-be answer (within the timeout).
+    at = of.merge(ev, on=["ts", "session_id", "seconds_on_page"], suffixes=("", "_event"))
+    assert len(at) == len(of)
+    timely = at["response_event"].notna() & (at["response_delay_s_event"] <= LEGACY_TIMEOUT_S)
+    assert (at.loc[timely, "response"] == at.loc[timely, "response_event"]).all()
+    assert (at.loc[~timely, "response"] == "none").all()
+    # No offer within 24 h after the same visitor declined one.
+    declines = of[of["response"] == "decline"]
+    previous = of.merge(declines[["visitor_id", "ts"]], on="visitor_id", suffixes=("", "_declined"))
+    gap = previous["ts"] - previous["ts_declined"]
+    assert not ((gap > 0) & (gap < LEGACY_COOLDOWN_S)).any()
+
+
+# ------------------------------------------------------------------ the runtime sees these events
+
+
+def test_events_validate_through_the_runtime_door(world):
+    rows = world.events.sample(1000, random_state=1)
+    for row in rows.drop(columns=["response", "response_delay_s"]).to_dict("records"):
+        event = validate_event(row, clock=lambda: 0.0)
+        assert event.ts == row["ts"] and event.fields["returning"] is row["returning"]
+
+
+def test_replay_of_a_small_world_through_the_default_ruleset(tmp_path):
+    small = generate(visitors=600, seed=3)
+    path = tmp_path / "events.csv.gz"
+    write_csv_gz(small.events, path)
+    rows = list(read_events(path))
+    assert len(rows) == len(small.events)
+    with Runtime(load_spec(DEFAULT_RULES)) as runtime:
+        summary = replay(runtime, rows)
+    assert summary.events == len(rows) and summary.refused == 0
+    assert summary.offers > 20
+    outcomes = {status.value: n for status, n in summary.outcomes.items()}
+    assert outcomes.get("accepted", 0) > 0 and outcomes.get("declined", 0) > 0 and outcomes.get("expired", 0) > 0
+    assert sum(outcomes.values()) == summary.offers
+
+
+# ------------------------------------------------------------------ writing, reading, the command line
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv.gz"])
+def test_write_and_read_back(tmp_path, fmt):
+    small = generate(visitors=120, seed=4)
+    paths = small.write(tmp_path / "w", format=fmt)
+    assert sorted(paths) == ["events", "offers", "page_views"] and all(p.exists() for p in paths.values())
+    back = read_world(tmp_path / "w")
+    for name in ("events", "page_views", "offers"):
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(small, name), check_dtype=False)
+    if fmt == "csv.gz":  # reproducible bytes
+        again = small.write(tmp_path / "again", format=fmt)
+        assert all(paths[k].read_bytes() == again[k].read_bytes() for k in paths)
+    with pytest.raises(ValueError, match="format"):
+        small.write(tmp_path / "x", format="xlsx")
+
+
+def test_sample_data_command(tmp_path, capsys):
+    out = tmp_path / "world"
+    assert main(["sample-data", "--visitors", "80", "--seed", "2", "--out", str(out), "--format", "csv.gz",
+                 "--days", "2", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "events" in text and "legacy offers" in text
+    assert {p.name for p in out.iterdir()} == {"events.csv.gz", "page_views.csv.gz", "offers.csv.gz"}
+    assert main(["sample-data", "--visitors", "5", "--out", str(tmp_path / "y"), "--start", "someday"]) == 1
+    assert "start" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample-data", "--visitors", "0", "--out", str(tmp_path / "z")])
+
+
+def test_progress_bar_only_when_asked(capsys):
+    generate(visitors=50, seed=1)
+    assert capsys.readouterr().err == ""
+    generate(visitors=50, seed=1, progress=True)
+    assert "world" in capsys.readouterr().err
+
+
+def test_import_pcrules_does_not_import_pandas():
+    code = ("import sys, pcrules, pcrules.cli, pcrules.sample, pcrules.replay; "
+            "assert 'pandas' not in sys.modules and 'numpy' not in sys.modules, 'pandas or numpy imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 0, run.stderr
