@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# conda-forge packages whose name differs from PyPI's
+CONDA_TO_PYPI = {"redis-py": "redis"}
 REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[[^\]]*\])?\s*(>=\s*[0-9][^,;\s]*)?")
 
 
@@ -39,7 +41,7 @@ def environment_requirements() -> dict[str, str | None]:
             if item.startswith(("-e", "python", "pip")) and not item.startswith("pip-"):
                 continue
             name, bound = _parse(item)
-            out[name] = bound
+            out[CONDA_TO_PYPI.get(name, name)] = bound
     return out
 
 
