@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import logging
 import threading
 import uuid
@@ -73,10 +74,13 @@ def _encode(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_EXPONENT = re.compile(r"\de[-+]")
+
+
 def _encode_fact(fact: Mapping[str, Any]) -> str:
-    if any(_needs_engine_number(v) for v in fact.values()):
-        return _encode(dict(fact))
-    return json.dumps(fact, ensure_ascii=False)  # the common case, at C speed
+    payload = json.dumps(fact, ensure_ascii=False)  # the common case, at C speed
+    # Exponent notation shows as digit-e-sign; a string that merely looks like it costs only the slow path.
+    return _encode(dict(fact)) if _EXPONENT.search(payload) else payload
 
 
 def _leaf(cond: Condition, field: str) -> dict:
@@ -177,7 +181,7 @@ class ViewPlan:
                                    if any(c.field in _PER_ZONE for c in r.conditions())}))
 
     def view(self, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
-        view: dict[str, Any] = {}
+        view: dict[str, Any] = {KIND: "pv", "sid": SID}
         for name, key, types, numeric in self.typed:
             value = fields.get(name)
             if value is not None and isinstance(value, types) and not (numeric and value.__class__ is bool):
@@ -244,11 +248,9 @@ class DurableMatcher:
         self._rules = {f"{tag}{i}": (i, tag, rule) for i, rule in enumerate(spec.rules) for tag in "fsr"}
         self._plan = ViewPlan(spec)
 
-    def fired(self, view: Mapping[str, Any]) -> list[str]:
-        """Keys of every compiled rule variant that `view` satisfies."""
-        fact = dict(view)
-        fact[KIND] = "pv"
-        fact["sid"] = SID
+    def fired(self, view: dict[str, Any]) -> list[str]:
+        """Keys of every compiled rule variant that `view` (from ViewPlan.view; consumed) satisfies."""
+        fact = view
         with self._lock:
             if self._handle is None:
                 raise PcrulesError("matcher is closed (its ruleset was replaced)")
