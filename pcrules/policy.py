@@ -103,23 +103,25 @@ def in_holdout(visitor_id: str, share: float) -> bool:
 def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
     """The offer's metadata: text templates filled from the event, safe to show as HTML."""
     seconds = fields.get("seconds_on_page", 0.0)
-    values = {**fields, "minutes": int(seconds // 60), "seconds": int(seconds), "queue": rule.queue, "rule": rule.name}
+    values = _Values(fields, minutes=str(int(seconds // 60)), seconds=str(int(seconds)), queue=rule.queue, rule=rule.name)
     out = {}
     for key, template in rule.metadata:
-        text = template.format_map(_Blank(values))
+        text = template.format_map(values)
         # Names and values both land in the CSR's HTML window; names come from the spec, but escape them too.
         out[html.escape(key, quote=True)] = html.escape(text[:MAX_METADATA_VALUE], quote=True)
     return out
 
 
-class _Blank(dict):
-    """Template values; a field the event lacks renders as empty text."""
+class _Values(dict):
+    """Template values, shown as text on demand; a field the event lacks renders as empty text."""
 
-    def __init__(self, values: Mapping[str, Any]):
-        super().__init__({k: _show(v) for k, v in values.items()})
+    def __init__(self, fields: Mapping[str, Any], **extras: str):
+        super().__init__(extras)
+        self.fields = fields
 
     def __missing__(self, key: str) -> str:
-        return ""
+        value = self.fields.get(key)
+        return "" if value is None else _show(value)
 
 
 def _show(value: Any) -> str:
