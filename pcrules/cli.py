@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import SpecError
 
@@ -200,6 +201,38 @@ def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
     gen.set_defaults(run=_sample_data)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .history import HistoryError, load_offers
+    from .training import train_on_offers, write_model
+
+    try:
+        offers, report = load_offers(args.offers)
+    except (HistoryError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if report.problems:
+        print(report, file=sys.stderr)
+    try:
+        result = train_on_offers(offers, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_model(result, args.out, args.metrics_out)
+    print(f"trained on {result.n_train:,} offers, reported on {result.n_test:,} held-out ones")
+    print(result.test.summary())
+    print(f"model: {args.out}" + (f"; metrics: {args.metrics_out}" if args.metrics_out else ""))
+    return 0
+
+
+def _add_train_command(commands: Any) -> None:
+    train = commands.add_parser("train", help="train the acceptance model on past offers; write a model file")
+    train.add_argument("--offers", required=True, help="offers table (Parquet or CSV, see data/README.md)")
+    train.add_argument("--out", required=True, help="model file to write (JSON; publish it with `pcrules publish`)")
+    train.add_argument("--metrics-out", help="held-out metrics to write (JSON; `publish --metrics` takes it)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    train.set_defaults(run=_train)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=_demo)
     _add_bundle_commands(commands)
     _add_sample_data_command(commands)
+    _add_train_command(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,45 @@
+"""From history to a model file: train the acceptance model on past offers and their answers.
+
+Past offers are the only rows whose answer is known (an observation nobody
+was offered says nothing about acceptance), so they are the training set:
+target 1 for ``accept``, 0 for ``decline`` or no answer. Whole visitors are
+held out for the report, so a visitor's sessions never sit on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["train_on_offers", "write_model"]
+
+
+def train_on_offers(offers: Any, *, test_size: float = 0.25, seed: int = 0, truth: Any = None) -> Any:
+    """Fit an AcceptanceModel on an offers table (see data/README.md) and report on held-out visitors.
+
+    `truth`: the true acceptance probabilities of the same rows, when known (a generated world).
+    """
+    import numpy as np
+
+    from .scoring import train_and_evaluate
+
+    if len(offers) == 0:
+        raise ValueError("offers: no rows to train on")
+    target = (offers["response"].astype(str) == "accept").to_numpy(dtype=int)
+    if target.min() == target.max():
+        raise ValueError("offers.response: every offer has the same answer; a model cannot learn from that")
+    p_true = None if truth is None else np.asarray(truth, dtype=float)
+    return train_and_evaluate(offers, target, groups=offers["visitor_id"], p_true=p_true,
+                              test_size=test_size, seed=seed)
+
+
+def write_model(result: Any, model_path: str | Path, metrics_path: str | Path | None = None) -> dict:
+    """Write the compiled model (JSON, no code) and its held-out metrics; return the metrics."""
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model_path.write_text(json.dumps(result.model.compile().to_dict(), indent=1, sort_keys=True))
+    metrics = {"held_out": result.test.to_dict(), "train_rows": result.n_train, "test_rows": result.n_test}
+    if metrics_path is not None:
+        Path(metrics_path).write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))
+    return metrics
