@@ -120,12 +120,15 @@ class SQLiteDecisionLog:
     """The default decision log.
 
     Checkpoints (copying the WAL back into the database, with an fsync of
-    each) run on a background thread with its own connection, not inside the
-    INSERT that happens to cross the threshold: they are what made the slow
-    tail of observe(). Small pages (1 KiB) keep each commit's WAL write small.
+    each) mostly run on a background thread with its own connection, not
+    inside the INSERT that happens to cross the threshold. The writer keeps a
+    (large) automatic checkpoint of its own, because only a checkpoint that
+    completes between two writes lets the WAL start over: without it the WAL
+    grew by gigabytes under steady load. Small pages (1 KiB) keep each
+    commit's WAL write small.
     """
 
-    def __init__(self, path: str | Path, *, checkpoint_every_s: float = 1.0):
+    def __init__(self, path: str | Path, *, checkpoint_every_s: float = 0.25, wal_pages: int = 4000):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -137,7 +140,7 @@ class SQLiteDecisionLog:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
         self._stop = threading.Event()
         # The thread holds no reference to self, so a log dropped without close() is still collected.
         self._checkpointer = threading.Thread(target=_checkpoint_loop, args=(self.path, self._stop, checkpoint_every_s),

@@ -155,3 +155,21 @@ def test_reload_is_recorded(tmp_path):
     with sqlite3.connect(log.path) as db:
         assert db.execute("SELECT ruleset FROM decisions").fetchall() == [("second",)]
     assert d.ruleset == "second"
+
+
+def test_wal_stays_bounded_under_sustained_writes(tmp_path):
+    """Only a checkpoint that completes between two writes lets the WAL start over; without the
+    writer's own (large) automatic checkpoint, a background-only PASSIVE checkpoint let it grow by GBs."""
+    import os
+
+    from pcrules import SQLiteDecisionLog
+    from pcrules.decision import Action, Decision, Reason
+
+    path = tmp_path / "log.sqlite"
+    log = SQLiteDecisionLog(path, wal_pages=500)
+    for i in range(20_000):
+        log.record_decision(Decision(Action.NONE, Reason.NO_RULE, f"v{i}", "s", 1000.0 + i, "Home", 1.0, "r", "x"))
+    wal = os.path.getsize(f"{path}-wal")
+    log.close()
+    # 500 pages of 1 KiB, plus what was written while the last checkpoint ran
+    assert wal < 2_000_000, f"WAL grew to {wal:,} bytes"
