@@ -31,6 +31,14 @@ The pieces (each documented where it is defined below):
   them back for any ruleset.
 * **Legacy offers**: a fixed wait time per page, the way the seed API is usually used, run as an
   A/B test of three waits per page (:data:`LEGACY_WAITS`); answers are the events' would-be answers.
+* **Goals and the causal effect of a chat** (separate from :func:`generate`, whose frames they leave
+  unchanged): each session's goal (``bill_paid``, ``plan_bought``, ``call_avoided``) converts with a
+  base rate that depends on ``needs_help``; an accepted chat raises it by an amount that depends on
+  the page and on ``needs_help``, declined and ignored offers lower it a little (:class:`GoalModel`,
+  constants documented where defined). :func:`session_goals`, :func:`draw_goals` (what a replay
+  reports through ``Runtime.record_goal``, :func:`report_goals`), :func:`true_uplift` (the true
+  intention-to-treat uplift of any policy's decisions, what :mod:`pcrules.uplift` estimates) and
+  :func:`offer_effects` (per-offer values for a backtest's expected uplift).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -53,6 +61,8 @@ __all__ = [
     "PAGES", "DEVICES", "RECHECKS", "EVENT_COLUMNS", "PAGE_VIEW_COLUMNS", "OFFER_COLUMNS",
     "World", "generate", "true_accept_probability", "needs_help_probability", "time_multiplier",
     "read_world",
+    "GOAL_NAMES", "GoalModel", "GOALS", "NO_EFFECT", "TrueUplift", "session_goals", "draw_goals", "report_goals",
+    "true_uplift", "offer_effects",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -650,3 +660,442 @@ def generate(visitors: int = 10_000, seed: int = 0, start: Any = DEFAULT_START, 
         bar.close()
     config = {"visitors": visitors, "seed": seed, "start": start_ts, "days": days}
     return World(events=events, page_views=page_views, offers=offers, config=config)
+
+
+# --------------------------------------------------------------------------------------------
+# Business outcomes (goals) and the causal effect of a chat
+# --------------------------------------------------------------------------------------------
+#
+# Separate from `generate()` on purpose: the events, page views and legacy offers (and so the shipped
+# sample) do not change. Goals are drawn from their own random stream, seeded by the world's seed.
+#
+# The model (every number an assumption of this synthetic world, chosen to be plausible and to make
+# targeting matter; none is a published figure):
+#
+# * Each session has at most one goal, its *task*: the goal of the first page of the session that
+#   belongs to a task (PAGE_GOAL). Bill Payment and Account -> `bill_paid`; Plans, Roaming and
+#   Checkout -> `plan_bought`; FAQ, Support and Contact -> `call_avoided` (the visitor found what
+#   she needed and does not phone). A session that only sees Home has no goal and never converts.
+# * Without any offer the session converts with GOAL_BASE[goal][needs_help]: a visitor who is
+#   struggling converts about half as often.
+# * Offers change that probability p, in the order they were made in the session:
+#     accepted chat:          p -> p + lift * (1 - p)   lift = ACCEPT_LIFT[page of the offer][needs_help]:
+#                                                        the chat rescues that share of the sessions that
+#                                                        would not have converted; large for a struggling
+#                                                        visitor on a hard page (Bill Payment, Support),
+#                                                        small for one who is fine (so targeting matters);
+#     declined offer:         p -> p * (1 - DECLINE_COST)   annoyance: that share of would-be conversions is lost;
+#     ignored / expired offer: p -> p * (1 - IGNORE_COST)
+#   A would-be offer withheld from a holdout visitor changes nothing (she never saw it).
+# * The goal happens at the end of its session (the last page's exit), if at all: the session
+#   converts iff its uniform draw `u` (fixed per session, common to every policy replayed on the
+#   world: common random numbers) is below its final probability.
+# * The experiment's unit is the visitor (the holdout is stable per visitor): a visitor converts iff
+#   one of her sessions' goals happens within the attribution window that starts at her first
+#   eligible decision (her first offer or would-be offer), as pcrules.uplift counts it.
+
+GOAL_NAMES: tuple[str, ...] = ("bill_paid", "plan_bought", "call_avoided")
+PAGE_GOAL: dict[str, str] = {
+    "Bill Payment": "bill_paid", "Account": "bill_paid",
+    "Plans": "plan_bought", "Roaming": "plan_bought", "Checkout": "plan_bought",
+    "FAQ": "call_avoided", "Support": "call_avoided", "Contact": "call_avoided",
+}  # Home: no task
+# P(goal | no offer), (visitor is fine, visitor needs help).
+GOAL_BASE: dict[str, tuple[float, float]] = {
+    "bill_paid": (0.60, 0.30),
+    "plan_bought": (0.12, 0.06),
+    "call_avoided": (0.75, 0.35),
+}
+# Share of would-be non-converters an accepted chat converts, by the page the offer was made on:
+#                                     fine   needs help
+ACCEPT_LIFT: dict[str, tuple[float, float]] = {
+    "Home": (0.02, 0.10),
+    "Bill Payment": (0.05, 0.45),
+    "Plans": (0.05, 0.20),
+    "Roaming": (0.05, 0.25),
+    "Checkout": (0.10, 0.30),
+    "Account": (0.03, 0.30),
+    "FAQ": (0.05, 0.40),
+    "Support": (0.05, 0.50),
+    "Contact": (0.05, 0.40),
+}
+UNKNOWN_PAGE_LIFT = (0.02, 0.10)  # a page outside PAGES: like Home
+DECLINE_COST = 0.03   # share of would-be conversions lost when the visitor declines the offer
+IGNORE_COST = 0.01    # ... when she lets it expire
+GOAL_STREAM = 0x60A15  # the goals' random stream: SeedSequence([seed, GOAL_STREAM])
+DEFAULT_WINDOW_S = 86400.0  # attribution window (as pcrules.uplift.DEFAULT_WINDOW_S)
+
+
+@dataclass(frozen=True, eq=False)
+class GoalModel:
+    """How goals convert and how offers change that (see the module notes above). The default instance
+    :data:`GOALS` uses the documented constants; :meth:`without_effect` gives a world where offers change
+    nothing (the true uplift of every policy is exactly 0), :meth:`scaled` a stronger or weaker effect."""
+
+    base: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(GOAL_BASE))
+    accept_lift: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(ACCEPT_LIFT))
+    decline_cost: float = DECLINE_COST
+    ignore_cost: float = IGNORE_COST
+    unknown_page_lift: tuple[float, float] = UNKNOWN_PAGE_LIFT
+    page_goal: Mapping[str, str] = field(default_factory=lambda: dict(PAGE_GOAL))
+
+    def __post_init__(self) -> None:
+        pairs = [*self.base.items(), *self.accept_lift.items(), ("unknown_page_lift", self.unknown_page_lift)]
+        for name, pair in pairs:
+            if len(pair) != 2 or not all(0.0 <= x <= 1.0 for x in pair):
+                raise ValueError(f"{name}: expected (fine, needs_help) probabilities in [0, 1], got {pair!r}")
+        for name in ("decline_cost", "ignore_cost"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected a share in [0, 1], got {getattr(self, name)!r}")
+        unknown = set(self.page_goal.values()) - set(self.base)
+        if unknown:
+            raise ValueError(f"page_goal names goals without a base rate: {sorted(unknown)}")
+
+    def without_effect(self) -> "GoalModel":
+        """The same goals and base rates; offers (accepted, declined or ignored) change nothing."""
+        return self.scaled(0.0, 0.0)
+
+    def scaled(self, lift: float = 1.0, cost: float = 1.0) -> "GoalModel":
+        """Every accept lift times `lift` (capped at 1) and both annoyance costs times `cost`."""
+        def cap(pair: tuple[float, float]) -> tuple[float, float]:
+            return (min(pair[0] * lift, 1.0), min(pair[1] * lift, 1.0))
+
+        return GoalModel(base=dict(self.base), accept_lift={k: cap(v) for k, v in self.accept_lift.items()},
+                         decline_cost=min(self.decline_cost * cost, 1.0), ignore_cost=min(self.ignore_cost * cost, 1.0),
+                         unknown_page_lift=cap(self.unknown_page_lift), page_goal=dict(self.page_goal))
+
+    def lift(self, page: Any, needs_help: Any) -> np.ndarray:
+        """Vectorised ACCEPT_LIFT[page][needs_help]."""
+        pages = np.asarray(page, dtype=object)
+        table = np.array([self.accept_lift.get(p, self.unknown_page_lift) for p in pages.ravel()], dtype=float)
+        table = table.reshape(pages.shape + (2,)) if pages.ndim else table.reshape(2)
+        helped = np.asarray(needs_help, dtype=bool)
+        return np.where(helped, table[..., 1], table[..., 0])
+
+    def base_rate(self, goal: Any, needs_help: Any) -> np.ndarray:
+        """Vectorised GOAL_BASE[goal][needs_help]; 0 for a missing goal."""
+        goals = np.asarray(goal, dtype=object)
+        table = np.array([self.base.get(g, (0.0, 0.0)) if isinstance(g, str) else (0.0, 0.0) for g in goals.ravel()],
+                         dtype=float)
+        table = table.reshape(goals.shape + (2,)) if goals.ndim else table.reshape(2)
+        return np.where(np.asarray(needs_help, dtype=bool), table[..., 1], table[..., 0])
+
+
+GOALS = GoalModel()
+NO_EFFECT = GOALS.without_effect()
+
+SESSION_GOAL_COLUMNS = ("visitor_id", "session_id", "goal", "goal_ts", "needs_help", "base_p", "u")
+
+
+def session_goals(world: World, model: GoalModel = GOALS, seed: int | None = None) -> pd.DataFrame:
+    """One row per session of `world`: its goal (None when it has no task), when the goal would happen
+    (``goal_ts``: the session's last page exit), the latent ``needs_help``, the conversion probability
+    without offers (``base_p``) and the session's uniform draw ``u`` (converts iff ``u`` < probability).
+
+    Deterministic: the draws come from ``SeedSequence([seed, GOAL_STREAM])`` in ``session_id`` order,
+    `seed` defaulting to the world's own (``world.config["seed"]``; pass it for a world read from files).
+    Sorted by ``session_id``.
+    """
+    if seed is None:
+        if "seed" not in world.config:
+            raise ValueError("seed: this world has no config['seed'] (read from files?); "
+                             "pass the seed it was generated with")
+        seed = int(world.config["seed"])
+    codes, _ = pd.factorize(world.page_views["session_id"].to_numpy(dtype=object), sort=True)
+    pv = world.page_views.iloc[np.lexsort((world.page_views["pages_viewed"].to_numpy(), codes))]
+    sid = pv["session_id"].to_numpy(dtype=object)
+    first = np.r_[True, sid[1:] != sid[:-1]]
+    starts = np.flatnonzero(first)
+    task = pd.Series(pv["page"].to_numpy(dtype=object)).map(dict(model.page_goal)).to_numpy(dtype=object)
+    has_task = np.array([isinstance(t, str) for t in task])
+    # First task page per session: position of the first True at or after each session start.
+    group = np.cumsum(first) - 1
+    cand = np.flatnonzero(has_task)
+    first_task = np.full(len(starts), -1)
+    if len(cand):
+        uniq, idx = np.unique(group[cand], return_index=True)
+        first_task[uniq] = cand[idx]
+    goal = np.where(first_task >= 0, task[np.maximum(first_task, 0)], None)
+    end = pv["enter_ts"].to_numpy() + pv["dwell_s"].to_numpy()
+    goal_ts = np.round(np.maximum.reduceat(end, starts), 3) if len(starts) else np.array([])
+    helped = pv["needs_help"].to_numpy(dtype=bool)[starts]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
+    out = pd.DataFrame({
+        "visitor_id": _text_column(pv["visitor_id"].to_numpy(dtype=object)[starts]),
+        "session_id": _text_column(sid[starts]),
+        "goal": _text_column(goal.astype(object)),
+        "goal_ts": goal_ts,
+        "needs_help": helped,
+        "base_p": model.base_rate(goal, helped),
+        "u": rng.random(len(starts)),
+    })
+    return out
+
+
+def _eligible_offers(world: World, decisions: pd.DataFrame) -> pd.DataFrame:
+    """Offers and would-be offers in `decisions`, joined with the world's event at which each was made.
+
+    `decisions` needs ``session_id`` and ``ts``; optional: ``visitor_id``, ``action`` and ``reason``
+    (then only offers and holdout would-be offers are kept), ``holdout`` (truthy: a would-be offer),
+    ``expires_at`` (else a 60 s timeout), ``status`` (accepted / declined / expired) or ``response``
+    (accept / decline / none) to use instead of the world's would-be answer, ``rule``, ``queue``.
+    """
+    if not isinstance(decisions, pd.DataFrame):
+        decisions = pd.DataFrame(list(decisions) if not isinstance(decisions, Mapping) else decisions)
+    missing = [c for c in ("session_id", "ts") if c not in decisions.columns]
+    if missing:
+        raise ValueError(f"decisions: missing column(s) {missing}")
+    d = decisions
+    if "action" in d.columns:
+        holdout_rows = (d["holdout"].fillna(0).astype(bool) if "holdout" in d.columns
+                        else d.get("reason", pd.Series(None, index=d.index)).eq("holdout"))
+        d = d[d["action"].astype(object).eq("offer") | holdout_rows]
+    d = d.copy()
+    d["holdout"] = d["holdout"].fillna(0).astype(bool) if "holdout" in d.columns else False
+    d["ts"] = d["ts"].astype(float)
+    d["session_id"] = d["session_id"].astype(object)
+    events = world.events
+    ev = events.loc[events["session_id"].isin(d["session_id"].unique()),
+                    ["session_id", "ts", "page", "response", "response_delay_s"]]
+    ev = ev.assign(session_id=ev["session_id"].astype(object))
+    ev = ev.rename(columns={"page": "_page", "response": "_response", "response_delay_s": "_delay"})
+    out = d.merge(ev, on=["session_id", "ts"], how="left")  # (session_id, ts) is unique in a world
+    lost = out["_page"].isna()
+    if lost.any():
+        first = out.loc[lost, ["session_id", "ts"]].iloc[0].tolist()
+        raise ValueError(f"decisions: {int(lost.sum())} offer(s) are not events of this world, e.g. {first}")
+    out["page"] = out["_page"].astype(object)
+    if "visitor_id" not in out.columns:
+        owner = world.page_views.drop_duplicates("session_id").set_index("session_id")["visitor_id"]
+        out["visitor_id"] = out["session_id"].map(owner)
+    out["visitor_id"] = out["visitor_id"].astype(object)
+    expires = out["expires_at"].astype(float) if "expires_at" in out.columns else out["ts"] + LEGACY_TIMEOUT_S
+    expires = expires.fillna(out["ts"] + LEGACY_TIMEOUT_S)
+    delay = out["_delay"].astype(float)
+    answered = out["_response"].notna() & (out["ts"] + delay < expires)  # as pcrules.replay delivers answers
+    world_answer = np.where(answered, out["_response"].astype(object), "none")
+    given = None
+    if "status" in out.columns:
+        given = out["status"].map({"accepted": "accept", "declined": "decline", "expired": "none"})
+    elif "response" in out.columns:
+        given = out["response"].map({"accept": "accept", "decline": "decline", "none": "none"})
+    answer = pd.Series(world_answer, index=out.index, dtype=object)
+    if given is not None:
+        answer = given.astype(object).where(given.notna(), answer)
+    out["answer"] = answer.to_numpy(dtype=object)
+    out["answer_ts"] = np.where(answered, out["ts"] + delay, expires)
+    for column in ("rule", "queue"):
+        if column not in out.columns:
+            out[column] = None
+    keep = ["visitor_id", "session_id", "ts", "page", "holdout", "rule", "queue", "answer", "answer_ts"]
+    return out[keep].sort_values(["ts", "session_id"], kind="stable").reset_index(drop=True)
+
+
+def _simulate_withheld(offers: pd.DataFrame, decline_cooldown_s: float) -> pd.DataFrame:
+    """For holdout visitors: the would-be offers the visitor would really have had, answered as the
+    world says. Up to the first answer they are the same; after a decline, offers within the cooldown
+    would not have been made, and after an accept none in that session (the visitor is in chat)."""
+    if not len(offers):
+        return offers
+    keep = np.ones(len(offers), dtype=bool)
+    last_decline: dict[str, float] = {}
+    in_chat: set[str] = set()
+    for i, (visitor, session, ts, answer, answer_ts) in enumerate(
+            offers[["visitor_id", "session_id", "ts", "answer", "answer_ts"]].itertuples(index=False, name=None)):
+        if session in in_chat or ts < last_decline.get(visitor, -math.inf) + decline_cooldown_s:
+            keep[i] = False
+            continue
+        if answer == "decline":
+            last_decline[visitor] = answer_ts
+        elif answer == "accept":
+            in_chat.add(session)
+    return offers[keep]
+
+
+def _session_probability(goals: pd.DataFrame, offers: pd.DataFrame, model: GoalModel, expected: bool,
+                         p_accept: np.ndarray | None = None) -> pd.Series:
+    """Each session's conversion probability after `offers` (index: session_id)."""
+    p = pd.Series(goals["base_p"].to_numpy(), index=goals["session_id"].to_numpy(dtype=object))
+    if not len(offers):
+        return p
+    has_goal = pd.Series(goals["goal"].notna().to_numpy(), index=p.index)
+    helped = pd.Series(goals["needs_help"].to_numpy(), index=p.index)
+    sessions = offers["session_id"].to_numpy(dtype=object)
+    lift = model.lift(offers["page"].to_numpy(dtype=object),
+                      helped.reindex(sessions, fill_value=False).to_numpy(dtype=bool))
+    values = p.to_dict()
+    goal_of = has_goal.to_dict()
+    answers = offers["answer"].to_numpy(dtype=object)
+    for i, session in enumerate(sessions):  # in time order: the maps do not commute
+        if not goal_of.get(session, False):
+            continue
+        q = values[session]
+        if expected:
+            pa = float(p_accept[i])
+            pd_ = (1.0 - pa) * DECLINE_SHARE
+            q = q + pa * lift[i] * (1.0 - q) - pd_ * model.decline_cost * q - (1.0 - pa - pd_) * model.ignore_cost * q
+        elif answers[i] == "accept":
+            q = q + lift[i] * (1.0 - q)
+        elif answers[i] == "decline":
+            q = q * (1.0 - model.decline_cost)
+        else:
+            q = q * (1.0 - model.ignore_cost)
+        values[session] = q
+    return pd.Series(values)
+
+
+def _offer_accept_probability(world: World, offers: pd.DataFrame, goals: pd.DataFrame) -> np.ndarray:
+    cols = ["session_id", "ts", "seconds_on_page", "pages_viewed", "device", "returning"]
+    ev = world.events.loc[world.events["session_id"].isin(offers["session_id"].unique()), cols]
+    ev = ev.assign(session_id=ev["session_id"].astype(object))
+    at = offers[["session_id", "ts", "page"]].merge(ev, on=["session_id", "ts"], how="left")
+    helped = at["session_id"].map(goals.set_index("session_id")["needs_help"]).eq(True).to_numpy()
+    return np.asarray(true_accept_probability(at["page"].to_numpy(dtype=object), at["seconds_on_page"].to_numpy(),
+                                              at["device"].to_numpy(dtype=object), at["returning"].to_numpy(dtype=bool),
+                                              at["pages_viewed"].to_numpy(), helped), dtype=float)
+
+
+def draw_goals(world: World, decisions: pd.DataFrame, model: GoalModel = GOALS,
+               seed: int | None = None) -> pd.DataFrame:
+    """The goals that happen in `world` when a policy made `decisions`: what a replay reports through
+    ``Runtime.record_goal``. Columns ``visitor_id, session_id, goal, ts``, sorted by ``ts``; every session of
+    the world with a goal is included (eligible or not), as a live site reports every conversion.
+
+    `decisions` as in :func:`true_uplift` (e.g. the decision log's ``decisions`` rows, or a backtest's
+    offers). Only real offers act (a holdout visitor's would-be offer was never shown); each is answered
+    as its ``status`` / ``response`` column says, else as the world's would-be answer at that event.
+    """
+    goals = session_goals(world, model, seed)
+    offers = _eligible_offers(world, decisions)
+    p = _session_probability(goals, offers[~offers["holdout"]], model, expected=False)
+    converted = goals["u"].to_numpy() < p.reindex(goals["session_id"].to_numpy(dtype=object)).to_numpy()
+    out = goals.loc[converted & goals["goal"].notna().to_numpy(), ["visitor_id", "session_id", "goal", "goal_ts"]]
+    return out.rename(columns={"goal_ts": "ts"}).sort_values(["ts", "session_id"], kind="stable").reset_index(drop=True)
+
+
+def report_goals(runtime: Any, goals: pd.DataFrame) -> int:
+    """Report each row of :func:`draw_goals` through ``runtime.record_goal``; returns how many."""
+    n = 0
+    rows = goals[["visitor_id", "session_id", "goal", "ts"]].itertuples(index=False, name=None)
+    for visitor, session, goal, ts in rows:
+        runtime.record_goal(str(visitor), str(session), str(goal), ts=float(ts))
+        n += 1
+    return n
+
+
+@dataclass(frozen=True, eq=False)
+class TrueUplift:
+    """The true intention-to-treat effect of a policy on a world (see :func:`true_uplift`)."""
+
+    itt: float                  # mean over eligible visitors of P(goal | offered) - P(goal | withheld)
+    rate_offered: float         # mean P(goal) of the eligible visitors, all offered
+    rate_withheld: float        # mean P(goal) of the eligible visitors, all withheld
+    n_visitors: int             # eligible visitors (both arms)
+    # one row per eligible visitor: first_ts, holdout, rule, page, queue, p_offered, p_withheld, effect
+    visitors: pd.DataFrame
+
+    def by(self, column: str) -> pd.DataFrame:
+        """True ITT per rule / page / queue (of the visitor's first eligible decision)."""
+        g = self.visitors.groupby(column, dropna=False)
+        return pd.DataFrame({"itt": g["effect"].mean(), "visitors": g.size(),
+                             "rate_offered": g["p_offered"].mean(), "rate_withheld": g["p_withheld"].mean()})
+
+
+def true_uplift(world: World, decisions: pd.DataFrame, model: GoalModel = GOALS, *, window_s: float = DEFAULT_WINDOW_S,
+                goals: Any = None, answers: str = "world", decline_cooldown_s: float = LEGACY_COOLDOWN_S,
+                seed: int | None = None) -> TrueUplift:
+    """The TRUE intention-to-treat uplift of the policy that made `decisions` on `world`.
+
+    For each eligible visitor (one with an offer or, in the holdout, a would-be offer; her first one at
+    ``first_ts``): ``effect = P(goal | offered) - P(goal | withheld)``, where a visitor has the goal when
+    one of her sessions' goals (of the names in `goals`; all by default) happens within
+    ``[first_ts, first_ts + window_s]``, and the probabilities follow `model` (exact: sessions are
+    independent given the world). The ITT is the mean effect over eligible visitors of both arms: what
+    ``pcrules.uplift`` estimates from the log (same unit, anchor and window).
+
+    * ``P(goal | offered)`` uses the visitor's offers: for an offered visitor those in `decisions`; for
+      a holdout visitor her would-be offers, minus those the policy would not have made after her
+      (world-drawn) answers: within ``decline_cooldown_s`` of a decline, or later in a session where she
+      accepted. (Remaining approximation: with ``max_offers_per_session`` > 1 an answered offer frees
+      the session earlier than a would-be offer, which stays pending until its time-out.)
+    * ``answers="world"`` (default) answers each offer as the world's would-be answer at that event
+      (what a replay plays back): the truth for *this* world. ``answers="expected"`` averages over the
+      answer instead (true P(accept) with the session's real needs_help; 40 % of the rest decline),
+      offers treated independently (no cooldown simulation): the policy's expected effect.
+
+    `decisions`: a DataFrame (or records) with ``session_id`` and ``ts`` of each offer, e.g. the
+    decision log's ``decisions`` table (rows other than offers and holdout would-be offers are ignored);
+    see :func:`draw_goals` for the optional columns.
+    """
+    if answers not in ("world", "expected"):
+        raise ValueError(f"answers must be 'world' or 'expected', got {answers!r}")
+    sg = session_goals(world, model, seed)
+    if goals is not None:
+        wanted = {goals} if isinstance(goals, str) else set(goals)
+        sg = sg.assign(goal=sg["goal"].where(sg["goal"].isin(wanted)),
+                       base_p=np.where(sg["goal"].isin(wanted), sg["base_p"], 0.0))
+    offers = _eligible_offers(world, decisions)
+    columns = ["visitor_id", "first_ts", "holdout", "rule", "page", "queue", "p_offered", "p_withheld", "effect"]
+    if not len(offers):
+        return TrueUplift(0.0, math.nan, math.nan, 0, pd.DataFrame(columns=columns))
+    first = offers.drop_duplicates("visitor_id", keep="first").set_index("visitor_id")
+    withheld_visitor = offers["visitor_id"].map(first["holdout"]).to_numpy(dtype=bool)
+    if answers == "world":
+        acting = pd.concat([offers[~withheld_visitor & ~offers["holdout"].to_numpy(dtype=bool)],
+                            _simulate_withheld(offers[withheld_visitor], decline_cooldown_s)])
+        acting = acting.sort_values(["ts", "session_id"], kind="stable")
+        p1 = _session_probability(sg, acting, model, expected=False)
+    else:
+        acting = offers
+        p1 = _session_probability(sg, acting, model, expected=True,
+                                  p_accept=_offer_accept_probability(world, acting, sg))
+    p0 = pd.Series(sg["base_p"].to_numpy(), index=sg["session_id"].to_numpy(dtype=object))
+    # Each eligible visitor's sessions whose goal falls in her window.
+    sess = sg[["visitor_id", "session_id", "goal_ts"]].copy()
+    sess["visitor_id"] = sess["visitor_id"].astype(object)
+    sess = sess[sess["visitor_id"].isin(first.index)]
+    start = sess["visitor_id"].map(first["ts"])
+    sess = sess[(sess["goal_ts"] >= start) & (sess["goal_ts"] <= start + window_s)]
+    sid = sess["session_id"].to_numpy(dtype=object)
+    miss1 = np.log1p(-np.minimum(p1.reindex(sid).to_numpy(), 1 - 1e-15))
+    miss0 = np.log1p(-np.minimum(p0.reindex(sid).to_numpy(), 1 - 1e-15))
+    frame = pd.DataFrame({"visitor_id": sess["visitor_id"].to_numpy(dtype=object), "m1": miss1, "m0": miss0})
+    sums = frame.groupby("visitor_id")[["m1", "m0"]].sum().reindex(first.index, fill_value=0.0)
+    visitors = pd.DataFrame({
+        "visitor_id": first.index.to_numpy(dtype=object),
+        "first_ts": first["ts"].to_numpy(),
+        "holdout": first["holdout"].to_numpy(dtype=bool),
+        "rule": first["rule"].to_numpy(dtype=object),
+        "page": first["page"].to_numpy(dtype=object),
+        "queue": first["queue"].to_numpy(dtype=object),
+        "p_offered": -np.expm1(sums["m1"].to_numpy()),
+        "p_withheld": -np.expm1(sums["m0"].to_numpy()),
+    })
+    visitors["effect"] = visitors["p_offered"] - visitors["p_withheld"]
+    return TrueUplift(float(visitors["effect"].mean()), float(visitors["p_offered"].mean()),
+                      float(visitors["p_withheld"].mean()), len(visitors), visitors)
+
+
+def offer_effects(world: World, offers: pd.DataFrame, model: GoalModel = GOALS,
+                  seed: int | None = None) -> pd.DataFrame:
+    """Per offer, what the world says it is worth (for a backtest's expected uplift): ``p_accept`` (the
+    truth, with the session's real needs_help), ``base_p`` (the session's goal probability without
+    offers), ``gain_if_accepted`` = lift x (1 - base_p) and ``loss_if_not_accepted`` = the annoyance cost
+    (40 % declines, the rest ignored) x base_p, both absolute changes of the goal probability. Feed them to
+    ``pcrules.uplift.expected_uplift``. Each offer is valued alone, against the session's base rate."""
+    sg = session_goals(world, model, seed)
+    at = _eligible_offers(world, offers)
+    at = at[~at["holdout"]].reset_index(drop=True)
+    info = sg.set_index("session_id")
+    helped = at["session_id"].map(info["needs_help"]).eq(True).to_numpy()
+    base = at["session_id"].map(info["base_p"]).fillna(0.0).to_numpy()
+    has_goal = at["session_id"].map(info["goal"]).notna().to_numpy()
+    lift = model.lift(at["page"].to_numpy(dtype=object), helped)
+    cost = DECLINE_SHARE * model.decline_cost + (1 - DECLINE_SHARE) * model.ignore_cost
+    out = at[["visitor_id", "session_id", "ts", "page", "rule", "queue"]].copy()
+    out["needs_help"] = helped
+    out["p_accept"] = _offer_accept_probability(world, at, sg)
+    out["base_p"] = base
+    out["gain_if_accepted"] = np.where(has_goal, lift * (1.0 - base), 0.0)
+    out["loss_if_not_accepted"] = cost * base
+    return out

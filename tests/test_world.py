@@ -18,9 +18,10 @@ from pcrules.events import validate_event
 from pcrules.replay import replay
 from pcrules.sample import read_events
 from pcrules.world import (
-    DEVICES, EVENT_COLUMNS, LEGACY_COOLDOWN_S, LEGACY_HOURS, LEGACY_TIMEOUT_S, LEGACY_WAITS, OFFER_COLUMNS,
-    PAGE_VIEW_COLUMNS, PAGES, RECHECKS, SITE_UTC_OFFSET_S, generate, needs_help_probability, read_world,
-    time_multiplier, true_accept_probability, write_csv_gz,
+    DEVICES, EVENT_COLUMNS, GOAL_BASE, GOAL_NAMES, GOALS, LEGACY_COOLDOWN_S, LEGACY_HOURS, LEGACY_TIMEOUT_S,
+    LEGACY_WAITS, NO_EFFECT, OFFER_COLUMNS, PAGE_GOAL, PAGE_VIEW_COLUMNS, PAGES, RECHECKS, SESSION_GOAL_COLUMNS,
+    SITE_UTC_OFFSET_S, GoalModel, draw_goals, generate, needs_help_probability, read_world, session_goals,
+    time_multiplier, true_accept_probability, true_uplift, write_csv_gz,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,3 +313,178 @@ def test_import_pcrules_does_not_import_pandas():
             "assert 'pandas' not in sys.modules and 'numpy' not in sys.modules, 'pandas or numpy imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+# ------------------------------------------------------------------ goals and the causal effect of a chat
+
+
+def _z(successes: float, probabilities: np.ndarray) -> float:
+    return _binomial_z(int(successes), np.asarray(probabilities, dtype=float))
+
+
+def test_session_goals_follow_the_first_task_page_and_are_deterministic(world):
+    goals = session_goals(world)
+    assert tuple(goals.columns) == SESSION_GOAL_COLUMNS
+    assert goals["session_id"].is_unique and len(goals) == world.page_views["session_id"].nunique()
+    pd.testing.assert_frame_equal(goals, session_goals(world))
+    assert not goals.equals(session_goals(world, seed=12)), "the draws depend on the seed"
+    assert set(goals["goal"].dropna()) == set(GOAL_NAMES)
+    pv = world.page_views.sort_values(["session_id", "pages_viewed"])
+    first_task = pv[pv["page"] != "Home"].drop_duplicates("session_id").set_index("session_id")["page"].map(PAGE_GOAL)
+    by_session = goals.set_index("session_id")
+    assert (by_session["goal"].reindex(first_task.index) == first_task).all()
+    home_only = by_session.index.difference(first_task.index)
+    assert len(home_only) and by_session.loc[home_only, "goal"].isna().all()
+    assert (by_session.loc[home_only, "base_p"] == 0).all()
+    end = (pv["enter_ts"] + pv["dwell_s"]).groupby(pv["session_id"]).max()
+    assert np.allclose(by_session["goal_ts"], end.reindex(by_session.index), atol=1e-3)
+    helped = pv.groupby("session_id")["needs_help"].first()
+    assert (by_session["needs_help"] == helped.reindex(by_session.index)).all()
+    assert 0 <= goals["u"].min() and goals["u"].max() < 1
+
+
+def test_goals_without_offers_convert_at_the_documented_base_rates(world):
+    goals = session_goals(world)
+    drawn = draw_goals(world, world.offers.iloc[:0])
+    converted = goals["session_id"].isin(drawn["session_id"])
+    assert tuple(drawn.columns) == ("visitor_id", "session_id", "goal", "ts") and drawn["ts"].is_monotonic_increasing
+    for goal, (fine, helped) in GOAL_BASE.items():
+        for need, rate in ((False, fine), (True, helped)):
+            cell = (goals["goal"] == goal) & (goals["needs_help"] == need)
+            assert cell.sum() > 300
+            assert abs(_z(converted[cell].sum(), np.full(cell.sum(), rate))) < 4, (goal, need)
+    assert not converted[goals["goal"].isna()].any()
+    # a struggling visitor converts less without help
+    assert converted[goals["needs_help"]].mean() < 0.7 * converted[~goals["needs_help"]].mean()
+
+
+def test_offers_change_goal_rates_as_documented(world):
+    model = GOALS.scaled(lift=2.0, cost=8.0)
+    offers = world.offers  # at most one per session; answered as recorded
+    goals = session_goals(world, model).set_index("session_id")
+    drawn = draw_goals(world, offers, model)
+    at = offers.assign(needs_help=offers["session_id"].map(goals["needs_help"]),
+                       base=offers["session_id"].map(goals["base_p"]),
+                       converted=offers["session_id"].isin(drawn["session_id"]),
+                       has_goal=offers["session_id"].map(goals["goal"]).notna())
+    at = at[at["has_goal"]]
+    lift = model.lift(at["page"].to_numpy(dtype=object), at["needs_help"].to_numpy(dtype=bool))
+    expected = {"accept": at["base"] + lift * (1 - at["base"]), "decline": at["base"] * (1 - model.decline_cost),
+                "none": at["base"] * (1 - model.ignore_cost)}
+    for response, p in expected.items():
+        rows = at["response"] == response
+        assert abs(_z(at.loc[rows, "converted"].sum(), p[rows])) < 4, response
+    # accepted chats help struggling visitors far more (targeting matters), on every page
+    assert all(model.lift(page, True) > 2 * model.lift(page, False) for page in PAGES)
+    accepted = at[at["response"] == "accept"]
+    gain = accepted["converted"].astype(float) - accepted["base"]
+    assert gain[accepted["needs_help"]].mean() > gain[~accepted["needs_help"]].mean() + 0.1
+
+
+@pytest.fixture(scope="module")
+def mid():
+    return generate(visitors=4000, seed=12)
+
+
+def test_true_uplift_definitions(world, mid):
+    # the world's drawn answers vs the expectation over answers: close on a big world
+    strong = GOALS.scaled(lift=3.0, cost=10.0)
+    assert true_uplift(world, world.offers, strong).itt == pytest.approx(
+        true_uplift(world, world.offers, strong, answers="expected").itt, abs=0.004)
+    world, offers = mid, mid.offers
+    assert true_uplift(world, offers, NO_EFFECT).itt == 0.0
+    none = true_uplift(world, offers.iloc[:0])
+    assert none.n_visitors == 0 and none.itt == 0.0
+    truth = true_uplift(world, offers)
+    assert truth.n_visitors == offers["visitor_id"].nunique()
+    assert truth.itt == pytest.approx(truth.rate_offered - truth.rate_withheld)
+    assert truth.itt == pytest.approx(truth.visitors["effect"].mean())
+    # holdout rows of a decision table change nothing about the truth: offered or withheld, same visitor
+    assert true_uplift(world, offers.assign(holdout=True)).itt == pytest.approx(truth.itt)
+    # goal names and the window restrict what counts
+    only_bills = true_uplift(world, offers, goals="bill_paid")
+    assert only_bills.rate_withheld < truth.rate_withheld
+    assert true_uplift(world, offers, window_s=0.0).rate_withheld < truth.rate_withheld
+    with pytest.raises(ValueError, match="answers"):
+        true_uplift(world, offers, answers="guess")
+    with pytest.raises(ValueError, match="not events of this world"):
+        true_uplift(world, offers.assign(ts=offers["ts"] + 0.5))
+
+
+def test_targeting_matters(mid):
+    world = mid
+    ev = world.events
+    def first_at(pages, seconds):
+        rows = ev[ev["page"].isin(pages) & (ev["seconds_on_page"] == seconds)]
+        return rows.drop_duplicates("session_id")[["session_id", "ts"]]
+
+    broad = true_uplift(world, first_at(PAGES, 15), answers="expected")
+    targeted = true_uplift(world, first_at(["Bill Payment", "FAQ", "Support", "Contact"], 300), answers="expected")
+    # documented model: offering everyone early annoys more than it helps; waiting for the
+    # struggling visitors on the hard pages helps
+    assert broad.itt < 0 < targeted.itt
+    by_page = targeted.by("page")
+    assert by_page["itt"].min() > 0
+
+
+def test_drawn_goals_realise_the_true_rates(world):
+    from pcrules.uplift import units_from_frames
+
+    offers = world.offers
+    model = GOALS.scaled(lift=3.0, cost=10.0)
+    truth = true_uplift(world, offers, model)
+    for withheld in (False, True):
+        decisions = offers.assign(holdout=withheld)
+        drawn = draw_goals(world, decisions, model)
+        units = units_from_frames(decisions, drawn).set_index("visitor_id")
+        p = truth.visitors.set_index("visitor_id")["p_withheld" if withheld else "p_offered"]
+        assert abs(_z(units["converted"].reindex(p.index).sum(), p.to_numpy())) < 4, withheld
+
+
+def test_withheld_offers_are_thinned_as_the_policy_would_after_a_would_be_decline(mid):
+    world, ev = mid, mid.events
+    goals = session_goals(world).set_index("session_id")
+    declined = ev[(ev["response"] == "decline") & (ev["response_delay_s"] < 60)].drop_duplicates("visitor_id")
+    starts = ev.drop_duplicates("session_id")
+    starts = starts[starts["session_id"].map(goals["goal"]).notna().to_numpy()]  # a later session with a goal
+    later = starts.merge(declined[["visitor_id", "session_id", "ts"]], on="visitor_id", suffixes=("", "_d"))
+    later = later[(later["ts"] > later["ts_d"] + 60) & (later["ts"] < later["ts_d"] + 86400)]
+    row = later.iloc[0]
+    pair = pd.DataFrame({"session_id": [row["session_id_d"], row["session_id"]], "ts": [row["ts_d"], row["ts"]]})
+
+    def p_offered(rows, holdout):
+        visitors = true_uplift(world, rows.assign(holdout=holdout), window_s=2 * 86400).visitors
+        assert len(visitors) == 1
+        return visitors["p_offered"].iloc[0]
+
+    first_only = p_offered(pair.iloc[:1], True)
+    # a holdout visitor's would-be offer within the cooldown after her (would-be) decline is dropped ...
+    assert p_offered(pair, True) == first_only
+    # ... while an offered visitor's second offer is taken as made (the log says it was)
+    assert p_offered(pair, False) != first_only
+
+
+def test_goal_model_checks_and_variants():
+    assert NO_EFFECT.lift(["Bill Payment", "Home"], [True, False]).tolist() == [0.0, 0.0]
+    assert NO_EFFECT.decline_cost == NO_EFFECT.ignore_cost == 0.0
+    assert GOALS.scaled(lift=10).lift("Support", True) == 1.0
+    assert GOALS.lift("Somewhere", True) == GOALS.unknown_page_lift[1]
+    assert GOALS.base_rate(["bill_paid", None], [True, False]).tolist() == [GOAL_BASE["bill_paid"][1], 0.0]
+    with pytest.raises(ValueError, match="Home"):
+        GoalModel(accept_lift={"Home": (0.1, 1.5)})
+    with pytest.raises(ValueError, match="decline_cost"):
+        GoalModel(decline_cost=-0.1)
+    with pytest.raises(ValueError, match="without a base rate"):
+        GoalModel(page_goal={"Home": "newsletter"})
+
+
+def test_goals_need_the_seed_for_a_world_read_from_files(tmp_path):
+    small = generate(visitors=60, seed=4)
+    small.write(tmp_path / "w", format="csv.gz")
+    back = read_world(tmp_path / "w")
+    with pytest.raises(ValueError, match="seed"):
+        session_goals(back)
+    pd.testing.assert_frame_equal(session_goals(back, seed=4), session_goals(small), check_dtype=False)
+    # goals come from their own random stream: generating them leaves the world's frames as they were
+    again = generate(visitors=60, seed=4)
+    pd.testing.assert_frame_equal(again.events, small.events)

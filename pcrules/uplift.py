@@ -1,0 +1,617 @@
+"""Did offering chat help? Intention-to-treat uplift of goal rates against the holdout group.
+
+The runtime keeps a stable holdout group (``policy.holdout``, by a keyed hash of the visitor id) and
+logs, for each of its visitors, the offer it *would* have made (``decisions`` rows with
+``holdout = 1``, action ``none``, reason ``holdout``). Business outcomes arrive through
+``Runtime.record_goal`` (``goals`` table). This module compares the two groups.
+
+Definitions (the same in SQL, in memory, and in :func:`pcrules.world.true_uplift`):
+
+* **Unit**: the *visitor* (default), because the holdout is assigned per visitor: a visitor's
+  sessions share her arm, so counting sessions as independent would make the interval too narrow,
+  and after a declined offer the decline cooldown keeps a treated visitor from being offered again
+  (eligible) in a later session while a holdout visitor's would-be offers go on, so later sessions
+  are not comparable. ``unit="session"`` is available for a quick look; prefer the visitor.
+* **Eligible**: a unit with at least one offer or would-be offer. Up to its first one, a holdout
+  visitor is treated exactly as any other (the would-be offer even occupies the session), so who is
+  eligible, and when, does not depend on the arm: the comparison stays randomised.
+* **Arm**: *treated* when the unit's first eligible decision was a real offer, *control* when it
+  was a would-be offer (``holdout = 1``). Rule, page and queue of a unit are those of that decision.
+* **Converted**: at least one goal (of the names given; any goal by default) of the same visitor
+  (and session, for ``unit="session"``) with ``first_ts <= goal ts <= first_ts + window_s``.
+  Goals are matched by id only: a goal for a visitor the runtime has forgotten still counts, and
+  goals of visitors who were never eligible stay in the log without affecting the estimate.
+  Reporting a goal twice does not count it twice.
+* **Intention to treat**: treated units count whatever became of their offer (accepted, declined,
+  ignored, expired): the estimate is the effect of *offering*, not of chatting, and needs no
+  assumption about who accepts.
+* **Estimate**: ``rate_treated - rate_control``, with a 95 % (``1 - alpha``) confidence interval by
+  **Newcombe's hybrid score method** (method 10 of R. G. Newcombe, "Interval estimation for the
+  difference between independent proportions: comparison of eleven methods", Statistics in
+  Medicine 17, 873-890, 1998): the Wilson score interval of each rate, combined. Unlike the simple
+  normal (Wald) interval it keeps close to its nominal coverage for small arms and for rates near
+  0 or 1 (a per-rule cell of a 10 % holdout, a `plan_bought` rate of a few percent), never leaves
+  [-1, 1], and is defined with no conversions at all. ``significant`` means the interval excludes 0.
+* **Not enough data yet**: fewer than ``min_per_arm`` units in an arm (default 100), fewer than
+  ``min_events`` (5) conversions or non-conversions in an arm (the normal approximation behind any
+  such interval needs them), or, when ``mde`` is given, an arm smaller than :func:`sample_size`
+  says is needed to detect that uplift. Then ``significant`` is False whatever the interval says.
+* **Power**: :func:`sample_size` (units per arm to detect a given uplift at given alpha and power,
+  for any holdout share), :func:`power` and :func:`detectable_uplift`: the usual normal
+  approximation for two proportions (Fleiss, *Statistical Methods for Rates and Proportions*, without
+  continuity correction; pooled variance under no effect, unpooled under the effect).
+
+Entry points: :func:`uplift_from_log` / :func:`uplift_report` read the SQLite decision log and
+aggregate **in SQL** (one pass over ``decisions`` and an indexed lookup in ``goals`` per eligible
+unit; nothing is loaded into memory but a few counts per rule x page x queue x arm);
+:func:`estimate` works from counts, :func:`uplift_from_units` from in-memory arrays or a DataFrame
+(one row per unit), and :func:`units_from_frames` builds those units from in-memory decisions and
+goals the same way the SQL does. :func:`expected_uplift` turns per-offer acceptance probabilities
+(true or model) and per-offer effects into a policy's expected uplift, for backtests.
+
+Only the standard library at import time; numpy/pandas are imported inside the functions that
+take arrays or frames.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_WINDOW_S", "MIN_PER_ARM", "MIN_EVENTS",
+    "UpliftEstimate", "UpliftReport", "SampleSize", "ExpectedUplift",
+    "estimate", "newcombe_interval", "wilson_interval",
+    "sample_size", "power", "detectable_uplift",
+    "uplift_from_log", "uplift_report", "unit_counts", "read_eligible",
+    "uplift_from_units", "units_from_frames", "expected_uplift",
+]
+
+DEFAULT_WINDOW_S = 86400.0  # attribution window: goals within a day of the first (would-be) offer
+MIN_PER_ARM = 100
+MIN_EVENTS = 5
+DIMENSIONS = ("rule", "page", "queue")
+_NORMAL = NormalDist()
+
+
+def _z(alpha: float) -> float:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: expected a number in (0, 1), got {alpha!r}")
+    return _NORMAL.inv_cdf(1.0 - alpha / 2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Intervals
+# ----------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson's score interval for one proportion (``(0, 1)`` for ``n == 0``)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..n, got {successes} of {n}")
+    z = _z(alpha)
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # Exact ends at 0 and n (the formula gives them up to rounding).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return (low, high)
+
+
+def newcombe_interval(x1: int, n1: int, x2: int, n2: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for ``x1/n1 - x2/n2`` (method 10, 1998); both n > 0."""
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both arms need at least one unit")
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson_interval(x1, n1, alpha)
+    l2, u2 = wilson_interval(x2, n2, alpha)
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Power
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSize:
+    """Units needed in each arm (and in all) to detect an uplift."""
+
+    treated: int
+    control: int
+
+    @property
+    def total(self) -> int:
+        return self.treated + self.control
+
+
+def _check_rates(p_control: float, uplift: float) -> float:
+    if not 0.0 <= p_control <= 1.0:
+        raise ValueError(f"p_control: expected a rate in [0, 1], got {p_control!r}")
+    p_treated = p_control + uplift
+    if uplift == 0 or not 0.0 <= p_treated <= 1.0:
+        raise ValueError(f"uplift: expected a non-zero difference with p_control + uplift in [0, 1], got {uplift!r}")
+    return p_treated
+
+
+def _check_share(control_share: float) -> float:
+    if not 0.0 < control_share < 1.0:
+        raise ValueError(f"control_share: expected a share in (0, 1), got {control_share!r}")
+    return control_share
+
+
+def sample_size(p_control: float, uplift: float, *, alpha: float = 0.05, power: float = 0.8,
+                control_share: float = 0.5) -> SampleSize:
+    """Units per arm needed to detect a true uplift ``uplift`` (absolute: 0.02 = two percentage points)
+    over a control goal rate ``p_control`` with a two-sided test at level ``alpha`` and the given power.
+
+    ``control_share`` is the holdout share of eligible units (``policy.holdout``; 0.5 = equal arms).
+    Normal approximation (Fleiss, without continuity correction): 0.05 vs 0.10 at alpha 0.05 and power
+    0.8 needs 435 per arm.
+    """
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power: expected a number in (0, 1), got {power!r}")
+    p2 = _check_rates(p_control, uplift)
+    k = _check_share(control_share) / (1.0 - control_share)  # control units per treated unit
+    z_a, z_b = _z(alpha), _NORMAL.inv_cdf(power)
+    p1 = p_control
+    pbar = (p2 + k * p1) / (1.0 + k)
+    root = z_a * math.sqrt(pbar * (1 - pbar) * (1.0 + 1.0 / k)) + z_b * math.sqrt(p2 * (1 - p2) + p1 * (1 - p1) / k)
+    treated = math.ceil(root * root / (uplift * uplift) - 1e-9)
+    return SampleSize(treated=treated, control=math.ceil(k * treated - 1e-9))
+
+
+def power(p_control: float, uplift: float, n_treated: int, n_control: int, *, alpha: float = 0.05) -> float:
+    """Probability that a two-sided test at level ``alpha`` detects a true ``uplift`` with these arms."""
+    p2 = _check_rates(p_control, uplift)
+    if n_treated <= 0 or n_control <= 0:
+        return 0.0
+    p1 = p_control
+    pbar = (n_treated * p2 + n_control * p1) / (n_treated + n_control)
+    null_sd = math.sqrt(pbar * (1 - pbar) * (1 / n_treated + 1 / n_control))
+    alt_sd = math.sqrt(p2 * (1 - p2) / n_treated + p1 * (1 - p1) / n_control)
+    if alt_sd == 0:
+        return 1.0
+    return _NORMAL.cdf((abs(uplift) - _z(alpha) * null_sd) / alt_sd)
+
+
+def detectable_uplift(p_control: float, n_treated: int, n_control: int, *, alpha: float = 0.05,
+                      target_power: float = 0.8) -> float | None:
+    """The smallest positive uplift over ``p_control`` that these arms detect with probability ``target_power``
+    (None when none up to ``1 - p_control`` is)."""
+    if n_treated <= 0 or n_control <= 0 or p_control >= 1.0:
+        return None
+    hi = 1.0 - p_control
+    if power(p_control, hi, n_treated, n_control, alpha=alpha) < target_power:
+        return None
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mid > 0 and power(p_control, mid, n_treated, n_control, alpha=alpha) >= target_power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimate
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpliftEstimate:
+    """Intention-to-treat uplift of the goal rate: offered minus held out (absolute, 0.02 = 2 points).
+
+    ``estimate``, ``ci_low`` and ``ci_high`` are None while an arm is empty. ``significant``: the
+    interval excludes 0 and there is enough data. ``needed``: units per arm to detect ``mde`` (when
+    given) at the observed control rate and arm ratio (:func:`sample_size`).
+    """
+
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_treated: int
+    n_control: int
+    converted_treated: int
+    converted_control: int
+    significant: bool
+    enough_data: bool
+    alpha: float = 0.05
+    needed: SampleSize | None = None
+    method: str = "newcombe"
+
+    @property
+    def rate_treated(self) -> float | None:
+        return self.converted_treated / self.n_treated if self.n_treated else None
+
+    @property
+    def rate_control(self) -> float | None:
+        return self.converted_control / self.n_control if self.n_control else None
+
+    @property
+    def status(self) -> str:
+        """``not_enough_data``, ``positive``, ``negative`` (significant either way) or ``inconclusive``."""
+        if not self.enough_data:
+            return "not_enough_data"
+        if self.significant:
+            return "positive" if (self.estimate or 0.0) > 0 else "negative"
+        return "inconclusive"
+
+    def covers(self, value: float) -> bool:
+        return self.ci_low is not None and self.ci_high is not None and self.ci_low <= value <= self.ci_high
+
+    def summary(self) -> str:
+        """One line for a dashboard tile or a notebook."""
+        arms = f"{self.n_treated:,} offered vs {self.n_control:,} held out"
+        level = f"{100 * (1 - self.alpha):g} %"
+        if self.estimate is None:
+            return f"not enough data yet ({arms})"
+        text = (f"{100 * self.estimate:+.1f} pp ({level} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f} pp; "  # type: ignore[operator]
+                f"{100 * self.rate_treated:.1f} % vs {100 * self.rate_control:.1f} %), {arms}")  # type: ignore[operator]
+        if not self.enough_data:
+            need = (f", need {self.needed.treated:,} offered and {self.needed.control:,} held out"
+                    if self.needed else "")
+            return f"not enough data yet: {text}{need}"
+        return text
+
+
+def estimate(converted_treated: int, n_treated: int, converted_control: int, n_control: int, *,
+             alpha: float = 0.05, min_per_arm: int = MIN_PER_ARM, min_events: int = MIN_EVENTS,
+             mde: float | None = None, target_power: float = 0.8) -> UpliftEstimate:
+    """The uplift estimate from counts: converted and total units in each arm.
+
+    ``alpha``: 1 - the interval's level. Enough data: each arm has ``min_per_arm`` units and at least
+    ``min_events`` conversions and non-conversions, and, when ``mde`` (a minimum detectable uplift,
+    absolute) is given, as many units as :func:`sample_size` needs to detect it with ``target_power``
+    at the observed control rate and arm ratio (then in ``needed``)."""
+    for name, x, n in (("treated", converted_treated, n_treated), ("control", converted_control, n_control)):
+        if isinstance(x, bool) or isinstance(n, bool) or int(x) != x or int(n) != n or not 0 <= x <= n:
+            raise ValueError(f"{name}: expected 0 <= converted <= n (integers), got {x} of {n}")
+    xt, nt, xc, nc = int(converted_treated), int(n_treated), int(converted_control), int(n_control)
+    _z(alpha)
+    needed = None
+    if mde is not None:
+        if not mde > 0:
+            raise ValueError(f"mde: expected a positive uplift, got {mde!r}")
+        p_c = xc / nc if nc else 0.5
+        share = nc / (nt + nc) if nt and nc else 0.5
+        try:
+            needed = sample_size(p_c, mde if p_c + mde <= 1 else -mde, alpha=alpha, power=target_power,
+                                 control_share=share)
+        except ValueError:  # a control rate of 0 or 1 with an mde past the end: nothing to plan with
+            needed = None
+    if nt == 0 or nc == 0:
+        return UpliftEstimate(None, None, None, nt, nc, xt, xc, False, False, alpha, needed)
+    low, high = newcombe_interval(xt, nt, xc, nc, alpha)
+    enough = min(nt, nc) >= min_per_arm and min(xt, nt - xt, xc, nc - xc) >= min_events
+    if mde is not None:
+        enough = enough and needed is not None and nt >= needed.treated and nc >= needed.control
+    significant = enough and (low > 0.0 or high < 0.0)
+    return UpliftEstimate(xt / nt - xc / nc, low, high, nt, nc, xt, xc, significant, enough, alpha, needed)
+
+
+@dataclass(frozen=True)
+class UpliftReport:
+    """The overall estimate and one per rule, page and queue (of each unit's first eligible decision)."""
+
+    overall: UpliftEstimate
+    by_rule: Mapping[str, UpliftEstimate] = field(default_factory=dict)
+    by_page: Mapping[str, UpliftEstimate] = field(default_factory=dict)
+    by_queue: Mapping[str, UpliftEstimate] = field(default_factory=dict)
+
+    def by(self, dimension: str) -> Mapping[str, UpliftEstimate]:
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"dimension must be one of {DIMENSIONS}, got {dimension!r}")
+        return getattr(self, f"by_{dimension}")
+
+
+# ----------------------------------------------------------------------------------------------
+# From the SQLite decision log, aggregated in SQL
+# ----------------------------------------------------------------------------------------------
+
+# Eligible decisions: real offers and holdout would-be offers (the log sets holdout = 1 only on those, with
+# action none and reason holdout). Written exactly so, a partial index with this WHERE clause, e.g.
+#   CREATE INDEX decisions_eligible ON decisions (visitor_id, ts, id) WHERE action = 'offer' OR holdout = 1
+# lets SQLite read only the eligible rows instead of scanning the whole log (a plain scan of a million
+# decisions takes well under a second, so the log does not create it).
+_ELIGIBLE = "(d.action = 'offer' OR d.holdout = 1)"
+
+
+def _connect(log: Any) -> tuple[sqlite3.Connection, bool]:
+    """(connection, whether we opened it). `log`: a path, a sqlite3 connection, or an object with `.path`."""
+    if isinstance(log, sqlite3.Connection):
+        return log, False
+    path = Path(getattr(log, "path", log))
+    if not path.exists():
+        raise FileNotFoundError(f"no decision log at {path}")
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA query_only=1")  # this module never writes to the log
+    return db, True
+
+
+def _unit_sql(unit: str, goals: Sequence[str] | None, ruleset: str | None) -> tuple[str, dict[str, Any]]:
+    if unit not in ("visitor", "session"):
+        raise ValueError(f"unit must be 'visitor' or 'session', got {unit!r}")
+    params: dict[str, Any] = {}
+    partition = "d.visitor_id" if unit == "visitor" else "d.visitor_id, d.session_id"
+    same_unit = "g.visitor_id = u.visitor_id" + ("" if unit == "visitor" else " AND g.session_id = u.session_id")
+    where_ruleset = ""
+    if ruleset is not None:
+        where_ruleset = " AND d.ruleset = :ruleset"
+        params["ruleset"] = ruleset
+    goal_filter = ""
+    if goals is not None:
+        names = [goals] if isinstance(goals, str) else list(goals)
+        if not names:
+            raise ValueError("goals: give at least one goal name, or None for every goal")
+        for i, name in enumerate(names):
+            params[f"g{i}"] = name
+        goal_filter = f" AND g.goal IN ({', '.join(f':g{i}' for i in range(len(names)))})"
+    sql = f"""
+        WITH eligible AS (
+            SELECT d.visitor_id, d.session_id, d.ts, d.holdout, d.rule, d.page, d.queue,
+                   ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY d.ts, d.id) AS k
+            FROM decisions d
+            WHERE {_ELIGIBLE}{where_ruleset}
+        ),
+        units AS (
+            SELECT visitor_id, session_id, ts AS first_ts, holdout, rule, page, queue
+            FROM eligible
+            WHERE k = 1
+              AND (:since IS NULL OR ts >= :since) AND (:until IS NULL OR ts < :until)
+              AND (:as_of IS NULL OR ts + :window <= :as_of)
+        )
+        SELECT u.*, EXISTS (
+            SELECT 1 FROM goals g
+            WHERE {same_unit} AND g.ts >= u.first_ts AND g.ts <= u.first_ts + :window{goal_filter}
+        ) AS converted
+        FROM units u
+    """
+    return sql, params
+
+
+def _params(params: dict[str, Any], window_s: float, since: float | None, until: float | None,
+            as_of: float | None) -> dict[str, Any]:
+    if not (isinstance(window_s, (int, float)) and not isinstance(window_s, bool) and window_s >= 0):
+        raise ValueError(f"window_s: expected a number of seconds >= 0, got {window_s!r}")
+    return {**params, "window": float(window_s), "since": since, "until": until, "as_of": as_of}
+
+
+def unit_counts(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequence[str] | str | None = None,
+                unit: str = "visitor", since: float | None = None, until: float | None = None,
+                as_of: float | None = None,
+                ruleset: str | None = None) -> list[tuple[str | None, str, str | None, int, int, int]]:
+    """The raw aggregate, straight from SQL: rows ``(rule, page, queue, holdout, units, converted)``.
+
+    ``since`` / ``until`` select units by their first eligible decision (entered the experiment in
+    ``[since, until)``); ``as_of`` leaves out units whose window has not closed by then (their goals may
+    still come); ``ruleset`` only counts that ruleset's decisions (by name)."""
+    sql, params = _unit_sql(unit, goals, ruleset)
+    query = (f"SELECT rule, page, queue, holdout, COUNT(*), SUM(converted) FROM ({sql})"
+             " GROUP BY rule, page, queue, holdout")
+    db, mine = _connect(log)
+    try:
+        rows = db.execute(query, _params(params, window_s, since, until, as_of)).fetchall()
+    finally:
+        if mine:
+            db.close()
+    return [(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5] or 0)) for r in rows]
+
+
+def _fold(rows: Iterable[tuple[Any, ...]], key: Any, **kw: Any) -> UpliftEstimate:
+    counts = [0, 0, 0, 0]  # converted treated, n treated, converted control, n control
+    for row in rows:
+        holdout, n, converted = row[3], row[4], row[5]
+        offset = 2 if holdout else 0
+        counts[offset] += converted
+        counts[offset + 1] += n
+    return estimate(counts[0], counts[1], counts[2], counts[3], **kw)
+
+
+def uplift_report(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequence[str] | str | None = None,
+                  unit: str = "visitor", since: float | None = None, until: float | None = None,
+                  as_of: float | None = None, ruleset: str | None = None, alpha: float = 0.05,
+                  min_per_arm: int = MIN_PER_ARM, min_events: int = MIN_EVENTS, mde: float | None = None,
+                  target_power: float = 0.8) -> UpliftReport:
+    """Overall and per rule / page / queue uplift from the decision log (`log`: path, sqlite3
+    connection, or a ``SQLiteDecisionLog``), one SQL query. Arguments as in :func:`unit_counts`
+    and :func:`estimate`."""
+    rows = unit_counts(log, window_s=window_s, goals=goals, unit=unit, since=since, until=until, as_of=as_of,
+                       ruleset=ruleset)
+    kw = dict(alpha=alpha, min_per_arm=min_per_arm, min_events=min_events, mde=mde, target_power=target_power)
+    parts: dict[str, dict[str, UpliftEstimate]] = {}
+    for i, dim in enumerate(DIMENSIONS):
+        keys = sorted({r[i] for r in rows}, key=lambda v: (v is None, v or ""))
+        parts[dim] = {("" if k is None else k): _fold((r for r in rows if r[i] == k), k, **kw) for k in keys}
+    return UpliftReport(_fold(rows, None, **kw), parts["rule"], parts["page"], parts["queue"])
+
+
+def uplift_from_log(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequence[str] | str | None = None,
+                    unit: str = "visitor", since: float | None = None, until: float | None = None,
+                    as_of: float | None = None, ruleset: str | None = None, alpha: float = 0.05,
+                    min_per_arm: int = MIN_PER_ARM, min_events: int = MIN_EVENTS, mde: float | None = None,
+                    target_power: float = 0.8) -> UpliftEstimate:
+    """The overall uplift from the decision log: what the ops dashboard's tile shows."""
+    return uplift_report(log, window_s=window_s, goals=goals, unit=unit, since=since, until=until, as_of=as_of,
+                         ruleset=ruleset, alpha=alpha, min_per_arm=min_per_arm, min_events=min_events, mde=mde,
+                         target_power=target_power).overall
+
+
+def read_eligible(log: Any, *, since: float | None = None, until: float | None = None) -> Any:
+    """Offers and holdout would-be offers from the log as a DataFrame (only those rows: small next to the
+    log), joined with their outcome (``status``: accepted / declined / expired, or None). For notebooks
+    and for :func:`pcrules.world.true_uplift`."""
+    import pandas as pd
+
+    query = (f"SELECT d.id, d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.reason,"
+             f" d.rule, d.queue, d.score, d.offer_id, d.holdout, d.expires_at, d.ruleset, d.ruleset_version,"
+             f" o.status, o.ts AS answered_at"
+             f" FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
+             f" WHERE {_ELIGIBLE} AND (:since IS NULL OR d.ts >= :since) AND (:until IS NULL OR d.ts < :until)"
+             f" ORDER BY d.ts, d.id")
+    db, mine = _connect(log)
+    try:
+        return pd.read_sql_query(query, db, params={"since": since, "until": until})
+    finally:
+        if mine:
+            db.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# In memory: arrays and DataFrames (backtests, notebooks)
+# ----------------------------------------------------------------------------------------------
+
+
+def uplift_from_units(treated: Any, converted: Any = None, *, by: Any = None, alpha: float = 0.05,
+                      min_per_arm: int = MIN_PER_ARM, min_events: int = MIN_EVENTS, mde: float | None = None,
+                      target_power: float = 0.8) -> Any:
+    """Uplift from one row per eligible unit: ``treated`` (bool: offered, not held out) and ``converted``
+    (bool). Either two array-likes, or a DataFrame as `treated` with those columns (``holdout`` instead
+    of ``treated`` is understood too). With ``by`` (a column name of the frame, or an array), returns a
+    dict group -> :class:`UpliftEstimate`; else one estimate."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(treated, pd.DataFrame):
+        frame = treated
+        arm = frame["treated"] if "treated" in frame.columns else ~frame["holdout"].astype(bool)
+        conv = frame["converted"]
+        if isinstance(by, str):
+            by = frame[by]
+        treated, converted = arm, conv
+    t = np.asarray(treated, dtype=bool)
+    c = np.asarray(converted, dtype=bool)
+    if t.shape != c.shape or t.ndim != 1:
+        raise ValueError(f"treated and converted must be 1-d and of one length, got {t.shape} and {c.shape}")
+    kw = dict(alpha=alpha, min_per_arm=min_per_arm, min_events=min_events, mde=mde, target_power=target_power)
+
+    def one(mask: Any) -> UpliftEstimate:
+        tm, cm = t[mask], c[mask]
+        return estimate(int((cm & tm).sum()), int(tm.sum()), int((cm & ~tm).sum()), int((~tm).sum()), **kw)
+
+    if by is None:
+        return one(slice(None))
+    keys = pd.Series(np.asarray(by, dtype=object)).fillna("").to_numpy(dtype=object)
+    if len(keys) != len(t):
+        raise ValueError("by must have one value per unit")
+    return {k: one(keys == k) for k in sorted(set(keys.tolist()), key=str)}
+
+
+def units_from_frames(decisions: Any, goals: Any, *, window_s: float = DEFAULT_WINDOW_S,
+                      goal_names: Sequence[str] | str | None = None, unit: str = "visitor") -> Any:
+    """The eligible units, built in memory exactly as the SQL does: one row per unit with ``visitor_id``
+    (and ``session_id``), ``first_ts``, ``holdout``, ``treated``, ``rule``, ``page``, ``queue``, ``converted``.
+
+    ``decisions``: per-event decisions (``visitor_id, session_id, ts, action, reason, holdout, rule, page,
+    queue``; rows other than offers and holdout would-be offers are ignored; without ``action`` every
+    row is an eligible decision, arm by ``holdout``); ``goals``: ``visitor_id, session_id, goal, ts``."""
+    import numpy as np
+    import pandas as pd
+
+    if unit not in ("visitor", "session"):
+        raise ValueError(f"unit must be 'visitor' or 'session', got {unit!r}")
+    d = decisions if isinstance(decisions, pd.DataFrame) else pd.DataFrame(decisions)
+    g = goals if isinstance(goals, pd.DataFrame) else pd.DataFrame(goals,
+                                                                    columns=["visitor_id", "session_id", "goal", "ts"])
+    holdout = d["holdout"].fillna(0).astype(bool) if "holdout" in d.columns else pd.Series(False, index=d.index)
+    if "action" in d.columns:
+        keep = d["action"].astype(object).eq("offer") | holdout  # as the SQL's _ELIGIBLE
+        d, holdout = d[keep], holdout[keep]
+    d = d.assign(holdout=holdout.to_numpy(dtype=bool), _order=np.arange(len(d)))
+    for column in DIMENSIONS:
+        if column not in d.columns:
+            d[column] = None
+    key = ["visitor_id"] if unit == "visitor" else ["visitor_id", "session_id"]
+    order = ["ts", "id"] if "id" in d.columns else ["ts", "_order"]
+    first = d.sort_values(order, kind="stable").drop_duplicates(key, keep="first")
+    units = first[["visitor_id", "session_id", "ts", "holdout", "rule", "page", "queue"]]
+    units = units.rename(columns={"ts": "first_ts"})
+    units = units.reset_index(drop=True)
+    if goal_names is not None:
+        names = [goal_names] if isinstance(goal_names, str) else list(goal_names)
+        g = g[g["goal"].isin(names)]
+    hits = units[key + ["first_ts"]].merge(g[key + ["ts"]], on=key, how="inner")
+    hits = hits[(hits["ts"] >= hits["first_ts"]) & (hits["ts"] <= hits["first_ts"] + float(window_s))]
+    converted = set(map(tuple, hits[key].drop_duplicates().to_numpy(dtype=object).tolist()))
+    units["converted"] = [tuple(k) in converted for k in units[key].to_numpy(dtype=object).tolist()]
+    units["treated"] = ~units["holdout"]
+    return units
+
+
+# ----------------------------------------------------------------------------------------------
+# Expected uplift of a policy (backtests)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpectedUplift:
+    """What a set of offers is expected to do to the goal count."""
+
+    offers: int
+    expected_accepts: float
+    expected_goals: float         # extra goals caused by the offers: sum of per-offer effects
+    eligible: int                 # units the uplift is spread over
+    uplift: float | None          # expected_goals / eligible: the ITT uplift pcrules.uplift measures
+
+    @property
+    def per_offer(self) -> float | None:
+        return self.expected_goals / self.offers if self.offers else None
+
+
+def _values(x: Any, n: int | None) -> list[float]:
+    if hasattr(x, "__array__") or hasattr(x, "to_numpy"):
+        import numpy as np
+
+        arr = np.asarray(x, dtype=float).ravel()
+        if n is not None and arr.size == 1:
+            return [float(arr[0])] * n
+        return arr.tolist()
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return [float(x)] * (n if n is not None else 1)
+    return [float(v) for v in x]
+
+
+def expected_uplift(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: Any = 0.0, *,
+                    eligible: int | None = None) -> ExpectedUplift:
+    """The expected effect of a policy's offers on the goal count.
+
+    Per offer: ``p_accept`` (the true or the model's P(accept)), ``gain_if_accepted`` (absolute rise of
+    the goal probability if the chat is accepted, e.g. :func:`pcrules.world.offer_effects`'s column, or
+    an assumed constant) and ``loss_if_not_accepted`` (absolute fall when the offer is declined or
+    ignored: annoyance; 0 by default). Scalars broadcast. Expected extra goals =
+    ``sum(p * gain - (1 - p) * loss)``; ``uplift`` spreads them over ``eligible`` units (default: one per
+    offer), the intention-to-treat uplift the log's estimate measures.
+
+    Offers are valued independently, each against its session's goal rate without offers: to compare
+    with the log's estimate (one goal per visitor within the attribution window after her first
+    offer), pass the offers that fall in that window, for a one-offer-per-visitor policy her first
+    offer; counting every later offer too overstates the effect (a visitor converts at most once).
+    On the synthetic world, first offers give the exact ITT within a few per cent.
+    """
+    p = _values(p_accept, None)
+    n = len(p)
+    gain = _values(gain_if_accepted, n)
+    loss = _values(loss_if_not_accepted, n)
+    if not (len(gain) == len(loss) == n):
+        raise ValueError("p_accept, gain_if_accepted and loss_if_not_accepted differ in length: "
+                         f"{n}, {len(gain)}, {len(loss)}")
+    if any(not 0.0 <= v <= 1.0 for v in p):
+        raise ValueError("p_accept: expected probabilities in [0, 1]")
+    goals = math.fsum(pi * g - (1.0 - pi) * lo for pi, g, lo in zip(p, gain, loss))
+    units = n if eligible is None else int(eligible)
+    if units < 0:
+        raise ValueError("eligible must be >= 0")
+    return ExpectedUplift(offers=n, expected_accepts=math.fsum(p), expected_goals=goals, eligible=units,
+                          uplift=goals / units if units else None)
