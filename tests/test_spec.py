@@ -685,7 +685,8 @@ def test_matches_on_a_number_field_is_a_type_problem():
 def test_the_shipped_default_rules_load_and_compile():
     spec = load_spec(DEFAULT_RULES)
     assert spec.name == "default"
-    assert [r.name for r in spec.rules] == ["checkout-hesitation", "bill-payment-stuck", "plans-comparison", "help-seeker"]
+    assert [r.name for r in spec.rules] == ["checkout-hesitation", "bill-payment-stuck", "plans-comparison", "help-seeker",
+                                          "likely-to-accept"]
     assert set(spec.queues) == {"Billing", "Sales", "Support"}
     assert spec.policy.holdout == 0.1 and spec.policy.offer_timeout_s == 60.0
     assert load_spec(DEFAULT_RULES).version == spec.version
