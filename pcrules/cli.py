@@ -26,10 +26,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .decision_log import SQLiteDecisionLog
-    from .replay import replay
-    from .runtime import Runtime
-    from .sample import SAMPLE_PATH, read_events
+    """Train on generated history, publish, replay the sample through the bundle (rules only with --no-model)."""
+    from .sample import SAMPLE_PATH
     from .spec import load_spec
 
     events = Path(args.events) if args.events else SAMPLE_PATH
@@ -39,16 +37,40 @@ def _demo(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     log_path = Path(args.log)
-    if log_path.exists() and not args.append:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{log_path}{suffix}").unlink(missing_ok=True)
-    rows = list(read_events(events))
-    with Runtime(spec, log=SQLiteDecisionLog(log_path)) as runtime:
-        summary = replay(runtime, rows, progress=sys.stderr.isatty(), total=len(rows))
-    print(f"pcrules demo: ruleset {spec.name!r} ({spec.version}) over {events}")
-    print(summary.report())
+    progress = sys.stderr.isatty()
+    if args.no_model:
+        summary = _replay_rules_only(spec, events, log_path, progress)
+        print(f"pcrules demo: ruleset {spec.name!r} ({spec.version}), no model, over {events}")
+        print(summary.report())
+    else:
+        try:
+            from .demo import describe, replay_with_goals, train_and_publish
+        except ImportError as exc:
+            return _fail(f"the demo trains a model and needs pcrules[analysis] ({exc}); or run with --no-model")
+        out_dir = log_path.parent
+        print("pcrules demo: generating history, training the acceptance model, publishing a bundle ...")
+        bundle = train_and_publish(Path(args.rules), out_dir)
+        print(describe(bundle))
+        summary, goals = replay_with_goals(bundle, log_path, events, progress)
+        print(f"replayed {events} through {bundle}")
+        print(summary.report())
+        print(f"goals reported        {goals:>9,}")
+        print(f"published bundles: {out_dir / 'published'}")
     print(f"decision log: {log_path}")
     return 0
+
+
+def _replay_rules_only(spec: Any, events: Path, log_path: Path, progress: bool) -> Any:
+    from .decision_log import SQLiteDecisionLog
+    from .replay import replay
+    from .runtime import Runtime
+    from .sample import read_events
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{log_path}{suffix}").unlink(missing_ok=True)
+    rows = list(read_events(events))
+    with Runtime(spec, log=SQLiteDecisionLog(log_path)) as runtime:
+        return replay(runtime, rows, progress=progress, total=len(rows))
 
 
 # --------------------------------------------------------------------------- bundles: publish, rollback, bundle-info
@@ -233,6 +255,116 @@ def _add_train_command(commands: Any) -> None:
     train.set_defaults(run=_train)
 
 
+# --------------------------------------------------------------------------- serve: the reference HTTP server
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.serve import main as serve_main
+    except ImportError as exc:  # starlette / uvicorn / redis / prometheus-client are the `server` extra
+        print(f"error: pcrules serve needs the server dependencies: pip install 'pcrules[server]' ({exc})",
+              file=sys.stderr)
+        return 1
+    return serve_main(args)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    srv = commands.add_parser("serve", help="run the HTTP server (observe / answer / queues / metrics), "
+                                            "optionally with the demo site")
+    source = srv.add_mutually_exclusive_group()
+    source.add_argument("--bundle", help="serve a published bundle (publish dir, its current, or a version dir)")
+    source.add_argument("--rules", help="serve a rule spec YAML (default: the embedded one; with --demo the demo's)")
+    srv.add_argument("--demo", action="store_true", help="also serve the demo site, Pega stand-in and CSR console")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=_positive_int, default=8765, help="port (default 8765)")
+    srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db)")
+    srv.add_argument("--log", metavar="PATH", help="SQLite decision log to append to (default: none)")
+    srv.add_argument("--workers", type=_positive_int, default=1, help="worker processes (more than 1 needs --redis)")
+    srv.set_defaults(run=_serve)
+
+
+# --------------------------------------------------------------------------- dashboard: the Voila ops dashboard
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard import serve
+    except ImportError as exc:  # voila / ipywidgets / matplotlib are the `dashboard` extra
+        return _fail(f"the dashboard needs pcrules[dashboard] (voila, ipywidgets, matplotlib): {exc}")
+    try:
+        return serve(Path(args.log), port=args.port, host=args.host, bundle_path=args.bundle,
+                     base_url=args.base_url, cull_idle_s=args.cull_idle)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail(exc)
+
+
+def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
+    dash = commands.add_parser("dashboard", help="serve the Voila ops dashboard on a decision log (127.0.0.1)")
+    dash.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log (default: the demo's)")
+    dash.add_argument("--bundle", help="publish directory or bundle to show as the live bundle (default: none)")
+    dash.add_argument("--port", type=_positive_int, default=8866, help="port (default 8866)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
+    dash.add_argument("--base-url", default="/", help="URL prefix behind a proxy, e.g. /ops/ (default /)")
+    dash.add_argument("--cull-idle", type=_positive_int, default=600,
+                      help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
+    dash.set_defaults(run=_dashboard)
+
+
+# --------------------------------------------------------------------------- backtest: a ruleset over recorded events
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    try:
+        import pandas as pd
+
+        from .backtest import backtest
+    except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
+        print(f"error: backtest needs numpy and pandas ({exc})", file=sys.stderr)
+        return 1
+    from .bundle import load_bundle
+    from .errors import PcrulesError
+    from .history import load_events
+
+    try:
+        bundle = load_bundle(Path(args.bundle))
+        events, report = load_events(Path(args.events))
+        status = None
+        if args.queue_status:
+            path = Path(args.queue_status)
+            status = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        result = backtest(bundle.spec, events, bundle.scorer, queue_status=status, engine=args.engine,
+                          progress=sys.stderr.isatty() and not args.quiet)
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            frame = events[["ts", "visitor_id", "session_id", "page", "seconds_on_page"]].join(result.decisions)
+            if out.suffix == ".parquet":
+                frame.to_parquet(out, index=False)
+            else:
+                frame.to_csv(out, index=False)
+    except (PcrulesError, OSError, ValueError) as exc:
+        return _fail(exc)
+    if report.rows_dropped or report.rows_coerced or report.rows_unsorted:
+        print(report, file=sys.stderr)
+    print(f"pcrules backtest: bundle {bundle.version} over {args.events}")
+    print(result.summary())
+    if args.out:
+        print(f"decisions: {args.out}")
+    return 0
+
+
+def _add_backtest_command(commands: argparse._SubParsersAction) -> None:
+    bt = commands.add_parser("backtest", help="what a bundle's ruleset and model would have decided on recorded events")
+    bt.add_argument("--bundle", required=True, help="bundle: publish dir, <dir>/current or a version dir")
+    bt.add_argument("--events", required=True, help="events file (CSV, .csv.gz or Parquet; data/README.md schema)")
+    bt.add_argument("--out", help="write the per-event decisions (.parquet, else CSV)")
+    bt.add_argument("--queue-status", help="queue status timeline (ts, queue, agents_available, estimated_wait_s)")
+    bt.add_argument("--engine", choices=("fast", "policy"), default="fast",
+                    help="fast (vectorised, default) or policy (the runtime's pure core row by row)")
+    bt.add_argument("--quiet", action="store_true", help="no progress bar")
+    bt.set_defaults(run=_backtest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -242,11 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="replay sample events through the runtime and summarise")
     demo.add_argument("--rules", default=str(DEFAULT_RULES), help="rule spec (default: the embedded default)")
     demo.add_argument("--events", help="events file (default: the shipped sample)")
-    demo.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log to write")
-    demo.add_argument("--append", action="store_true", help="append to an existing log instead of starting afresh")
+    demo.add_argument("--log", default="var/demo/decisions.sqlite",
+                      help="decision log to write (afresh); the bundle goes beside it in published/")
+    demo.add_argument("--no-model", action="store_true", help="skip training: replay with the rules alone")
     demo.set_defaults(run=_demo)
     _add_bundle_commands(commands)
     _add_sample_data_command(commands)
+    _add_backtest_command(commands)
+    _add_dashboard_command(commands)
+    _add_serve_command(commands)
     _add_train_command(commands)
     args = parser.parse_args(argv)
     return args.run(args)
