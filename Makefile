@@ -26,3 +26,15 @@ bench: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) var
+
+# The Voila ops dashboard on the demo's decision log (made first if missing) and its published bundle,
+# at http://127.0.0.1:8866/ (Ctrl-C stops it)
+.PHONY: dashboard
+$(VENV)/.dashboard: $(VENV)/.base
+	$(PY) -m pip install --quiet -e '.[dashboard]'
+	touch $@
+
+dashboard: $(VENV)/.dashboard
+	test -f var/demo/decisions.sqlite || $(MAKE) demo
+	$(PY) -m pcrules dashboard --log var/demo/decisions.sqlite \
+	  $$(test -e var/demo/published/current && echo --bundle var/demo/published)

@@ -1,0 +1,1214 @@
+"""Queries and widgets behind the Voila ops dashboard (``dashboards/ops.ipynb``).
+
+Two layers:
+
+* **Queries** (standard library only): each takes a read-only connection to the
+  SQLite decision log (schema in ``data/README.md``) and a :class:`Filters`, and
+  aggregates in SQL. Nothing loads the log into memory: a refresh runs a few
+  grouped queries: decisions by action and reason (:func:`decisions_by_reason`),
+  offers by (hour, page, rule, queue, outcome) (:func:`offer_cube`, through the
+  log's partial index on ``offer_id``: offers only), eligible visitors by arm
+  with their goals (:func:`uplift`), the log's size and time span; and two
+  bounded ones: the latest decisions, and the pages and queues of the latest
+  100,000 decisions for the filters (:func:`choices`). Every tile and chart is
+  a sum over those few thousand grouped rows. Time filters use the index on
+  ``ts``.
+* **Widgets** (:class:`Dashboard`, :func:`dashboard`): ipywidgets and matplotlib
+  (PNG images in ``Image`` widgets: no JavaScript library, nothing from a CDN),
+  imported only when a dashboard is built.
+
+Definitions (what the tiles mean)
+---------------------------------
+The filters select *decisions*: event time ``ts`` in ``[start, end)``, and the
+decision's ``queue`` and ``page``. An offer belongs to the selection when the
+decision that made it does; its outcome is counted with it, whenever it came.
+
+* **offers**: decisions with action ``offer``.
+* **accept / decline / expiry rate**: accepted, declined and expired offers
+  divided by the offers that have *ended* (an outcome is logged); the three
+  add up to 100 %. Offers still waiting for an answer are shown as pending.
+* **chats started**: accepted offers (an accept routes the visitor to a CSR
+  in the offer's queue).
+* **uplift** (a simple intention-to-treat estimate; issue 8 replaces the
+  internals of :func:`uplift`, keeping its result type): the *eligible*
+  visitors are those for whom a rule fired in the selection: offered
+  (action ``offer``, the treated group) or withheld because they are in the
+  holdout group (action ``none``, reason ``holdout``, ``holdout = 1``, the
+  control group). A visitor *converts* when the log holds a goal (any goal,
+  or the one named) for that visitor at or after the visitor's first eligible
+  decision in the selection. Uplift = conversion rate of the offered minus
+  that of the withheld, whether or not the offered accepted (intention to
+  treat), with a normal-approximation 95 % interval
+  ``d +/- 1.96 * sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0)``. Below
+  :data:`MIN_VISITORS_PER_GROUP` visitors in either group, or fewer than
+  :data:`MIN_OUTCOMES` converted or :data:`MIN_OUTCOMES` unconverted visitors
+  in all, the tile says "not enough data yet" instead of a number.
+* **blocked reasons**: ``none`` decisions by reason (``no_rule``, no rule
+  matched, is counted but not drawn: it is most decisions and not a block).
+* **queue load**: chats started per hour in each queue (by offer time) against
+  the queue's ``capacity_per_hour`` in the live ruleset.
+
+Hours are UTC hours (labels in the dashboard's time zone, which shifts whole
+hours for every zone with whole-hour offsets). "Last 24 hours" and the other
+relative ranges end at the log's latest decision, not at the wall clock, so a
+replayed log shows its own last day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import quote
+
+from .errors import PcrulesError
+
+__all__ = [
+    "LOG_ENV",
+    "BUNDLE_ENV",
+    "DEFAULT_LOG",
+    "LogUnavailable",
+    "FilterError",
+    "Filters",
+    "LogInfo",
+    "OfferCounts",
+    "OfferCube",
+    "offer_cube",
+    "Uplift",
+    "LiveRuleset",
+    "open_log",
+    "log_info",
+    "choices",
+    "offer_counts",
+    "offers_by",
+    "offers_per_hour",
+    "decisions_by_reason",
+    "chats_per_hour_by_queue",
+    "uplift",
+    "recent_decisions",
+    "live_ruleset",
+    "time_filters",
+    "resolve_log_path",
+    "Dashboard",
+    "dashboard",
+]
+
+log = logging.getLogger("pcrules.ops")
+
+LOG_ENV = "PCRULES_DECISION_LOG"
+BUNDLE_ENV = "PCRULES_BUNDLE"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LOG = REPO_ROOT / "var" / "demo" / "decisions.sqlite"
+SUPPORTED_SCHEMA = 1
+
+MIN_VISITORS_PER_GROUP = 30
+MIN_OUTCOMES = 10
+Z95 = 1.959963984540054
+
+STATUSES = ("accepted", "declined", "expired")
+TIME_RANGES = (("All time", "all"), ("Last hour", "1h"), ("Last 24 hours", "24h"), ("Last 7 days", "7d"),
+               ("Custom dates", "custom"))
+RANGE_SECONDS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+BREAKDOWN_LIMIT = 15
+MAX_PAGE_CHOICES = 200  # a site with thousands of page names: the busiest ones in the page filter
+CHOICE_WINDOW = 100_000  # the filters offer the queues and pages of the latest decisions
+MAX_TEXT = 200  # filter values longer than any page name the runtime accepts are refused
+
+
+class FilterError(ValueError):
+    """The filters chosen make no sense (dates reversed, ...); shown as a note, the last numbers stay."""
+
+
+class LogUnavailable(PcrulesError):
+    """The decision log cannot be shown; the message says why and what to do, for a person to read."""
+
+    def __init__(self, message: str, *, kind: str):
+        super().__init__(message)
+        self.kind = kind  # missing | empty | unreadable | not_a_log | newer
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the dashboard shows: decisions with ``start <= ts < end`` (epoch s; None: open), in ``queue`` and
+    on ``page`` (None: all). Validated here because the values come from a browser."""
+
+    start: float | None = None
+    end: float | None = None
+    queue: str | None = None
+    page: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{name}: expected epoch seconds, got {value!r}")
+        for name in ("queue", "page"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT):
+                raise ValueError(f"{name}: expected a name of 1..{MAX_TEXT} characters, got {value!r}")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError("the time range starts after it ends")
+
+    def where(self, alias: str = "d") -> tuple[str, list[Any]]:
+        """SQL conditions (joined with AND, "1" when none) and their parameters, for table ``alias``."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.start is not None:
+            clauses.append(f"{alias}.ts >= ?")
+            params.append(float(self.start))
+        if self.end is not None:
+            clauses.append(f"{alias}.ts < ?")
+            params.append(float(self.end))
+        if self.queue is not None:
+            clauses.append(f"{alias}.queue = ?")
+            params.append(self.queue)
+        if self.page is not None:
+            clauses.append(f"{alias}.page = ?")
+            params.append(self.page)
+        return (" AND ".join(clauses) or "1"), params
+
+
+def time_filters(choice: str, last_ts: float | None, *, start_day: date | None = None,
+                 end_day: date | None = None, tz: str = "UTC") -> tuple[float | None, float | None]:
+    """(start, end) of a time-range choice: ``all``; ``1h``/``24h``/``7d`` ending at the log's latest decision
+    (``last_ts``, inclusive); ``custom``: from the start of ``start_day`` to the end of ``end_day`` in ``tz``."""
+    if choice == "all":
+        return None, None
+    if choice in RANGE_SECONDS:
+        if last_ts is None:
+            return None, None
+        return last_ts - RANGE_SECONDS[choice], None
+    if choice == "custom":
+        zone = _zone(tz)
+        if start_day is None or end_day is None:
+            raise ValueError("choose both dates of the custom range")
+        if not isinstance(start_day, date) or not isinstance(end_day, date):
+            raise ValueError("the custom range needs two dates")
+        if start_day > end_day:
+            raise ValueError("the custom range starts after it ends")
+        start = datetime.combine(start_day, datetime.min.time(), zone).timestamp()
+        end = datetime.combine(end_day + timedelta(days=1), datetime.min.time(), zone).timestamp()
+        return start, end
+    raise ValueError(f"unknown time range {choice!r}")
+
+
+def _zone(tz: str) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if tz in ("UTC", "utc", "Z"):
+        return timezone.utc
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {tz!r}") from None
+
+
+# --------------------------------------------------------------------------- opening the log
+
+
+def resolve_log_path(path: str | os.PathLike | None = None) -> Path:
+    """The log to show: ``path``, else ``$PCRULES_DECISION_LOG``, else the demo's log (``var/demo/``)."""
+    chosen = path if path not in (None, "") else os.environ.get(LOG_ENV) or DEFAULT_LOG
+    return Path(chosen).expanduser()
+
+
+@contextlib.contextmanager
+def open_log(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a decision log, checked; :class:`LogUnavailable` with a readable reason.
+
+    Read-only (``mode=ro`` and ``query_only``): the dashboard can never change the log, and it reads a log
+    that a runtime is writing (WAL mode) without blocking it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LogUnavailable(
+            f"There is no decision log at {p}. Point the dashboard at one with {LOG_ENV}=/path/to/decisions.sqlite "
+            f"(`pcrules dashboard --log PATH`), or run `make demo` to make the demo's log.", kind="missing")
+    if not p.is_file():
+        raise LogUnavailable(f"{p} is not a file; {LOG_ENV} must name the decision log's SQLite file.",
+                             kind="unreadable")
+    if p.stat().st_size == 0:
+        raise LogUnavailable(f"The decision log {p} is empty: no decisions have been logged yet. "
+                             f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise LogUnavailable(f"Cannot open the decision log {p}: {exc}.", kind="unreadable") from None
+    try:
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise LogUnavailable(f"{p} is not a readable SQLite decision log ({exc}).", kind="unreadable") from None
+        if not tables:
+            raise LogUnavailable(f"The decision log {p} is empty: no decisions have been logged yet. "
+                                 f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
+        missing = {"decisions", "outcomes", "goals", "rulesets"} - tables
+        if missing:
+            raise LogUnavailable(f"{p} is a SQLite file but not a pcrules decision log (no table "
+                                 f"{', '.join(sorted(missing))}).", kind="not_a_log")
+        if version > SUPPORTED_SCHEMA:
+            raise LogUnavailable(f"The decision log {p} has schema version {version}, written by a newer pcrules; "
+                                 f"this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.", kind="newer")
+        yield conn
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class LogInfo:
+    decisions: int
+    first_ts: float | None
+    last_ts: float | None
+
+
+def log_info(conn: sqlite3.Connection) -> LogInfo:
+    """How many decisions the whole log holds and the event times of the first and the last."""
+    n, first, last = conn.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM decisions").fetchone()
+    return LogInfo(int(n), first, last)
+
+
+def choices(conn: sqlite3.Connection, spec_queues: Sequence[str] = (), max_pages: int = MAX_PAGE_CHOICES,
+            window: int = CHOICE_WINDOW) -> tuple[list[str], list[str]]:
+    """(queues, pages) for the filters: the live ruleset's queues, and the queues and the busiest pages (at most
+    ``max_pages``, in name order) of the latest ``window`` decisions: a bounded read however long the log."""
+    totals: dict[str, int] = {}
+    queues = set(spec_queues)
+    for page, queue, n in conn.execute(
+            "SELECT page, queue, COUNT(*) FROM (SELECT page, queue FROM decisions ORDER BY id DESC LIMIT ?)"
+            " GROUP BY page, queue", (int(window),)):
+        totals[str(page)] = totals.get(str(page), 0) + n
+        if queue is not None:
+            queues.add(queue)
+    pages = sorted(totals, key=lambda p: (-totals[p], p))[:max_pages]
+    return sorted(queues), sorted(pages)
+
+
+@dataclass(frozen=True)
+class OfferCounts:
+    offers: int = 0
+    accepted: int = 0
+    declined: int = 0
+    expired: int = 0
+
+    @property
+    def ended(self) -> int:
+        return self.accepted + self.declined + self.expired
+
+    @property
+    def pending(self) -> int:
+        return self.offers - self.ended
+
+    @property
+    def chats_started(self) -> int:
+        return self.accepted
+
+    def rate(self, status: str) -> float | None:
+        """Share of ended offers with this status; None before any offer has ended."""
+        return getattr(self, status) / self.ended if self.ended else None
+
+
+_STATUS_FIELD = {"accepted": 1, "declined": 2, "expired": 3}
+
+
+def _add(cells: Any) -> OfferCounts:
+    """Sum cube cells (..., status, n) into counts; an offer without an outcome is pending."""
+    totals = [0, 0, 0, 0]
+    for *_, status, n in cells:
+        totals[0] += n
+        if status in _STATUS_FIELD:
+            totals[_STATUS_FIELD[status]] += n
+    return OfferCounts(*totals)
+
+
+@dataclass(frozen=True)
+class OfferCube:
+    """Offers of a selection counted by (UTC hour, page, rule, queue, outcome status or None while pending):
+    one GROUP BY over the offers (through the log's partial index on ``offer_id``) from which every offer
+    tile and chart is summed. At most one cell per hour, page, rule, queue and status."""
+
+    cells: tuple[tuple[float, str, str, str, str | None, int], ...] = ()
+
+    def total(self) -> OfferCounts:
+        return _add(self.cells)
+
+    def by(self, column: str) -> list[tuple[str, OfferCounts]]:
+        """Counts by ``page``, ``rule`` or ``queue``, most offers first (ties by name)."""
+        index = {"page": 1, "rule": 2, "queue": 3}.get(column)
+        if index is None:
+            raise ValueError(f"cannot break offers down by {column!r}")
+        groups: dict[str, list] = {}
+        for cell in self.cells:
+            groups.setdefault(str(cell[index]), []).append(cell)
+        rows = [(key, _add(cells)) for key, cells in groups.items()]
+        return sorted(rows, key=lambda kv: (-kv[1].offers, kv[0]))
+
+    def per_hour(self) -> list[tuple[float, OfferCounts]]:
+        """(start of the UTC hour, counts) for every hour with an offer, by the time the offer was made."""
+        groups: dict[float, list] = {}
+        for cell in self.cells:
+            groups.setdefault(cell[0], []).append(cell)
+        return [(hour, _add(groups[hour])) for hour in sorted(groups)]
+
+    def chats_per_hour_by_queue(self) -> dict[str, list[tuple[float, int]]]:
+        """Chats started (accepted offers) per UTC hour of the offer, per queue; hours without one are absent."""
+        out: dict[str, dict[float, int]] = {}
+        for hour, _, _, queue, status, n in self.cells:
+            if status == "accepted":
+                per_hour = out.setdefault(queue, {})
+                per_hour[hour] = per_hour.get(hour, 0) + n
+        return {q: sorted(hours.items()) for q, hours in sorted(out.items())}
+
+
+def offer_cube(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCube:
+    """The offers of the selection with their outcomes, grouped in SQL (see :class:`OfferCube`)."""
+    where, params = f.where("d")
+    rows = conn.execute(
+        "SELECT CAST(d.ts / 3600 AS INTEGER) AS hour, d.page, d.rule, d.queue, o.status, COUNT(*)"
+        " FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
+        f" WHERE d.offer_id IS NOT NULL AND d.action = 'offer' AND {where}"
+        " GROUP BY hour, d.page, d.rule, d.queue, o.status", params).fetchall()
+    return OfferCube(tuple((h * 3600.0, str(p), str(r), str(q), st, int(n)) for h, p, r, q, st, n in rows))
+
+
+def offer_counts(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCounts:
+    """Offers in the selection and how many of them were accepted, declined and expired."""
+    return offer_cube(conn, f).total()
+
+
+def offers_by(conn: sqlite3.Connection, column: str, f: Filters = Filters(),
+              limit: int = BREAKDOWN_LIMIT) -> tuple[list[tuple[str, OfferCounts]], int]:
+    """Offer counts by ``page``, ``rule`` or ``queue``, most offers first (at most ``limit``), and how many
+    distinct values there are in all."""
+    if column not in ("page", "rule", "queue"):
+        raise ValueError(f"cannot break offers down by {column!r}")
+    rows = offer_cube(conn, f).by(column)
+    return rows[:limit], len(rows)
+
+
+def offers_per_hour(conn: sqlite3.Connection, f: Filters = Filters()) -> list[tuple[float, OfferCounts]]:
+    """(start of the UTC hour, counts) for every hour with an offer, by the time the offer was made."""
+    return offer_cube(conn, f).per_hour()
+
+
+def chats_per_hour_by_queue(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, list[tuple[float, int]]]:
+    """Chats started (accepted offers) per UTC hour of the offer, per queue; hours without a chat are absent."""
+    return offer_cube(conn, f).chats_per_hour_by_queue()
+
+
+def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, int]:
+    """Decisions in the selection by action, and ``none`` decisions by reason: keys ``offer``, ``wait``,
+    ``none``, and ``none:<reason>``."""
+    where, params = f.where("d")
+    out: dict[str, int] = {}
+    for action, reason, n in conn.execute(
+            f"SELECT d.action, d.reason, COUNT(*) FROM decisions d WHERE {where} GROUP BY d.action, d.reason", params):
+        out[action] = out.get(action, 0) + n
+        if action == "none":
+            out[f"none:{reason}"] = n
+    return out
+
+
+@dataclass(frozen=True)
+class Uplift:
+    """Intention-to-treat uplift of the goal rate: offered minus withheld (holdout) eligible visitors."""
+
+    offered: int
+    offered_converted: int
+    withheld: int
+    withheld_converted: int
+    goal: str | None = None
+
+    @property
+    def offered_rate(self) -> float | None:
+        return self.offered_converted / self.offered if self.offered else None
+
+    @property
+    def withheld_rate(self) -> float | None:
+        return self.withheld_converted / self.withheld if self.withheld else None
+
+    @property
+    def enough(self) -> bool:
+        converted = self.offered_converted + self.withheld_converted
+        unconverted = self.offered + self.withheld - converted
+        return (self.offered >= MIN_VISITORS_PER_GROUP and self.withheld >= MIN_VISITORS_PER_GROUP
+                and converted >= MIN_OUTCOMES and unconverted >= MIN_OUTCOMES)
+
+    @property
+    def missing(self) -> str:
+        """What is lacking for an estimate ('' when there is enough)."""
+        if self.enough:
+            return ""
+        converted = self.offered_converted + self.withheld_converted
+        needs = []
+        if self.offered < MIN_VISITORS_PER_GROUP:
+            needs.append(f"{MIN_VISITORS_PER_GROUP} offered visitors (have {self.offered})")
+        if self.withheld < MIN_VISITORS_PER_GROUP:
+            needs.append(f"{MIN_VISITORS_PER_GROUP} withheld visitors (have {self.withheld})")
+        if converted < MIN_OUTCOMES:
+            needs.append(f"{MIN_OUTCOMES} visitors with a goal (have {converted})")
+        if self.offered + self.withheld - converted < MIN_OUTCOMES:
+            needs.append(f"{MIN_OUTCOMES} visitors without a goal")
+        return "needs " + ", ".join(needs)
+
+    @property
+    def estimate(self) -> float | None:
+        if not self.enough:
+            return None
+        return self.offered_rate - self.withheld_rate  # type: ignore[operator]
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if not self.enough:
+            return None
+        p1, p0 = self.offered_rate, self.withheld_rate
+        se = math.sqrt(p1 * (1 - p1) / self.offered + p0 * (1 - p0) / self.withheld)  # type: ignore[operator]
+        d = p1 - p0  # type: ignore[operator]
+        return d - Z95 * se, d + Z95 * se
+
+
+def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None) -> Uplift:
+    """The intention-to-treat estimate described in the module docstring (issue 8 replaces these internals)."""
+    where, params = f.where("d")
+    goal_clause = "" if goal is None else " AND g.goal = ?"
+    sql = f"""
+        WITH eligible AS (
+            SELECT d.visitor_id AS visitor_id, d.holdout AS holdout, MIN(d.ts) AS first_ts
+            FROM decisions d
+            WHERE (d.action = 'offer' OR (d.action = 'none' AND d.holdout = 1)) AND {where}
+            GROUP BY d.visitor_id, d.holdout
+        )
+        SELECT e.holdout, COUNT(*),
+               COALESCE(SUM(EXISTS (SELECT 1 FROM goals g
+                                    WHERE g.visitor_id = e.visitor_id AND g.ts >= e.first_ts{goal_clause})), 0)
+        FROM eligible e GROUP BY e.holdout
+    """
+    groups = {0: (0, 0), 1: (0, 0)}
+    for holdout, n, converted in conn.execute(sql, [*params, *([goal] if goal is not None else [])]):
+        groups[int(bool(holdout))] = (int(n), int(converted))
+    return Uplift(groups[0][0], groups[0][1], groups[1][0], groups[1][1], goal)
+
+
+RECENT_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule", "queue",
+                  "score", "status")
+
+
+def recent_decisions(conn: sqlite3.Connection, f: Filters = Filters(), limit: int = 25) -> list[dict[str, Any]]:
+    """The latest ``limit`` decisions of the selection (by event time), with the outcome of offers."""
+    limit = max(1, min(int(limit), 500))
+    where, params = f.where("d")
+    rows = conn.execute(
+        "SELECT d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.reason, d.rule, d.queue,"
+        " d.score, o.status FROM decisions d LEFT JOIN outcomes o ON d.offer_id IS NOT NULL AND o.offer_id = d.offer_id"
+        f" WHERE {where} ORDER BY d.ts DESC, d.id DESC LIMIT ?", [*params, limit]).fetchall()
+    return [dict(zip(RECENT_COLUMNS, row, strict=True)) for row in rows]
+
+
+# --------------------------------------------------------------------------- the live ruleset / bundle
+
+
+@dataclass(frozen=True)
+class LiveRuleset:
+    """What serves: the published bundle when one is configured, and the ruleset last activated in the log."""
+
+    source: str  # "bundle" | "log" | "none"
+    spec: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the rule spec (as written)
+    name: str | None = None
+    version: str | None = None
+    bundle_version: str | None = None
+    created: str | None = None  # bundle publish time (ISO), or the log's activation time
+    model: str | None = None
+    metrics: Mapping[str, Any] | None = None
+    bundle_problem: str | None = None  # a bundle was configured but could not be loaded
+    log_ruleset: tuple[str, str] | None = None  # (name, version) of the latest decision in the log
+
+    @property
+    def capacities(self) -> dict[str, float]:
+        queues = self.spec.get("queues") or {}
+        return {str(q): float(c["capacity_per_hour"]) for q, c in queues.items()
+                if isinstance(c, Mapping) and isinstance(c.get("capacity_per_hour"), (int, float))}
+
+
+def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike | None = None) -> LiveRuleset:
+    """The bundle at ``bundle_path`` (a publish directory or a version), verified; without one (or when it
+    does not load) the ruleset last activated in the log."""
+    log_ruleset = None
+    latest = None
+    if conn is not None:
+        row = conn.execute("SELECT ruleset, ruleset_version FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+        log_ruleset = (row[0], row[1]) if row else None
+        latest = conn.execute("SELECT name, version, activated_at, spec FROM rulesets"
+                              " ORDER BY id DESC LIMIT 1").fetchone()
+    problem = None
+    if bundle_path not in (None, ""):
+        from .bundle import load_bundle  # standard library + PyYAML only
+
+        try:
+            b = load_bundle(bundle_path)
+            m = b.manifest
+            return LiveRuleset("bundle", dict(b.spec.source), b.spec.name, b.spec.version, b.version,
+                               m.get("created"), (m.get("model") or {}).get("kind"), m.get("metrics"), None,
+                               log_ruleset)
+        except (PcrulesError, OSError) as exc:
+            problem = str(exc)
+    if latest is not None:
+        try:
+            spec = json.loads(latest[3])
+        except ValueError:
+            spec = {}
+        created = datetime.fromtimestamp(latest[2], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return LiveRuleset("log", spec if isinstance(spec, dict) else {}, latest[0], latest[1], None, created,
+                           None, None, problem, log_ruleset)
+    return LiveRuleset("none", {}, bundle_problem=problem, log_ruleset=log_ruleset)
+
+
+_OPS = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤", "in": "in", "not_in": "not in",
+        "matches": "matches"}
+
+
+def describe_conditions(when: Any) -> str:
+    """A rule's ``when`` as one line: ``page = Checkout and seconds_on_page ≥ 90``."""
+    if not isinstance(when, Mapping):
+        return ""
+    parts = []
+    for fld, cond in when.items():
+        if fld == "any_of" and isinstance(cond, list):
+            alternatives = [describe_conditions(c) for c in cond]
+            parts.append("(" + " or ".join(f"{a}" for a in alternatives if a) + ")")
+        elif isinstance(cond, Mapping):
+            for op, value in cond.items():
+                if op == "exists":
+                    parts.append(f"{fld} {'present' if value else 'absent'}")
+                elif op == "matches":
+                    parts.append(f"{fld} matches /{value}/")
+                else:
+                    parts.append(f"{fld} {_OPS.get(op, op)} {_show(value)}")
+        else:
+            parts.append(f"{fld} = {_show(cond)}")
+    return " and ".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(metrics, Mapping):
+        out: list[tuple[str, Any]] = []
+        for key, value in metrics.items():
+            out += _flatten(value, f"{prefix}{key}.")
+        return out
+    return [(prefix[:-1], metrics)]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_rate(r: float | None) -> str:
+    return "–" if r is None else f"{100 * r:.1f} %"
+
+
+def fmt_pp(x: float) -> str:
+    return f"{100 * x:+.1f} pp".replace("-", "−")
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _metric(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return json.dumps(value)[:120]
+    return str(value)
+
+
+# --------------------------------------------------------------------------- widgets
+
+CSS = """
+<style>
+.pcrules-ops { font-family: var(--jp-ui-font-family, sans-serif); color: #1f2933; }
+.pcrules-ops h2 { margin: 4px 0; font-size: 20px; }
+.pcrules-sub { color: #52606d; font-size: 12px; }
+.pcrules-tile-body { border: 1px solid #d9e2ec; border-radius: 6px; padding: 8px 12px; background: #f8fafc;
+  min-height: 74px; }
+.pcrules-tile-title { font-size: 12px; color: #52606d; text-transform: uppercase; letter-spacing: .04em; }
+.pcrules-tile-value { font-size: 26px; font-weight: 600; line-height: 1.3; }
+.pcrules-tile-note { font-size: 11px; color: #52606d; line-height: 1.4; }
+.pcrules-insufficient .pcrules-tile-value { font-size: 16px; color: #7b8794; padding: 6px 0; }
+.pcrules-table { border-collapse: collapse; font-size: 12px; width: 100%; }
+.pcrules-table th, .pcrules-table td { border-bottom: 1px solid #e4e7eb; padding: 3px 6px; text-align: left;
+  vertical-align: top; }
+.pcrules-table th { background: #f0f4f8; }
+.pcrules-bundle-info, .pcrules-metrics { width: auto; min-width: 45%; }
+.pcrules-section { font-size: 15px; font-weight: 600; margin: 10px 0 4px 0; }
+.pcrules-message-body { border: 1px solid #f0b429; background: #fffbea; border-radius: 6px; padding: 12px 16px;
+  font-size: 14px; }
+.pcrules-note { color: #8d2b0b; }
+</style>
+"""
+
+TILES = (("offers", "Offers"), ("accept_rate", "Accept rate"), ("decline_rate", "Decline rate"),
+         ("expiry_rate", "Expiry rate"), ("chats_started", "Chats started"), ("uplift", "Uplift vs holdout"))
+CHARTS = (("over_time", "Offers and outcomes per hour"), ("by_page", "Offers by page"),
+          ("by_rule", "Offers by rule"), ("by_queue", "Offers by queue"),
+          ("queue_load", "Queue load: chats started per hour vs capacity"), ("blocked", "Blocked: no-offer reasons"))
+COLORS = {"offers": "#3e4c59", "accepted": "#2f9e44", "declined": "#e8590c", "expired": "#adb5bd",
+          "pending": "#74c0fc"}
+
+
+def tile_html(key: str, title: str, value: str, note: str = "", *, data_value: Any = "", state: str = "",
+              **data: Any) -> str:
+    """One tile; ``data-value`` holds the number shown, unrounded (rates as fractions), for tests and scrapers."""
+    extra = f' data-state="{_esc(state)}"' if state else ""
+    extra += "".join(f' data-{k}="{_esc(v)}"' for k, v in data.items())
+    cls = "pcrules-tile-body" + (" pcrules-insufficient" if state == "insufficient" else "")
+    return (f'<div class="{cls}" data-tile="{_esc(key)}" data-value="{_esc(data_value)}"{extra}>'
+            f'<div class="pcrules-tile-title">{_esc(title)}</div>'
+            f'<div class="pcrules-tile-value">{_esc(value)}</div>'
+            f'<div class="pcrules-tile-note">{_esc(note)}</div></div>')
+
+
+def _raw(x: float | None) -> str:
+    """A rate as the tiles' ``data-value`` (for tests and scrapers): 6 decimals, '' when undefined."""
+    return "" if x is None else f"{x:.6f}"
+
+
+class Dashboard:
+    """The ops dashboard: filters, tiles, charts, the live bundle and recent decisions, over one log.
+
+    Every widget value from the browser is checked in the kernel (dropdowns accept only their options, dates
+    only dates; :class:`Filters` validates again) and every query is parameterised. A problem with the log is
+    shown as a message, never as a traceback.
+    """
+
+    def __init__(self, log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
+                 *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None):
+        import ipywidgets as w
+
+        self.w = w
+        self.log_path = resolve_log_path(log_path)
+        bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV) or None
+        self.bundle_path = Path(bundle).expanduser() if bundle else None
+        try:
+            self.zone = _zone(tz)
+            self.tz = tz
+        except ValueError:
+            self.zone, self.tz = timezone.utc, "UTC"
+        self.recent_rows = max(1, min(int(recent_rows), 500))
+        self.goal = goal or None
+        self.info: LogInfo | None = None
+        self.live: LiveRuleset | None = None
+        self.refreshes = 0
+        self._busy = False
+
+        self.header = w.HTML()
+        self.message = w.HTML()
+        self.message.add_class("pcrules-message")
+        self.status = w.HTML()
+        self.status.add_class("pcrules-status")
+        self.time_range = w.Dropdown(options=list(TIME_RANGES), value="all", description="Time range",
+                                     style={"description_width": "initial"}, layout=w.Layout(width="220px"))
+        self.start_day = w.DatePicker(description="From", disabled=True, layout=w.Layout(width="190px"))
+        self.end_day = w.DatePicker(description="To", disabled=True, layout=w.Layout(width="190px"))
+        self.queue = w.Dropdown(options=[("All queues", "")], value="", description="Queue",
+                                layout=w.Layout(width="210px"))
+        self.page = w.Dropdown(options=[("All pages", "")], value="", description="Page",
+                               layout=w.Layout(width="230px"))
+        self.refresh_button = w.Button(description="Refresh", icon="refresh", button_style="primary",
+                                       layout=w.Layout(width="110px"))
+        for name, widget in (("time-range", self.time_range), ("from", self.start_day), ("to", self.end_day),
+                             ("queue", self.queue), ("page", self.page), ("refresh", self.refresh_button)):
+            widget.add_class(f"pcrules-filter-{name}")
+        self.filters_box = w.HBox([self.time_range, self.start_day, self.end_day, self.queue, self.page,
+                                   self.refresh_button], layout=w.Layout(flex_flow="row wrap", align_items="center"))
+        self.tiles = {key: w.HTML(layout=w.Layout(flex="1 1 150px", margin="4px")) for key, _ in TILES}
+        for key, widget in self.tiles.items():
+            widget.add_class("pcrules-tile")
+            widget.add_class(f"pcrules-tile-{key.replace('_', '-')}")
+        self.chart_images = {key: w.Image(format="png", layout=w.Layout(width="100%", height="auto"))
+                             for key, _ in CHARTS}
+        self.chart_notes = {key: w.HTML() for key, _ in CHARTS}
+        charts = []
+        for key, title in CHARTS:
+            box = w.VBox([w.HTML(f'<div class="pcrules-section">{_esc(title)}</div>'), self.chart_images[key],
+                          self.chart_notes[key]], layout=w.Layout(min_width="0"))
+            box.add_class("pcrules-chart")
+            box.add_class(f"pcrules-chart-{key.replace('_', '-')}")
+            charts.append(box)
+        self.charts_box = w.GridBox(charts, layout=w.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))",
+                                                            grid_gap="10px 18px", width="100%"))
+        self.bundle_html = w.HTML()
+        self.bundle_html.add_class("pcrules-bundle")
+        self.recent_html = w.HTML()
+        self.recent_html.add_class("pcrules-recent")
+        self.body = w.VBox([
+            self.status,
+            w.HBox(list(self.tiles.values()), layout=w.Layout(flex_flow="row wrap", width="100%")),
+            self.charts_box,
+            w.HTML('<div class="pcrules-section">Live ruleset</div>'), self.bundle_html,
+            w.HTML('<div class="pcrules-section">Recent decisions</div>'), self.recent_html,
+        ])
+        self.root = w.VBox([w.HTML(CSS), self.header, self.filters_box, self.message, self.body],
+                           layout=w.Layout(width="100%"))
+        self.root.add_class("pcrules-ops")
+
+        # matplotlib takes ~0.5 s to import: do it while the first queries run (sqlite3 releases the GIL)
+        threading.Thread(target=_import_matplotlib, name="pcrules-ops-mpl", daemon=True).start()
+        self.refresh_button.on_click(lambda _: self._safely(self.refresh, reload_choices=True))
+        self.time_range.observe(self._on_range, names="value")
+        for widget in (self.start_day, self.end_day, self.queue, self.page):
+            widget.observe(lambda _: self._safely(self.refresh), names="value")
+        self._safely(self.refresh, reload_choices=True)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:  # displays as its widget (the notebook's last line)
+        return self.root._repr_mimebundle_(**kwargs)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_range(self, change: Any) -> None:
+        custom = change["new"] == "custom"
+        self.start_day.disabled = self.end_day.disabled = not custom
+        if custom and self.info is not None and self.info.first_ts is not None:
+            with self._hold():  # set both dates, then refresh once
+                if self.start_day.value is None:
+                    self.start_day.value = datetime.fromtimestamp(self.info.first_ts, self.zone).date()
+                if self.end_day.value is None:
+                    self.end_day.value = datetime.fromtimestamp(self.info.last_ts, self.zone).date()
+        self._safely(self.refresh)
+
+    @contextlib.contextmanager
+    def _hold(self) -> Iterator[None]:
+        busy, self._busy = self._busy, True
+        try:
+            yield
+        finally:
+            self._busy = busy
+
+    def _safely(self, action: Any, **kwargs: Any) -> None:
+        """Run a refresh; whatever goes wrong becomes a message on the page (the details go to the server log)."""
+        if self._busy:
+            return
+        with self._hold():
+            try:
+                action(**kwargs)
+            except LogUnavailable as exc:
+                self._show_message(str(exc), exc.kind)
+            except FilterError as exc:  # e.g. dates reversed: say so, keep the last numbers
+                self.status.value = (f'<div class="pcrules-sub pcrules-note">Cannot apply the filters: {_esc(exc)}; '
+                                     f'the numbers below are for the previous selection.</div>')
+            except sqlite3.Error as exc:
+                log.warning("ops dashboard: reading %s failed: %s", self.log_path, exc)
+                self._show_message(f"Reading the decision log {self.log_path} failed ({exc}). Press Refresh to "
+                                   f"try again.", "unreadable")
+            except Exception as exc:  # never a traceback in the page: log it for the operator of the server
+                log.exception("ops dashboard: refresh failed")
+                self._show_message(f"The dashboard could not be refreshed ({type(exc).__name__}: {exc}). Press "
+                                   f"Refresh to try again; details are in the dashboard server's log.", "failed")
+
+    def _show_message(self, text: str, kind: str) -> None:
+        self.message.value = (f'<div class="pcrules-message-body" data-kind="{_esc(kind)}">{_esc(text)}</div>')
+        self.message.layout.display = None
+        self.body.layout.display = "none"
+        for widget in (self.time_range, self.queue, self.page):
+            widget.disabled = True
+        self.header.value = self._header_html()
+
+    # ------------------------------------------------------------------ refresh
+
+    def filters(self) -> Filters:
+        queue = self.queue.value or None
+        page = self.page.value or None
+        last = self.info.last_ts if self.info else None
+        try:
+            start, end = time_filters(self.time_range.value, last, start_day=self.start_day.value,
+                                      end_day=self.end_day.value, tz=self.tz)
+            return Filters(start, end, queue, page)
+        except ValueError as exc:
+            raise FilterError(str(exc)) from None
+
+    def refresh(self, reload_choices: bool = False) -> None:
+        started = time.perf_counter()
+        with open_log(self.log_path) as conn:
+            self.info = log_info(conn)
+            if self.info.decisions == 0:
+                raise LogUnavailable(f"The decision log {self.log_path} has no decisions yet. They appear here as "
+                                     f"soon as the runtime makes them (press Refresh).", kind="empty")
+            if reload_choices or self.live is None:
+                self.live = live_ruleset(conn, self.bundle_path)
+                self._set_choices(*choices(conn, list(self.live.spec.get("queues") or ())))
+            f = self.filters()
+            # The two full scans run side by side (sqlite3 releases the GIL): reasons on a second connection.
+            with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
+                by_reason = pool.submit(_with_log, self.log_path, decisions_by_reason, f)
+                up = uplift(conn, f, self.goal)
+                cube = offer_cube(conn, f)  # one query for every offer tile and chart
+                recent = recent_decisions(conn, f, self.recent_rows)
+                reasons = by_reason.result()
+        counts = cube.total()
+        hourly, load = cube.per_hour(), cube.chats_per_hour_by_queue()
+        breakdowns = {}
+        for column in ("page", "rule", "queue"):
+            rows = cube.by(column)
+            breakdowns[column] = (rows[:BREAKDOWN_LIMIT], len(rows))
+        self.message.value = ""
+        self.message.layout.display = "none"
+        self.body.layout.display = None
+        for widget in (self.time_range, self.queue, self.page):
+            widget.disabled = False
+        self._render_tiles(counts, up)
+        self._render_charts(hourly, breakdowns, load, reasons, f)
+        self.bundle_html.value = self._bundle_html()
+        self.recent_html.value = self._recent_html(recent, reasons)
+        self.refreshes += 1
+        self.header.value = self._header_html()
+        n = sum(v for k, v in reasons.items() if ":" not in k)
+        self.status.value = (f'<div class="pcrules-sub" data-decisions="{n}" data-refresh="{self.refreshes}">'
+                             f'Selection: {_esc(self._describe(f))}: {fmt_int(n)} decisions, '
+                             f'{fmt_int(counts.offers)} offers. '
+                             f'Refreshed in {time.perf_counter() - started:.2f} s.</div>')
+
+    def _set_choices(self, queues: list[str], pages: list[str]) -> None:
+        with self._hold():
+            for widget, label, values in ((self.queue, "All queues", queues), (self.page, "All pages", pages)):
+                current = widget.value
+                widget.options = [(label, "")] + [(v, v) for v in values]
+                widget.value = current if current in values else ""
+
+    def _describe(self, f: Filters) -> str:
+        parts = []
+        if f.start is None and f.end is None:
+            parts.append("all time")
+        else:
+            parts.append(f"{self._when(f.start) if f.start is not None else 'start'} to "
+                         f"{self._when(f.end) if f.end is not None else 'latest'}")
+        parts.append(f"queue {f.queue}" if f.queue else "all queues")
+        parts.append(f"page {f.page}" if f.page else "all pages")
+        return ", ".join(parts)
+
+    def _when(self, ts: float | None) -> str:
+        return "–" if ts is None else datetime.fromtimestamp(ts, self.zone).strftime("%Y-%m-%d %H:%M")
+
+    def _header_html(self) -> str:
+        info = self.info
+        span = ""
+        if info is not None and info.decisions:
+            span = (f" · {fmt_int(info.decisions)} decisions from {self._when(info.first_ts)} to "
+                    f"{self._when(info.last_ts)} ({self.tz})")
+        refreshed = datetime.now(self.zone).strftime("%H:%M:%S")
+        return (f'<div class="pcrules-ops"><h2>Proactive chat: operations</h2>'
+                f'<div class="pcrules-sub">Decision log {_esc(self.log_path)}{_esc(span)} · refreshed {refreshed}'
+                f'</div></div>')
+
+    # ------------------------------------------------------------------ tiles
+
+    def _render_tiles(self, c: OfferCounts, up: Uplift) -> None:
+        ended = f"of {fmt_int(c.ended)} ended offers"
+        self.tiles["offers"].value = tile_html("offers", "Offers", fmt_int(c.offers),
+                                               f"{fmt_int(c.pending)} awaiting an answer", data_value=c.offers)
+        for key, status, title in (("accept_rate", "accepted", "Accept rate"),
+                                   ("decline_rate", "declined", "Decline rate"),
+                                   ("expiry_rate", "expired", "Expiry rate (no answer)")):
+            r = c.rate(status)
+            self.tiles[key].value = tile_html(key, title, fmt_rate(r), f"{fmt_int(getattr(c, status))} {ended}",
+                                              data_value=_raw(r))
+        self.tiles["chats_started"].value = tile_html("chats_started", "Chats started", fmt_int(c.chats_started),
+                                                      "accepted offers, routed to a CSR", data_value=c.chats_started)
+        goal = f"goal {up.goal}" if up.goal else "any goal"
+        groups = (f"{fmt_int(up.offered)} offered vs {fmt_int(up.withheld)} withheld visitors "
+                  f"({fmt_rate(up.offered_rate)} vs {fmt_rate(up.withheld_rate)}, {goal})")
+        if up.enough:
+            low, high = up.interval  # type: ignore[misc]
+            self.tiles["uplift"].value = tile_html(
+                "uplift", "Uplift vs holdout (ITT)", fmt_pp(up.estimate),  # type: ignore[arg-type]
+                f"95 % CI {fmt_pp(low)} to {fmt_pp(high)}; {groups}", data_value=_raw(up.estimate),
+                state="estimate", low=_raw(low), high=_raw(high))
+        else:
+            self.tiles["uplift"].value = tile_html("uplift", "Uplift vs holdout (ITT)", "Not enough data yet",
+                                                   f"{up.missing}; {groups}", data_value="", state="insufficient")
+
+    # ------------------------------------------------------------------ charts
+
+    def _render_charts(self, *args: Any) -> None:
+        import matplotlib
+
+        # Names from the log (pages, rules, queues) are text: never matplotlib's $mathtext$.
+        with matplotlib.rc_context({"text.parse_math": False}):
+            self._draw_charts(*args)
+
+    def _draw_charts(self, hourly: list[tuple[float, OfferCounts]],
+                     breakdowns: dict[str, tuple[list[tuple[str, OfferCounts]], int]],
+                     load: dict[str, list[tuple[float, int]]], reasons: dict[str, int], f: Filters) -> None:
+        self.chart_images["over_time"].value = self._chart_over_time(hourly)
+        self.chart_notes["over_time"].value = _note(f"{fmt_int(len(hourly))} hours with offers; hours in {self.tz}")
+        for key, column in (("by_page", "page"), ("by_rule", "rule"), ("by_queue", "queue")):
+            rows, total = breakdowns[column]
+            self.chart_images[key].value = self._chart_breakdown(rows)
+            self.chart_notes[key].value = _note(f"top {len(rows)} of {total} {column}s by offers" if total > len(rows)
+                                                else f"{total} {column}{'s' if total != 1 else ''} with offers")
+        capacities = self.live.capacities if self.live else {}
+        if f.queue:
+            capacities = {q: c for q, c in capacities.items() if q == f.queue}
+        self.chart_images["queue_load"].value = self._chart_queue_load(load, capacities)
+        peaks = "; ".join(f"{q}: peak {max(n for _, n in load.get(q, [(0, 0)]))} chats/h of {c:g}"
+                          for q, c in sorted(capacities.items()))
+        self.chart_notes["queue_load"].value = _note(peaks or "no capacity_per_hour in the live ruleset")
+        self.chart_images["blocked"].value = self._chart_blocked(reasons)
+        self.chart_notes["blocked"].value = _note(
+            f"{fmt_int(reasons.get('none:no_rule', 0))} decisions had no rule matching (not drawn); "
+            f"{fmt_int(reasons.get('wait', 0))} waits")
+
+    def _figure(self, height: float = 3.0) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.4, height), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(labelsize=8)
+        return fig, ax
+
+    @staticmethod
+    def _png(fig: Any) -> bytes:
+        import io
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    @staticmethod
+    def _empty(ax: Any, text: str = "no offers in this selection") -> None:
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#7b8794")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    def _chart_over_time(self, hourly: list[tuple[float, OfferCounts]]) -> bytes:
+        fig, ax = self._figure()
+        if not hourly:
+            self._empty(ax)
+            return self._png(fig)
+        # every hour between the first and the last, zeros included, so gaps read as quiet hours
+        first, last = hourly[0][0], hourly[-1][0]
+        n_hours = int((last - first) // 3600) + 1
+        by_hour = dict(hourly)
+        xs = [datetime.fromtimestamp(first + 3600 * i, self.zone) for i in range(n_hours + 1)]
+        stacks = {key: [] for key in ("accepted", "declined", "expired", "pending")}
+        for i in range(n_hours + 1):  # one more point: the last hour's step ends an hour later
+            c = by_hour.get(first + 3600 * min(i, n_hours - 1), OfferCounts())
+            for key in stacks:
+                stacks[key].append(getattr(c, key))
+        ax.stackplot(xs, *stacks.values(), labels=[f"{k}" for k in stacks], step="post",
+                     colors=[COLORS[k] for k in stacks], linewidth=0)
+        ax.set_ylabel("offers per hour", fontsize=8)
+        ax.set_ylim(bottom=0)
+        _date_axis(ax, self.zone)
+        _legend_above(ax)
+        return self._png(fig)
+
+    def _chart_breakdown(self, rows: list[tuple[str, OfferCounts]]) -> bytes:
+        fig, ax = self._figure(height=max(2.4, 1.0 + 0.32 * len(rows)))
+        if not rows:
+            self._empty(ax)
+            return self._png(fig)
+        labels = [name if len(name) <= 28 else name[:27] + "…" for name, _ in rows][::-1]
+        left = [0] * len(rows)
+        for key in ("accepted", "declined", "expired", "pending"):
+            values = [getattr(c, key) for _, c in rows][::-1]
+            ax.barh(labels, values, left=left, color=COLORS[key], label=key, height=0.7)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        for y, total in enumerate(left):
+            ax.text(total, y, f" {total:,}", va="center", fontsize=7)
+        ax.set_xlabel("offers", fontsize=8)
+        ax.margins(x=0.12)
+        _legend_above(ax)
+        return self._png(fig)
+
+    def _chart_queue_load(self, load: dict[str, list[tuple[float, int]]], capacities: dict[str, float]) -> bytes:
+        fig, ax = self._figure()
+        queues = sorted(q for q in capacities if capacities[q] > 0)
+        if not queues:
+            self._empty(ax, "no queue in the live ruleset has a capacity_per_hour")
+            return self._png(fig)
+        palette = ["#1c7ed6", "#e8590c", "#2f9e44", "#ae3ec9", "#f59f00", "#0ca678", "#e03131", "#495057"]
+        top = 100.0
+        for i, q in enumerate(queues):
+            series = load.get(q, [])
+            if series:
+                share = [100.0 * n / capacities[q] for _, n in series]
+                top = max(top, *share)
+                ax.plot([datetime.fromtimestamp(h, self.zone) for h, _ in series], share, "o-", markersize=2.5,
+                        linewidth=0.9, color=palette[i % len(palette)],
+                        label=f"{q} (capacity {capacities[q]:g}/h)")
+            else:
+                ax.plot([], [], "o-", color=palette[i % len(palette)],
+                        label=f"{q} (capacity {capacities[q]:g}/h): no chats")
+        ax.axhline(100, color="#c92a2a", linestyle="--", linewidth=1)
+        ax.text(0.005, 100, " capacity", color="#c92a2a", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
+        ax.set_ylim(0, top * 1.12)
+        ax.set_ylabel("chats started per hour\n% of capacity", fontsize=8)
+        if any(load.get(q) for q in queues):
+            _date_axis(ax, self.zone)
+        else:
+            ax.set_xticks([])
+        _legend_above(ax)
+        return self._png(fig)
+
+    def _chart_blocked(self, reasons: dict[str, int]) -> bytes:
+        fig, ax = self._figure()
+        rows = sorted(((k.split(":", 1)[1], v) for k, v in reasons.items()
+                       if k.startswith("none:") and k != "none:no_rule"), key=lambda kv: kv[1])
+        if not rows:
+            self._empty(ax, "no blocked decisions in this selection")
+            return self._png(fig)
+        labels = [("holdout (withheld)" if r == "holdout" else r) for r, _ in rows]
+        ax.barh(labels, [v for _, v in rows], color="#c92a2a", height=0.65)
+        for y, (_, v) in enumerate(rows):
+            ax.text(v, y, f" {v:,}", va="center", fontsize=7)
+        ax.set_xlabel("decisions", fontsize=8)
+        ax.margins(x=0.12)
+        return self._png(fig)
+
+    # ------------------------------------------------------------------ bundle and recent decisions
+
+    def _bundle_html(self) -> str:
+        live = self.live
+        if live is None or live.source == "none":
+            text = "No ruleset is recorded in the log"
+            if live is not None and live.bundle_problem:
+                text += f"; the configured bundle could not be loaded: {live.bundle_problem}"
+            return f'<div class="pcrules-sub" data-source="none">{_esc(text)}.</div>'
+        rows = []
+        if live.source == "bundle":
+            rows += [("Bundle version", live.bundle_version), ("Published", live.created),
+                     ("Ruleset", f"{live.name} {live.version}"), ("Model", live.model or "none (rules only)")]
+        else:
+            rows += [("Bundle", f"none configured ({BUNDLE_ENV})" if not live.bundle_problem
+                      else f"not loaded: {live.bundle_problem}"),
+                     ("Ruleset", f"{live.name} {live.version}"), ("Activated", live.created)]
+        if live.log_ruleset and live.log_ruleset != (live.name, live.version):
+            rows.append(("Note", f"the latest decision in the log came from ruleset {live.log_ruleset[0]} "
+                                 f"{live.log_ruleset[1]}, not this one"))
+        policy = live.spec.get("policy") or {}
+        if policy:
+            rows.append(("Policy", ", ".join(f"{k} {_show(v)}" for k, v in policy.items())))
+        out = [f'<div data-source="{_esc(live.source)}" data-version="{_esc(live.bundle_version or live.version)}">',
+               '<table class="pcrules-table pcrules-bundle-info">']
+        out += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows]
+        out.append("</table>")
+        if live.metrics:
+            out.append('<div class="pcrules-section">Model metrics</div><table class="pcrules-table pcrules-metrics">')
+            out += [f"<tr><th>{_esc(k)}</th><td>{_esc(_metric(v))}</td></tr>" for k, v in _flatten(live.metrics)]
+            out.append("</table>")
+        elif live.source == "bundle":
+            out.append('<div class="pcrules-sub">No model metrics in the manifest.</div>')
+        queues = live.spec.get("queues") or {}
+        if queues:
+            out.append('<div class="pcrules-section">Queues</div><table class="pcrules-table pcrules-queues">'
+                       "<tr><th>queue</th><th>max wait (s)</th><th>capacity / h</th><th>hours</th></tr>")
+            for q, c in queues.items():
+                c = c if isinstance(c, Mapping) else {}
+                hours = c.get("hours")
+                hours_text = (f"{', '.join(hours.get('days', []))} {hours.get('start', '')}–{hours.get('end', '')} "
+                              f"{hours.get('tz', '')}" if isinstance(hours, Mapping) else "always")
+                out.append(f"<tr><td>{_esc(q)}</td><td>{_esc(c.get('max_wait_s', '–'))}</td>"
+                           f"<td>{_esc(c.get('capacity_per_hour', '–'))}</td><td>{_esc(hours_text)}</td></tr>")
+            out.append("</table>")
+        rules = live.spec.get("rules") or []
+        out.append('<div class="pcrules-section">Rules</div><table class="pcrules-table pcrules-rules">'
+                   "<tr><th>rule</th><th>priority</th><th>queue</th><th>when (thresholds)</th></tr>")
+        for r in sorted((r for r in rules if isinstance(r, Mapping)), key=lambda r: -(r.get("priority") or 0)):
+            offer = r.get("offer") if isinstance(r.get("offer"), Mapping) else {}
+            about = f'<div class="pcrules-sub">{_esc(r["description"])}</div>' if r.get("description") else ""
+            out.append(f'<tr data-rule="{_esc(r.get("name"))}"><td>{_esc(r.get("name"))}{about}</td>'
+                       f"<td>{_esc(r.get('priority'))}</td><td>{_esc(offer.get('queue'))}</td>"
+                       f"<td>{_esc(describe_conditions(r.get('when')))}</td></tr>")
+        out.append("</table></div>")
+        return "".join(out)
+
+    def _recent_html(self, recent: list[dict[str, Any]], reasons: dict[str, int]) -> str:
+        total = sum(v for k, v in reasons.items() if ":" not in k)
+        head = ("time", "visitor", "session", "page", "on page (s)", "action", "reason", "rule", "queue", "score",
+                "outcome")
+        out = [f'<div class="pcrules-sub">The latest {len(recent)} of {fmt_int(total)} decisions in the selection '
+               f"(times in {_esc(self.tz)}).</div>",
+               '<table class="pcrules-table pcrules-recent-table"><tr>'
+               + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+        for r in recent:
+            score = "" if r["score"] is None else f"{r['score']:.3f}"
+            cells = (self._when(r["ts"]), r["visitor_id"], r["session_id"], r["page"], f"{r['seconds_on_page']:g}",
+                     r["action"], r["reason"], r["rule"], r["queue"], score, r["status"])
+            out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        out.append("</table>")
+        return "".join(out)
+
+
+def _with_log(path: Path, query: Any, *args: Any) -> Any:
+    with open_log(path) as conn:
+        return query(conn, *args)
+
+
+def _import_matplotlib() -> None:
+    with contextlib.suppress(Exception):  # the charts import it again and report any problem there
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.dates  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+
+def _date_axis(ax: Any, zone: Any) -> None:
+    from matplotlib import dates as mdates
+
+    locator = mdates.AutoDateLocator(tz=zone)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+
+
+def _legend_above(ax: Any) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7, ncols=min(4, len(handles)), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
+                  borderaxespad=0.2, handlelength=1.2)
+
+
+def _note(text: str) -> str:
+    return f'<div class="pcrules-sub">{_esc(text)}</div>'
+
+
+def dashboard(log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
+              *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None) -> "Dashboard":
+    """The dashboard (what ``dashboards/ops.ipynb`` displays; it displays as its widget, ``.root``).
+    ``log_path`` / ``bundle_path``: None reads ``$PCRULES_DECISION_LOG`` / ``$PCRULES_BUNDLE`` (the demo's log
+    when unset)."""
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # font-cache notices would show up as page output
+    return Dashboard(log_path, bundle_path, tz=tz, recent_rows=recent_rows, goal=goal)

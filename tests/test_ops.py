@@ -1,0 +1,473 @@
+"""pcrules.ops: the dashboard's SQL against values computed by hand on a small log; the widgets in-process
+(no browser); the log's failure modes as messages; the safe Voila launcher's settings.
+
+The small log (T = Monday 2026-01-05 12:00 UTC, the start of an hour):
+
+    row  ts          visitor page          decision                      offer  outcome
+    1    T           v1      Bill Payment  wait      bill   Billing
+    2    T+100       v1      Bill Payment  offer     bill   Billing      o1     accepted
+    3    T+3600      v2      Bill Payment  offer     bill   Billing      o2     declined
+    4    T+3700      v3      Checkout      offer     check  Sales        o3     expired
+    5    T+7200      v4      Checkout      offer     check  Sales        o4     (pending)
+    6    T+7300      v5      Home          none/no_rule
+    7    T+7400      v6      Checkout      none/holdout check Sales  (holdout: would-be offer)
+    8    T+7500      v7      Bill Payment  none/queue_busy bill Billing
+    9    T+86410     v1      Bill Payment  none/in_chat    bill Billing
+    10   T+86420     v8      FAQ           offer     help   Support      o5     accepted
+
+Goals: v1 bill_paid at T+50 (before v1's first offer: does not count), v2 bill_paid at T+4000, v3 plan_bought at
+T+4000, v6 bill_paid at T+8000, v99 (never seen) bill_paid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pcrules import SQLiteDecisionLog, ops
+from pcrules.ops import Filters, LogUnavailable, OfferCounts
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 1767614400.0  # 2026-01-05 12:00:00 UTC
+COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule", "queue", "score",
+           "offer_id", "holdout", "expires_at", "recheck_after", "metadata", "ruleset", "ruleset_version", "logged_at")
+SPEC = {"name": "small", "policy": {"holdout": 0.1, "offer_timeout_s": 60},
+        "queues": {"Billing": {"max_wait_s": 180, "capacity_per_hour": 40}, "Sales": {"capacity_per_hour": 60},
+                   "Support": {}},
+        "rules": [{"name": "bill", "priority": 20, "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 100}},
+                   "offer": {"queue": "Billing"}},
+                  {"name": "check", "priority": 30, "when": {"page": "Checkout", "seconds_on_page": {"gte": 90}},
+                   "offer": {"queue": "Sales"}},
+                  {"name": "help", "priority": 5,
+                   "when": {"page": {"matches": "^(FAQ|Support)"}, "any_of": [{"device": "mobile"},
+                                                                            {"pages_viewed": {"gte": 3}}]},
+                   "offer": {"queue": "Support"}}]}
+
+
+def new_log(path: Path) -> sqlite3.Connection:
+    SQLiteDecisionLog(path).close()  # the real schema
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO rulesets (name, version, activated_at, spec) VALUES ('small', 'v-small', ?, ?)",
+               (T - 60, json.dumps(SPEC)))
+    return db
+
+
+def decision(db: sqlite3.Connection, ts: float, visitor: str, page: str, action: str, reason: str | None = None,
+             rule: str | None = None, queue: str | None = None, offer_id: str | None = None,
+             holdout: int = 0) -> None:
+    row = {"ts": ts, "visitor_id": visitor, "session_id": f"{visitor}-s0", "page": page, "seconds_on_page": 120.0,
+           "action": action, "reason": reason, "rule": rule, "queue": queue, "score": None, "offer_id": offer_id,
+           "holdout": holdout, "expires_at": ts + 60 if (offer_id or holdout) else None, "recheck_after": None,
+           "metadata": None, "ruleset": "small", "ruleset_version": "v-small", "logged_at": 0.0}
+    db.execute(f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+               [row[c] for c in COLUMNS])
+
+
+def outcome(db: sqlite3.Connection, offer_id: str, status: str, ts: float) -> None:
+    d = db.execute("SELECT visitor_id, session_id, rule, queue, ts FROM decisions WHERE offer_id = ?",
+                   (offer_id,)).fetchone()
+    db.execute("INSERT INTO outcomes (offer_id, status, ts, visitor_id, session_id, rule, queue, offered_at, ruleset,"
+               " ruleset_version, logged_at) VALUES (?,?,?,?,?,?,?,?,'small','v-small',0)",
+               (offer_id, status, ts, *d))
+
+
+def goal(db: sqlite3.Connection, visitor: str, name: str, ts: float) -> None:
+    db.execute("INSERT INTO goals (ts, visitor_id, session_id, goal, value, logged_at) VALUES (?,?,?,?,NULL,0)",
+               (ts, visitor, f"{visitor}-s0", name))
+
+
+@pytest.fixture()
+def small_log(tmp_path: Path) -> Path:
+    path = tmp_path / "small.sqlite"
+    db = new_log(path)
+    decision(db, T, "v1", "Bill Payment", "wait", rule="bill", queue="Billing")
+    decision(db, T + 100, "v1", "Bill Payment", "offer", rule="bill", queue="Billing", offer_id="o1")
+    decision(db, T + 3600, "v2", "Bill Payment", "offer", rule="bill", queue="Billing", offer_id="o2")
+    decision(db, T + 3700, "v3", "Checkout", "offer", rule="check", queue="Sales", offer_id="o3")
+    decision(db, T + 7200, "v4", "Checkout", "offer", rule="check", queue="Sales", offer_id="o4")
+    decision(db, T + 7300, "v5", "Home", "none", "no_rule")
+    decision(db, T + 7400, "v6", "Checkout", "none", "holdout", rule="check", queue="Sales", holdout=1)
+    decision(db, T + 7500, "v7", "Bill Payment", "none", "queue_busy", rule="bill", queue="Billing")
+    decision(db, T + 86410, "v1", "Bill Payment", "none", "in_chat", rule="bill", queue="Billing")
+    decision(db, T + 86420, "v8", "FAQ", "offer", rule="help", queue="Support", offer_id="o5")
+    outcome(db, "o1", "accepted", T + 110)
+    outcome(db, "o2", "declined", T + 3605)
+    outcome(db, "o3", "expired", T + 3760)
+    outcome(db, "o5", "accepted", T + 86430)
+    goal(db, "v1", "bill_paid", T + 50)
+    goal(db, "v2", "bill_paid", T + 4000)
+    goal(db, "v3", "plan_bought", T + 4000)
+    goal(db, "v6", "bill_paid", T + 8000)
+    goal(db, "v99", "bill_paid", T + 100)
+    db.close()
+    return path
+
+
+# --------------------------------------------------------------------------- the queries, by hand
+
+
+def test_offer_counts_and_rates(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        every = ops.offer_counts(conn)
+        assert every == OfferCounts(offers=5, accepted=2, declined=1, expired=1)
+        assert (every.ended, every.pending, every.chats_started) == (4, 1, 2)
+        assert (every.rate("accepted"), every.rate("declined"), every.rate("expired")) == (0.5, 0.25, 0.25)
+        assert ops.offer_counts(conn, Filters(queue="Billing")) == OfferCounts(2, 1, 1, 0)
+        checkout = ops.offer_counts(conn, Filters(page="Checkout"))
+        assert checkout == OfferCounts(2, 0, 0, 1) and checkout.rate("expired") == 1.0 and checkout.pending == 1
+        assert ops.offer_counts(conn, Filters(start=T, end=T + 86400)) == OfferCounts(4, 1, 1, 1)
+        assert ops.offer_counts(conn, Filters(start=T + 3600, end=T + 7200)) == OfferCounts(2, 0, 1, 1)  # end excluded
+        assert ops.offer_counts(conn, Filters(queue="Billing", page="Checkout")) == OfferCounts()
+        assert OfferCounts().rate("accepted") is None  # no ended offer: no rate
+
+
+def test_breakdowns_and_hours(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        assert ops.offers_by(conn, "page") == ([("Bill Payment", OfferCounts(2, 1, 1, 0)),
+                                                ("Checkout", OfferCounts(2, 0, 0, 1)),
+                                                ("FAQ", OfferCounts(1, 1, 0, 0))], 3)
+        assert ops.offers_by(conn, "rule", limit=2) == ([("bill", OfferCounts(2, 1, 1, 0)),
+                                                          ("check", OfferCounts(2, 0, 0, 1))], 3)
+        assert ops.offers_by(conn, "queue", Filters(start=T + 86400)) == ([("Support", OfferCounts(1, 1, 0, 0))], 1)
+        assert ops.offers_per_hour(conn) == [(T, OfferCounts(1, 1, 0, 0)), (T + 3600, OfferCounts(2, 0, 1, 1)),
+                                             (T + 7200, OfferCounts(1, 0, 0, 0)),
+                                             (T + 86400, OfferCounts(1, 1, 0, 0))]
+        assert ops.chats_per_hour_by_queue(conn) == {"Billing": [(T, 1)], "Support": [(T + 86400, 1)]}
+        with pytest.raises(ValueError):
+            ops.offers_by(conn, "visitor_id; DROP TABLE decisions")
+
+
+def test_decisions_by_reason(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        assert ops.decisions_by_reason(conn) == {"offer": 5, "wait": 1, "none": 4, "none:no_rule": 1,
+                                                 "none:holdout": 1, "none:queue_busy": 1, "none:in_chat": 1}
+        assert ops.decisions_by_reason(conn, Filters(queue="Billing")) == {
+            "offer": 2, "wait": 1, "none": 2, "none:queue_busy": 1, "none:in_chat": 1}
+        assert ops.decisions_by_reason(conn, Filters(page="Home")) == {"none": 1, "none:no_rule": 1}
+        assert ops.choices(conn, ["Callback"]) == (["Billing", "Callback", "Sales", "Support"],
+                                                   ["Bill Payment", "Checkout", "FAQ", "Home"])
+        assert ops.choices(conn, max_pages=2)[1] == ["Bill Payment", "Checkout"]  # the busiest: 5 and 3 decisions
+        assert ops.choices(conn, window=2) == (["Billing", "Support"], ["Bill Payment", "FAQ"])  # rows 9 and 10
+
+
+def test_recent_decisions_are_the_latest_few(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        rows = ops.recent_decisions(conn, limit=3)
+        assert [(r["visitor_id"], r["action"], r["reason"], r["status"]) for r in rows] == [
+            ("v8", "offer", None, "accepted"), ("v1", "none", "in_chat", None), ("v7", "none", "queue_busy", None)]
+        assert [r["ts"] for r in ops.recent_decisions(conn, Filters(page="Checkout"))] == [T + 7400, T + 7200, T + 3700]
+
+
+def test_uplift_counts_visitors_and_goals_after_their_first_eligible_decision(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        up = ops.uplift(conn)
+        # offered: v1 (goal before its offer: no), v2 (yes), v3 (plan_bought: yes), v4, v8; withheld: v6 (yes)
+        assert (up.offered, up.offered_converted, up.withheld, up.withheld_converted) == (5, 2, 1, 1)
+        assert not up.enough and up.estimate is None and up.interval is None
+        assert "30 offered visitors (have 5)" in up.missing and "30 withheld visitors (have 1)" in up.missing
+        named = ops.uplift(conn, goal="bill_paid")
+        assert (named.offered_converted, named.withheld_converted) == (1, 1)
+        assert ops.uplift(conn, Filters(queue="Sales")) == ops.Uplift(2, 1, 1, 1)  # v3, v4 offered; v6 withheld
+        assert ops.uplift(conn, Filters(start=T + 86400)) == ops.Uplift(1, 0, 0, 0)  # v8 only
+
+
+def test_uplift_estimate_and_interval_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "uplift.sqlite"
+    db = new_log(path)
+    for i in range(40):  # 40 offered, 12 convert; 40 withheld, 6 convert
+        decision(db, T + i, f"t{i:02d}", "Checkout", "offer", rule="check", queue="Sales", offer_id=f"o{i}")
+        decision(db, T + i, f"c{i:02d}", "Checkout", "none", "holdout", rule="check", queue="Sales", holdout=1)
+        if i < 12:
+            goal(db, f"t{i:02d}", "bill_paid", T + 1000)
+        if i < 6:
+            goal(db, f"c{i:02d}", "bill_paid", T + 1000)
+    db.close()
+    with ops.open_log(path) as conn:
+        up = ops.uplift(conn)
+    assert (up.offered, up.offered_converted, up.withheld, up.withheld_converted) == (40, 12, 40, 6)
+    assert up.enough and up.missing == ""
+    assert up.estimate == pytest.approx(0.15)
+    # 0.15 -/+ 1.959964 * sqrt(0.3 * 0.7 / 40 + 0.15 * 0.85 / 40) = 0.15 -/+ 1.959964 * 0.0918559
+    assert up.interval == pytest.approx((-0.0300342, 0.3300342), abs=1e-6)
+
+
+def test_uplift_thresholds() -> None:
+    assert ops.Uplift(30, 5, 30, 5).enough
+    assert not ops.Uplift(29, 5, 30, 5).enough
+    assert not ops.Uplift(30, 4, 30, 5).enough  # 9 converted in all: fewer than MIN_OUTCOMES
+    assert not ops.Uplift(30, 25, 30, 26).enough  # 9 without a goal
+    assert ops.Uplift(30, 25, 30, 25).enough
+
+
+def test_queries_agree_with_a_replay_through_the_runtime(tmp_path: Path) -> None:
+    """An independent count: the replay's own summary of what the runtime decided."""
+    from itertools import islice
+
+    from pcrules import Runtime, load_spec
+    from pcrules.cli import DEFAULT_RULES
+    from pcrules.replay import replay
+    from pcrules.sample import read_events
+
+    path = tmp_path / "replay.sqlite"
+    with Runtime(load_spec(DEFAULT_RULES), log=SQLiteDecisionLog(path)) as runtime:
+        summary = replay(runtime, islice(read_events(), 6000))
+    with ops.open_log(path) as conn:
+        counts = ops.offer_counts(conn)
+        reasons = ops.decisions_by_reason(conn)
+        by_rule = dict(ops.offers_by(conn, "rule")[0])
+    assert counts.offers == summary.offers > 0
+    assert (counts.accepted, counts.declined, counts.expired) == (
+        summary.outcomes["accepted"], summary.outcomes["declined"], summary.outcomes["expired"])
+    assert {a: reasons.get(a, 0) for a in ("offer", "wait", "none")} == {str(a): n for a, n in summary.actions.items()}
+    assert {k[5:]: v for k, v in reasons.items() if k.startswith("none:")} == {
+        str(r): n for r, n in summary.reasons.items()}
+    assert {rule: c.offers for rule, c in by_rule.items()} == dict(summary.offers_by_rule)
+
+
+# --------------------------------------------------------------------------- filters: values from a browser
+
+
+def test_filters_refuse_bad_values() -> None:
+    for bad in ({"start": float("nan")}, {"end": "yesterday"}, {"start": True}, {"queue": ""}, {"page": "x" * 201},
+                {"queue": 3}, {"start": 10.0, "end": 5.0}):
+        with pytest.raises(ValueError):
+            Filters(**bad)
+    where, params = Filters(start=1.0, queue="Billing' OR 1=1 --").where("d")
+    assert where == "d.ts >= ? AND d.queue = ?" and params == [1.0, "Billing' OR 1=1 --"]  # parameters, never text
+    assert Filters().where() == ("1", [])
+
+
+def test_time_filters() -> None:
+    last = T + 1234.5
+    assert ops.time_filters("all", last) == (None, None)
+    assert ops.time_filters("24h", last) == (last - 86400, None)
+    assert ops.time_filters("1h", None) == (None, None)  # an empty log
+    start, end = ops.time_filters("custom", last, start_day=date(2026, 1, 5), end_day=date(2026, 1, 6),
+                                  tz="Europe/Amsterdam")
+    assert (start, end) == (T - 13 * 3600, T + 35 * 3600)  # Amsterdam midnights: 23:00 UTC
+    with pytest.raises(ValueError):
+        ops.time_filters("custom", last, start_day=date(2026, 1, 6), end_day=date(2026, 1, 5))
+    with pytest.raises(ValueError):
+        ops.time_filters("custom", last, start_day=None, end_day=date(2026, 1, 5))
+    with pytest.raises(ValueError):
+        ops.time_filters("forever", last)
+
+
+# --------------------------------------------------------------------------- the log's failure modes
+
+
+def test_unusable_logs_are_named_and_explained(tmp_path: Path) -> None:
+    def kind(path: Path) -> tuple[str, str]:
+        with pytest.raises(LogUnavailable) as info:
+            with ops.open_log(path):
+                pass
+        return info.value.kind, str(info.value)
+
+    k, text = kind(tmp_path / "nope.sqlite")
+    assert k == "missing" and str(tmp_path / "nope.sqlite") in text and ops.LOG_ENV in text
+    (tmp_path / "zero.sqlite").write_bytes(b"")
+    assert kind(tmp_path / "zero.sqlite")[0] == "empty"
+    (tmp_path / "text.sqlite").write_text("this is not a database, it is a long line of text " * 50)
+    assert kind(tmp_path / "text.sqlite")[0] == "unreadable"
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE things (x)")
+    k, text = kind(tmp_path / "other.sqlite")
+    assert k == "not_a_log" and "decisions" in text
+    SQLiteDecisionLog(tmp_path / "newer.sqlite").close()
+    with sqlite3.connect(tmp_path / "newer.sqlite") as db:
+        db.execute("PRAGMA user_version = 99")
+    assert kind(tmp_path / "newer.sqlite")[0] == "newer"
+    assert kind(tmp_path)[0] == "unreadable"  # a directory
+
+
+def test_the_log_is_opened_read_only(small_log: Path) -> None:
+    with ops.open_log(small_log) as conn:
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("DELETE FROM decisions")
+    with sqlite3.connect(small_log) as db:
+        assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 10
+
+
+def test_reading_a_log_while_the_runtime_writes_it(tmp_path: Path) -> None:
+    """WAL mode: the dashboard's read-only connection sees committed decisions while the writer is open."""
+    from pcrules import Runtime, load_spec
+
+    from helpers import spec_dict
+
+    path = tmp_path / "live.sqlite"
+    with Runtime(load_spec(spec_dict()), log=SQLiteDecisionLog(path)) as runtime:
+        runtime.observe({"visitor_id": "v1", "session_id": "s1", "page": "Bill Payment", "seconds_on_page": 301,
+                         "ts": T})
+        with ops.open_log(path) as conn:
+            assert ops.offer_counts(conn).offers == 1
+        runtime.observe({"visitor_id": "v2", "session_id": "s2", "page": "Bill Payment", "seconds_on_page": 301,
+                         "ts": T + 1})
+        with ops.open_log(path) as conn:
+            assert ops.offer_counts(conn).offers == 2
+
+
+# --------------------------------------------------------------------------- the live ruleset
+
+
+def test_live_ruleset_from_the_log_and_from_a_bundle(small_log: Path, tmp_path: Path) -> None:
+    from pcrules.bundle import publish
+
+    with ops.open_log(small_log) as conn:
+        live = ops.live_ruleset(conn)
+        assert (live.source, live.name, live.version, live.log_ruleset) == ("log", "small", "v-small",
+                                                                             ("small", "v-small"))
+        assert live.capacities == {"Billing": 40.0, "Sales": 60.0}
+        published = publish(SPEC, None, tmp_path / "published", metrics={"auc": 0.7123, "calibration": {"ece": 0.01}})
+        live = ops.live_ruleset(conn, tmp_path / "published")
+        assert live.source == "bundle" and live.bundle_version == published.name and live.metrics["auc"] == 0.7123
+        assert live.created and live.model is None and live.name == "small"
+        broken = ops.live_ruleset(conn, tmp_path / "no-such-bundle")
+        assert broken.source == "log" and "no-such-bundle" in broken.bundle_problem
+    assert ops.describe_conditions(SPEC["rules"][2]["when"]) == (
+        "page matches /^(FAQ|Support)/ and (device = mobile or pages_viewed ≥ 3)")
+    assert ops.describe_conditions({"page": {"in": ["A", "B"]}, "device": {"exists": False}, "x": {"ne": 1}}) == (
+        "page in [A, B] and device absent and x ≠ 1")
+
+
+# --------------------------------------------------------------------------- the widgets, in-process
+
+
+def _value(d: ops.Dashboard, tile: str) -> str:
+    text = d.tiles[tile].value
+    return text.split('data-value="', 1)[1].split('"', 1)[0]
+
+
+def test_dashboard_widgets_show_the_queries(small_log: Path) -> None:
+    d = ops.dashboard(small_log)
+    assert d.message.value == "" and d.body.layout.display is None
+    assert (_value(d, "offers"), _value(d, "accept_rate"), _value(d, "expiry_rate"), _value(d, "chats_started")) == (
+        "5", "0.500000", "0.250000", "2")
+    assert 'data-state="insufficient"' in d.tiles["uplift"].value and "Not enough data yet" in d.tiles["uplift"].value
+    assert all(bytes(img.value).startswith(b"\x89PNG") for img in d.chart_images.values())
+    assert [v for _, v in d.queue.options] == ["", "Billing", "Sales", "Support"]
+    assert [v for _, v in d.page.options] == ["", "Bill Payment", "Checkout", "FAQ", "Home"]
+    assert "v-small" in d.bundle_html.value and "seconds_on_page ≥ 90" in d.bundle_html.value
+    assert d.recent_html.value.count("<tr>") == 1 + 10
+    d.queue.value = "Billing"
+    assert (_value(d, "offers"), _value(d, "decline_rate")) == ("2", "0.500000")
+    d.queue.value = ""
+    d.page.value = "Checkout"
+    assert (_value(d, "offers"), _value(d, "accept_rate"), _value(d, "expiry_rate")) == ("2", "0.000000", "1.000000")
+    d.page.value = ""
+    d.time_range.value = "1h"  # the log's last hour: decisions at or after T + 86420 - 3600
+    assert _value(d, "offers") == "1"  # o5
+    d.time_range.value = "24h"  # at or after T + 20
+    assert _value(d, "offers") == "5"
+    d.time_range.value = "custom"  # both dates default to the log's first and last day
+    assert (d.start_day.value, d.end_day.value) == (date(2026, 1, 5), date(2026, 1, 6)) and _value(d, "offers") == "5"
+    d.end_day.value = date(2026, 1, 5)
+    assert _value(d, "offers") == "4"
+    d.start_day.value = date(2026, 1, 7)  # after the end: a note, nothing raised
+    assert "Cannot apply the filters" in d.status.value
+
+
+def test_names_from_the_log_are_text_in_html_and_charts(small_log: Path) -> None:
+    hostile = r'$\frac$ pay <img src=x onerror="alert(1)"> & more'
+    db = sqlite3.connect(small_log, isolation_level=None)
+    decision(db, T + 90000, "v9", hostile, "offer", rule="bill", queue="Billing", offer_id="o9")
+    db.close()
+    d = ops.dashboard(small_log)
+    assert d.message.value == "" and _value(d, "offers") == "6"  # the charts drew the name as plain text
+    assert hostile not in d.recent_html.value
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in d.recent_html.value
+    assert hostile in [v for _, v in d.page.options]  # a dropdown label is text, not HTML
+    d.page.value = hostile
+    assert _value(d, "offers") == "1" and "&lt;img" in d.status.value
+
+
+def test_dashboard_refuses_values_outside_its_options(small_log: Path) -> None:
+    from traitlets import TraitError
+
+    d = ops.dashboard(small_log)
+    with pytest.raises(TraitError):
+        d.queue.value = "'; DROP TABLE decisions; --"
+    with pytest.raises(TraitError):
+        d.time_range.value = "forever"
+    assert _value(d, "offers") == "5"
+
+
+def test_dashboard_messages_instead_of_tracebacks(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.sqlite"
+    d = ops.dashboard(path)
+    assert 'data-kind="missing"' in d.message.value and "There is no decision log at" in d.message.value
+    assert d.body.layout.display == "none"
+    SQLiteDecisionLog(path).close()  # a runtime started: the schema, no decisions yet
+    d.refresh_button.click()
+    assert 'data-kind="empty"' in d.message.value and "has no decisions yet" in d.message.value
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO rulesets (name, version, activated_at, spec) VALUES ('small', 'v-small', 0, ?)",
+               (json.dumps(SPEC),))
+    decision(db, T, "v1", "Checkout", "offer", rule="check", queue="Sales", offer_id="o1")
+    db.close()
+    d.refresh_button.click()
+    assert d.message.value == "" and _value(d, "offers") == "1"
+    path.unlink()
+    d.refresh_button.click()
+    assert 'data-kind="missing"' in d.message.value
+
+
+def test_ops_never_imports_pandas() -> None:
+    code = ("import sys, pcrules.ops; from pcrules.ops import dashboard; "
+            "print(sorted(m for m in ('pandas', 'numpy.core', 'sklearn', 'ipywidgets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the notebook and the safe launcher
+
+
+def test_notebook_is_thin_parameterised_and_without_outputs() -> None:
+    nb = json.loads((ROOT / "dashboards" / "ops.ipynb").read_text())
+    cells = nb["cells"]
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "parameters" in cells[0]["metadata"].get("tags", [])
+    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
+               for c in cells if c["cell_type"] == "code")
+    assert "from pcrules.ops import dashboard" in "".join(cells[1]["source"])
+    assert sum(len(c["source"]) for c in cells) < 20
+
+
+def test_voila_is_started_safely(tmp_path: Path) -> None:
+    from pcrules import dashboard
+
+    cmd = dashboard.voila_command(8899, cull_idle_s=300)
+    for flag in ("--Voila.ip=127.0.0.1", "--Voila.port=8899", "--VoilaConfiguration.show_tracebacks=False",
+                 "--VoilaConfiguration.allow_template_override=NO", "--VoilaConfiguration.allow_theme_override=NO",
+                 "--VoilaConfiguration.template=pcrules-ops", "--MappingKernelManager.cull_idle_timeout=300",
+                 "--MappingKernelManager.cull_interval=60", "--no-browser"):
+        assert flag in cmd
+    assert cmd[3] == str(ROOT / "dashboards" / "ops.ipynb")
+    with pytest.raises(ValueError):
+        dashboard.voila_command(0)
+    # dashboards/voila.json (for a Voila started by hand there) says the same as the launcher
+    assert json.loads((ROOT / "dashboards" / "voila.json").read_text()) == dashboard.SAFE_SETTINGS
+    env = dashboard.voila_env("rel/decisions.sqlite", None, base={"PCRULES_BUNDLE": "stale", "PYTHONPATH": "/x"})
+    assert env[ops.LOG_ENV] == str(Path("rel/decisions.sqlite").absolute()) and ops.BUNDLE_ENV not in env
+    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/x"]
+    assert env["JUPYTER_PATH"].split(":")[0] == str(ROOT / "dashboards" / "jupyter")
+
+
+def test_template_requests_nothing_from_a_cdn() -> None:
+    template = ROOT / "dashboards" / "jupyter" / "voila" / "templates" / "pcrules-ops"
+    assert json.loads((template / "conf.json").read_text()) == {"base_template": "lab"}
+    text = (template / "index.html.j2").read_text()
+    assert "http://" not in text and "https://" not in text and "<link" not in text
+    assert "extends 'voila/templates/lab/index.html.j2'" in text
+
+
+def test_cli_dashboard_command_is_registered() -> None:
+    out = subprocess.run([sys.executable, "-m", "pcrules", "dashboard", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and "--log" in out.stdout and "127.0.0.1" in out.stdout
