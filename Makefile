@@ -15,8 +15,17 @@ $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.base
+# The product, locally: train on generated history, publish a bundle, replay the shipped sample through
+# it, then serve the ops dashboard on that log (Ctrl-C stops everything).
+$(VENV)/.demo: $(VENV)/.base
+	$(PY) -m pip install --quiet -e '.[analysis,server,dashboard]'
+	touch $@
+
+demo: $(VENV)/.demo
 	$(PY) -m pcrules demo
+	@echo
+	@echo "ops dashboard:  http://127.0.0.1:8866/   (Ctrl-C to stop)"
+	$(PY) -m pcrules dashboard --log var/demo/decisions.sqlite --bundle var/demo/published --port 8866
 
 test: $(VENV)/.test
 	$(PY) -m pytest
@@ -30,11 +39,7 @@ clean:
 # The Voila ops dashboard on the demo's decision log (made first if missing) and its published bundle,
 # at http://127.0.0.1:8866/ (Ctrl-C stops it)
 .PHONY: dashboard
-$(VENV)/.dashboard: $(VENV)/.base
-	$(PY) -m pip install --quiet -e '.[dashboard]'
-	touch $@
-
-dashboard: $(VENV)/.dashboard
-	test -f var/demo/decisions.sqlite || $(MAKE) demo
+dashboard: $(VENV)/.demo
+	test -f var/demo/decisions.sqlite || $(PY) -m pcrules demo
 	$(PY) -m pcrules dashboard --log var/demo/decisions.sqlite \
 	  $$(test -e var/demo/published/current && echo --bundle var/demo/published)
