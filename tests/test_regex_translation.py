@@ -12,13 +12,19 @@ import itertools
 import json
 import re
 import string
+from typing import Self
 
 import durable_rules_engine as engine
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pcrules.matching.regex import UnsupportedPattern, check_compiles, python_regex, to_durable
+from pcrules.matching.regex import (
+    UnsupportedPattern,
+    check_compiles,
+    python_regex,
+    to_durable,
+)
 
 _names = itertools.count()
 
@@ -27,7 +33,6 @@ class Durable:
     """One `$mt` pattern compiled in its own throwaway ruleset."""
 
     def __init__(self, pattern: str):
-        self.pattern = pattern
         ruleset = {"r": {"all": [{"m": {"$and": [{"k": 1}, {"$mt": {"s": pattern}}]}}]}}
         self.handle = engine.create_ruleset(f"regex-test-{next(_names)}", json.dumps(ruleset, ensure_ascii=False))
 
@@ -39,11 +44,11 @@ class Durable:
                 action = engine.start_action_for_state(self.handle, result[1])
                 while action:
                     action = engine.complete_and_start_action(self.handle, result[1])
-            return result[0] == 0
+            return bool(result[0] == 0)
         finally:
             engine.retract_fact(self.handle, fact)
 
-    def __enter__(self) -> Durable:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -58,7 +63,7 @@ def disagreements(pattern: str, subjects: list[str]) -> list[tuple[str, bool, bo
 
 
 # A runtime string: any Unicode but C0 controls and DEL (the runtime validates them away).
-RUNTIME_CHAR = st.characters(blacklist_categories=("Cs",), blacklist_characters="".join(map(chr, [*range(32), 127])))
+RUNTIME_CHAR = st.characters(codec="utf-8", exclude_characters=[*map(chr, range(32)), "\x7f"])
 NASTY = ['"', "\\", '\\"', '""', "\\\\", "é", "€", "日本", "😀", "ß", "٣", "%", "%.", ".", "(", ")", "[", "]", "|", "{", "}"]
 
 
@@ -92,7 +97,6 @@ SUPPORTED = [
     (r"^a{2,3}$", ["a", "aa", "aaa", "aaaa"]),
     (r"^(ab){1,2}?$", ["ab", "abab", "ababab", "a"]),
     (r"x{2,}?y", ["xxy", "xy", "axxxxyb"]),
-    (r"a.b", ["a.b", "axb", 'a"b', "a\\b", "ab", "a日b", "a😀b"]),
     (r"^a.b$", ["axb", 'a"b', "a\\b", "aéb", "axxb", "ab"]),
     ("é", ["café", "cafe", "É"]),
     ("日本語", ["日本語のページ", "日本", "語"]),
@@ -106,15 +110,15 @@ SUPPORTED = [
     (r"^\s", [" a", "a ", "\u00a0a"]),
     ("^/plans$|^/pricing", ["/pricing", "/pricing/x", "/plans", "/plans/", "plans"]),
     ("^a$|^b$", ["a", "b", "ab", ""]),
-    (r"\d", ["3", "x", "٣", "３"]),
+    (r"^\d", ["3", "x", "٣", "３", "3x", "x3"]),
+    (r"x\d", ["x3", "x", "x٣", "ax9b"]),
 ]
 
 
 @pytest.mark.parametrize(("pattern", "subjects"), SUPPORTED, ids=[p for p, _ in SUPPORTED])
 def test_supported_pattern_answers_like_python(pattern: str, subjects: list[str]) -> None:
     python = python_regex(pattern)
-    expected = {s: python.search(s) is not None for s in subjects}
-    assert True in expected.values() or pattern == ".*checkout.*", "table row should include a matching subject"
+    assert {python.search(s) is not None for s in subjects} == {True, False}, "a row needs hits and misses"
     assert disagreements(pattern, subjects + NASTY) == []
 
 
@@ -205,7 +209,6 @@ ENGINE_DEFECTS = [
     "/de/",
     "..",               # durable's '.' can eat half of the JSON pair \" and so "count" one '"' twice
     "[^a]",             # durable's [^a] means "an 'a' here kills the match": conflicts, fails to compile
-    "x[^a]y",
     "^/category/[^/]+/?$",
 ]
 
@@ -215,6 +218,14 @@ def test_engine_defects_are_refused_with_a_real_counterexample(pattern: str) -> 
     with pytest.raises(UnsupportedPattern) as info:
         to_durable(pattern)
     assert assert_refusal_is_genuine(pattern, str(info.value)) in ("defect", "no-compile")
+
+
+# regex.c reads states it has freed while compiling these (AddressSanitizer agrees); what it then
+# builds depends on the allocator, so no test here could pin the outcome down: they are refused.
+@pytest.mark.parametrize("pattern", [r"\d", "[ac]", "a.b", "x[^a]y"])
+def test_patterns_that_make_the_engine_use_freed_memory_are_refused(pattern: str) -> None:
+    with pytest.raises(UnsupportedPattern, match="use-after-free"):
+        to_durable(pattern)
 
 
 def test_check_compiles_uses_the_real_engine() -> None:
@@ -276,12 +287,10 @@ def anchored_patterns(draw: st.DrawFn) -> str:
     return ("^" if draw(st.booleans()) else "") + draw(patterns()) + ("$" if draw(st.booleans()) else "")
 
 
-def subjects_for(pattern: str, draw: st.DrawFn) -> list[str]:
-    randoms = draw(st.lists(st.text(st.sampled_from(SUBJECT_CHARS), max_size=10), min_size=25, max_size=25))
-    try:  # strings that do match, so both answers get exercised
-        matching = draw(st.lists(st.from_regex(python_regex(pattern), alphabet=RUNTIME_CHAR), max_size=10))
-    except Exception:  # from_regex does not know every construct; random strings still cover it
-        matching = []
+def subjects_for(pattern: str, data: st.DataObject) -> list[str]:
+    randoms = data.draw(st.lists(st.text(st.sampled_from(SUBJECT_CHARS), max_size=10), min_size=25, max_size=25))
+    # Strings that do match, so both answers get exercised (from_regex may add a '\n' for '$').
+    matching = data.draw(st.lists(st.from_regex(python_regex(pattern), alphabet=RUNTIME_CHAR), max_size=10))
     return [s[:200] for s in randoms + matching + NASTY if not any(ord(c) < 32 or ord(c) == 127 for c in s)]
 
 
@@ -296,7 +305,7 @@ def test_translation_agrees_with_python_on_random_patterns(data: st.DataObject, 
         assert kind != "construct", f"{pattern!r} uses only supported constructs, yet: {exc}"
         return
     event("translated")
-    subjects = subjects_for(pattern, data.draw)
+    subjects = subjects_for(pattern, data)
     python = python_regex(pattern)
     with Durable(durable) as engine_pattern:
         wrong = [s for s in subjects if engine_pattern.matches(s) != (python.search(s) is not None)]

@@ -16,7 +16,9 @@ What durable_rules 2.0.28 actually does (``src/rules/regex.c``)
   classes see one symbol per character, including ``é``, ``€``, ``日`` and 4-byte emoji.
 * It matches the *JSON text* of the value, not the value: ``"`` and ``\\`` reach the matcher as
   the two symbols ``\\"`` and ``\\\\`` (the pattern is JSON-encoded the same way, so literals line
-  up, but ``.`` and classes can also consume half of such a pair).
+  up, but ``.`` and classes can also consume half of such a pair). Rulesets and facts must be
+  serialised with ``ensure_ascii=False``, as :mod:`pcrules.matching.durable` does; with ``\\u``
+  escapes the engine would see six symbols for one ``é``.
 * The subset construction is defective. A state that holds both ``.`` and specific symbols is
   merged pairwise with no fix-point, an accepting state with a ``.`` edge deletes every *other*
   specific edge of a merged state (an index is skipped after each deletion), merged states are
@@ -24,45 +26,53 @@ What durable_rules 2.0.28 actually does (``src/rules/regex.c``)
   kills the whole match", not as a character set. Consequences seen on the real engine:
   ``.*(cart|basket).*`` rejects ``"cartb"``, ``.*aca.*`` rejects ``"acac"``, ``.*[^a].*`` rejects
   ``"ab"``, and ``(a?)*`` never finishes compiling.
+* Its reference counts are wrong: compiling ``.*[0-9].*`` or ``.*a.b.*`` reads states it has
+  already freed (AddressSanitizer confirms), so what it builds then depends on the allocator.
+* Its state counts are erratic: the equivalent ``.*xxx*y.*``, ``.*(xxx*y).*`` and ``.*xx+y.*``
+  compile to 474, 69 and 6 states, and ``.*(((x)(x)(x)*)y).*`` overflows an internal list.
+  Every intermediate state is a 64 KB allocation that is never freed.
 
 How the translation stays exact
 -------------------------------
 The Python pattern is parsed with Python's own parser (``re._parser``), the supported subset is
-rewritten into durable syntax, and then the result is *proved* equivalent: :class:`_DurableModel`
-replays regex.c's compiler step for step (same state numbering, edge order, 16-bit hashes and
-bugs) and the DFA it predicts is compared, over every JSON-escaped string without control
-characters, with an automaton built directly from the Python pattern. Patterns whose durable
-form would answer differently on any such string are refused with a counterexample, as are
-patterns durable cannot compile. The real engine is then asked to compile the result too.
+rewritten into durable syntax with as few groups as possible, and then the result is *proved*
+equivalent: :class:`_DurableModel` replays regex.c's compiler step for step (same state
+numbering, edge order, 16-bit hashes, reference counts and bugs) and the DFA it predicts is
+compared, over every JSON text of a string without control characters, with an automaton built
+directly from the Python pattern. A pattern is refused if its durable form would answer
+differently on any such string (the message gives one), if durable cannot compile it, or if
+compiling it would touch freed memory. The real engine then compiles the result once more.
 
 Supported: literals (any Unicode except control characters), ``.``, classes with ranges and
 negation, ``\\d \\w \\s \\D \\W \\S``, groups, ``|``, ``* + ? {m,n}`` (lazy forms too), and a
 leading ``^`` / trailing ``$`` on the whole pattern or on each top-level alternative.
 Refused: other anchors (``\\A \\Z \\b \\B``), backreferences, look-arounds, conditionals, inline
 flags, possessive quantifiers and atomic groups, oversized classes or repetitions, patterns that
-can only match control characters, and any pattern the proof above rejects. Unanchored patterns
-whose first character can be one of several (``cart|basket``, ``\\d{3}``, ``[Cc]heckout``) or that
-overlap themselves (``aca``, ``/de/``) are the common casualties of the engine's defects;
-anchoring them (``^``/``$``) or listing them as separate conditions usually works.
+can only match control characters, and whatever the proof rejects. Its usual casualties are
+unanchored patterns that start with one of several characters (``cart|basket``, ``\\d{3}``,
+``[Cc]heckout``), that overlap themselves (``aca``, ``/de/``), or that start with a class or
+``.`` (``\\d``, ``a.b``); anchored forms (``^...``, ``...$``) fare much better.
 
-Each durable compile leaks memory in the engine (about 100 KB; its NFA states are never
-freed), so translate a pattern once, when the spec is loaded.
+Each durable compile leaks memory in the engine (about 100 KB of resident memory for a small
+pattern), so translate a pattern once, when the spec is loaded.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import re._constants as _sre
 import re._parser as _sre_parse
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Any
 
 import durable_rules_engine as _engine
 
-__all__ = ["UnsupportedPattern", "to_durable", "python_regex", "check_compiles"]
+__all__ = ["UnsupportedPattern", "check_compiles", "python_regex", "to_durable"]
 
 
 class UnsupportedPattern(ValueError):
@@ -81,6 +91,11 @@ _MAX_REPEAT = 100  # as durable's own {m,n}; we expand them, so each copy costs 
 _MAX_DURABLE_LEN = 2000
 _MAX_DURABLE_STATES = 600  # the engine allocates (and leaks) 64 KB per state while compiling
 _MAX_PROOF_STATES = 20000
+_MAX_MODEL_WORK = 2_000_000  # edges walked while replaying the engine's compiler
+
+
+# re._parser's (opcode, argument) pairs; the argument's shape depends on the opcode.
+_Item = tuple[Any, Any]
 
 
 def _impossible(c: int) -> bool:
@@ -117,7 +132,7 @@ class _Rep:
     hi: int | None  # None: unbounded
 
 
-_Node = Union[_Chars, _Cat, _Alt, _Rep]
+_Node = _Chars | _Cat | _Alt | _Rep
 
 
 @dataclass(frozen=True)
@@ -155,11 +170,11 @@ def _flag_names(flags: int) -> str:
     return "".join(letter for flag, letter in _FLAG_LETTERS.items() if flags & flag)
 
 
-def _refuse_op(op: object, av: object) -> UnsupportedPattern:
+def _refuse_op(op: Any, av: Any) -> UnsupportedPattern:
     if op is _sre.AT:
-        what = _AT_NAMES.get(av, f"anchor {av}")  # type: ignore[call-overload]
+        what = _AT_NAMES.get(av, f"anchor {av}")
     elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-        behind = av[0] < 0  # type: ignore[index]
+        behind = av[0] < 0
         what = {(_sre.ASSERT, False): "look-ahead (?=...)", (_sre.ASSERT, True): "look-behind (?<=...)",
                 (_sre.ASSERT_NOT, False): "negative look-ahead (?!...)",
                 (_sre.ASSERT_NOT, True): "negative look-behind (?<!...)"}[(op, behind)]
@@ -176,52 +191,55 @@ def _refuse_op(op: object, av: object) -> UnsupportedPattern:
     return UnsupportedPattern(f"{what} has no equivalent in the runtime engine")
 
 
-def _chars_of_in(items: Iterable[tuple[object, object]]) -> _Chars:
-    negated, chars, complements = False, set(), []
+def _chars_of_in(items: Iterable[_Item]) -> _Chars:
+    negated, chars, complements = False, set[int](), list[frozenset[int]]()
     for op, av in items:
         if op is _sre.NEGATE:
             negated = True
         elif op is _sre.LITERAL:
             chars.add(av)
         elif op is _sre.RANGE:
-            lo, hi = av  # type: ignore[misc]
+            lo, hi = av
             if hi - lo >= 4 * _MAX_CLASS:
                 raise UnsupportedPattern(f"character class range {chr(lo)!r}-{chr(hi)!r} is too large "
                                          f"for the runtime engine (limit {_MAX_CLASS} characters)")
             chars.update(range(lo, hi + 1))
         elif op is _sre.CATEGORY:
-            is_complement, members = _CATEGORIES[av]  # type: ignore[index]
-            (complements.append(members) if is_complement else chars.update(members))
+            is_complement, members = _CATEGORIES[av]
+            if is_complement:
+                complements.append(members)
+            else:
+                chars.update(members)
         else:
             raise UnsupportedPattern(f"class item {op} has no equivalent in the runtime engine")
     if not complements:
         return _Chars(negated, frozenset(chars))
     # [x\W] = everything except (word chars minus x): a complement, so the class flips.
-    excluded = frozenset.intersection(*map(frozenset, complements)) - chars
+    excluded = frozenset.intersection(*complements) - chars
     return _Chars(not negated, excluded)
 
 
-def _to_ir(items: Iterable[tuple[object, object]]) -> _Node:
+def _to_ir(items: Iterable[_Item]) -> _Node:
     out: list[_Node] = []
     for op, av in items:
         if op is _sre.LITERAL:
-            out.append(_Chars(False, frozenset([av])))  # type: ignore[list-item]
+            out.append(_Chars(False, frozenset([av])))
         elif op is _sre.NOT_LITERAL:
-            out.append(_Chars(True, frozenset([av])))  # type: ignore[list-item]
+            out.append(_Chars(True, frozenset([av])))
         elif op is _sre.ANY:
             out.append(_Chars(True, frozenset([ord("\n")])))
         elif op is _sre.IN:
-            out.append(_chars_of_in(av))  # type: ignore[arg-type]
+            out.append(_chars_of_in(av))
         elif op is _sre.BRANCH:
-            out.append(_Alt(tuple(_to_ir(b) for b in av[1])))  # type: ignore[index]
+            out.append(_Alt(tuple(_to_ir(b) for b in av[1])))
         elif op is _sre.SUBPATTERN:
-            _, add_flags, del_flags, sub = av  # type: ignore[misc]
+            _, add_flags, del_flags, sub = av
             if add_flags or del_flags:
                 raise UnsupportedPattern(f"scoped inline flags (?{_flag_names(add_flags | del_flags)}:...) "
                                          "have no equivalent in the runtime engine")
             out.append(_to_ir(sub))
         elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT):  # lazy or greedy: same truth value
-            lo, hi, sub = av  # type: ignore[misc]
+            lo, hi, sub = av
             if max(lo, hi if hi != _sre.MAXREPEAT else 0) > _MAX_REPEAT:
                 raise UnsupportedPattern(f"repetition count {{{lo},{'' if hi == _sre.MAXREPEAT else hi}}} is too large "
                                          f"for the runtime engine (limit {_MAX_REPEAT})")
@@ -231,11 +249,11 @@ def _to_ir(items: Iterable[tuple[object, object]]) -> _Node:
     return out[0] if len(out) == 1 else _Cat(tuple(out))
 
 
-def _is_any_star(item: tuple[object, object]) -> bool:
+def _is_any_star(item: _Item) -> bool:
     op, av = item
-    if op not in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) or av[0] != 0 or av[1] != _sre.MAXREPEAT:  # type: ignore[index]
+    if op not in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) or av[0] != 0 or av[1] != _sre.MAXREPEAT:
         return False
-    sub = list(av[2])  # type: ignore[index]
+    sub = list(av[2])
     try:
         node = _to_ir(sub) if len(sub) == 1 else None
     except UnsupportedPattern:
@@ -243,7 +261,7 @@ def _is_any_star(item: tuple[object, object]) -> bool:
     return isinstance(node, _Chars) and node.negated and all(map(_impossible, node.chars))
 
 
-def _branches(items: list[tuple[object, object]], at_start: bool, at_end: bool) -> list[_Branch]:
+def _branches(items: list[_Item], at_start: bool, at_end: bool) -> list[_Branch]:
     """Split off top-level alternatives; each keeps the anchors around it and adds its own."""
     begin, end = (_sre.AT, _sre.AT_BEGINNING), (_sre.AT, _sre.AT_END)
     if items and items[0] == begin:
@@ -253,13 +271,13 @@ def _branches(items: list[tuple[object, object]], at_start: bool, at_end: bool) 
     for edge in (-1, 0) if items else ():
         op, av = items[edge]
         rest = items[:-1] if edge == -1 else items[1:]
-        if op is _sre.SUBPATTERN and not av[1] and not av[2]:  # type: ignore[index]
-            inner = list(av[3])  # type: ignore[index]
+        if op is _sre.SUBPATTERN and not av[1] and not av[2]:
+            inner = list(av[3])
             return _branches(rest + inner if edge == -1 else inner + rest, at_start, at_end)
         # The parser factors "^/p" out of "^/plans$|^/pricing"; put it back where anchors need it.
         anchor = end if edge == -1 else begin
-        if op is _sre.BRANCH and (len(items) == 1 or any(alt and alt[edge] == anchor for alt in av[1])):  # type: ignore[index]
-            return [b for alt in av[1]  # type: ignore[index]
+        if op is _sre.BRANCH and (len(items) == 1 or any(alt and alt[edge] == anchor for alt in av[1])):
+            return [b for alt in av[1]
                     for b in _branches(rest + list(alt) if edge == -1 else list(alt) + rest, at_start, at_end)]
     # A leading/trailing ".*" only restates search semantics; dropping it spares the engine.
     while items and _is_any_star(items[0]):
@@ -272,13 +290,11 @@ def _branches(items: list[tuple[object, object]], at_start: bool, at_end: bool) 
 
 def _trim(n: _Node, free_start: bool, free_end: bool) -> _Node:
     """Search finds x{m,n} at an unanchored edge exactly where it finds x{m}: keep the cheaper."""
-    items = list(n.items) if isinstance(n, _Cat) else [n]
-    while free_end and items and isinstance(items[-1], _Rep):
-        last = items.pop()
-        items += [last.item] * last.lo
-    while free_start and items and isinstance(items[0], _Rep):
-        first = items.pop(0)
-        items[0:0] = [first.item] * first.lo
+    items: list[_Node] = list(n.items) if isinstance(n, _Cat) else [n]
+    while free_end and items and isinstance(last := items[-1], _Rep):
+        items[-1:] = [last.item] * last.lo
+    while free_start and items and isinstance(first := items[0], _Rep):
+        items[:1] = [first.item] * first.lo
     return items[0] if len(items) == 1 else _Cat(tuple(items))
 
 
@@ -330,8 +346,8 @@ def _non_empty(n: _Node) -> _Node | None:
     elif isinstance(n, _Rep):
         item_ne = _non_empty(n.item)
         if item_ne is not None and n.hi != 0:
-            rest = _Rep(n.item, max(n.lo - 1, 0), None if n.hi is None else n.hi - 1)
-            options.append(item_ne if rest.hi == 0 else _Cat((item_ne, rest)))
+            more = _Rep(n.item, max(n.lo - 1, 0), None if n.hi is None else n.hi - 1)
+            options.append(item_ne if more.hi == 0 else _Cat((item_ne, more)))
     if not options:
         return None
     return options[0] if len(options) == 1 else _Alt(tuple(options))
@@ -341,15 +357,19 @@ def _literal(c: int) -> str:
     return "%" + chr(c) if chr(c) in _SPECIAL else chr(c)
 
 
+def _plain_in_class(c: int) -> bool:
+    """Can stand unescaped as a range end: regex.c reads range ends raw, without % escapes."""
+    return chr(c) not in "]%-^" and c not in (_BACKSLASH, _QUOTE)
+
+
 def _class_body(members: Iterable[int]) -> str:
     ordered = sorted(members)
-    safe = lambda c: chr(c) not in "]%-^" and c not in (_BACKSLASH, _QUOTE)  # noqa: E731
     out, i = [], 0
     while i < len(ordered):
         j = i
         while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
             j += 1
-        if j - i >= 2 and safe(ordered[i]) and safe(ordered[j]):
+        if j - i >= 2 and _plain_in_class(ordered[i]) and _plain_in_class(ordered[j]):
             out.append(f"{chr(ordered[i])}-{chr(ordered[j])}")
             i = j + 1
         else:
@@ -388,8 +408,8 @@ def _emit_chars(n: _Chars, plain_dot: bool) -> str:
 
 
 def _emit(n: _Node, plain_dot: bool) -> tuple[str, str]:
-    """(durable text, "atom" | "seq" | "alt"). Parentheses only where needed: every group adds
-    states, and the engine's state count explodes (``(x)(x)(x)*`` needs 15x ``xxx*``'s)."""
+    """(durable text, "atom" | "seq" | "alt"), with parentheses only where needed: each group
+    adds states, and the engine's state count can explode on them."""
     if isinstance(n, _Chars):
         return _emit_chars(n, plain_dot), "atom"
     if isinstance(n, _Alt):
@@ -455,12 +475,12 @@ class _OverLimit(_EngineRefuses):
 
 
 class _S:
-    __slots__ = ("id", "accept", "reject", "edges")
+    __slots__ = ("accept", "edges", "freed", "hash", "id", "refs", "reject")
 
     def __init__(self, id: int):
         self.id = id
-        self.accept = False
-        self.reject = False
+        self.accept = self.reject = self.freed = False
+        self.refs = self.hash = 0
         self.edges: list[tuple[bool, int, _S]] = []  # (deterministic, symbol, target) in C order
 
 
@@ -483,7 +503,7 @@ class _DurableModel:
     """Mirrors createGraph, transformToDFA, expandDot and packGraph for the syntax _emit produces."""
 
     def __init__(self, raw: str):
-        self.raw, self.pos, self.next_id = raw, 0, 0
+        self.raw, self.pos, self.next_id, self.work = raw, 0, 0, 0
 
     def new_state(self) -> _S:
         if self.next_id >= min(_C_MAX_STATES, _MAX_DURABLE_STATES):
@@ -491,20 +511,56 @@ class _DurableModel:
         self.next_id += 1
         return _S(self.next_id - 1)
 
+    # regex.c frees a state when its unsigned 16-bit reference count drops to 0, but its counts
+    # are wrong, so it sometimes goes on using the freed state (what it then computes depends
+    # on the allocator). Every read or write of a state goes through use(): if regex.c would
+    # touch freed memory the pattern is refused, and otherwise freeing changes nothing we model.
     @staticmethod
-    def link(a: _S, b: _S, symbol: int, det: bool = False) -> None:
-        if any(s == symbol and t.id == b.id for _, s, t in a.edges):
-            return
+    def use(state: _S) -> None:
+        if state.freed:
+            raise _OverLimit("regex.c would use memory it has already freed (use-after-free)")
+
+    def scan(self, edges: list[tuple[bool, int, _S]]) -> list[tuple[bool, int, _S]]:
+        """Edges regex.c is about to walk; pathological patterns cost quadratic time in C and here."""
+        self.work += len(edges)
+        if self.work > _MAX_MODEL_WORK:
+            raise _OverLimit("its automaton is too large to check")
+        return edges
+
+    def link(self, a: _S, b: _S, symbol: int, det: bool = False) -> None:  # linkStates
+        self.use(a)
+        for _, sym, target in self.scan(a.edges):
+            if sym == symbol:
+                self.use(target)
+                self.use(b)
+                if target.id == b.id:
+                    return
         if len(a.edges) >= _C_MAX_TRANSITIONS:
             raise _OverLimit("a state needs more edges than the runtime engine allows")
+        self.use(b)
         a.edges.append((det, symbol, b))
+        b.refs = (b.refs + 1) & 0xFFFF
 
-    @staticmethod
-    def unlink(a: _S, b: _S, symbol: int) -> None:
+    def delete(self, a: _S, i: int) -> None:  # deleteTransition
+        target = a.edges[i][2]
+        self.use(target)
+        target.refs = (target.refs - 1) & 0xFFFF
+        target.freed = target.refs == 0
+        self.use(a)  # shifting the remaining edges reads a
+        del a.edges[i]
+
+    def unlink(self, a: _S, b: _S, symbol: int) -> None:  # unlinkStates
+        self.use(b)
+        self.scan(a.edges)
         i = 0
-        while i < len(a.edges):  # C skips the edge after a deleted one; so do we
-            if a.edges[i][1] == symbol and a.edges[i][2].id == b.id:
-                del a.edges[i]
+        while True:
+            self.use(a)  # C re-reads the edge count every turn
+            if i >= len(a.edges):
+                break
+            if a.edges[i][1] == symbol:  # C skips the edge after a deleted one; so do we
+                self.use(a.edges[i][2])
+                if a.edges[i][2].id == b.id:
+                    self.delete(a, i)
             i += 1
 
     # -- tokens -------------------------------------------------------------------------------
@@ -607,26 +663,25 @@ class _DurableModel:
         return start, end
 
     # -- transformToDFA / expandDot -----------------------------------------------------------
-    @staticmethod
-    def sorted_by_id(states: list[_S]) -> list[_S]:
-        if len(states) + 1 >= _C_MAX_LIST:
+    def merged(self, members: list[_S], hset: dict[int, _S]) -> _S:
+        """The state for a set of states: looked up by a 16-bit hash (HGET), else ensureState."""
+        if len(members) + 1 >= _C_MAX_LIST:
             raise _OverLimit("a merged state overflows the runtime engine's list")
-        return sorted(states, key=lambda s: s.id)  # stable, like C's insertion sort
-
-    @staticmethod
-    def hash16(states: list[_S]) -> int:
-        h = 5381
-        for s in states:
-            h = (h * 33 + s.id) & 0xFFFFFFFF
-        return h & 0xFFFF  # calculateHash returns unsigned short: collisions merge unrelated states
-
-    def merged(self, members: list[_S], by_hash: dict[int, _S]) -> _S:
-        members = self.sorted_by_id(members)
-        key = self.hash16(members)
-        if key in by_hash:
-            return by_hash[key]
-        if len(by_hash) >= _C_MAX_HSET:
+        for m in members:
+            self.use(m)
+        members = sorted(members, key=lambda s: s.id)  # stable, like C's insertion sort
+        key = 5381
+        for m in members:
+            key = (key * 33 + m.id) & 0xFFFFFFFF
+        key &= 0xFFFF  # calculateHash returns unsigned short: colliding sets share one state
+        if len(hset) + 1 >= _C_MAX_HSET:
             raise _OverLimit("too many merged states for the runtime engine")
+        slot = key % _C_MAX_HSET  # open addressing over 8192 slots, probed as HGET/HSET do
+        while slot in hset:
+            self.use(hset[slot])
+            if hset[slot].hash == key:
+                return hset[slot]
+            slot = (slot + 1) % _C_MAX_HSET
         new, cancel = self.new_state(), False
         for m in members:  # ensureState
             for det, symbol, target in list(m.edges):
@@ -642,96 +697,108 @@ class _DurableModel:
                 if new.edges[i][1] != _DOT:
                     self.unlink(new, new.edges[i][2], new.edges[i][1])
                 i += 1
-        by_hash[key] = new
+        new.hash = key
+        hset[slot] = new
         return new
 
     def close_epsilon(self, s: _S) -> None:  # consolidateStates
         i, budget = 0, 100 * _C_MAX_TRANSITIONS
-        while i < len(s.edges):
+        while True:
+            self.use(s)
+            if i >= len(s.edges):
+                break
             budget -= 1
             if budget < 0:
                 raise _OverLimit("the runtime engine would loop forever (nested empty repetition)")
             _, symbol, target = s.edges[i]
             if symbol == _EPSILON:
                 if target is not s:
-                    for det, sym2, t2 in list(target.edges):
-                        self.link(s, t2, sym2, det)
+                    self.use(target)
+                    for det, symbol2, target2 in list(target.edges):
+                        self.link(s, target2, symbol2, det)
+                        if target.refs == 1:  # C's own (mis)accounting for the edge it will delete
+                            self.use(target2)
+                            target2.refs = (target2.refs - 1) & 0xFFFF
+                self.use(target)
                 s.accept |= target.accept
                 s.reject |= target.reject
                 if s.accept and s.reject:
                     raise _EngineRefuses("ERR_REGEX_CONFLICT (a negated class meets an accepting state)")
-                del s.edges[i]
+                self.delete(s, i)
                 i -= 1
             i += 1
 
-    def merge_duplicates(self, s: _S, by_hash: dict[int, _S]) -> None:  # consolidateTransitions
+    def merge_duplicates(self, s: _S, hset: dict[int, _S]) -> None:  # consolidateTransitions
         old, new, seen = [], [], set()
+        self.use(s)
         edges = s.edges
         for i, (_, symbol, target) in enumerate(edges):
             if symbol in seen:
                 continue
             seen.add(symbol)
-            same = [t for _, sym2, t in edges[i + 1:] if sym2 == symbol]
+            same = [t for _, symbol2, t in edges[i + 1:] if symbol2 == symbol]
             if same:
                 old += [(symbol, t) for t in [target, *same]]
-                new.append((symbol, self.merged([target, *same], by_hash)))
+                new.append((symbol, self.merged([target, *same], hset)))
         for symbol, target in old:
             self.unlink(s, target, symbol)
         for symbol, target in new:
             self.link(s, target, symbol)
 
-    def expand_dot(self, s: _S, by_hash: dict[int, _S]) -> None:  # consolidateDot
-        old, new = [], []
+    def expand_dot(self, s: _S, hset: dict[int, _S]) -> None:  # consolidateDot
+        old: list[tuple[int, _S]] = []
+        new: list[tuple[int, _S]] = []
+        self.use(s)
         edges = s.edges
         for i, a in enumerate(edges):
             for b in edges[i + 1:]:
                 dot, other = (a, b) if a[1] == _DOT else (b, a)
                 if dot[1] == _DOT and other[1] != _DOT and not other[0]:
+                    if len(old) >= _C_MAX_TRANSITIONS:
+                        raise _OverLimit("a state overflows the runtime engine's edge buffer")
                     old.append((other[1], other[2]))
-                    new.append((other[1], self.merged([a[2], b[2]], by_hash)))
+                    new.append((other[1], self.merged([a[2], b[2]], hset)))
         for symbol, target in old:
             self.unlink(s, target, symbol)
         for symbol, target in new:
             self.link(s, target, symbol, True)
 
-    @staticmethod
-    def breadth_first(start: _S, visit) -> None:  # type: ignore[no-untyped-def]
-        queue, seen, s = deque(), {start.id}, start
-        while s is not None:
-            visit(s)
+    def determinize(self, s: _S, hset: dict[int, _S]) -> None:  # one step of transformToDFA
+        self.close_epsilon(s)
+        self.merge_duplicates(s, hset)
+
+    def breadth_first(self, start: _S, visit: Callable[[_S, dict[int, _S]], None], hset: dict[int, _S]) -> list[_S]:
+        queue, seen, order = deque([start]), {start.id}, []
+        while queue:
+            s = queue.popleft()
+            visit(s, hset)
+            self.use(s)
+            order.append(s)
             for _, _, target in s.edges:
+                self.use(target)
                 if target.id not in seen:
                     seen.add(target.id)
                     if len(queue) + 2 >= _C_MAX_QUEUE:
                         raise _OverLimit("the runtime engine's work queue would overflow")
                     queue.append(target)
-            s = queue.popleft() if queue else None
+        return order
 
     def compile(self) -> _Dfa:
         start, end = self.graph()
         if self.pos < len(self.raw):
             raise _OverLimit("unbalanced ')'")
         end.accept = True
-        for step in ("dfa", "dot", "dfa"):
-            by_hash: dict[int, _S] = {}  # each pass starts a fresh hash set, as in C
-            if step == "dfa":
-                self.breadth_first(start, lambda s: (self.close_epsilon(s), self.merge_duplicates(s, by_hash)))
-            else:
-                self.breadth_first(start, lambda s: self.expand_dot(s, by_hash))
-        # packGraph: number states breadth-first; a later edge on the same symbol wins.
-        number, order, rows = {start.id: 0}, [start], []
-        for s in order:
-            row = {}
-            for _, symbol, target in s.edges:
-                if target.id not in number:
-                    number[target.id] = len(order)
-                    order.append(target)
-                row[symbol] = number[target.id]
-            rows.append(row)
-        vocabulary = frozenset(sym for row in rows for sym in row)
+        start.refs += 1
+        for visit in (self.determinize, self.expand_dot, self.determinize):
+            self.breadth_first(start, visit, {})  # each pass starts with an empty hash set, as in C
+        # packGraph numbers states breadth-first; a later edge on the same symbol wins.
+        order = self.breadth_first(start, lambda s, hset: None, {})
+        number = {s.id: n for n, s in enumerate(order)}
+        rows = tuple({symbol: number[target.id] for _, symbol, target in s.edges} for s in order)
+        vocabulary = frozenset(symbol for row in rows for symbol in row)
         if not vocabulary:
             raise _EngineRefuses("ERR_REGEX_INVALID (empty automaton)")
-        return _Dfa(tuple(s.accept for s in order), tuple(rows), vocabulary)
+        return _Dfa(tuple(s.accept for s in order), rows, vocabulary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,12 +849,14 @@ class _Reference:
                 nxt = self.state()
                 self.build(n.item, cur, nxt)
                 cur = nxt
-            self.eps[cur].append(b)
-            if n.hi is None:
-                body_end = self.state()
-                self.build(n.item, cur, body_end)
-                self.eps[body_end].append(cur)
+            if n.hi is None:  # loop through a fresh state: `a` may start other alternatives
+                loop, body_end = self.state(), self.state()
+                self.eps[cur].append(loop)
+                self.eps[loop].append(b)
+                self.build(n.item, loop, body_end)
+                self.eps[body_end].append(loop)
             else:
+                self.eps[cur].append(b)
                 for _ in range(n.hi - n.lo):
                     nxt = self.state()
                     self.build(n.item, cur, nxt)
@@ -822,23 +891,24 @@ def _counterexample(dfa: _Dfa, ref: _Reference) -> str | None:
     symbols = {s for s in symbols if not _impossible(s)}
     other = next(c for c in [*b"xzq#~", *range(0x100, 0x10000)] if c not in symbols and c != _DOT)
     alphabet = sorted(symbols) + [other]
-    start = (0, ref.closure([ref.start]), False)
-    parent: dict[tuple[int | None, frozenset[int], bool], tuple[object, int] | None] = {start: None}
+    Where = tuple[int | None, frozenset[int], bool]
+    start: Where = (0, ref.closure([ref.start]), False)
+    parent: dict[Where, tuple[Where, int] | None] = {start: None}
     queue = deque([start])
     while queue:
         node = queue.popleft()
         d, r, in_pair = node
         if not in_pair and (d is not None and dfa.accept[d]) != (ref.final in r):
-            path, cur = [], node
-            while parent[cur] is not None:
-                cur, symbol = parent[cur]  # type: ignore[assignment, misc]
-                path.append(symbol)
-            text = "".join(map(chr, reversed(path)))
-            return json.loads(f'"{text}"')
+            path, step = [], parent[node]
+            while step is not None:
+                path.append(step[1])
+                step = parent[step[0]]
+            witness: str = json.loads('"' + "".join(map(chr, reversed(path))) + '"')
+            return witness
         for symbol in alphabet:
             if (symbol not in (_BACKSLASH, _QUOTE)) if in_pair else (symbol == _QUOTE):
                 continue  # JSON text has '\\' only before '\\' or '"', and '"' only after '\\'
-            nxt = (dfa.step(d, symbol), ref.step(r, symbol), not in_pair and symbol == _BACKSLASH)
+            nxt: Where = (dfa.step(d, symbol), ref.step(r, symbol), not in_pair and symbol == _BACKSLASH)
             if nxt[0] is None and not nxt[1]:
                 continue  # both dead: they agree on every extension
             if nxt not in parent:
@@ -858,6 +928,7 @@ def _json_text(pattern: str) -> str:
     return json.dumps(pattern, ensure_ascii=False)[1:-1]
 
 
+@functools.lru_cache(maxsize=1024)  # spec validation and ruleset compilation both ask; each engine compile leaks
 def to_durable(pattern: str) -> str:
     """The durable ``$mt`` pattern whose truth value equals ``python_regex(pattern).search`` on
     every string the runtime passes (no control characters), or :class:`UnsupportedPattern`."""
