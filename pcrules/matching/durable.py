@@ -281,7 +281,8 @@ class DurableMatcher:
         if not keys:
             return NO_MATCHES
         full, unscored, later = [], [], []
-        for _, tag, rule in sorted(self._rules[key] for key in keys):
+        # A rule fires once per satisfied any_of branch: count it once.
+        for _, tag, rule in sorted(self._rules[key] for key in set(keys)):
             (full if tag == "f" else unscored if tag == "s" else later).append(rule)
         # A rule is "unscored" only when it does not match as written, and waits
         # for "later" only when its non-time conditions hold but it matched neither way.
