@@ -24,8 +24,11 @@ $(VENV)/.demo: $(VENV)/.base
 demo: $(VENV)/.demo
 	$(PY) -m pcrules demo
 	@echo
-	@echo "ops dashboard:  http://127.0.0.1:8866/   (Ctrl-C to stop)"
-	$(PY) -m pcrules dashboard --log var/demo/decisions.sqlite --bundle var/demo/published --port 8866
+	@echo "demo site:      http://127.0.0.1:8765/demo/   (CSR console: /demo/csr.html)"
+	@echo "ops dashboard:  http://127.0.0.1:8866/        (Ctrl-C stops both)"
+	$(PY) -m pcrules serve --demo --port 8765 --log var/demo/decisions.sqlite & \
+	  trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
+	  $(PY) -m pcrules dashboard --log var/demo/decisions.sqlite --bundle var/demo/published --port 8866
 
 test: $(VENV)/.test
 	$(PY) -m pytest

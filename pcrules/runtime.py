@@ -12,6 +12,7 @@ import math
 import secrets
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,6 +33,7 @@ log = logging.getLogger("pcrules.runtime")
 _NEW_SESSION = SessionState()
 _NEW_VISITOR = VisitorState()
 _KEEP = object()  # reload(): keep the current scorer
+_NO_LOCK = nullcontext()
 
 
 def _new_offer_id() -> str:
@@ -52,6 +54,8 @@ class Runtime:
         spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         self._log = log
         self._store: StateStore = store if store is not None else MemoryStore()
+        # Exclusive across processes for a store they share (Redis); a no-op for a store without one.
+        self._session_lock = getattr(self._store, "session_lock", None) or (lambda visitor_id, session_id: _NO_LOCK)
         self._clock = clock
         self._new_offer_id = new_offer_id
         self._lock = threading.RLock()
@@ -156,22 +160,24 @@ class Runtime:
     def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None) -> Decision:
         self._housekeeping(spec, ev.ts)
         store = self._store
-        session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
-        visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
-        step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, self._new_offer_id)
-        decision = step.decision
-        if step.expired is not None and not step.expired.holdout:
-            # Housekeeping normally closed it already; a store that forgot it (or closed it) must not crash observe.
-            record = store.offer(step.expired.offer_id)
-            if record is not None and record.status == OfferStatus.OFFERED:
-                self._close(record, OfferStatus.EXPIRED, step.expired.expires_at)
-        if self._log is not None:
-            self._log.record_decision(decision)  # on disk before anything else changes
-        if decision.offer_id is not None:
-            store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id, decision.rule or "",
-                                         decision.queue or "", ev.ts, decision.expires_at or ev.ts,
-                                         spec.name, spec.version))
-        store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
+        # Read-decide-write of one session is atomic across every process sharing the store.
+        with self._session_lock(ev.visitor_id, ev.session_id):
+            session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
+            visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
+            step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, self._new_offer_id)
+            decision = step.decision
+            if step.expired is not None and not step.expired.holdout:
+                # Housekeeping normally closed it already; a store that forgot it (or closed it) must not crash observe.
+                record = store.offer(step.expired.offer_id)
+                if record is not None and record.status == OfferStatus.OFFERED:
+                    self._close(record, OfferStatus.EXPIRED, step.expired.expires_at)
+            if self._log is not None:
+                self._log.record_decision(decision)  # on disk before anything else changes
+            if decision.offer_id is not None:
+                store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id, decision.rule or "",
+                                             decision.queue or "", ev.ts, decision.expires_at or ev.ts,
+                                             spec.name, spec.version))
+            store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
         return decision
 
     def _housekeeping(self, spec: RuleSpec, now: float) -> None:
@@ -179,7 +185,10 @@ class Runtime:
         if now > self._high_water:
             self._high_water = now
         for record in self._store.due_offers(self._high_water):
-            self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+            with self._session_lock(record.visitor_id, record.session_id):
+                current = self._store.offer(record.offer_id)  # another process may have closed it meanwhile
+                if current is not None and current.status == OfferStatus.OFFERED:
+                    self._finish(spec, current, OfferStatus.EXPIRED, current.expires_at)
         for gone in self._store.evict_idle(self._high_water - spec.policy.session_idle_ttl_s):
             if gone.pending_offer is not None:
                 self._close(gone.pending_offer, OfferStatus.EXPIRED, gone.pending_offer.expires_at)
@@ -204,15 +213,19 @@ class Runtime:
             record = self._store.offer(offer_id)
             if record is None:
                 raise OfferNotFound(offer_id)
-            if record.status != OfferStatus.OFFERED:
-                raise OfferClosed(offer_id, record.status.value)
-            if status != OfferStatus.EXPIRED and when >= record.expires_at:
-                # By event time the offer had already expired: record that, refuse the late answer.
-                self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
-                raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
-            if status == OfferStatus.EXPIRED:
-                when = min(when, record.expires_at)
-            return self._finish(spec, record, status, when)
+            with self._session_lock(record.visitor_id, record.session_id):
+                record = self._store.offer(offer_id)  # again under the session's lock: another process may have answered
+                if record is None:
+                    raise OfferNotFound(offer_id)
+                if record.status != OfferStatus.OFFERED:
+                    raise OfferClosed(offer_id, record.status.value)
+                if status != OfferStatus.EXPIRED and when >= record.expires_at:
+                    # By event time the offer had already expired: record that, refuse the late answer.
+                    self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+                    raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
+                if status == OfferStatus.EXPIRED:
+                    when = min(when, record.expires_at)
+                return self._finish(spec, record, status, when)
 
     def _finish(self, spec: RuleSpec, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
         outcome = self._close(record, status, ts)

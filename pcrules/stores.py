@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -18,6 +19,7 @@ from .policy import QueueStatus, SessionState, VisitorState
 __all__ = ["OfferRecord", "StateStore", "MemoryStore", "Evicted"]
 
 SessionKey = tuple[str, str]
+_NO_LOCK: AbstractContextManager[None] = nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,15 @@ class StateStore(Protocol):
     def queue_status(self) -> dict[str, QueueStatus]: ...
     def set_queue_status(self, name: str, status: QueueStatus) -> None: ...
     def __len__(self) -> int: ...
+
+    def session_lock(self, visitor_id: str, session_id: str) -> AbstractContextManager[None]:
+        """Held by the runtime around every read-decide-write of one session (and an offer's answer or expiry).
+
+        A store shared by several processes makes it exclusive across them (see pcrules.redis_store), and may
+        defer the writes made under it to its release (the Redis store applies them there, atomically); a
+        process-local store needs nothing beyond the runtime's own lock. The runtime never holds two at once.
+        """
+        ...
 
 
 class MemoryStore:
@@ -141,6 +152,10 @@ class MemoryStore:
             if current is not None and current.cooldown_until <= until:
                 del self._visitors[visitor_id]
         return evicted
+
+    def session_lock(self, visitor_id: str, session_id: str) -> AbstractContextManager[None]:
+        """A no-op: one process, and the runtime's own lock already serialises read-decide-write."""
+        return _NO_LOCK
 
     def queue_status(self) -> dict[str, QueueStatus]:
         return self._queues

@@ -1,0 +1,521 @@
+"""A state store in Redis, shared by every server process: sessions, cooldowns, offers and queue status.
+
+**Atomicity across processes.** The runtime holds ``store.session_lock(visitor_id,
+session_id)`` around each read-decide-write of a session (an observation, an
+answer, an expiry). Here that is a Redis lock with a random token and an
+expiry (``SET lock token NX PX ttl``), taken by a Lua script that in the same
+round trip returns the session, the visitor's cooldown and the queue status.
+Writes made while the lock is held are buffered and applied by one more Lua
+script, atomically and *only if the lock still carries our token*, which then
+releases it. So an observation costs two round trips, two processes can never
+interleave inside one session (no double offer), and a process that stalled
+past the lock's expiry cannot overwrite what the next holder wrote (its
+commit is refused: :class:`LockLost`). A process that dies holding a lock
+blocks that one session until the lock expires (``lock_ttl_s``).
+
+**Visitors** are shared by all of a visitor's sessions, which are locked
+separately: the decline cooldown is therefore merged with ``max`` inside the
+commit script, so a decision in one session never erases a cooldown set by a
+decline in another.
+
+**Expiries.** Unanswered offers sit in a sorted set by ``expires_at`` (event
+time); :meth:`RedisStore.due_offers` returns the due ones at most every
+``due_check_interval_s`` per process, and the runtime closes each under its
+session's lock after re-reading it, so two processes never both expire one
+offer. Nothing is lost if a process dies meanwhile: the offer stays in the set
+until it is closed, and a later observation or answer of its session expires it
+too. Sessions expire in Redis after ``session_ttl_s`` without a write (the
+policy's ``session_idle_ttl_s``), a visitor's record when its cooldown ends,
+an offer record with its session; :meth:`evict_idle` has nothing to do.
+
+**Outages.** Every Redis failure surfaces as :class:`StoreUnavailable` (a
+:class:`pcrules.PcrulesError`) with a readable message, before anything was
+decided when Redis is already down; the client reconnects on the next call, so
+the runtime recovers by itself when Redis returns.
+
+Keys (``prefix`` defaults to ``pcrules:``): ``s:<n>:<visitor><session>`` a
+session, ``v:<visitor>`` a cooldown, ``o:<offer id>`` an offer, ``due`` the
+sorted set of open offers, ``q`` the queue status hash, ``lock:<...>`` the
+locks. Plain Redis (not Cluster): the scripts touch keys of several slots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from .decision import OfferStatus
+from .errors import PcrulesError
+from .policy import PendingOffer, QueueStatus, SessionState, VisitorState
+from .stores import Evicted, OfferRecord
+
+__all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost"]
+
+
+class StoreUnavailable(PcrulesError):
+    """The shared state store cannot be reached (or answered an error); retry later."""
+
+    code = "store_unavailable"  # type: ignore[assignment]
+
+
+class StoreBusy(StoreUnavailable):
+    """A session's lock could not be had in time (another process holds it)."""
+
+    code = "store_busy"  # type: ignore[assignment]
+
+
+class LockLost(StoreUnavailable):
+    """The session's lock expired before our writes were committed: they were not applied."""
+
+    code = "lock_lost"  # type: ignore[assignment]
+
+
+# Taken, or already ours (a retry after a reply lost on a broken connection).
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then
+  return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+end
+return {0}
+"""
+
+# ARGV[1] = lock token (when KEYS[1] is given), then ops of four arguments each:
+#   set key value px | max key number px (set when greater than the stored number) |
+#   zadd key score member | zrem key member -
+_COMMIT = """
+if #KEYS > 0 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local i = 2
+while i <= #ARGV do
+  local op, key = ARGV[i], ARGV[i + 1]
+  if op == 'set' then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3])
+  elseif op == 'max' then
+    local cur = tonumber(redis.call('GET', key) or '')
+    if cur == nil or cur < tonumber(ARGV[i + 2]) then redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3]) end
+  elseif op == 'zadd' then
+    redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'zrem' then
+    redis.call('ZREM', key, ARGV[i + 2])
+  else
+    return redis.error_reply('pcrules commit: unknown op ' .. tostring(op))
+  end
+  i = i + 4
+end
+if #KEYS > 0 then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Open offers due by ARGV[1]; ids whose record is gone (expired with its session) are dropped from the set.
+_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = redis.call('GET', ARGV[3] .. id)
+  if rec then table.insert(out, rec) else redis.call('ZREM', KEYS[1], id) end
+end
+return out
+"""
+
+_UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "NOREPLICAS", "OOM", "BUSY", "NOAUTH",
+                        "WRONGPASS", "NOPERM")
+
+
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"shared state store (Redis) unavailable: {str(exc).rstrip('.')}")
+
+
+def _is_outage(exc: Exception) -> bool:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(math.ceil(seconds * 1000)))
+
+
+# --------------------------------------------------------------------------- (de)serialisation: compact JSON arrays
+
+
+def _dump_session(s: SessionState) -> str:
+    p = s.pending
+    pending = None if p is None else [p.offer_id, p.rule, p.queue, p.offered_at, p.expires_at]
+    return json.dumps([s.offers_made, 1 if s.in_chat else 0, s.last_seen, pending], separators=(",", ":"))
+
+
+def _load_session(raw: str | None) -> SessionState | None:
+    if raw is None:
+        return None
+    offers_made, in_chat, last_seen, p = json.loads(raw)
+    pending = None if p is None else PendingOffer(p[0], p[1], p[2], p[3], p[4])
+    return SessionState(offers_made, pending, bool(in_chat), last_seen)
+
+
+def _load_visitor(raw: str | None) -> VisitorState | None:
+    return None if raw is None else VisitorState(float(raw))
+
+
+def _dump_offer(r: OfferRecord) -> str:
+    return json.dumps([r.offer_id, r.visitor_id, r.session_id, r.rule, r.queue, r.offered_at, r.expires_at, r.ruleset,
+                       r.ruleset_version, r.status.value, r.answered_at], separators=(",", ":"), ensure_ascii=False)
+
+
+def _load_offer(raw: str | None) -> OfferRecord | None:
+    if raw is None:
+        return None
+    v = json.loads(raw)
+    return OfferRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], OfferStatus(v[9]), v[10])
+
+
+def _dump_queue(q: QueueStatus) -> str:
+    return json.dumps([q.agents_available, q.estimated_wait_s, q.updated_at], separators=(",", ":"))
+
+
+def _load_queues(flat: list[str]) -> dict[str, QueueStatus]:
+    out = {}
+    for i in range(0, len(flat), 2):
+        agents, wait, updated = json.loads(flat[i + 1])
+        out[flat[i]] = QueueStatus(agents, wait, updated)
+    return out
+
+
+class _Held:
+    """One held session lock: what was read with it and what is to be written when it is released."""
+
+    __slots__ = ("key", "visitor_id", "session_id", "lock_key", "token", "session", "visitor", "visitor_read",
+                 "queues_flat", "queues", "dirty", "offers", "depth")
+
+    def __init__(self, key: str, visitor_id: str, session_id: str, lock_key: str, token: str) -> None:
+        self.key, self.visitor_id, self.session_id = key, visitor_id, session_id
+        self.lock_key, self.token = lock_key, token
+        self.session: SessionState | None = None
+        self.visitor: VisitorState | None = None
+        self.visitor_read: VisitorState | None = None
+        self.queues_flat: list[str] = []
+        self.queues: dict[str, QueueStatus] | None = None
+        self.dirty = False
+        self.offers: dict[str, OfferRecord] = {}
+        self.depth = 1
+
+
+class _SessionLock:
+    __slots__ = ("_store", "_visitor_id", "_session_id", "_held")
+
+    def __init__(self, store: "RedisStore", visitor_id: str, session_id: str) -> None:
+        self._store, self._visitor_id, self._session_id = store, visitor_id, session_id
+        self._held: _Held | None = None
+
+    def __enter__(self) -> None:
+        self._held = self._store._acquire(self._visitor_id, self._session_id)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        held, self._held = self._held, None
+        assert held is not None
+        held.depth -= 1
+        if held.depth:
+            return  # the same session, re-entered by the same thread
+        self._store._local.held = None
+        if isinstance(exc, StoreUnavailable):
+            self._store._release_quietly(held)
+            return
+        # Writes are applied whether the runtime leaves normally or with its own error (a late answer records
+        # the expiry and then refuses): the same effect as a store that writes through, as the memory store does.
+        self._store._commit(held)
+
+
+class RedisStore:
+    """A :class:`pcrules.StateStore` in Redis, safe to share between processes (and threads)."""
+
+    def __init__(self, url: str | redis.Redis = "redis://127.0.0.1:6379/0", *, prefix: str = "pcrules:",
+                 session_ttl_s: float = 1800.0, lock_ttl_s: float = 5.0, lock_wait_s: float = 5.0,
+                 due_check_interval_s: float = 0.25, socket_timeout_s: float = 1.0,
+                 connect_timeout_s: float = 0.5) -> None:
+        if isinstance(url, redis.Redis):
+            if not url.get_connection_kwargs().get("decode_responses"):
+                raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
+            self._redis = url
+            self.url = repr(url)
+        else:
+            # One quick retry (it reconnects a pooled connection that Redis closed when it restarted), no backoff:
+            # an outage answers at once instead of hanging the request.
+            self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
+                                               socket_connect_timeout=connect_timeout_s,
+                                               retry=Retry(NoBackoff(), 1), health_check_interval=30)
+            self.url = url
+        self.prefix = prefix
+        self.session_ttl_s = float(session_ttl_s)
+        self.lock_ttl_s = float(lock_ttl_s)
+        self.lock_wait_s = float(lock_wait_s)
+        self.due_check_interval_s = float(due_check_interval_s)
+        self._due_key = prefix + "due"
+        self._queue_key = prefix + "q"
+        self._offer_prefix = prefix + "o:"
+        self._acquire_script = self._redis.register_script(_ACQUIRE)
+        self._commit_script = self._redis.register_script(_COMMIT)
+        self._release_script = self._redis.register_script(_RELEASE)
+        self._due_script = self._redis.register_script(_DUE)
+        self._local = threading.local()
+        self._connections: list[Any] = []  # one per thread for the hot path, closed by close()
+        self._connections_lock = threading.Lock()
+        self._last_due_check = -math.inf
+        self.lock_waits = 0  # times a lock was found taken (contention between processes), for tests and metrics
+
+    # ------------------------------------------------------------------ keys
+
+    def _session_key(self, visitor_id: str, session_id: str) -> str:
+        return f"{self.prefix}s:{len(visitor_id)}:{visitor_id}{session_id}"  # length-prefixed: no ambiguity
+
+    def _visitor_key(self, visitor_id: str) -> str:
+        return f"{self.prefix}v:{visitor_id}"
+
+    def _current(self, key: str) -> _Held | None:
+        held = getattr(self._local, "held", None)
+        return held if held is not None and held.key == key else None
+
+    # ------------------------------------------------------------------ the hot path: a thread's own connection
+
+    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on this thread's own connection: half the client CPU of a pooled call (it is every request).
+
+        One retry after a broken connection (Redis restarted) or a script Redis forgot (NOSCRIPT), as redis-py's
+        own Script does; an outage is StoreUnavailable.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._redis.connection_pool.make_connection()
+            with self._connections_lock:
+                self._connections.append(conn)
+        reconnect = reload = True
+        while True:
+            try:
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return conn.read_response()
+            except NoScriptError:
+                if not reload:
+                    raise
+                reload = False
+                self._call("script_load", script.script)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                conn.disconnect()
+                if not reconnect:
+                    raise _unavailable(exc) from None
+                reconnect = False
+            except redis.RedisError as exc:
+                if _is_outage(exc):
+                    raise _unavailable(exc) from None
+                raise
+
+    # ------------------------------------------------------------------ the session lock
+
+    def session_lock(self, visitor_id: str, session_id: str) -> _SessionLock:
+        return _SessionLock(self, visitor_id, session_id)
+
+    def _acquire(self, visitor_id: str, session_id: str) -> _Held:
+        key = self._session_key(visitor_id, session_id)
+        outer = getattr(self._local, "held", None)
+        if outer is not None:
+            if outer.key == key:
+                outer.depth += 1
+                return outer
+            raise RuntimeError("RedisStore: one thread may hold one session lock at a time")
+        lock_key = self.prefix + "lock:" + key[len(self.prefix) + 2:]
+        held = _Held(key, visitor_id, session_id, lock_key, os.urandom(16).hex())
+        keys = [lock_key, key, self._visitor_key(visitor_id), self._queue_key]
+        args = [held.token, _ms(self.lock_ttl_s)]
+        deadline = time.monotonic() + self.lock_wait_s
+        delay = 0.0005
+        while True:
+            reply = self._eval(self._acquire_script, keys, args)
+            if reply[0] == 1:
+                break
+            self.lock_waits += 1
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"session {session_id!r} of visitor {visitor_id!r} is locked by another process "
+                                f"for more than {self.lock_wait_s:g} s; try again")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.02)
+        held.session = _load_session(reply[1])
+        held.visitor = held.visitor_read = _load_visitor(reply[2])
+        held.queues_flat = reply[3]
+        self._local.held = held
+        return held
+
+    def _commit(self, held: _Held) -> None:
+        args: list[Any] = [held.token]
+        if held.dirty and held.session is not None:
+            args += ["set", held.key, _dump_session(held.session), _ms(self.session_ttl_s)]
+            visitor = held.visitor
+            if visitor is not None and visitor != held.visitor_read and visitor.cooldown_until > -math.inf:
+                left = visitor.cooldown_until - held.session.last_seen  # event time; the key lives as long
+                if left > 0:
+                    args += ["max", self._visitor_key(held.visitor_id), _num(visitor.cooldown_until), _ms(left + 60)]
+        for record in held.offers.values():
+            args += self._offer_ops(record)
+        ok = self._eval(self._commit_script, [held.lock_key], args)
+        if not ok:
+            raise LockLost(f"the lock on session {held.session_id!r} of visitor {held.visitor_id!r} expired "
+                           f"(held longer than {self.lock_ttl_s:g} s); nothing was written, try again")
+
+    def _release_quietly(self, held: _Held) -> None:
+        try:
+            self._release_script(keys=[held.lock_key], args=[held.token])
+        except redis.RedisError:
+            pass  # it expires by itself
+
+    def _offer_ops(self, record: OfferRecord) -> list[Any]:
+        ttl = _ms(self.session_ttl_s + max(0.0, record.expires_at - record.offered_at))
+        ops: list[Any] = ["set", self._offer_prefix + record.offer_id, _dump_offer(record), ttl]
+        if record.status == OfferStatus.OFFERED:
+            ops += ["zadd", self._due_key, _num(record.expires_at), record.offer_id]
+        else:
+            ops += ["zrem", self._due_key, record.offer_id, "-"]
+        return ops
+
+    def _write(self, args: list[Any]) -> None:
+        """Writes outside any session lock (the runtime makes none; kept for direct use and tests)."""
+        try:
+            self._commit_script(keys=[], args=["", *args])
+        except redis.RedisError as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._redis, method)(*args)
+        except redis.RedisError as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    def _scan(self, pattern: str) -> list[str]:
+        try:
+            return list(self._redis.scan_iter(pattern, 1000))
+        except redis.RedisError as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    # ------------------------------------------------------------------ StateStore
+
+    def session(self, visitor_id: str, session_id: str) -> SessionState | None:
+        key = self._session_key(visitor_id, session_id)
+        held = self._current(key)
+        if held is not None:
+            return held.session
+        return _load_session(self._call("get", key))
+
+    def visitor(self, visitor_id: str) -> VisitorState | None:
+        held = getattr(self._local, "held", None)
+        if held is not None and held.visitor_id == visitor_id:
+            return held.visitor
+        return _load_visitor(self._call("get", self._visitor_key(visitor_id)))
+
+    def save(self, visitor_id: str, session_id: str, session: SessionState, visitor: VisitorState) -> None:
+        key = self._session_key(visitor_id, session_id)
+        held = self._current(key)
+        if held is not None:
+            held.session, held.visitor, held.dirty = session, visitor, True
+            return
+        args: list[Any] = ["set", key, _dump_session(session), _ms(self.session_ttl_s)]
+        if visitor.cooldown_until > session.last_seen:
+            args += ["max", self._visitor_key(visitor_id), _num(visitor.cooldown_until),
+                     _ms(visitor.cooldown_until - session.last_seen + 60)]
+        self._write(args)
+
+    def offer(self, offer_id: str) -> OfferRecord | None:
+        held = getattr(self._local, "held", None)
+        if held is not None and offer_id in held.offers:
+            return held.offers[offer_id]
+        return _load_offer(self._call("get", self._offer_prefix + offer_id))
+
+    def save_offer(self, record: OfferRecord) -> None:
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.offers[record.offer_id] = record
+            return
+        self._write(self._offer_ops(record))
+
+    def due_offers(self, now: float) -> list[OfferRecord]:
+        tick = time.monotonic()
+        if tick - self._last_due_check < self.due_check_interval_s:
+            return []
+        self._last_due_check = tick
+        try:
+            raw = self._due_script(keys=[self._due_key], args=[_num(now), 200, self._offer_prefix])
+        except redis.RedisError as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+        due = []
+        for item in raw:
+            record = _load_offer(item)
+            if record is None:
+                continue
+            if record.status == OfferStatus.OFFERED:
+                due.append(record)
+            else:  # closed, but its entry survived (a commit that failed half-way cannot happen; a crash can)
+                self._call("zrem", self._due_key, record.offer_id)
+        if len(raw) >= 200:
+            self._last_due_check = -math.inf  # more are due: look again on the next call
+        return due
+
+    def evict_idle(self, before: float) -> list[Evicted]:
+        return []  # sessions, cooldowns and offers expire in Redis; open offers are closed by due_offers
+
+    def queue_status(self) -> dict[str, QueueStatus]:
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            if held.queues is None:
+                held.queues = _load_queues(held.queues_flat)
+            return held.queues
+        return _load_queues([x for kv in self._call("hgetall", self._queue_key).items() for x in kv])
+
+    def set_queue_status(self, name: str, status: QueueStatus) -> None:
+        self._call("hset", self._queue_key, name, _dump_queue(status))
+
+    def __len__(self) -> int:
+        """Sessions remembered (a scan: for tests and operators, not the request path)."""
+        return len(self._scan(f"{self.prefix}s:*"))
+
+    # ------------------------------------------------------------------ operations
+
+    def ping(self) -> bool:
+        """True when Redis answers; raises StoreUnavailable otherwise."""
+        return bool(self._call("ping"))
+
+    def configure(self, *, session_ttl_s: float | None = None) -> None:
+        if session_ttl_s is not None:
+            self.session_ttl_s = float(session_ttl_s)
+
+    def clear(self) -> int:
+        """Delete every key under this store's prefix (tests, a fresh demo); returns how many."""
+        keys = self._scan(self.prefix + "*")
+        for i in range(0, len(keys), 500):
+            self._call("delete", *keys[i:i + 500])
+        return len(keys)
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.disconnect()
+            self._connections.clear()
+        self._redis.close()

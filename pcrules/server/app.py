@@ -1,0 +1,508 @@
+"""The reference chat-server integration: an ASGI app (Starlette) around one :class:`pcrules.Runtime`.
+
+Public routes (what a browser on the customer's site calls)::
+
+    POST /v1/observe                     an event in, a decision out
+    POST /v1/offers/{id}/accept          the visitor's answer (also /decline, /expire)
+    GET  /static/pcrules.js              the browser snippet
+    GET  /healthz                        200 when the runtime and its store answer, else 503
+
+Operator routes (``operator_routes``; kept apart so that they can be moved behind
+authentication or onto another listener)::
+
+    POST /v1/queues/{name}               {"agents_available": 3, "estimated_wait_s": 40}
+    POST /v1/admin/reload                reload the configured ruleset or bundle (also SIGHUP)
+    GET  /metrics                        Prometheus text
+
+With ``demo`` the demo site is served too (``pcrules.server.demo``).
+
+Every refusal is JSON ``{"error": code, "message": ..., "field": ...}`` with a
+4xx status naming the field at fault; a store outage is a 503 with the same
+shape; bodies are JSON objects of at most ``max_body_bytes``. The event time
+is the server's clock: a client cannot choose ``ts`` unless ``trust_client_ts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from ..bundle import BundleError
+from ..decision_log import SQLiteDecisionLog
+from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
+from ..runtime import Runtime
+from ..spec import load_spec
+from ..stores import MemoryStore
+from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
+
+__all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", "STATIC_DIR", "DEMO_RULES"]
+
+log = logging.getLogger("pcrules.server")
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+DEMO_RULES = HERE / "demo_rules.yaml"
+DEFAULT_RULES = HERE.parent / "default_rules.yaml"
+CONFIG_ENV = "PCRULES_SERVER_CONFIG"
+ANSWERS = ("accept", "decline", "expire")
+
+# Sent with every response. The pages carry no inline script or style, so the policy can forbid both.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                                 b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+@dataclass
+class ServerConfig:
+    rules: str | None = None          # a rule spec file; reloaded from the same path
+    bundle: str | None = None         # a bundle (publish dir, its `current`, or a version dir)
+    demo: bool = False                # serve the demo site (and use its ruleset when none is given)
+    redis_url: str | None = None      # shared state in Redis; in-memory (one process) without it
+    redis_prefix: str = "pcrules:"
+    log_path: str | None = None       # the SQLite decision log; none without it
+    max_body_bytes: int = 16 * 1024
+    trust_client_ts: bool = False     # accept `ts` from clients (replays, server-to-server); never for browsers
+    operator_routes: bool = True
+    # Run the runtime on a worker thread instead of the event loop. Off by default: measured, the thread hand-off
+    # costs more CPU than it saves even with Redis (whose waits are a few round trips of well under a millisecond).
+    offload: bool = False
+
+    def rules_path(self) -> Path:
+        if self.rules:
+            return Path(self.rules)
+        return DEMO_RULES if self.demo else DEFAULT_RULES
+
+    def describe_source(self) -> str:
+        return f"bundle {self.bundle}" if self.bundle else f"rules {self.rules_path()}"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None, **extra: Any):
+        super().__init__(message)
+        self.status, self.error, self.message, self.field, self.extra = status, error, message, field, extra
+
+
+def _json(payload: Any, status: int = 200, headers: dict | None = None) -> Response:
+    # json.dumps with its default arguments uses the module's cached encoder: the fastest way in the stdlib.
+    return Response(json.dumps(payload).encode(), status, headers, media_type="application/json")
+
+
+def decision_body(d: Any) -> dict:
+    """What POST /v1/observe answers (built by hand: this is the hot path)."""
+    offer = d.offer_id is not None and d.action == "offer"
+    return {
+        "action": d.action.value, "reason": None if d.reason is None else d.reason.value,
+        "offer_id": d.offer_id if offer else None, "queue": d.queue, "rule": d.rule, "score": d.score,
+        "metadata": dict(d.metadata) if offer else {}, "default_ui": d.default_ui,
+        "expires_at": d.expires_at if offer else None, "recheck_after": d.recheck_after,
+        "js_call": d.js_call if offer else None,
+        "visitor_id": d.visitor_id, "session_id": d.session_id, "ts": d.ts, "ruleset": d.ruleset,
+        "ruleset_version": d.ruleset_version,
+    }
+
+
+def _error_body(status: int, error: str, message: str, field: str | None = None, **extra: Any) -> dict:
+    out: dict[str, Any] = {"error": error, "message": message}
+    if field is not None:
+        out["field"] = field
+    out.update(extra)
+    return out
+
+
+class Service:
+    """The runtime and what the routes share: configuration, metrics, reloads."""
+
+    def __init__(self, config: ServerConfig, runtime: Runtime, metrics: Metrics):
+        self.config = config
+        self.runtime = runtime
+        self.metrics = metrics
+        self.started = time.time()
+        self._reload_lock = asyncio.Lock()
+        store = runtime.store
+        self.store_kind = "redis" if hasattr(store, "ping") else ("memory" if isinstance(store, MemoryStore)
+                                                                  else type(store).__name__)
+        self.offload = bool(config.offload)
+        self.demo: Any = None
+
+    @classmethod
+    def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> "Service":
+        metrics = Metrics()
+        inner = SQLiteDecisionLog(config.log_path) if config.log_path else None
+        store: Any
+        if config.redis_url:
+            from ..redis_store import RedisStore
+
+            store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+        else:
+            store = MemoryStore()
+        log_ = MetricsLog(metrics, inner)
+        try:
+            if config.bundle:
+                runtime = Runtime.from_bundle(config.bundle, log=log_, store=store, **runtime_kwargs)
+            else:
+                runtime = Runtime(load_spec(config.rules_path()), log=log_, store=store, **runtime_kwargs)
+        except BaseException:
+            log_.close()
+            raise
+        service = cls(config, runtime, metrics)
+        service._configure_store()
+        return service
+
+    def _configure_store(self) -> None:
+        configure = getattr(self.runtime.store, "configure", None)
+        if configure is not None:
+            configure(session_ttl_s=self.runtime.spec.policy.session_idle_ttl_s)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.offload:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return fn(*args)
+
+    def _reload_now(self) -> dict:
+        old = self.runtime.spec
+        if self.config.bundle:
+            bundle = self.runtime.reload_bundle(self.config.bundle)
+            source = f"bundle {bundle.version}"
+        else:
+            self.runtime.reload(self.config.rules_path())
+            source = str(self.config.rules_path())
+        self._configure_store()
+        new = self.runtime.spec
+        return {"status": "reloaded", "source": source, "ruleset": new.name, "version": new.version,
+                "previous": {"ruleset": old.name, "version": old.version}}
+
+    async def reload(self, why: str) -> dict:
+        async with self._reload_lock:
+            try:
+                result = await anyio.to_thread.run_sync(self._reload_now)
+            except Exception as exc:
+                self.metrics.reloads.labels("failed").inc()
+                spec = self.runtime.spec
+                if isinstance(exc, (PcrulesError, OSError)):  # a bad ruleset or bundle: expected, no traceback
+                    log.error("reload (%s) failed, still serving %s %s: %s", why, spec.name, spec.version, exc)
+                else:
+                    log.exception("reload (%s) failed; still serving %s %s", why, spec.name, spec.version)
+                raise
+            self.metrics.reloads.labels("ok").inc()
+            log.warning("reloaded (%s): now serving %s %s", why, result["ruleset"], result["version"])
+            return result
+
+    def close(self) -> None:
+        self.runtime.close()
+        close = getattr(self.runtime.store, "close", None)
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(400, "invalid_body", f"{key}: given twice in one object", field=key)
+            seen.add(key)
+    return out
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+
+
+async def read_json(request: Request, limit: int, *, required: bool = True) -> dict:
+    """The body as a JSON object, or an ApiError naming what is wrong (413 over `limit` bytes)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "invalid_body", "content-length: not a number", field="content-length")
+        if int(length) > limit:
+            raise ApiError(413, "body_too_large", f"body: {length} bytes, at most {limit} accepted", field="body")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body: over {limit} bytes", field="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "invalid_body", "body: expected a JSON object", field="body")
+        return {}
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"content-type: expected application/json, got {ctype or 'nothing'}", field="content-type")
+    try:
+        value = _DECODER.decode(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_body", "body: not UTF-8 text", field="body") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_body", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
+                                            f"{exc.colno})", field="body") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_body", f"body: not acceptable JSON ({exc.__class__.__name__}: "
+                                            f"{str(exc)[:100]})", field="body") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_body", f"body: expected a JSON object, got {type(value).__name__}", field="body")
+    return value
+
+
+def _only(body: dict, allowed: tuple[str, ...]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise ApiError(400, "invalid_body", f"{str(key)[:64]}: unknown field; expected "
+                                                f"{', '.join(allowed) or 'an empty body'}", field=str(key)[:64])
+
+
+def _svc(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _ts(svc: Service, body: dict) -> Any:
+    return body.get("ts") if svc.config.trust_client_ts else None
+
+
+def _check_ts(svc: Service, body: dict) -> None:
+    if "ts" in body and not svc.config.trust_client_ts:
+        raise ApiError(400, "invalid_event", "ts: the event time is the server's clock; a client cannot set it",
+                       field="ts")
+
+
+# --------------------------------------------------------------------------- public routes
+
+
+async def observe(request: Request) -> Response:
+    start = time.perf_counter()
+    svc = _svc(request)
+    body = await read_json(request, svc.config.max_body_bytes)
+    _check_ts(svc, body)
+    decision = await svc.call(svc.runtime.observe, body)
+    response = _json(decision_body(decision))
+    svc.metrics.latency.observe(time.perf_counter() - start)
+    return response
+
+
+async def answer(request: Request) -> Response:
+    svc = _svc(request)
+    what = request.path_params["answer"]
+    if what not in ANSWERS:
+        raise ApiError(404, "not_found", f"answer: expected one of {', '.join(ANSWERS)}, got {what[:32]!r}",
+                       field="answer")
+    body = await read_json(request, svc.config.max_body_bytes, required=False)
+    _only(body, ("ts",) if svc.config.trust_client_ts else ())
+    runtime = svc.runtime
+    fn = {"accept": runtime.accept, "decline": runtime.decline, "expire": runtime.expire}[what]
+    outcome = await svc.call(fn, request.path_params["offer_id"], _ts(svc, body))
+    return _json({"offer_id": outcome.offer_id, "status": outcome.status.value, "ts": outcome.ts,
+                  "queue": outcome.queue, "rule": outcome.rule})
+
+
+async def snippet(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "pcrules.js", media_type="text/javascript",
+                        headers={"cache-control": "no-cache"})
+
+
+async def healthz(request: Request) -> Response:
+    svc = _svc(request)
+    spec = svc.runtime.spec
+    out: dict[str, Any] = {"status": "ok", "ruleset": spec.name, "version": spec.version, "store": svc.store_kind,
+                           "uptime_s": round(time.time() - svc.started, 1)}
+    ping = getattr(svc.runtime.store, "ping", None)
+    if ping is not None:
+        try:
+            await svc.call(ping)
+        except PcrulesError as exc:
+            out.update(status="unavailable", error=str(exc))
+            return _json(out, 503, {"retry-after": "1"})
+    return _json(out)
+
+
+# --------------------------------------------------------------------------- operator routes
+
+
+async def queue_status(request: Request) -> Response:
+    svc = _svc(request)
+    body = await read_json(request, svc.config.max_body_bytes, required=False)
+    _only(body, ("agents_available", "estimated_wait_s", "ts") if svc.config.trust_client_ts
+          else ("agents_available", "estimated_wait_s"))
+    status = await svc.call(functools.partial(svc.runtime.update_queue, request.path_params["name"],
+                                              agents_available=body.get("agents_available"),
+                                              estimated_wait_s=body.get("estimated_wait_s"), ts=_ts(svc, body)))
+    return _json({"queue": request.path_params["name"], **asdict(status)})
+
+
+async def reload(request: Request) -> Response:
+    svc = _svc(request)
+    body = await read_json(request, svc.config.max_body_bytes, required=False)
+    _only(body, ())  # the source is the server's configuration, never a path from the request
+    return _json(await svc.reload("POST /v1/admin/reload"))
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_svc(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def public_routes() -> list[Route]:
+    return [
+        Route("/v1/observe", observe, methods=["POST"]),
+        Route("/v1/offers/{offer_id}/{answer}", answer, methods=["POST"]),
+        Route("/static/pcrules.js", snippet, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+
+
+def operator_routes() -> list[Route]:
+    return [
+        Route("/v1/queues/{name}", queue_status, methods=["POST"]),
+        Route("/v1/admin/reload", reload, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_response(request: Request, status: int, error: str, message: str, field: str | None = None,
+                    headers: dict | None = None, **extra: Any) -> Response:
+    svc = getattr(request.app.state, "service", None)
+    if svc is not None:
+        svc.metrics.errors.labels(str(status), error).inc()
+    return _json(_error_body(status, error, message, field, **extra), status, headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(request, exc.status, exc.error, exc.message, exc.field, **exc.extra)
+
+
+async def _pcrules_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, InvalidEvent):
+        return _error_response(request, 400, "invalid_event", str(exc), exc.field)
+    if isinstance(exc, OfferNotFound):
+        return _error_response(request, 404, "offer_not_found", str(exc), "offer_id")
+    if isinstance(exc, OfferClosed):
+        return _error_response(request, 409, "offer_closed", str(exc), "offer_id", status_now=exc.status)
+    if isinstance(exc, UnknownQueue):
+        return _error_response(request, 404, "unknown_queue", str(exc), "name")
+    if isinstance(exc, SpecError):
+        return _error_response(request, 422, "invalid_spec", "the ruleset was refused; the current one keeps "
+                               "serving", None, problems=list(exc.problems))
+    if isinstance(exc, BundleError):
+        return _error_response(request, 422, "invalid_bundle", f"{exc}; the current one keeps serving")
+    code = str(getattr(exc, "code", "error"))
+    if code.startswith(("store_", "lock_")):
+        log.warning("%s", exc)
+        return _error_response(request, 503, code, f"{exc}; retry shortly", None,
+                               {"retry-after": "1"})
+    return _error_response(request, 503, code, str(exc), None, {"retry-after": "1"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error_response(request, exc.status_code, error, f"{request.method} {request.url.path}: {exc.detail}",
+                           headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(request, 500, "internal", "internal error; the server log has the details")
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response (pure ASGI: no per-request objects)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(config: ServerConfig | None = None, *, service: Service | None = None,
+               **runtime_kwargs: Any) -> Starlette:
+    """The ASGI app. `runtime_kwargs` (clock, new_offer_id) go to the Runtime (tests)."""
+    config = config or ServerConfig()
+    svc = service or Service.build(config, **runtime_kwargs)
+    routes: list[Any] = public_routes()
+    if config.operator_routes:
+        routes += operator_routes()
+    if config.demo:
+        from .demo import DemoPega, demo_routes
+
+        svc.demo = DemoPega(svc)
+        routes += demo_routes()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        hup = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_signal(svc)))
+            hup = True
+        try:
+            yield
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            svc.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ApiError: _api_error, PcrulesError: _pcrules_error, HTTPException: _http_error, Exception: _internal_error,
+    })
+    app.state.service = svc
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+async def _reload_on_signal(svc: Service) -> None:
+    with contextlib.suppress(Exception):  # logged by Service.reload; the current ruleset keeps serving
+        await svc.reload("SIGHUP")
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn worker processes: the configuration comes as JSON in $PCRULES_SERVER_CONFIG."""
+    import os
+
+    raw = os.environ.get(CONFIG_ENV)
+    config = ServerConfig(**json.loads(raw)) if raw else ServerConfig()
+    return create_app(config)

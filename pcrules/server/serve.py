@@ -1,0 +1,72 @@
+"""`pcrules serve`: run the reference server under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+
+from ..errors import PcrulesError
+from .app import CONFIG_ENV, ServerConfig, Service, create_app
+
+__all__ = ["main", "config_from_args"]
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    # Tuning knob: PCRULES_OFFLOAD=1 runs the runtime on a worker thread instead of the event loop (see ServerConfig).
+    offload = os.environ.get("PCRULES_OFFLOAD", "").strip() == "1"
+    return ServerConfig(rules=args.rules, bundle=args.bundle, demo=args.demo, redis_url=args.redis,
+                        log_path=args.log, offload=offload)
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = config_from_args(args)
+    workers = max(1, int(getattr(args, "workers", 1) or 1))
+    if workers > 1 and not config.redis_url:
+        print("error: --workers > 1 needs --redis URL: in-memory state is not shared between processes",
+              file=sys.stderr)
+        return 2
+    if workers > 1 and config.demo:
+        print("error: --demo keeps the stand-in Pega server's chats in one process; run it with one worker",
+              file=sys.stderr)
+        return 2
+    try:  # load everything once here, so that a bad ruleset or bundle stops us before uvicorn starts
+        service = Service.build(config)
+    except (PcrulesError, OSError) as exc:
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return 1
+    spec = service.runtime.spec
+    where = f"http://{args.host}:{args.port}"
+    store = f"redis {config.redis_url}" if config.redis_url else "in memory (this process)"
+    print(f"pcrules serve: ruleset {spec.name!r} ({spec.version}) from {config.describe_source()}; state {store}; "
+          f"decision log {config.log_path or 'off'}; {workers} worker(s) on {where}", flush=True)
+    if config.redis_url:
+        try:
+            service.runtime.store.ping()  # type: ignore[attr-defined]
+        except PcrulesError as exc:
+            print(f"warning: {exc}; serving 503 until it answers", file=sys.stderr, flush=True)
+    if config.demo:
+        print(f"demo site: {where}/demo/   CSR console: {where}/demo/csr.html", flush=True)
+    common = dict(host=args.host, port=args.port, log_level="info", access_log=False, server_header=False,
+                  timeout_graceful_shutdown=5, lifespan="on")
+    if workers == 1:
+        uvicorn.run(create_app(config, service=service), **common)
+        return 0
+    service.close()
+    os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    # Each worker counts in files here; /metrics of any worker adds them up.
+    made = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pcrules-metrics-")
+    try:
+        uvicorn.run("pcrules.server.app:app_from_env", factory=True, workers=workers, **common)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+    return 0

@@ -1,0 +1,446 @@
+"""The Redis state store: same decisions as the memory store, atomic across processes, honest about outages.
+
+Every test runs against a real redis-server started here on a free port (and
+stopped after). Without redis-server the tests fail with a clear message
+rather than skip: CI installs it (.ci/run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from helpers import T0, counter_ids, rule, spec_dict
+from pcrules import OfferClosed, OfferNotFound, Runtime, load_spec
+from pcrules.decision import OfferStatus
+from pcrules.policy import QueueStatus, SessionState, VisitorState
+from pcrules.redis_store import LockLost, RedisStore, StoreBusy, StoreUnavailable
+from pcrules.server._procs import REDIS_SERVER, RedisServer, ServeProcess
+
+
+def _need_redis() -> None:
+    if not Path(REDIS_SERVER).exists():
+        pytest.fail(f"redis-server is needed for these tests and was not found at {REDIS_SERVER}: "
+                    f"apt-get install -y redis-server (.ci/run does), or set PCRULES_REDIS_SERVER", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    _need_redis()
+    with RedisServer() as server:
+        yield server
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def store(redis_server):
+    s = RedisStore(redis_server.url, prefix=f"t{next(_prefixes)}:", due_check_interval_s=0)
+    yield s
+    s.clear()
+    s.close()
+
+
+class ListLog:
+    def __init__(self):
+        self.decisions, self.outcomes = [], []
+
+    def record_decision(self, d):
+        self.decisions.append(d)
+
+    def record_outcome(self, o):
+        self.outcomes.append(o)
+
+    def record_goal(self, *a):
+        pass
+
+    def record_ruleset(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
+def ev(visitor="v1", session="s1", page="Bill Payment", seconds=301.0, ts=T0, **extra):
+    return {"visitor_id": visitor, "session_id": session, "page": page, "seconds_on_page": seconds, "ts": ts, **extra}
+
+
+# --------------------------------------------------------------------------- the same decisions as the memory store
+
+
+def _scenario(seed: int, steps: int = 400) -> list[tuple]:
+    rnd = random.Random(seed)
+    ops, t = [], T0
+    visitors = [f"v{i}" for i in range(12)]
+    for _ in range(steps):
+        t += rnd.choice([0.5, 1, 3, 10, 40, 70])  # sometimes past the 60 s offer timeout
+        kind = rnd.random()
+        if kind < 0.65:
+            v = rnd.choice(visitors)
+            ops.append(("observe", ev(v, f"s{rnd.randrange(3)}", rnd.choice(["Bill Payment", "Home", "Plans"]),
+                                      rnd.choice([10.0, 150.0, 301.0, 400.0]), t, pages_viewed=rnd.randrange(1, 6))))
+        elif kind < 0.92:
+            ops.append((rnd.choice(["accept", "decline", "expire"]), rnd.randrange(40), t))
+        else:
+            ops.append(("queue", rnd.choice([0, 2, None]), t))
+    return ops
+
+
+def _play(runtime: Runtime, log: ListLog, ops: list[tuple]) -> list:
+    seen = []
+    results = []
+    for op in ops:
+        if op[0] == "observe":
+            d = runtime.observe(op[1])
+            if d.offer_id:
+                seen.append(d.offer_id)
+            results.append(d.to_dict())
+        elif op[0] == "queue":
+            runtime.update_queue("Billing", agents_available=op[1], ts=op[2])
+        else:
+            offer_id = seen[op[1] % len(seen)] if seen else "none-yet"
+            try:
+                results.append(getattr(runtime, op[0])(offer_id, ts=op[2]))
+            except (OfferNotFound, OfferClosed) as exc:
+                results.append(f"{type(exc).__name__}: {exc}")
+    return results
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_same_decisions_and_outcomes_as_the_memory_store(store: RedisStore, seed: int):
+    spec = load_spec(spec_dict([rule("bill", seconds=300), rule("plans", page="Plans", seconds=100, queue="Billing",
+                                                                 priority=5, pages_viewed={"gte": 3})],
+                               holdout=0.2, max_offers_per_session=2, decline_cooldown_s=200,
+                               session_idle_ttl_s=86400))
+    ops = _scenario(seed)  # spans hours of event time: idle sessions are forgotten by Redis on its own (wall) clock
+    mem_log, redis_log = ListLog(), ListLog()
+    with Runtime(spec, log=mem_log, new_offer_id=counter_ids()) as mem, \
+            Runtime(spec, log=redis_log, store=store, new_offer_id=counter_ids()) as red:
+        assert _play(mem, mem_log, ops) == _play(red, redis_log, ops)
+    assert mem_log.decisions == redis_log.decisions
+    assert sorted(mem_log.outcomes, key=str) == sorted(redis_log.outcomes, key=str)
+    statuses = Counter(o.status for o in redis_log.outcomes)
+    assert statuses[OfferStatus.ACCEPTED] and statuses[OfferStatus.DECLINED] and statuses[OfferStatus.EXPIRED]
+    assert any(d.reason == "holdout" for d in redis_log.decisions)
+
+
+# --------------------------------------------------------------------------- keys, expiries, merges
+
+
+def test_expiries_follow_the_policy(store: RedisStore):
+    spec = load_spec(spec_dict(session_idle_ttl_s=900, decline_cooldown_s=3600))
+    rt = Runtime(spec, store=store)
+    store.configure(session_ttl_s=spec.policy.session_idle_ttl_s)
+    d = rt.observe(ev(ts=T0))
+    r = store._redis
+    session_key = store._session_key("v1", "s1")
+    assert 899_000 < r.pttl(session_key) <= 900_000
+    assert 900_000 < r.pttl(store._offer_prefix + d.offer_id) <= 960_000
+    assert r.zscore(store._due_key, d.offer_id) == T0 + 60
+    rt.decline(d.offer_id, ts=T0 + 10)
+    # until the cooldown ends (decline + 3600 s, counted from the session's last event), plus a minute
+    assert 3_660_000 < r.pttl(store._visitor_key("v1")) <= 3_670_000
+    assert r.zscore(store._due_key, d.offer_id) is None  # answered: no longer waiting to expire
+    assert store.visitor("v1") == VisitorState(T0 + 10 + 3600)
+    assert store.evict_idle(T0 + 10_000) == []  # Redis forgets by itself
+
+
+def test_a_cooldown_is_never_lowered_by_another_session(store: RedisStore):
+    store.save("v1", "s1", SessionState(last_seen=T0), VisitorState(T0 + 500))
+    store.save("v1", "s2", SessionState(last_seen=T0), VisitorState(T0 + 100))  # an older view of the visitor
+    assert store.visitor("v1") == VisitorState(T0 + 500)
+    with store.session_lock("v1", "s3"):
+        store.save("v1", "s3", SessionState(last_seen=T0), VisitorState(T0 + 200))
+    assert store.visitor("v1") == VisitorState(T0 + 500)
+
+
+def test_queue_status_is_shared(store: RedisStore, redis_server):
+    other = RedisStore(redis_server.url, prefix=store.prefix)
+    store.set_queue_status("Billing", QueueStatus(0, 12.5, T0))
+    assert other.queue_status() == {"Billing": QueueStatus(0, 12.5, T0)}
+    rt = Runtime(spec_dict(), store=other)
+    assert rt.observe(ev()).reason == "queue_busy"
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_writes_are_applied_only_while_the_lock_is_ours(store: RedisStore, redis_server):
+    slow = RedisStore(redis_server.url, prefix=store.prefix, lock_ttl_s=0.2)
+    fast = RedisStore(redis_server.url, prefix=store.prefix, lock_wait_s=2)
+    with pytest.raises(LockLost, match="nothing was written"):
+        with slow.session_lock("v1", "s1"):
+            slow.save("v1", "s1", SessionState(offers_made=5, last_seen=T0), VisitorState())
+            time.sleep(0.3)  # stalled past the lock's expiry ...
+            with fast.session_lock("v1", "s1"):  # ... so another process takes the session
+                fast.save("v1", "s1", SessionState(offers_made=1, last_seen=T0), VisitorState())
+    assert store.session("v1", "s1").offers_made == 1  # the stale holder's write was refused
+
+
+def test_a_held_lock_makes_others_wait_then_give_up(store: RedisStore, redis_server):
+    impatient = RedisStore(redis_server.url, prefix=store.prefix, lock_wait_s=0.2)
+    with store.session_lock("v1", "s1"):
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="locked by another process"):
+            with impatient.session_lock("v1", "s1"):
+                pass
+        assert 0.2 <= time.monotonic() - started < 1.0
+        with impatient.session_lock("v1", "other-session"):  # other sessions are not blocked
+            pass
+    with impatient.session_lock("v1", "s1"):
+        pass
+
+
+def test_many_runtimes_on_one_redis_make_one_offer_per_session(store: RedisStore, redis_server):
+    """Eight runtimes (each with its own lock and connection, as separate processes have) race on 60 sessions."""
+    spec = load_spec(spec_dict(max_offers_per_session=1))
+    logs = [ListLog() for _ in range(8)]
+    runtimes = [Runtime(spec, log=log, store=RedisStore(redis_server.url, prefix=store.prefix)) for log in logs]
+    sessions = [(f"v{i}", f"s{i}") for i in range(60)]
+    barrier = threading.Barrier(len(runtimes))
+    errors = []
+
+    def work(rt: Runtime, order: list) -> None:
+        barrier.wait()
+        try:
+            for v, s in order:
+                rt.observe(ev(v, s, ts=T0))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(rt, random.Random(i).sample(sessions, len(sessions))))
+               for i, rt in enumerate(runtimes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    offers = [d for log in logs for d in log.decisions if d.action == "offer"]
+    assert sorted((d.visitor_id, d.session_id) for d in offers) == sorted(sessions)  # exactly one each
+    reasons = Counter(d.reason for log in logs for d in log.decisions if d.action != "offer")
+    assert reasons == {"offer_pending": 60 * 7}
+
+    # Now every runtime answers every offer at once, half of them accept and half decline: one answer wins.
+    results = Counter()
+    barrier = threading.Barrier(len(runtimes))
+
+    def answer(i: int, rt: Runtime) -> None:
+        barrier.wait()
+        for d in offers:
+            try:
+                (rt.accept if i % 2 else rt.decline)(d.offer_id, ts=T0 + 1)
+                results[d.offer_id] += 1
+            except OfferClosed:
+                pass
+
+    threads = [threading.Thread(target=answer, args=(i, rt)) for i, rt in enumerate(runtimes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {d.offer_id: 1 for d in offers}
+    outcomes = [o for log in logs for o in log.outcomes]
+    assert sorted(o.offer_id for o in outcomes) == sorted(d.offer_id for d in offers)
+    for o in outcomes:
+        assert store.offer(o.offer_id).status == o.status
+        session = store.session(o.visitor_id, o.session_id)
+        assert session.pending is None and session.in_chat == (o.status == OfferStatus.ACCEPTED)
+    for rt in runtimes:
+        rt.close()
+
+
+def test_expiries_are_closed_once_across_runtimes(store: RedisStore, redis_server):
+    spec = load_spec(spec_dict(offer_timeout_s=10))
+    logs = [ListLog(), ListLog()]
+    a, b = (Runtime(spec, log=log, store=RedisStore(redis_server.url, prefix=store.prefix, due_check_interval_s=0))
+            for log in logs)
+    offers = [a.observe(ev(f"v{i}", "s", ts=T0)).offer_id for i in range(20)]
+    done = threading.Barrier(2)
+
+    def tick(rt: Runtime, visitor: str) -> None:
+        done.wait()
+        for k in range(5):
+            rt.observe(ev(visitor, "x", page="Home", ts=T0 + 20 + k))  # event time past every offer's expiry
+
+    threads = [threading.Thread(target=tick, args=(rt, f"w{i}")) for i, rt in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expired = [o.offer_id for log in logs for o in log.outcomes]
+    assert sorted(expired) == sorted(offers)  # each once, none lost
+    assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
+    assert store._redis.zcard(store._due_key) == 0
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def test_an_outage_is_a_clear_error_and_the_runtime_recovers():
+    _need_redis()
+    with RedisServer() as server:
+        store = RedisStore(server.url, due_check_interval_s=0)
+        rt = Runtime(spec_dict(), store=store)
+        assert rt.observe(ev("v1", ts=T0)).action == "offer"
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"Redis\) unavailable: .*(refused|connect)"):
+            rt.observe(ev("v2", ts=T0))
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+        assert time.monotonic() - started < 3
+        server.start()  # an empty Redis on the same port
+        assert rt.observe(ev("v2", ts=T0 + 1)).action == "offer"
+        assert store.ping()
+
+
+# --------------------------------------------------------------------------- two uvicorn workers sharing Redis
+
+
+def _rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(spec_dict([rule("bill", seconds=5)], max_offers_per_session=1,
+                                             decline_cooldown_s=3600)))
+    return path
+
+
+def _outcomes(*logs: Path) -> list[tuple[str, str]]:
+    rows = []
+    for path in logs:
+        with sqlite3.connect(path) as db:
+            rows += db.execute("SELECT offer_id, status FROM outcomes").fetchall()
+    return rows
+
+
+def _offers_logged(*logs: Path) -> list[str]:
+    rows = []
+    for path in logs:
+        with sqlite3.connect(path) as db:
+            rows += [r[0] for r in db.execute("SELECT offer_id FROM decisions WHERE action = 'offer'")]
+    return rows
+
+
+def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_server, tmp_path: Path):
+    rules = _rules(tmp_path)
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a database of its own
+    logs = [tmp_path / "a.sqlite", tmp_path / "b.sqlite"]
+    worker = lambda k: ServeProcess(["--rules", str(rules), "--redis", url, "--log", str(logs[k])],  # noqa: E731
+                                    log_file=tmp_path / f"{'ab'[k]}.out")
+    with worker(0) as a, worker(1) as b:
+        workers = [a.url, b.url]
+        n_sessions, per_session = 120, 8
+
+        async def hammer():
+            limits = httpx.Limits(max_connections=32)
+            async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+                gate = asyncio.Semaphore(64)
+
+                async def post(url, json=None):
+                    async with gate:
+                        return await client.post(url, json=json)
+
+                # 8 concurrent observations of each session, alternating between the two workers
+                observes = [post(f"{workers[k % 2]}/v1/observe",
+                                 {"visitor_id": f"v{i}", "session_id": f"s{i}", "page": "Bill Payment",
+                                  "seconds_on_page": 6 + k}) for i in range(n_sessions) for k in range(per_session)]
+                first = await asyncio.gather(*observes)
+                decisions = [r.json() for r in first]
+                assert all(r.status_code == 200 for r in first), [r.text for r in first if r.status_code != 200][:3]
+                offers = [d for d in decisions if d["action"] == "offer"]
+                # every offer answered at once by an accept on one worker and a decline on the other
+                answers = [post(f"{workers[j % 2]}/v1/offers/{d['offer_id']}/{('accept', 'decline')[(i + j) % 2]}")
+                           for i, d in enumerate(offers) for j in range(2)]
+                answered = await asyncio.gather(*answers)
+                after = await asyncio.gather(*(post(f"{workers[i % 2]}/v1/observe",
+                                                    {"visitor_id": f"v{i}", "session_id": f"s{i}",
+                                                     "page": "Bill Payment", "seconds_on_page": 60})
+                                               for i in range(n_sessions)))
+                return decisions, offers, answered, [r.json() for r in after]
+
+        decisions, offers, answered, after = asyncio.run(hammer())
+        health = [httpx.get(w + "/healthz").json() for w in workers]
+        metrics = [httpx.get(w + "/metrics").text for w in workers]
+
+    # no double offer: exactly one per session, the other 7 observations saw it pending
+    assert sorted(d["session_id"] for d in offers) == sorted(f"s{i}" for i in range(n_sessions))
+    assert Counter(d["reason"] for d in decisions if d["action"] != "offer") == {"offer_pending": n_sessions * 7}
+    # one answer wins per offer, the other is refused as already answered
+    won = {}
+    for r in answered:
+        if r.status_code == 200:
+            assert r.json()["offer_id"] not in won
+            won[r.json()["offer_id"]] = r.json()["status"]
+        else:
+            assert r.status_code == 409 and r.json()["error"] == "offer_closed", r.text
+    assert set(won) == {d["offer_id"] for d in offers}
+    # no lost outcome: each winner is in the decision logs exactly once, and the sessions saw it
+    assert sorted(_outcomes(*logs)) == sorted(won.items())
+    assert sorted(_offers_logged(*logs)) == sorted(won)
+    by_session = {d["session_id"]: won[d["offer_id"]] for d in offers}
+    for d in after:
+        assert d["reason"] == ("in_chat" if by_session[d["session_id"]] == "accepted" else "max_offers"), d
+    assert all(h["store"] == "redis" and h["status"] == "ok" for h in health)
+    assert all("pcrules_decisions_total" in m for m in metrics)
+    for out in ("a.out", "b.out"):
+        assert "Traceback" not in (tmp_path / out).read_text()
+
+
+def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Path):
+    url = redis_server.url.rsplit("/", 1)[0] + "/4"
+    with ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", url, "--workers", "2"],
+                      log_file=tmp_path / "serve.out") as srv:
+        with httpx.Client(base_url=srv.url) as client:  # one connection per request: the kernel spreads them
+            for i in range(30):
+                d = httpx.post(srv.url + "/v1/observe", json={"visitor_id": f"v{i % 10}", "session_id": "s",
+                                                              "page": "Bill Payment", "seconds_on_page": 6}).json()
+                assert d["action"] == ("offer" if i < 10 else "none"), (i, d)
+            metrics = client.get("/metrics").text  # the workers' counts, added up
+    assert 'pcrules_decisions_total{action="offer",reason=""} 10.0' in metrics
+    assert 'pcrules_decisions_total{action="none",reason="offer_pending"} 20.0' in metrics
+    out = (tmp_path / "serve.out").read_text()
+    assert out.count("Started server process") == 2 and "Traceback" not in out
+
+
+def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tmp_path: Path):
+    _need_redis()
+    with RedisServer() as server, ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", server.url],
+                                               log_file=tmp_path / "serve.out") as srv:
+        body = {"visitor_id": "v1", "session_id": "s1", "page": "Bill Payment", "seconds_on_page": 6}
+        offer = httpx.post(srv.url + "/v1/observe", json=body).json()
+        assert offer["action"] == "offer"
+        server.stop()
+        r = httpx.post(srv.url + "/v1/observe", json={**body, "visitor_id": "v2"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        err = r.json()
+        assert err["error"] == "store_unavailable"
+        assert "Redis" in err["message"] and "unavailable" in err["message"] and "Traceback" not in r.text
+        r = httpx.post(srv.url + f"/v1/offers/{offer['offer_id']}/accept")
+        assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
+        health = httpx.get(srv.url + "/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert httpx.get(srv.url + "/metrics").status_code == 200  # metrics still answer
+
+        server.start()
+        deadline = time.monotonic() + 10
+        while True:
+            r = httpx.post(srv.url + "/v1/observe", json={**body, "visitor_id": "v3"})
+            if r.status_code == 200:
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert r.json()["action"] == "offer"
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'pcrules_http_errors_total{error="store_unavailable",status="503"} 2.0' in metrics
+    assert "Traceback" not in (tmp_path / "serve.out").read_text()
