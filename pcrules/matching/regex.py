@@ -301,7 +301,7 @@ def _trim(n: _Node, free_start: bool, free_end: bool) -> _Node:
 def _parse(pattern: str) -> list[_Branch]:
     try:
         tree = _sre_parse.parse(pattern, re.ASCII)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; ((((a)))) ~900 deep
         raise UnsupportedPattern(f"not a valid regular expression: {exc}") from exc
     extra = tree.state.flags & ~(re.ASCII | re.UNICODE)
     if extra:
@@ -932,6 +932,13 @@ def _json_text(pattern: str) -> str:
 def to_durable(pattern: str) -> str:
     """The durable ``$mt`` pattern whose truth value equals ``python_regex(pattern).search`` on
     every string the runtime passes (no control characters), or :class:`UnsupportedPattern`."""
+    try:
+        return _translate(pattern)
+    except RecursionError as exc:  # every stage walks the pattern's nesting recursively
+        raise UnsupportedPattern("the pattern is nested too deeply") from exc
+
+
+def _translate(pattern: str) -> str:
     branches = _parse(pattern)
     if sum(_size(b.node) for b in branches) > 10 * _MAX_DURABLE_LEN:
         raise UnsupportedPattern(f"pattern expands beyond {_MAX_DURABLE_LEN} characters in the runtime engine's dialect")
