@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import itertools
 import random
 import resource
 import statistics
@@ -65,8 +64,8 @@ def make_events(n: int, visitors: int, seed: int = 1) -> list[dict]:
     return out
 
 
-def bare_post_rate(spec: pcrules.RuleSpec, events: list[dict]) -> float:
-    """durable_rules' Host.post() of the same events against the spec's rules as written (no policy variants)."""
+def _bare_host(spec: pcrules.RuleSpec, name: str) -> durable_engine.Host:
+    """durable_rules' own Host with the spec's rules as written (no policy variants) and no-op actions."""
     rules = {k: v for k, v in compile_ruleset(spec).items() if k.startswith("f")}
 
     class Host(durable_engine.Host):
@@ -76,11 +75,19 @@ def bare_post_rate(spec: pcrules.RuleSpec, events: list[dict]) -> float:
     host = Host()
     for rule in rules.values():
         rule["run"] = "noop"
-    host.register_rulesets({"bare": copy.deepcopy(rules)})
-    payloads = []
-    for i, ev in enumerate(events):
-        view = fact_fields(spec, {**ev, "seconds_on_page": float(ev["seconds_on_page"])}, SCORER.predict_proba_one(ev))
-        payloads.append({**view, KIND: "pv", "sid": "0", "id": i})
+    host.register_rulesets({name: copy.deepcopy(rules)})
+    return host
+
+
+def _bare_payload(spec: pcrules.RuleSpec, ev: dict, i: int) -> dict:
+    view = fact_fields(spec, {**ev, "seconds_on_page": float(ev["seconds_on_page"])}, SCORER.predict_proba_one(ev))
+    return {**view, KIND: "pv", "sid": "0", "id": i}
+
+
+def bare_post_rate(spec: pcrules.RuleSpec, events: list[dict]) -> float:
+    """durable_rules' Host.post() of the same events against the spec's rules as written (no policy variants)."""
+    host = _bare_host(spec, "bare")
+    payloads = [_bare_payload(spec, ev, i) for i, ev in enumerate(events)]
     started = time.perf_counter()
     for payload in payloads:
         try:
@@ -135,21 +142,11 @@ def breakdown(spec: pcrules.RuleSpec, events: list[dict], log_path: Path) -> dic
 
 
 def bare_post_latencies(spec: pcrules.RuleSpec, events: list[dict]) -> list[float]:
-    rules = {k: v for k, v in compile_ruleset(spec).items() if k.startswith("f")}
-
-    class Host(durable_engine.Host):
-        def get_action(self, name):
-            return lambda c: None
-
-    host = Host()
-    for rule in rules.values():
-        rule["run"] = "noop"
-    host.register_rulesets({"bare_lat": copy.deepcopy(rules)})
+    host = _bare_host(spec, "bare_lat")
     out = []
     clock = time.perf_counter_ns
     for i, ev in enumerate(events):
-        view = fact_fields(spec, {**ev, "seconds_on_page": float(ev["seconds_on_page"])}, SCORER.predict_proba_one(ev))
-        payload = {**view, KIND: "pv", "sid": "0", "id": i}
+        payload = _bare_payload(spec, ev, i)
         t0 = clock()
         try:
             host.post("bare_lat", payload)

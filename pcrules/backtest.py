@@ -784,6 +784,48 @@ def _stateless(ctx: _Context) -> dict[str, np.ndarray]:
             "strongest": strongest}
 
 
+class OfferLedger:
+    """The session and visitor policy over firing rows taken in time order: the one sequential step.
+
+    Shared by the backtest's fast engine and the tuner, so the two cannot drift: in_chat,
+    offer_pending, max_offers and cooldown, with the replay's answer convention (a recorded answer
+    counts if it comes before the offer expires; a holdout visitor's would-be offer is never answered).
+    """
+
+    __slots__ = ("timeout", "cooldown", "max_offers", "sessions", "declines")
+
+    def __init__(self, policy: Any):
+        self.timeout, self.cooldown = policy.offer_timeout_s, policy.decline_cooldown_s
+        self.max_offers = policy.max_offers_per_session
+        self.sessions: dict[int, tuple[int, float, float, int]] = {}  # made, expires, answered at, answer
+        self.declines: dict[int, list[tuple[float, float]]] = {}  # visitor -> (declined at, cooldown until)
+
+    def admit(self, t: float, session: int, visitor: int, code: int, delay: float,
+              hold: Any) -> tuple[float, float, int] | None:
+        """(expires, answered at, answer code) when a firing row at `t` makes an offer, else None."""
+        made = 0
+        state = self.sessions.get(session)
+        if state is not None:
+            made, expires, answered, kind = state
+            if kind == _ACCEPT and answered <= t:
+                return None  # in_chat
+            if t < expires and not (kind != _NO_ANSWER and answered <= t):
+                return None  # offer_pending
+        if made >= self.max_offers:
+            return None
+        past = self.declines.get(visitor)
+        if past is not None and any(a <= t < until for a, until in past):
+            return None  # cooldown
+        expires = t + self.timeout
+        kind, answered = _NO_ANSWER, math.nan
+        if not hold and code != _NO_ANSWER and delay == delay and t + delay < expires:
+            kind, answered = code, t + delay
+            if kind == _DECLINE:
+                self.declines.setdefault(visitor, []).append((answered, answered + self.cooldown))
+        self.sessions[session] = (made + 1, expires, answered, kind)
+        return expires, answered, kind
+
+
 def _fast(ctx: _Context, new_offer_id: Callable[[], str], metadata: bool, bar: Any) -> _Judged:
     spec, table = ctx.spec, ctx.table
     policy = spec.policy
@@ -796,11 +838,9 @@ def _fast(ctx: _Context, new_offer_id: Callable[[], str], metadata: bool, bar: A
     visitor_ids = table.columns.view("visitor_id", STRING).uniques
 
     # -- the one sequential step: rows where an offer would be made if the session allowed it -------------
-    timeout, cooldown, max_offers = policy.offer_timeout_s, policy.decline_cooldown_s, policy.max_offers_per_session
     holdout_share = policy.holdout
     held = table.holdout_cache(holdout_share)
-    sessions: dict[int, tuple[int, float, float, int]] = {}
-    declines: dict[int, list[tuple[float, float]]] = {}
+    ledger = OfferLedger(policy)
     o_row: list[int] = []
     o_hold: list[bool] = []
     o_key: list[int] = []
@@ -811,30 +851,13 @@ def _fast(ctx: _Context, new_offer_id: Callable[[], str], metadata: bool, bar: A
     for j, t, s, v, code, d in zip(fire_rows.tolist(), ts[fire_rows].tolist(), epoch[fire_rows].tolist(),
                                    vcode[fire_rows].tolist(), answer_code[fire_rows].tolist(),
                                    delay[fire_rows].tolist()):
-        state = sessions.get(s)
-        made = 0
-        if state is not None:
-            made, expires, answered, kind = state
-            if kind == _ACCEPT and answered <= t:
-                continue  # in_chat
-            if t < expires and not (kind != _NO_ANSWER and answered <= t):
-                continue  # offer_pending
-        if made >= max_offers:
-            continue
-        past = declines.get(v)
-        if past is not None and any(a <= t < until for a, until in past):
-            continue  # cooldown
         hold = held[v]
         if hold < 0:
             hold = held[v] = in_holdout(visitor_ids[v], holdout_share)
-        expires = t + timeout
-        kind, answered = _NO_ANSWER, math.nan
-        # The replay's convention: the recorded answer counts if it comes before the offer expires.
-        if not hold and code != _NO_ANSWER and d == d and t + d < expires:
-            kind, answered = code, t + d
-            if kind == _DECLINE:
-                declines.setdefault(v, []).append((answered, answered + cooldown))
-        sessions[s] = (made + 1, expires, answered, kind)
+        admitted = ledger.admit(t, s, v, code, d, hold)
+        if admitted is None:
+            continue
+        expires, answered, kind = admitted
         o_row.append(j)
         o_hold.append(hold)
         o_key.append(s)
@@ -870,14 +893,14 @@ def _fast(ctx: _Context, new_offer_id: Callable[[], str], metadata: bool, bar: A
             arrived = some & (kind != _NO_ANSWER) & (answered <= t)
         in_chat = arrived & (kind == _ACCEPT)
         pending = some & (t < o_exp_a[last]) & ~arrived
-        too_many = count >= max_offers
+        too_many = count >= ledger.max_offers
         reason = np.where(in_chat, _R[Reason.IN_CHAT], np.where(pending, _R[Reason.OFFER_PENDING],
                           np.where(too_many, _R[Reason.MAX_OFFERS], -1))).astype(np.int8)
         blocked[rows] = reason
-    if max_offers <= 0:
+    if ledger.max_offers <= 0:
         blocked[ctx.matched & (blocked < 0)] = _R[Reason.MAX_OFFERS]
-    if declines:
-        _cooldown_blocks(ctx, declines, cooldown, blocked)
+    if ledger.declines:
+        _cooldown_blocks(ctx, ledger.declines, ledger.cooldown, blocked)
 
     # -- consistency of the two views, then assembly ---------------------------------------------------------
     offered = np.zeros(n, dtype=bool)

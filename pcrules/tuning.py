@@ -86,7 +86,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .backtest import EventTable, batch_scores
+from .backtest import EventTable, OfferLedger, batch_scores
 from .decision import Reason
 from .decision_value import RuleChoice, with_parameters
 from .errors import PcrulesError, SpecError
@@ -844,36 +844,11 @@ class TriggerModel:
 
     def _sequential(self, positions: np.ndarray) -> np.ndarray:
         """The backtest's sequential step over these firing rows (time order): the positions that offer."""
-        policy = self.policy
-        timeout, cooldown, max_offers = policy.offer_timeout_s, policy.decline_cooldown_s, policy.max_offers_per_session
-        sessions: dict[int, tuple[int, float, float, int]] = {}
-        declines: dict[int, list[tuple[float, float]]] = {}
-        out = []
-        for p, t, s, v, code, d, hold in zip(positions.tolist(), self.ts[positions].tolist(),
-                                             self.epoch[positions].tolist(), self.visitor[positions].tolist(),
-                                             self.answer[positions].tolist(), self.delay[positions].tolist(),
-                                             self.hold[positions].tolist()):
-            state = sessions.get(s)
-            made = 0
-            if state is not None:
-                made, expires, answered, kind = state
-                if kind == _ACCEPT and answered <= t:
-                    continue  # in_chat
-                if t < expires and not (kind != _NO_ANSWER and answered <= t):
-                    continue  # offer_pending
-            if made >= max_offers:
-                continue
-            past = declines.get(v)
-            if past is not None and any(a <= t < until for a, until in past):
-                continue  # cooldown
-            expires = t + timeout
-            kind, answered = _NO_ANSWER, math.nan
-            if not hold and code != _NO_ANSWER and d == d and t + d < expires:
-                kind, answered = code, t + d
-                if kind == _DECLINE:
-                    declines.setdefault(v, []).append((answered, answered + cooldown))
-            sessions[s] = (made + 1, expires, answered, kind)
-            out.append(p)
+        ledger = OfferLedger(self.policy)
+        rows = zip(positions.tolist(), self.ts[positions].tolist(), self.epoch[positions].tolist(),
+                   self.visitor[positions].tolist(), self.answer[positions].tolist(),
+                   self.delay[positions].tolist(), self.hold[positions].tolist())
+        out = [p for p, t, s, v, code, d, hold in rows if ledger.admit(t, s, v, code, d, hold) is not None]
         return np.array(out, dtype=np.int64)
 
     def _sequential_first(self, fire: np.ndarray) -> np.ndarray:
