@@ -42,6 +42,8 @@ class Event:
     seconds_on_page: float
     ts: float
     fields: Mapping[str, Any]  # every non-null scalar field, required ones included, ts as epoch seconds
+    # The id the holdout group is drawn from when it is not visitor_id (pseudonymised runtimes keep the raw one's group).
+    holdout_unit: str | None = None
 
 
 def _text(name: str, value: Any, limit: int, *, minimum: int = 1) -> str:

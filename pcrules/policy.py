@@ -285,7 +285,7 @@ def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: Visitor
            score: float | None, new_offer_id: Callable[[], str], expired: PendingOffer | None) -> Step:
     ts = event.ts
     expires_at = ts + spec.policy.offer_timeout_s
-    holdout = in_holdout(event.visitor_id, spec.policy.holdout)
+    holdout = in_holdout(event.holdout_unit or event.visitor_id, spec.policy.holdout)
     offer_id = None if holdout else new_offer_id()
     metadata = render_metadata(rule, event.fields)
     # A holdout visitor's would-be offer occupies the session exactly as a real

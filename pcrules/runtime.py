@@ -7,6 +7,7 @@ then saves the new state and returns. All clocks are event time.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import secrets
@@ -22,6 +23,7 @@ from .decision_log import DecisionLog
 from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, UnknownQueue
 from .events import Event, check_id, parse_ts, validate_event
 from .matching.durable import DurableMatcher
+from .pseudonym import Pseudonymizer
 from .policy import QueueStatus, SessionState, VisitorState, answer, decide
 from .scoring.protocol import Scorer
 from .spec import RuleSpec, load_spec
@@ -50,6 +52,7 @@ class Runtime:
         store: StateStore | None = None,
         clock: Callable[[], float] = time.time,
         new_offer_id: Callable[[], str] = _new_offer_id,
+        visitor_id_key: bytes | str | None = None,
     ):
         spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         self._log = log
@@ -58,6 +61,8 @@ class Runtime:
         self._session_lock = getattr(self._store, "session_lock", None) or (lambda visitor_id, session_id: _NO_LOCK)
         self._clock = clock
         self._new_offer_id = new_offer_id
+        # With a key, the log and the store see only a keyed hash of each visitor id (see pcrules.pseudonym).
+        self._pseudonym = None if visitor_id_key is None else Pseudonymizer(visitor_id_key)
         self._lock = threading.RLock()
         self._high_water = -math.inf  # latest event time seen: the clock for idle eviction
         self.scorer_errors = 0
@@ -123,6 +128,8 @@ class Runtime:
 
     def observe(self, event: Mapping[str, Any]) -> Decision:
         ev = validate_event(event, self._clock)
+        if self._pseudonym is not None:
+            ev = self._pseudonymise(ev)
         for _ in range(3):
             spec, matcher, scorer = self._active
             score = self._score(spec, scorer, ev)
@@ -137,6 +144,11 @@ class Runtime:
                     continue
                 return self._judge(spec, ev, matches, score)
         raise PcrulesError("the ruleset kept changing while this event was matched; try again")
+
+    def _pseudonymise(self, ev: Event) -> Event:
+        alias = self._pseudonym(ev.visitor_id)  # type: ignore[misc]
+        # The holdout group is still drawn from the raw id: switching pseudonyms on moves nobody between groups.
+        return replace(ev, visitor_id=alias, fields={**ev.fields, "visitor_id": alias}, holdout_unit=ev.visitor_id)
 
     def _score(self, spec: RuleSpec, scorer: Scorer | None, ev: Event) -> float | None:
         if scorer is None or not spec.uses_score:
@@ -195,28 +207,50 @@ class Runtime:
 
     # ------------------------------------------------------------------ offer lifecycle
 
-    def accept(self, offer_id: str, ts: float | str | None = None) -> Outcome:
-        return self._answer(offer_id, OfferStatus.ACCEPTED, ts)
+    # `visitor_id` / `session_id`, when given (the public HTTP routes always give them), bind the answer to the
+    # offer's owner: another visitor's or another session's offer id is refused exactly like an unknown one,
+    # so a guess learns nothing and changes nothing.
 
-    def decline(self, offer_id: str, ts: float | str | None = None) -> Outcome:
-        return self._answer(offer_id, OfferStatus.DECLINED, ts)
+    def accept(self, offer_id: str, ts: float | str | None = None, *, visitor_id: str | None = None,
+               session_id: str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.ACCEPTED, ts, visitor_id, session_id)
 
-    def expire(self, offer_id: str, ts: float | str | None = None) -> Outcome:
-        return self._answer(offer_id, OfferStatus.EXPIRED, ts)
+    def decline(self, offer_id: str, ts: float | str | None = None, *, visitor_id: str | None = None,
+                session_id: str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.DECLINED, ts, visitor_id, session_id)
 
-    def _answer(self, offer_id: str, status: OfferStatus, ts: float | str | None) -> Outcome:
+    def expire(self, offer_id: str, ts: float | str | None = None, *, visitor_id: str | None = None,
+               session_id: str | None = None) -> Outcome:
+        return self._answer(offer_id, OfferStatus.EXPIRED, ts, visitor_id, session_id)
+
+    def _owner(self, visitor_id: str | None, session_id: str | None) -> tuple[str | None, str | None]:
+        if visitor_id is not None:
+            check_id("visitor_id", visitor_id)
+            if self._pseudonym is not None:
+                visitor_id = self._pseudonym(visitor_id)
+        if session_id is not None:
+            check_id("session_id", session_id)
+        return visitor_id, session_id
+
+    def _answer(self, offer_id: str, status: OfferStatus, ts: float | str | None, visitor_id: str | None = None,
+                session_id: str | None = None) -> Outcome:
         if not isinstance(offer_id, str) or not offer_id or len(offer_id) > 128:
             raise OfferNotFound(str(offer_id)[:128])
+        owner = self._owner(visitor_id, session_id)
+
+        def mine(record: OfferRecord | None) -> OfferRecord:
+            if (record is None or (owner[0] is not None and not hmac.compare_digest(record.visitor_id, owner[0]))
+                    or (owner[1] is not None and not hmac.compare_digest(record.session_id, owner[1]))):
+                raise OfferNotFound(offer_id)
+            return record
+
         when = self._clock() if ts is None else parse_ts(ts)
         with self._lock:
             spec = self._active[0]
-            record = self._store.offer(offer_id)
-            if record is None:
-                raise OfferNotFound(offer_id)
+            record = mine(self._store.offer(offer_id))
             with self._session_lock(record.visitor_id, record.session_id):
-                record = self._store.offer(offer_id)  # again under the session's lock: another process may have answered
-                if record is None:
-                    raise OfferNotFound(offer_id)
+                # Again under the session's lock: another process may have answered.
+                record = mine(self._store.offer(offer_id))
                 if record.status != OfferStatus.OFFERED:
                     raise OfferClosed(offer_id, record.status.value)
                 if status != OfferStatus.EXPIRED and when >= record.expires_at:
@@ -269,6 +303,8 @@ class Runtime:
         check_id("visitor_id", visitor_id)
         check_id("session_id", session_id)
         check_id("goal", goal)
+        if self._pseudonym is not None:
+            visitor_id = self._pseudonym(visitor_id)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise InvalidEvent("value", f"expected a finite number, got {value!r}")
         when = self._clock() if ts is None else parse_ts(ts)
