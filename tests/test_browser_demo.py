@@ -23,6 +23,7 @@ CHROMIUM = os.environ.get("PCRULES_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
 WAIT_S = 3  # the Bill Payment rule's time on page
+TOKEN = "browser-test-operator-token"  # the operator routes (here: /metrics) need it
 PAYLOAD = "<img src=x onerror=\"alert('xss-img')\"><script>alert('xss-script')</script><b>bold</b> & 'q'"
 
 RULES = {
@@ -46,7 +47,7 @@ def server(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "rules.yaml"
     path.write_text(yaml.safe_dump(RULES, sort_keys=False))
     out = path.parent / "serve.out"
-    with ServeProcess(["--demo", "--rules", str(path)], log_file=out) as srv:
+    with ServeProcess(["--demo", "--rules", str(path)], log_file=out, operator_token=TOKEN) as srv:
         yield srv
     assert "Traceback" not in out.read_text()
 
@@ -144,7 +145,7 @@ def test_offer_pops_up_once_the_wait_time_has_passed_and_accept_reaches_the_csr_
         assert not csr_watch.errors and not csr_watch.dialogs
     finally:
         ctx.close()
-    metrics = page.request.get(server.url + "/metrics").text()
+    metrics = page.request.get(server.url + "/metrics", headers=server.auth).text()
     assert 'pcrules_outcomes_total{status="accepted"}' in metrics
     assert not watch.errors and not watch.dialogs  # no console error, no CSP violation, no dialog
 
@@ -295,7 +296,7 @@ def test_an_unanswered_offer_expires_and_leaving_the_page_withdraws_it(browser, 
              "rules": [{**RULES["rules"][0], "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 1}}}]}
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
-    with ServeProcess(["--demo", "--rules", str(path)], log_file=tmp_path / "serve.out") as srv:
+    with ServeProcess(["--demo", "--rules", str(path)], log_file=tmp_path / "serve.out", operator_token=TOKEN) as srv:
         ctx = browser.new_context()
         try:
             page = ctx.new_page()
@@ -321,11 +322,11 @@ def test_an_unanswered_offer_expires_and_leaving_the_page_withdraws_it(browser, 
             assert [d["reason"] for d in state(page)["decisions"]] == ["max_offers"]
         finally:
             ctx.close()
-        assert 'pcrules_outcomes_total{status="expired"} 2.0' in _get_text(srv.url + "/metrics")
+        assert 'pcrules_outcomes_total{status="expired"} 2.0' in _get_text(srv.url + "/metrics", srv.auth)
 
 
-def _get_text(url: str) -> str:
+def _get_text(url: str, headers: dict | None = None) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
         return r.read().decode()

@@ -31,6 +31,8 @@ from pcrules.server import ServerConfig, create_app
 from pcrules.server._procs import ServeProcess
 
 PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script>\"'&"
+TOKEN = "test-operator-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Clock:
@@ -62,13 +64,19 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(rules_file: Path, clock: Clock):
-    app = create_app(ServerConfig(rules=str(rules_file)), clock=clock)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    """An operator's client: it sends the operator token (the public routes ignore it)."""
+    app = create_app(ServerConfig(rules=str(rules_file), operator_token=TOKEN), clock=clock)
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
 
 def event(visitor="v1", session="s1", page="Bill Payment", seconds=301.0, **extra):
     return {"visitor_id": visitor, "session_id": session, "page": page, "seconds_on_page": seconds, **extra}
+
+
+def owner(decision: dict, **extra) -> dict:
+    """The body of an answer: the offer's own visitor and session."""
+    return {"visitor_id": decision["visitor_id"], "session_id": decision["session_id"], **extra}
 
 
 def refused(response: httpx.Response, status: int, field: str | None) -> dict:
@@ -107,29 +115,31 @@ def test_observe_wait_then_offer_then_pending(client: TestClient, clock: Clock):
 
 def test_accept_decline_expire_and_their_refusals(client: TestClient, clock: Clock):
     offer = client.post("/v1/observe", json=event()).json()
-    r = client.post(f"/v1/offers/{offer['offer_id']}/accept")
+    r = client.post(f"/v1/offers/{offer['offer_id']}/accept", json=owner(offer))
     assert r.status_code == 200
     assert r.json() == {"offer_id": offer["offer_id"], "status": "accepted", "ts": T0, "queue": "Billing",
                         "rule": "bill"}
-    body = refused(client.post(f"/v1/offers/{offer['offer_id']}/decline"), 409, "offer_id")
+    body = refused(client.post(f"/v1/offers/{offer['offer_id']}/decline", json=owner(offer)), 409, "offer_id")
     assert body["error"] == "offer_closed" and body["status_now"] == "accepted"
     assert client.post("/v1/observe", json=event(seconds=400)).json()["reason"] == "in_chat"
 
-    refused(client.post("/v1/offers/nope/accept"), 404, "offer_id")
-    refused(client.post("/v1/offers/" + "x" * 300 + "/accept"), 404, "offer_id")
-    refused(client.post(f"/v1/offers/{offer['offer_id']}/maybe"), 404, "answer")
+    refused(client.post("/v1/offers/nope/accept", json=owner(offer)), 404, "offer_id")
+    refused(client.post("/v1/offers/" + "x" * 300 + "/accept", json=owner(offer)), 404, "offer_id")
+    refused(client.post(f"/v1/offers/{offer['offer_id']}/maybe", json=owner(offer)), 404, "answer")
+    refused(client.post(f"/v1/offers/{offer['offer_id']}/accept"), 400, "visitor_id")  # who answers: required
+    refused(client.post(f"/v1/offers/{offer['offer_id']}/accept", json={"visitor_id": "v1"}), 400, "session_id")
 
     declined = client.post("/v1/observe", json=event(visitor="v2")).json()
-    assert client.post(f"/v1/offers/{declined['offer_id']}/decline", json={}).json()["status"] == "declined"
+    assert client.post(f"/v1/offers/{declined['offer_id']}/decline", json=owner(declined)).json()["status"] == "declined"
     clock.t += 5
     d = client.post("/v1/observe", json=event(visitor="v2", session="another")).json()
     assert (d["action"], d["reason"]) == ("none", "cooldown")
 
     gone = client.post("/v1/observe", json=event(visitor="v3")).json()
-    assert client.post(f"/v1/offers/{gone['offer_id']}/expire").json()["status"] == "expired"
+    assert client.post(f"/v1/offers/{gone['offer_id']}/expire", json=owner(gone)).json()["status"] == "expired"
     late = client.post("/v1/observe", json=event(visitor="v4")).json()
     clock.t += 61  # by the server's clock the offer ran out: a late accept is refused and recorded as expired
-    body = refused(client.post(f"/v1/offers/{late['offer_id']}/accept"), 409, "offer_id")
+    body = refused(client.post(f"/v1/offers/{late['offer_id']}/accept", json=owner(late)), 409, "offer_id")
     assert "expired" in body["message"]
 
 
@@ -244,7 +254,7 @@ def test_healthz_and_metrics(client: TestClient):
     offer = client.post("/v1/observe", json=event()).json()
     client.post("/v1/observe", json=event())
     client.post("/v1/observe", json=event(page="Home"))
-    client.post(f"/v1/offers/{offer['offer_id']}/decline")
+    client.post(f"/v1/offers/{offer['offer_id']}/decline", json=owner(offer))
     client.post("/v1/observe", json=event(seconds="bad"))
     text = client.get("/metrics").text
     assert 'pcrules_decisions_total{action="offer",reason=""} 1.0' in text
@@ -266,9 +276,9 @@ def test_security_headers_and_snippet(client: TestClient):
         assert resp.headers["x-content-type-options"] == "nosniff"
 
 
-def test_operator_routes_can_be_left_out(rules_file: Path):
-    app = create_app(ServerConfig(rules=str(rules_file), operator_routes=False))
-    with TestClient(app) as c:
+def test_operator_routes_are_off_without_a_token(rules_file: Path):
+    app = create_app(ServerConfig(rules=str(rules_file)))
+    with TestClient(app, headers=AUTH) as c:  # whatever token a client sends: there is none to match
         assert c.get("/metrics").status_code == 404
         assert c.post("/v1/queues/Billing", json={}).status_code == 404
         assert c.post("/v1/admin/reload").status_code == 404
@@ -282,7 +292,7 @@ def test_reload_keeps_state_and_refuses_a_bad_ruleset(client: TestClient, rules_
     r = client.post("/v1/admin/reload")
     assert r.status_code == 200 and r.json()["previous"]["version"] == before
     assert r.json()["version"] != before == offer["ruleset_version"]
-    assert client.post(f"/v1/offers/{offer['offer_id']}/accept").status_code == 200  # offers survive a reload
+    assert client.post(f"/v1/offers/{offer['offer_id']}/accept", json=owner(offer)).status_code == 200  # survived
 
     rules_file.write_text("name: broken\nrules: [{name: x}]\n")
     body = refused(client.post("/v1/admin/reload"), 422, None)
@@ -296,15 +306,15 @@ def test_trusted_clients_may_set_ts(rules_file: Path):
     with TestClient(app) as c:
         d = c.post("/v1/observe", json=event(ts=T0 + 5)).json()
         assert d["ts"] == T0 + 5
-        assert c.post(f"/v1/offers/{d['offer_id']}/accept", json={"ts": T0 + 6}).json()["ts"] == T0 + 6
+        assert c.post(f"/v1/offers/{d['offer_id']}/accept", json=owner(d, ts=T0 + 6)).json()["ts"] == T0 + 6
 
 
 # --------------------------------------------------------------------------- the demo's Pega stand-in server
 
 
 def test_demo_pega_endpoints(rules_file: Path):
-    app = create_app(ServerConfig(rules=str(rules_file), demo=True))
-    with TestClient(app, raise_server_exceptions=False) as c:
+    app = create_app(ServerConfig(rules=str(rules_file), demo=True, operator_token=TOKEN))
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         assert c.get("/", follow_redirects=False).headers["location"] == "/demo/"
         page = c.get("/demo/bill-payment.html")
         assert page.status_code == 200 and "<script>" not in page.text and " on" not in page.text.split("<body")[0]
@@ -325,6 +335,7 @@ def test_demo_pega_endpoints(rules_file: Path):
         refused(c.post("/demo/pega/work", json={"queue": "Billing", "metadata": {"pxResults": [{"Name": 1}]}}),
                 400, "metadata.pxResults[0]")
         refused(c.post("/demo/pega/work", json={"queue": "Billing", "metadata": {}}), 400, "metadata")
+        refused(c.post("/demo/pega/work", json={"queue": "__proto__", "metadata": {"pxResults": []}}), 400, "queue")
         listed = c.get("/demo/pega/work").json()
         assert listed["queues"] == ["Billing", "Support"]
         assert listed["items"][0]["metadata"] == {"pxResults": pairs}
@@ -337,7 +348,7 @@ def test_demo_pega_endpoints(rules_file: Path):
 def test_serve_reloads_on_sighup(tmp_path: Path):
     rules = write_rules(tmp_path / "rules.yaml")
     with ServeProcess(["--rules", str(rules), "--log", str(tmp_path / "log.sqlite")],
-                      log_file=tmp_path / "serve.out") as srv:
+                      log_file=tmp_path / "serve.out", operator_token=TOKEN) as srv:
         before = httpx.get(srv.url + "/healthz").json()["version"]
         d = httpx.post(srv.url + "/v1/observe", json=event()).json()
         assert d["action"] == "offer"
@@ -347,8 +358,8 @@ def test_serve_reloads_on_sighup(tmp_path: Path):
         while httpx.get(srv.url + "/healthz").json()["version"] == before:
             assert time.monotonic() < deadline, "SIGHUP did not reload the ruleset"
             time.sleep(0.05)
-        assert httpx.post(srv.url + f"/v1/offers/{d['offer_id']}/decline").json()["status"] == "declined"
-        metrics = httpx.get(srv.url + "/metrics").text
+        assert httpx.post(srv.url + f"/v1/offers/{d['offer_id']}/decline", json=owner(d)).json()["status"] == "declined"
+        metrics = httpx.get(srv.url + "/metrics", headers=srv.auth).text
         assert 'pcrules_reloads_total{result="ok"} 1.0' in metrics
     out = (tmp_path / "serve.out").read_text()
     assert "reloaded (SIGHUP)" in out and "Traceback" not in out
@@ -401,14 +412,14 @@ def test_serving_a_bundle_and_reloading_the_one_published_next(tmp_path: Path):
 
     out = tmp_path / "published"
     first = publish(write_rules(tmp_path / "v1.yaml"), None, out)
-    with TestClient(create_app(ServerConfig(bundle=str(out)))) as c:
+    with TestClient(create_app(ServerConfig(bundle=str(out), operator_token=TOKEN)), headers=AUTH) as c:
         v1 = c.get("/healthz").json()["version"]
         offer = c.post("/v1/observe", json=event()).json()
         assert offer["action"] == "offer" and offer["ruleset_version"] == v1
         second = publish(write_rules(tmp_path / "v2.yaml", decline_cooldown_s=30), None, out)
         r = c.post("/v1/admin/reload").json()
         assert r["source"] == f"bundle {second.name}" != f"bundle {first.name}" and r["version"] != v1
-        assert c.post(f"/v1/offers/{offer['offer_id']}/decline").status_code == 200
+        assert c.post(f"/v1/offers/{offer['offer_id']}/decline", json=owner(offer)).status_code == 200
         (second / "rules.yaml").write_text("tampered: true\n")  # a bundle that fails verification is refused
         body = refused(c.post("/v1/admin/reload"), 422, None)
         assert body["error"] == "invalid_bundle" and "rules.yaml" in body["message"], body

@@ -5,6 +5,7 @@ Nothing here is used by the server itself.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -107,14 +108,25 @@ class RedisServer:
 
 
 class ServeProcess:
-    """`python -m pcrules serve ...` on a free port, with PYTHONPATH pointing at this checkout."""
+    """`python -m pcrules serve ...` on a free port, with PYTHONPATH pointing at this checkout.
+
+    `operator_token` goes to the server as $PCRULES_OPERATOR_TOKEN (`.auth` is then the header that carries it);
+    `config`, a dict of ServerConfig fields, as $PCRULES_SERVER_CONFIG (e.g. {"address_rate": None} for a load
+    test from one loopback address).
+    """
 
     def __init__(self, args: Sequence[str] = (), port: int | None = None, env: dict | None = None,
-                 python: str = sys.executable, log_file: str | os.PathLike | None = None):
+                 python: str = sys.executable, log_file: str | os.PathLike | None = None,
+                 operator_token: str | None = None, config: dict | None = None):
         self.port = port or free_port()
         self.args = list(args)
         self.python = python
         self.env = {**os.environ, **(env or {})}
+        self.operator_token = operator_token
+        if operator_token is not None:
+            self.env["PCRULES_OPERATOR_TOKEN"] = operator_token
+        if config is not None:
+            self.env["PCRULES_SERVER_CONFIG"] = json.dumps(config)
         path = self.env.get("PYTHONPATH", "")
         self.env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
         self.log_file = log_file
@@ -124,6 +136,11 @@ class ServeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict:
+        """The operator routes' header (empty without a token)."""
+        return {"Authorization": f"Bearer {self.operator_token}"} if self.operator_token else {}
 
     def start(self, timeout: float = 30.0) -> "ServeProcess":
         self._out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL

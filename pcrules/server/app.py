@@ -1,18 +1,19 @@
 """The reference chat-server integration: an ASGI app (Starlette) around one :class:`pcrules.Runtime`.
 
-Public routes (what a browser on the customer's site calls)::
+Public routes (what a browser on the customer's site calls: anyone on the internet can)::
 
     POST /v1/observe                     an event in, a decision out
-    POST /v1/offers/{id}/accept          the visitor's answer (also /decline, /expire)
+    POST /v1/offers/{id}/accept          the visitor's answer (also /decline, /expire), body
+                                         {"visitor_id": ..., "session_id": ...}: the offer's own visitor and session
     GET  /static/pcrules.js              the browser snippet
     GET  /healthz                        200 when the runtime and its store answer, else 503
 
-Operator routes (``operator_routes``; kept apart so that they can be moved behind
-authentication or onto another listener)::
+Operator routes, only with an ``operator_token`` (``$PCRULES_OPERATOR_TOKEN``), which each request
+sends as ``Authorization: Bearer <token>`` (401 without it, 403 when wrong)::
 
     POST /v1/queues/{name}               {"agents_available": 3, "estimated_wait_s": 40}
     POST /v1/admin/reload                reload the configured ruleset or bundle (also SIGHUP)
-    GET  /metrics                        Prometheus text
+    GET  /metrics                        Prometheus text (without the token when ``metrics_public``)
 
 With ``demo`` the demo site is served too (``pcrules.server.demo``).
 
@@ -20,6 +21,8 @@ Every refusal is JSON ``{"error": code, "message": ..., "field": ...}`` with a
 4xx status naming the field at fault; a store outage is a 503 with the same
 shape; bodies are JSON objects of at most ``max_body_bytes``. The event time
 is the server's clock: a client cannot choose ``ts`` unless ``trust_client_ts``.
+What guards the public routes (rate limits, CORS, answers bound to their
+visitor, pseudonymous visitor ids): :mod:`pcrules.server.security` and README "Security".
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import contextlib
 import functools
 import json
 import logging
+import math
+import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,8 +54,11 @@ from ..runtime import Runtime
 from ..spec import load_spec
 from ..stores import MemoryStore
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
+from .security import (MIN_TOKEN_CHARS, OPERATOR_TOKEN_ENV, VISITOR_ID_KEY_ENV, ClientAddress, OperatorAuth,
+                       OriginPolicy, RateLimiter, check_origin)
 
-__all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", "STATIC_DIR", "DEMO_RULES"]
+__all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", "STATIC_DIR", "DEMO_RULES",
+           "config_from_env", "security_summary"]
 
 log = logging.getLogger("pcrules.server")
 
@@ -82,10 +90,56 @@ class ServerConfig:
     log_path: str | None = None       # the SQLite decision log; none without it
     max_body_bytes: int = 16 * 1024
     trust_client_ts: bool = False     # accept `ts` from clients (replays, server-to-server); never for browsers
-    operator_routes: bool = True
+    # The operator routes' bearer token (>= 16 characters; $PCRULES_OPERATOR_TOKEN). Without it they are not served.
+    operator_token: str | None = field(default=None, repr=False)
+    metrics_public: bool = False      # serve /metrics without the token (a scraper on a private network)
+    # With a key (>= 16 bytes; $PCRULES_VISITOR_ID_KEY) the log and the store hold a keyed hash of each visitor id.
+    visitor_id_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the public routes; none by default
+    # Token buckets on the public routes, per process: requests/s and burst per visitor id and per client
+    # address (None: no limit). Behind a proxy list it in trusted_proxies, else every client has its address.
+    visitor_rate: float | None = 1.0
+    visitor_burst: int = 30
+    address_rate: float | None = 50.0
+    address_burst: int = 1000
+    trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
+    rate_limit_keys: int = 100_000    # buckets kept per limiter (least recently used dropped first)
     # Run the runtime on a worker thread instead of the event loop. Off by default: measured, the thread hand-off
     # costs more CPU than it saves even with Redis (whose waits are a few round trips of well under a millisecond).
     offload: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("operator_token", "visitor_id_key"):
+            value = getattr(self, name)
+            if value == "":
+                setattr(self, name, None)
+            elif value is not None and (not isinstance(value, str) or len(value.encode()) < MIN_TOKEN_CHARS):
+                problems.append(f"{name}: expected a secret of at least {MIN_TOKEN_CHARS} characters")
+        if self.operator_token is not None and (self.operator_token != self.operator_token.strip()
+                                                or any(c.isspace() for c in self.operator_token)):
+            problems.append("operator_token: must not contain spaces (it is sent in an Authorization header)")
+        for name in ("cors_origins", "trusted_proxies"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            setattr(self, name, tuple(value or ()))
+        try:
+            self.cors_origins = tuple(check_origin(o) for o in self.cors_origins)
+            ClientAddress(self.trusted_proxies)
+        except ValueError as exc:
+            problems.append(str(exc))
+        for rate, burst in (("visitor_rate", "visitor_burst"), ("address_rate", "address_burst")):
+            r, b = getattr(self, rate), getattr(self, burst)
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf):
+                problems.append(f"{rate}: expected a number of requests per second > 0, or null for no limit")
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                problems.append(f"{burst}: expected an integer >= 1")
+        if isinstance(self.rate_limit_keys, bool) or not isinstance(self.rate_limit_keys, int) \
+                or self.rate_limit_keys < 1:
+            problems.append("rate_limit_keys: expected an integer >= 1")
+        if problems:
+            raise ValueError("server configuration refused: " + "; ".join(problems))
 
     def rules_path(self) -> Path:
         if self.rules:
@@ -96,10 +150,50 @@ class ServerConfig:
         return f"bundle {self.bundle}" if self.bundle else f"rules {self.rules_path()}"
 
 
+def config_from_env(config: ServerConfig | None = None, environ: Any = None) -> ServerConfig:
+    """`config` (else the JSON object in $PCRULES_SERVER_CONFIG, else the defaults) with the secrets in the
+    environment: $PCRULES_OPERATOR_TOKEN and $PCRULES_VISITOR_ID_KEY win over the configured ones."""
+    env = os.environ if environ is None else environ
+    if config is None:
+        raw = env.get(CONFIG_ENV)
+        config = ServerConfig(**json.loads(raw)) if raw else ServerConfig()
+    secrets = {name: env.get(var) for name, var in (("operator_token", OPERATOR_TOKEN_ENV),
+                                                   ("visitor_id_key", VISITOR_ID_KEY_ENV)) if env.get(var)}
+    return replace(config, **secrets) if secrets else config
+
+
+def security_summary(config: ServerConfig) -> list[str]:
+    """What `pcrules serve` says at start-up about who may call what (never a secret)."""
+    out = []
+    if config.operator_token:
+        out.append("operator routes (/v1/queues, /v1/admin/reload, /metrics): on, each request needs "
+                   "'Authorization: Bearer <operator token>'"
+                   + ("; /metrics is public (metrics_public)" if config.metrics_public else ""))
+    else:
+        out.append(f"operator routes (/v1/queues, /v1/admin/reload{'' if config.metrics_public else ', /metrics'}): "
+                   f"OFF, no operator token; set {OPERATOR_TOKEN_ENV} to a secret of at least {MIN_TOKEN_CHARS} "
+                   f"characters to serve them" + ("; /metrics is public (metrics_public)" if config.metrics_public
+                                                  else ""))
+
+    def limit(rate: float | None, burst: int) -> str:
+        return "no limit" if rate is None else f"{rate:g}/s, bursts of {burst}"
+
+    proxies = ", ".join(config.trusted_proxies) or "none"
+    out.append(f"rate limits per worker: per visitor {limit(config.visitor_rate, config.visitor_burst)}; per address "
+               f"{limit(config.address_rate, config.address_burst)} (trusted proxies: {proxies})")
+    out.append("CORS: " + (", ".join(config.cors_origins) if config.cors_origins
+                           else "none (only this server's own pages may post; set cors_origins to allow a site)"))
+    out.append("visitor ids: " + ("pseudonymised with a keyed hash" if config.visitor_id_key
+                                  else f"logged as sent (set {VISITOR_ID_KEY_ENV} to pseudonymise)"))
+    return out
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None, **extra: Any):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None, *,
+                 headers: dict | None = None, **extra: Any):
         super().__init__(message)
         self.status, self.error, self.message, self.field, self.extra = status, error, message, field, extra
+        self.headers = headers
 
 
 def _json(payload: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -107,8 +201,9 @@ def _json(payload: Any, status: int = 200, headers: dict | None = None) -> Respo
     return Response(json.dumps(payload).encode(), status, headers, media_type="application/json")
 
 
-def decision_body(d: Any) -> dict:
-    """What POST /v1/observe answers (built by hand: this is the hot path)."""
+def decision_body(d: Any, visitor_id: str | None = None) -> dict:
+    """What POST /v1/observe answers (built by hand: this is the hot path). `visitor_id`: the id as the client
+    sent it, when the decision holds its pseudonym (which the visitor has no use for)."""
     offer = d.offer_id is not None and d.action == "offer"
     return {
         "action": d.action.value, "reason": None if d.reason is None else d.reason.value,
@@ -116,7 +211,7 @@ def decision_body(d: Any) -> dict:
         "metadata": dict(d.metadata) if offer else {}, "default_ui": d.default_ui,
         "expires_at": d.expires_at if offer else None, "recheck_after": d.recheck_after,
         "js_call": d.js_call if offer else None,
-        "visitor_id": d.visitor_id, "session_id": d.session_id, "ts": d.ts, "ruleset": d.ruleset,
+        "visitor_id": visitor_id or d.visitor_id, "session_id": d.session_id, "ts": d.ts, "ruleset": d.ruleset,
         "ruleset_version": d.ruleset_version,
     }
 
@@ -143,6 +238,16 @@ class Service:
                                                                   else type(store).__name__)
         self.offload = bool(config.offload)
         self.demo: Any = None
+        self.pseudonymised = config.visitor_id_key is not None
+        self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
+        self.client_address = ClientAddress(config.trusted_proxies)
+        keys = config.rate_limit_keys
+        self.visitor_limit = (None if config.visitor_rate is None else
+                              RateLimiter("per_visitor", config.visitor_rate, config.visitor_burst, max_keys=keys))
+        self.address_limit = (None if config.address_rate is None else
+                              RateLimiter("per_address", config.address_rate, config.address_burst, max_keys=keys))
+        # Failed operator logins per address: 20, then one every 10 s (the token itself is far beyond guessing).
+        self.auth_failures = RateLimiter("operator_auth", 0.1, 20, max_keys=10_000)
 
     @classmethod
     def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> "Service":
@@ -156,6 +261,8 @@ class Service:
         else:
             store = MemoryStore()
         log_ = MetricsLog(metrics, inner)
+        if config.visitor_id_key is not None:
+            runtime_kwargs.setdefault("visitor_id_key", config.visitor_id_key)
         try:
             if config.bundle:
                 runtime = Runtime.from_bundle(config.bundle, log=log_, store=store, **runtime_kwargs)
@@ -295,18 +402,76 @@ def _check_ts(svc: Service, body: dict) -> None:
                        field="ts")
 
 
+# --------------------------------------------------------------------------- rate limits and the operator token
+
+
+def _throttle(limiter: RateLimiter, key: str, who: str) -> None:
+    wait = limiter.hit(key)
+    if wait:
+        seconds = max(1, math.ceil(wait))
+        raise ApiError(429, "rate_limited", f"too many requests {who}: at most {limiter.describe()}; retry after "
+                                            f"{seconds} s", None, headers={"retry-after": str(seconds)},
+                       limit=limiter.name, retry_after_s=seconds)
+
+
+def _limit_address(svc: Service, request: Request) -> None:
+    if svc.address_limit is not None:
+        _throttle(svc.address_limit, svc.client_address(request.scope), "from this address")
+
+
+def _limit_visitor(svc: Service, visitor_id: Any) -> None:
+    # An id the runtime will refuse anyway is not worth a bucket.
+    if svc.visitor_limit is not None and visitor_id.__class__ is str and 0 < len(visitor_id) <= 128:
+        _throttle(svc.visitor_limit, visitor_id, "for this visitor")
+
+
+def _authorize(svc: Service, request: Request) -> None:
+    """The operator token, or 401 (none sent) / 403 (wrong) / 429 (too many failures from this address)."""
+    assert svc.operator_auth is not None
+    where = svc.client_address(request.scope)
+    wait = svc.auth_failures.peek(where)
+    if wait:
+        seconds = max(1, math.ceil(wait))
+        raise ApiError(429, "rate_limited", f"too many failed operator requests from this address; retry after "
+                                            f"{seconds} s", None, headers={"retry-after": str(seconds)},
+                       limit=svc.auth_failures.name, retry_after_s=seconds)
+    problem = svc.operator_auth.check(request.headers.get("authorization"))
+    if problem is None:
+        return
+    svc.auth_failures.hit(where)
+    if problem == "missing":
+        raise ApiError(401, "unauthorized", "authorization: an operator route; send 'Authorization: Bearer <operator "
+                                            "token>'", "authorization",
+                       headers={"www-authenticate": 'Bearer realm="pcrules operator"'})
+    raise ApiError(403, "forbidden", "authorization: the operator token is not right", "authorization")
+
+
+def _operator(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    @functools.wraps(handler)
+    async def guarded(request: Request) -> Response:
+        _authorize(_svc(request), request)
+        return await handler(request)
+
+    return guarded
+
+
 # --------------------------------------------------------------------------- public routes
 
 
 async def observe(request: Request) -> Response:
     start = time.perf_counter()
     svc = _svc(request)
+    _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes)
     _check_ts(svc, body)
+    _limit_visitor(svc, body.get("visitor_id"))
     decision = await svc.call(svc.runtime.observe, body)
-    response = _json(decision_body(decision))
+    response = _json(decision_body(decision, body["visitor_id"] if svc.pseudonymised else None))
     svc.metrics.latency.observe(time.perf_counter() - start)
     return response
+
+
+OWNER = ("visitor_id", "session_id")
 
 
 async def answer(request: Request) -> Response:
@@ -315,11 +480,18 @@ async def answer(request: Request) -> Response:
     if what not in ANSWERS:
         raise ApiError(404, "not_found", f"answer: expected one of {', '.join(ANSWERS)}, got {what[:32]!r}",
                        field="answer")
+    _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes, required=False)
-    _only(body, ("ts",) if svc.config.trust_client_ts else ())
+    _only(body, (*OWNER, "ts") if svc.config.trust_client_ts else OWNER)
+    for name in OWNER:  # the offer's own visitor and session: anyone else's answer is refused as "not found"
+        if name not in body:
+            raise ApiError(400, "invalid_body", f"{name}: required: the {name.split('_')[0]}'s id, as sent to "
+                                                f"/v1/observe", field=name)
+    _limit_visitor(svc, body["visitor_id"])
     runtime = svc.runtime
     fn = {"accept": runtime.accept, "decline": runtime.decline, "expire": runtime.expire}[what]
-    outcome = await svc.call(fn, request.path_params["offer_id"], _ts(svc, body))
+    outcome = await svc.call(functools.partial(fn, request.path_params["offer_id"], _ts(svc, body),
+                                               visitor_id=body["visitor_id"], session_id=body["session_id"]))
     return _json({"offer_id": outcome.offer_id, "status": outcome.status.value, "ts": outcome.ts,
                   "queue": outcome.queue, "rule": outcome.rule})
 
@@ -339,7 +511,9 @@ async def healthz(request: Request) -> Response:
         try:
             await svc.call(ping)
         except PcrulesError as exc:
-            out.update(status="unavailable", error=str(exc))
+            log.warning("healthz: %s", exc)
+            code = str(getattr(exc, "code", "error"))
+            out.update(status="unavailable", error=STORE_TROUBLE.get(code, "the shared state store failed"))
             return _json(out, 503, {"retry-after": "1"})
     return _json(out)
 
@@ -378,12 +552,17 @@ def public_routes() -> list[Route]:
     ]
 
 
-def operator_routes() -> list[Route]:
-    return [
-        Route("/v1/queues/{name}", queue_status, methods=["POST"]),
-        Route("/v1/admin/reload", reload, methods=["POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
+def operator_routes(config: ServerConfig) -> list[Route]:
+    """Only with an operator token (each request must carry it); /metrics also without one if metrics_public."""
+    routes = []
+    if config.operator_token:
+        routes += [Route("/v1/queues/{name}", _operator(queue_status), methods=["POST"]),
+                   Route("/v1/admin/reload", _operator(reload), methods=["POST"])]
+    if config.metrics_public:
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
+    elif config.operator_token:
+        routes.append(Route("/metrics", _operator(metrics), methods=["GET"]))
+    return routes
 
 
 # --------------------------------------------------------------------------- errors
@@ -399,7 +578,13 @@ def _error_response(request: Request, status: int, error: str, message: str, fie
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error_response(request, exc.status, exc.error, exc.message, exc.field, **exc.extra)
+    return _error_response(request, exc.status, exc.error, exc.message, exc.field, exc.headers, **exc.extra)
+
+
+# What a client is told when the shared store fails: no addresses, ids or driver text (those go to the log).
+STORE_TROUBLE = {"store_unavailable": "the shared state store (Redis) is unavailable",
+                 "store_busy": "this session is busy with another request",
+                 "lock_lost": "the session's lock expired before the request finished"}
 
 
 async def _pcrules_error(request: Request, exc: Exception) -> Response:
@@ -419,9 +604,11 @@ async def _pcrules_error(request: Request, exc: Exception) -> Response:
     code = str(getattr(exc, "code", "error"))
     if code.startswith(("store_", "lock_")):
         log.warning("%s", exc)
-        return _error_response(request, 503, code, f"{exc}; retry shortly", None,
-                               {"retry-after": "1"})
-    return _error_response(request, 503, code, str(exc), None, {"retry-after": "1"})
+        return _error_response(request, 503, code, f"{STORE_TROUBLE.get(code, 'the shared state store failed')}; "
+                                                   f"retry shortly", None, {"retry-after": "1"})
+    log.warning("%s on %s %s", exc, request.method, request.url.path)
+    return _error_response(request, 503, code, "the server cannot answer this now; retry shortly", None,
+                           {"retry-after": "1"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -463,9 +650,7 @@ def create_app(config: ServerConfig | None = None, *, service: Service | None = 
     """The ASGI app. `runtime_kwargs` (clock, new_offer_id) go to the Runtime (tests)."""
     config = config or ServerConfig()
     svc = service or Service.build(config, **runtime_kwargs)
-    routes: list[Any] = public_routes()
-    if config.operator_routes:
-        routes += operator_routes()
+    routes: list[Any] = public_routes() + operator_routes(config)
     if config.demo:
         from .demo import DemoPega, demo_routes
 
@@ -490,7 +675,12 @@ def create_app(config: ServerConfig | None = None, *, service: Service | None = 
         ApiError: _api_error, PcrulesError: _pcrules_error, HTTPException: _http_error, Exception: _internal_error,
     })
     app.state.service = svc
-    app.add_middleware(SecurityHeaders)
+
+    def refused(status: int, error: str) -> None:
+        svc.metrics.errors.labels(str(status), error).inc()
+
+    app.add_middleware(OriginPolicy, origins=config.cors_origins, on_refusal=refused)
+    app.add_middleware(SecurityHeaders)  # the outermost: on every answer, the refusals above included
     return app
 
 
@@ -500,9 +690,6 @@ async def _reload_on_signal(svc: Service) -> None:
 
 
 def app_from_env() -> Starlette:
-    """Factory for uvicorn worker processes: the configuration comes as JSON in $PCRULES_SERVER_CONFIG."""
-    import os
-
-    raw = os.environ.get(CONFIG_ENV)
-    config = ServerConfig(**json.loads(raw)) if raw else ServerConfig()
-    return create_app(config)
+    """Factory for uvicorn worker processes: the configuration comes as JSON in $PCRULES_SERVER_CONFIG, the
+    secrets also from $PCRULES_OPERATOR_TOKEN / $PCRULES_VISITOR_ID_KEY."""
+    return create_app(config_from_env())

@@ -95,6 +95,8 @@ async def create_work(request: Request) -> Response:
     body = await read_json(request, MAX_BODY)
     _only(body, ("queue", "metadata"))
     queue = _text("queue", body.get("queue"), 128)
+    if queue not in _demo(request).queues():  # as Pega: no work item for a queue it does not have
+        raise ApiError(400, "invalid_body", f"queue: no queue {queue[:64]!r}", field="queue")
     metadata = body.get("metadata")
     if not isinstance(metadata, dict) or not isinstance(metadata.get("pxResults"), list):
         raise ApiError(400, "invalid_body", "metadata: expected {\"pxResults\": [{\"Name\": ..., \"Value\": ...}]}",

@@ -11,22 +11,48 @@ import tempfile
 from dataclasses import asdict
 
 from ..errors import PcrulesError
-from .app import CONFIG_ENV, ServerConfig, Service, create_app
+from .app import CONFIG_ENV, ServerConfig, Service, config_from_env, create_app, security_summary
 
 __all__ = ["main", "config_from_args"]
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
+def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> ServerConfig:
+    """The command line over $PCRULES_SERVER_CONFIG (a JSON object of ServerConfig fields: rate limits,
+    cors_origins, trusted_proxies, metrics_public ...), with the secrets from $PCRULES_OPERATOR_TOKEN and
+    $PCRULES_VISITOR_ID_KEY. ValueError / TypeError name what is wrong."""
+    env = os.environ if environ is None else environ
+    raw = env.get(CONFIG_ENV, "").strip()
+    try:
+        base = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${CONFIG_ENV}: not valid JSON ({exc.msg})") from None
+    if not isinstance(base, dict):
+        raise ValueError(f"${CONFIG_ENV}: expected a JSON object of server settings")
+    if args.rules or args.bundle:
+        base.pop("rules", None)
+        base.pop("bundle", None)
+    given = {"rules": args.rules, "bundle": args.bundle, "redis_url": args.redis, "log_path": args.log}
+    base.update({k: v for k, v in given.items() if v is not None})
+    if args.demo:
+        base["demo"] = True
     # Tuning knob: PCRULES_OFFLOAD=1 runs the runtime on a worker thread instead of the event loop (see ServerConfig).
-    offload = os.environ.get("PCRULES_OFFLOAD", "").strip() == "1"
-    return ServerConfig(rules=args.rules, bundle=args.bundle, demo=args.demo, redis_url=args.redis,
-                        log_path=args.log, offload=offload)
+    if env.get("PCRULES_OFFLOAD", "").strip() == "1":
+        base["offload"] = True
+    try:
+        config = ServerConfig(**base)
+    except TypeError as exc:
+        raise ValueError(f"${CONFIG_ENV}: {exc}".replace("ServerConfig.__init__() ", "")) from None
+    return config_from_env(config, env)
 
 
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     workers = max(1, int(getattr(args, "workers", 1) or 1))
     if workers > 1 and not config.redis_url:
         print("error: --workers > 1 needs --redis URL: in-memory state is not shared between processes",
@@ -38,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:  # load everything once here, so that a bad ruleset or bundle stops us before uvicorn starts
         service = Service.build(config)
-    except (PcrulesError, OSError) as exc:
+    except (PcrulesError, OSError, ValueError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
     spec = service.runtime.spec
@@ -46,6 +72,8 @@ def main(args: argparse.Namespace) -> int:
     store = f"redis {config.redis_url}" if config.redis_url else "in memory (this process)"
     print(f"pcrules serve: ruleset {spec.name!r} ({spec.version}) from {config.describe_source()}; state {store}; "
           f"decision log {config.log_path or 'off'}; {workers} worker(s) on {where}", flush=True)
+    for line in security_summary(config):
+        print(line, flush=True)
     if config.redis_url:
         try:
             service.runtime.store.ping()  # type: ignore[attr-defined]

@@ -206,11 +206,21 @@
     if (current.own && current.own.parentNode) current.own.parentNode.removeChild(current.own);
     if (state.offer === current) state.offer = null;
     state.answered = (state.answered || []).concat([{ id: current.id, answer: what }]);
-    return post("/offers/" + encodeURIComponent(current.id) + "/" + what, {}, keepalive).then(function (r) {
-      state.lastAnswer = { answer: what, status: r.status };
-      if (what === "accept") { stop("session", "in_chat"); return; }
-      ask();  // the server decides what comes next (a cooldown, the session's limit ...)
-    }, function () { state.errors++; });
+    // The offer's own visitor and session: the server refuses an answer from anyone else.
+    var path = "/offers/" + encodeURIComponent(current.id) + "/" + what;
+    var owner = { visitor_id: visitorId, session_id: sessionId };
+    function send(retried) {
+      return post(path, owner, keepalive).then(function (r) {
+        if ((r.status === 429 || r.status === 503) && !retried && !keepalive) {  // once more, when the server says
+          var wait = Math.min(10, Number(r.data.retry_after_s) || 1);
+          return new Promise(function (done) { setTimeout(done, wait * 1000); }).then(function () { return send(true); });
+        }
+        state.lastAnswer = { answer: what, status: r.status };
+        if (what === "accept") { stop("session", "in_chat"); return; }
+        ask();  // the server decides what comes next (a cooldown, the session's limit ...)
+      }, function () { state.errors++; });
+    }
+    return send(false);
   }
 
   // With defaultUI false Pega shows nothing: the page draws its own prompt and calls accept() / decline().

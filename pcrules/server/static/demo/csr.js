@@ -45,7 +45,7 @@
 
   function render(data) {
     var queues = document.getElementById("queues");
-    var byQueue = {};
+    var byQueue = Object.create(null);  // no prototype: a queue named "__proto__" or "constructor" is just a name
     data.queues.forEach(function (q) { byQueue[q] = []; });
     var others = [];
     data.items.forEach(function (item) {
