@@ -118,7 +118,7 @@ def breakdown(spec: pcrules.RuleSpec, events: list[dict], log_path: Path) -> dic
     runtime = pcrules.Runtime(spec, scorer=SCORER, log=pcrules.SQLiteDecisionLog(log_path))
     active_spec, matcher, scorer = runtime._active
     stages: dict[str, list[int]] = {"validate": [], "score": [], "match (durable_rules)": [],
-                                    "decide + state": [], "log (SQLite commit)": []}
+                                    "decide + state": [], "log (journal append)": []}
     clock = time.perf_counter_ns
     for ev in events:
         t0 = clock()

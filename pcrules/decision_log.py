@@ -1,24 +1,33 @@
 """The decision log: every decision and every offer outcome, appended as it happens.
 
-The default sink is a SQLite file in WAL mode with one autocommitted INSERT
-per record: a decision is on disk before the runtime returns it, so a process
-killed with SIGKILL right after loses nothing (a power cut may lose the last
-few, as ``synchronous=NORMAL`` allows). The schema is documented in
+The default sink is a SQLite file in WAL mode. Each record is first appended
+to a per-process journal (see :mod:`pcrules.log_journal`: one ``write(2)``, in
+the kernel's hands before the runtime returns, so a process killed with SIGKILL
+right after loses nothing; a power cut may lose the last few, as with SQLite's
+``synchronous=NORMAL``) and reaches the SQLite tables in batches, one
+transaction every ``flush_every_s`` on a background thread. Readers of the
+file see a record within that interval; :meth:`SQLiteDecisionLog.flush` makes
+it immediate. A journal left by a killed process is moved into the tables by
+the next process that opens the log. The schema is documented in
 ``data/README.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import logging
 import sqlite3
 import threading
 import time
 import weakref
+from itertools import groupby
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .decision import Decision, Outcome
+from .log_journal import Journal, orphans, read_records
 
 __all__ = ["DecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -74,6 +83,10 @@ CREATE TABLE IF NOT EXISTS goals (
     logged_at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS goals_visitor ON goals (visitor_id, session_id);
+CREATE TABLE IF NOT EXISTS log_journals (
+    file            TEXT PRIMARY KEY,   -- a journal in <log>.pending/ (internal)
+    ingested        INTEGER NOT NULL    -- bytes of it already in the tables above
+);
 CREATE TABLE IF NOT EXISTS rulesets (
     id              INTEGER PRIMARY KEY,
     name            TEXT NOT NULL,
@@ -92,6 +105,12 @@ _INSERT_OUTCOME = (
     "INSERT INTO outcomes (offer_id, status, ts, visitor_id, session_id, rule, queue, offered_at, ruleset,"
     " ruleset_version, logged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
+_INSERT_GOAL = "INSERT INTO goals (ts, visitor_id, session_id, goal, value, logged_at) VALUES (?,?,?,?,?,?)"
+_INSERT_RULESET = "INSERT INTO rulesets (name, version, activated_at, spec) VALUES (?,?,?,?)"
+# A journal record is (table, row); the table as a small int keeps each record short.
+DECISION, OUTCOME, GOAL, RULESET = range(4)
+_dumps_text = json.JSONEncoder(ensure_ascii=False).encode  # built once: dumps(ensure_ascii=False) builds one per call
+_INSERTS = (_INSERT_DECISION, _INSERT_OUTCOME, _INSERT_GOAL, _INSERT_RULESET)
 
 
 @runtime_checkable
@@ -100,88 +119,178 @@ class DecisionLog(Protocol):
     def record_outcome(self, outcome: Outcome) -> None: ...
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None: ...
     def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
-def _checkpoint_loop(path: Path, stop: threading.Event, every_s: float) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA busy_timeout=5000")
-    try:
-        while not stop.wait(every_s):
+def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
+    # Consecutive records of one table go in one executemany; the order within each table is kept.
+    for table, group in groupby(records, key=lambda r: r[0]):
+        db.executemany(_INSERTS[table], [row for _, row in group])
+
+
+class _Sink:
+    """The journal, the pending records and the SQLite connection, shared with the background thread.
+
+    Kept apart from SQLiteDecisionLog so the thread holds no reference to the log: a log dropped without
+    close() is still collected, and its finaliser stops the thread.
+    """
+
+    def __init__(self, path: Path, wal_pages: int, rotate_bytes: int):
+        self.path = path
+        self.lock = threading.Lock()          # journal + pending: held for microseconds by every record_*
+        self.flush_lock = threading.Lock()    # one flush at a time
+        self.rotate_bytes = rotate_bytes
+        self.pending: list[tuple[int, tuple]] = []
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA page_size=1024")  # only takes effect on a new file
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
+        self.directory = path.with_name(path.name + ".pending")
+        self.recovered = self._recover()
+        self.journal: Journal | None = Journal(self.directory)
+        self.failures = 0
+
+    def _recover(self) -> int:
+        """Move the journals of dead writers into the tables; the number of records moved."""
+        moved = 0
+        for journal_path, fd in orphans(self.directory):
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:  # a busy reader: the next round catches up
-                log.warning("decision log checkpoint failed; retrying", exc_info=True)
-    finally:
-        db.close()
+                row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?", (journal_path.name,)).fetchone()
+                records, end = read_records(journal_path, row[0] if row else 0)
+                self._commit(records, journal_path.name, end)
+                journal_path.unlink(missing_ok=True)
+                self.db.execute("DELETE FROM log_journals WHERE file = ?", (journal_path.name,))
+                moved += len(records)
+            finally:
+                os.close(fd)
+        if moved:
+            log.warning("decision log %s: recovered %d record(s) a stopped process had journaled", self.path, moved)
+        return moved
+
+    def _commit(self, records: list[tuple[int, tuple]], journal_name: str, end: int) -> None:
+        """The records and how far their journal is ingested, in one transaction: a crash repeats nothing."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _insert(db, records)
+            db.execute("INSERT INTO log_journals (file, ingested) VALUES (?, ?) "
+                       "ON CONFLICT (file) DO UPDATE SET ingested = excluded.ingested", (journal_name, end))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def append(self, table: int, row: tuple) -> None:
+        with self.lock:
+            if self.journal is None:
+                raise RuntimeError(f"decision log {self.path} is closed")
+            self.journal.append((table, row))
+            self.pending.append((table, row))
+
+    def flush(self, *, final: bool = False) -> None:
+        with self.flush_lock:
+            with self.lock:
+                journal = self.journal
+                if journal is None:
+                    return
+                batch, self.pending = self.pending, []
+                end = journal.offset
+                retire = final or end >= self.rotate_bytes
+                if retire:  # later records go to a fresh journal, so this one can be removed once committed
+                    self.journal = None if final else Journal(self.directory)
+            try:
+                if batch or retire:
+                    self._commit(batch, journal.name, end)
+            except BaseException:
+                with self.lock:  # keep them for the next attempt, ahead of anything recorded meanwhile
+                    self.pending[:0] = batch
+                    if retire and not final:
+                        self.journal.close(remove=False)  # type: ignore[union-attr]
+                        self.journal = journal
+                    elif final:
+                        self.journal = journal
+                raise
+            if retire:
+                journal.close(remove=True)
+                self.db.execute("DELETE FROM log_journals WHERE file = ?", (journal.name,))
+
+    def checkpoint(self) -> None:
+        with self.flush_lock:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _background(sink: _Sink, stop: threading.Event, flush_every_s: float, checkpoint_every_s: float) -> None:
+    last_checkpoint = time.monotonic()
+    while not stop.wait(flush_every_s):
+        try:
+            sink.flush()
+            if time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                sink.checkpoint()
+                last_checkpoint = time.monotonic()
+        except Exception:  # a busy or full disk: the records stay journaled and pending; the next round retries
+            sink.failures += 1
+            log.warning("decision log %s: moving records into SQLite failed; retrying", sink.path, exc_info=True)
 
 
 class SQLiteDecisionLog:
-    """The default decision log.
+    """The default decision log (see the module docstring for how a record reaches the file).
 
-    Checkpoints (copying the WAL back into the database, with an fsync of
-    each) mostly run on a background thread with its own connection, not
-    inside the INSERT that happens to cross the threshold. The writer keeps a
-    (large) automatic checkpoint of its own, because only a checkpoint that
-    completes between two writes lets the WAL start over: without it the WAL
-    grew by gigabytes under steady load. Small pages (1 KiB) keep each
-    commit's WAL write small.
+    Checkpoints (copying the WAL back into the database) run on the same
+    background thread, not inside a write that happens to cross the
+    threshold. Small pages (1 KiB) keep each commit's WAL write small.
     """
 
-    def __init__(self, path: str | Path, *, checkpoint_every_s: float = 0.25, wal_pages: int = 4000):
+    def __init__(self, path: str | Path, *, flush_every_s: float = 0.05, checkpoint_every_s: float = 0.25,
+                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # isolation_level=None: every INSERT commits on its own, before the caller sees the decision.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA page_size=1024")  # only takes effect on a new file
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
+        self._sink = _Sink(self.path, wal_pages, rotate_bytes)
+        self._append = self._sink.append
         self._stop = threading.Event()
-        # The thread holds no reference to self, so a log dropped without close() is still collected.
-        self._checkpointer = threading.Thread(target=_checkpoint_loop, args=(self.path, self._stop, checkpoint_every_s),
-                                              name="pcrules-log-checkpoint", daemon=True)
-        self._checkpointer.start()
+        self._thread = threading.Thread(target=_background, args=(self._sink, self._stop, flush_every_s,
+                                                                  checkpoint_every_s),
+                                        name="pcrules-log-writer", daemon=True)
+        self._thread.start()
         weakref.finalize(self, self._stop.set)
 
+    @property
+    def recovered(self) -> int:
+        """Records a stopped process had journaled, moved into the tables when this log opened."""
+        return self._sink.recovered
+
     def record_decision(self, d: Decision) -> None:
-        metadata = json.dumps(dict(d.metadata), ensure_ascii=False) if d.metadata else None
-        row = (d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action.value,
-               d.reason.value if d.reason else None, d.rule, d.queue, d.score, d.offer_id, int(d.holdout),
-               d.expires_at, d.recheck_after, metadata, d.ruleset, d.ruleset_version, time.time())
-        with self._lock:
-            self._db.execute(_INSERT_DECISION, row)
+        metadata = _dumps_text(d.metadata) if d.metadata else None
+        self._append(DECISION, (d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action.value,
+                                d.reason.value if d.reason else None, d.rule, d.queue, d.score, d.offer_id,
+                                int(d.holdout), d.expires_at, d.recheck_after, metadata, d.ruleset,
+                                d.ruleset_version, time.time()))
 
     def record_outcome(self, o: Outcome) -> None:
-        row = (o.offer_id, o.status.value, o.ts, o.visitor_id, o.session_id, o.rule, o.queue, o.offered_at,
-               o.ruleset, o.ruleset_version, time.time())
-        with self._lock:
-            self._db.execute(_INSERT_OUTCOME, row)
+        self._append(OUTCOME, (o.offer_id, o.status.value, o.ts, o.visitor_id, o.session_id, o.rule, o.queue,
+                               o.offered_at, o.ruleset, o.ruleset_version, time.time()))
 
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO goals (ts, visitor_id, session_id, goal, value, logged_at) VALUES (?,?,?,?,?,?)",
-                (ts, visitor_id, session_id, goal, value, time.time()),
-            )
+        self._append(GOAL, (ts, visitor_id, session_id, goal, value, time.time()))
 
     def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO rulesets (name, version, activated_at, spec) VALUES (?,?,?,?)",
-                (name, version, ts, json.dumps(spec, default=str, ensure_ascii=False)),
-            )
+        self._append(RULESET, (name, version, ts, json.dumps(spec, default=str, ensure_ascii=False)))
+
+    def flush(self) -> None:
+        """Everything recorded so far is in the SQLite tables when this returns."""
+        self._sink.flush()
 
     def close(self) -> None:
         self._stop.set()
-        self._checkpointer.join(timeout=10)
-        with self._lock:
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                pass
-            self._db.close()
+        self._thread.join(timeout=30)
+        sink = self._sink
+        try:
+            sink.flush(final=True)
+            with contextlib.suppress(sqlite3.Error):
+                sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            sink.db.close()

@@ -113,9 +113,14 @@ def validate_event(raw: Any, clock: Callable[[], float]) -> Event:
             raise InvalidEvent(name, "required")
     if len(raw) > len(REQUIRED) + 1 + MAX_EXTRA_FIELDS:
         raise InvalidEvent("event", f"too many fields ({len(raw)}; at most {MAX_EXTRA_FIELDS} besides the required ones)")
-    visitor_id = check_id("visitor_id", raw["visitor_id"])
-    session_id = check_id("session_id", raw["session_id"])
-    page = _text("page", raw["page"], MAX_PAGE)
+    visitor_id, session_id, page = raw["visitor_id"], raw["session_id"], raw["page"]
+    if not (visitor_id.__class__ is str and session_id.__class__ is str and page.__class__ is str
+            and 0 < len(visitor_id) <= MAX_ID and 0 < len(session_id) <= MAX_ID and 0 < len(page) <= MAX_PAGE
+            and not CONTROL.search(visitor_id + session_id + page)):
+        # One check of the three in the usual case; field by field to name the culprit otherwise.
+        visitor_id = check_id("visitor_id", visitor_id)
+        session_id = check_id("session_id", session_id)
+        page = _text("page", page, MAX_PAGE)
     seconds = _number("seconds_on_page", raw["seconds_on_page"], upper=MAX_SECONDS)
     ts_raw = raw.get("ts")
     ts = clock() if ts_raw is None else parse_ts(ts_raw)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import html
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
@@ -304,9 +304,8 @@ def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: Visitor
 def answer(spec: RuleSpec, session: SessionState, visitor: VisitorState, status: OfferStatus,
            ts: float) -> tuple[SessionState, VisitorState]:
     """State after the visitor's answer to the session's pending offer (or its expiry)."""
-    session = replace(session, pending=None)
-    if status == OfferStatus.ACCEPTED:
-        session = replace(session, in_chat=True)
-    elif status == OfferStatus.DECLINED:
-        visitor = replace(visitor, cooldown_until=max(visitor.cooldown_until, ts + spec.policy.decline_cooldown_s))
+    session = SessionState(session.offers_made, None, session.in_chat or status == OfferStatus.ACCEPTED,
+                           session.last_seen)
+    if status == OfferStatus.DECLINED:
+        visitor = VisitorState(max(visitor.cooldown_until, ts + spec.policy.decline_cooldown_s))
     return session, visitor

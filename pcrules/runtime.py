@@ -113,6 +113,13 @@ class Runtime:
         old.close()
         return new_spec
 
+    def flush(self) -> None:
+        """Make everything logged so far readable in the decision log's file (it is already crash-safe)."""
+        if self._log is not None:
+            flush = getattr(self._log, "flush", None)
+            if flush is not None:
+                flush()
+
     def close(self) -> None:
         self._active[1].close()
         if self._log is not None:

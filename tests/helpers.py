@@ -81,7 +81,10 @@ def holdout_ids(share: float, prefix: str = "v", n: int = 1) -> list[str]:
     return [v for v in (f"{prefix}{i}" for i in range(10_000)) if in_holdout(v, share)][:n]
 
 
-def row_counts(path: str | Path) -> dict[str, int]:
+def row_counts(path: str | Path, rt: Runtime | None = None) -> dict[str, int]:
+    """Rows per table of the log at `path`; with `rt`, after flushing what it logged into the file."""
+    if rt is not None:
+        rt.flush()
     with sqlite3.connect(path) as db:
         return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("decisions", "outcomes", "goals", "rulesets")}

@@ -98,6 +98,7 @@ def test_threads_owning_sessions_that_share_visitors_match_a_sequential_run(tmp_
     assert sum(tally(expected).values()) == len(sessions) * 8
     assert tally(expected)[("offer", None)] > 50 and tally(expected)[("none", "holdout")] > 10
     # and the log has exactly the decisions the threads were given
+    log.flush()
     with sqlite3.connect(log.path) as db:
         logged = Counter(db.execute("SELECT action, reason FROM decisions").fetchall())
         offer_ids = {r[0] for r in db.execute("SELECT offer_id FROM decisions WHERE offer_id IS NOT NULL")}
@@ -123,6 +124,7 @@ def test_threads_hammering_the_same_sessions_make_one_offer_each(tmp_path):
     per_session = Counter(d.session_id for d in got if d.action == Action.OFFER)
     assert sorted(per_session) == sorted(sessions) and set(per_session.values()) == {1}
     assert len({d.offer_id for d in got if d.offer_id}) == len(sessions)
+    log.flush()
     with sqlite3.connect(log.path) as db:
         assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == len(got)
 
@@ -150,6 +152,7 @@ def test_threads_answering_while_others_observe(tmp_path):
 
     answered = run_threads(work)
     assert sum(answered) == len(offers)
+    log.flush()
     with sqlite3.connect(log.path) as db:
         statuses = Counter(r[0] for r in db.execute("SELECT status FROM outcomes"))
     assert statuses == Counter({"accepted": 100, "declined": 100})

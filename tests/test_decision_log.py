@@ -73,7 +73,8 @@ def test_every_decision_printed_before_sigkill_is_in_the_database(tmp_path):
     assert len(printed) >= 400, proc.stderr.read()
     assert proc.returncode == -signal.SIGKILL
 
-    with sqlite3.connect(path) as db:  # opening recovers the WAL the dead writer left behind
+    SQLiteDecisionLog(path).close()  # opening the log moves the dead writer's journal into the tables
+    with sqlite3.connect(path) as db:
         rows = {r[0]: (r[1], r[2] or "-") for r in
                 db.execute("SELECT session_id, action, offer_id FROM decisions")}
     missing = [p for p in printed if rows.get(p[0]) != (p[1], p[2])]
@@ -102,6 +103,7 @@ def test_decision_rows_hold_what_was_decided(tmp_path):
     offer = rt.observe(ev(seconds=301, ts=T0))
     wait = rt.observe(ev(visitor="v2", seconds=100, ts=T0 + 1))
     none = rt.observe(ev(visitor="v3", page="Home", seconds=5, ts=T0 + 2))
+    rt.flush()
     with sqlite3.connect(log.path) as db:
         db.row_factory = sqlite3.Row
         rows = [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
@@ -132,6 +134,7 @@ def test_outcomes_table_gets_accepted_declined_and_expired_rows(tmp_path):
     rt.decline(d.offer_id, ts=T0 + 6)
     rt.expire(e.offer_id, ts=T0 + 7)
     rt.observe(ev(visitor="other", session="o", page="Home", seconds=1, ts=T0 + 60))  # expires x automatically
+    rt.flush()
     with sqlite3.connect(log.path) as db:
         rows = db.execute("SELECT offer_id, status, ts, visitor_id, session_id, rule, queue, offered_at, ruleset"
                           " FROM outcomes ORDER BY id").fetchall()
@@ -149,9 +152,11 @@ def test_reload_is_recorded(tmp_path):
     rt = make_runtime(log=log)
     rt.reload({"name": "second", "queues": {"Billing": {}},
                "rules": [{"name": "r", "when": {"page": "Home"}, "offer": {"queue": "Billing"}}]})
+    rt.flush()
     with sqlite3.connect(log.path) as db:
         assert [r[0] for r in db.execute("SELECT name FROM rulesets ORDER BY id")] == ["test", "second"]
     d = rt.observe(ev(page="Home", seconds=1))
+    rt.flush()
     with sqlite3.connect(log.path) as db:
         assert db.execute("SELECT ruleset FROM decisions").fetchall() == [("second",)]
     assert d.ruleset == "second"
@@ -169,7 +174,104 @@ def test_wal_stays_bounded_under_sustained_writes(tmp_path):
     log = SQLiteDecisionLog(path, wal_pages=500)
     for i in range(20_000):
         log.record_decision(Decision(Action.NONE, Reason.NO_RULE, f"v{i}", "s", 1000.0 + i, "Home", 1.0, "r", "x"))
+        if i % 50 == 0:
+            log.flush()  # many small transactions, as under steady load
     wal = os.path.getsize(f"{path}-wal")
     log.close()
     # 500 pages of 1 KiB, plus what was written while the last checkpoint ran
     assert wal < 2_000_000, f"WAL grew to {wal:,} bytes"
+
+
+# ----------------------------------------------------------------------------- the journal in front of SQLite
+
+JOURNAL_CHILD = r"""
+import os, signal, sys
+from pcrules import SQLiteDecisionLog
+from pcrules.decision import Action, Decision, Reason
+log = SQLiteDecisionLog(sys.argv[1], flush_every_s=3600)  # nothing moves to SQLite on its own
+first, later = int(sys.argv[2]), int(sys.argv[3])
+for i in range(first + later):
+    if i == first:
+        log.flush()
+    log.record_decision(Decision(Action.NONE, Reason.NO_RULE, f"v{i}", "s", 1000.0 + i, "Home", 1.0, "r", "x"))
+log.record_goal("v0", "s", "bill_paid", 2000.0, 12.5)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_writer(path, first, later):
+    proc = subprocess.run([sys.executable, "-c", JOURNAL_CHILD, str(path), str(first), str(later)],
+                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def table(path, sql):
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_records_only_journaled_when_the_writer_was_killed_are_recovered_once(tmp_path):
+    path = tmp_path / "log.sqlite"
+    killed_writer(path, first=30, later=70)  # 30 committed to SQLite, 70 + 1 goal only in the journal
+    assert table(path, "SELECT count(*) FROM decisions") == [(30,)]
+    log = SQLiteDecisionLog(path)
+    assert log.recovered == 71
+    log.close()
+    assert [r[0] for r in table(path, "SELECT visitor_id FROM decisions ORDER BY id")] == [f"v{i}" for i in range(100)]
+    assert table(path, "SELECT goal, value FROM goals") == [("bill_paid", 12.5)]
+    # reopening again repeats nothing, and nothing is left behind
+    again = SQLiteDecisionLog(path)
+    assert again.recovered == 0
+    again.close()
+    assert table(path, "SELECT count(*) FROM decisions") == [(100,)]
+    assert not list((tmp_path / "log.sqlite.pending").glob("*.journal"))
+    assert table(path, "SELECT count(*) FROM log_journals") == [(0,)]
+
+
+def test_a_torn_tail_ends_the_recovery_without_losing_the_whole_records(tmp_path):
+    path = tmp_path / "log.sqlite"
+    killed_writer(path, first=0, later=10)
+    (journal,) = (tmp_path / "log.sqlite.pending").glob("*.journal")
+    with open(journal, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x01\x02")  # a record header whose payload never made it
+    log = SQLiteDecisionLog(path)
+    log.close()
+    assert log.recovered == 11 and table(path, "SELECT count(*) FROM decisions") == [(10,)]
+
+
+def test_a_live_writers_journal_is_never_taken_by_another_opener(tmp_path):
+    path = tmp_path / "log.sqlite"
+    live = SQLiteDecisionLog(path, flush_every_s=3600)
+    live.record_decision(pcrules.decision.Decision(Action.NONE, pcrules.Reason.NO_RULE, "v", "s", 1.0, "Home", 1.0,
+                                                   "r", "x"))
+    other = SQLiteDecisionLog(path)  # a second worker on the same file
+    assert other.recovered == 0
+    other.close()
+    assert table(path, "SELECT count(*) FROM decisions") == [(0,)]  # still only journaled, and still the live one's
+    live.close()
+    assert table(path, "SELECT count(*) FROM decisions") == [(1,)]
+
+
+def test_journals_rotate_and_every_record_arrives_once(tmp_path):
+    path = tmp_path / "log.sqlite"
+    log = SQLiteDecisionLog(path, flush_every_s=3600, rotate_bytes=2_000)
+    for i in range(500):
+        log.record_decision(pcrules.decision.Decision(Action.NONE, pcrules.Reason.NO_RULE, f"v{i}", "s", float(i),
+                                                      "Home", 1.0, "r", "x"))
+        if i % 20 == 0:
+            log.flush()
+    assert len(list((tmp_path / "log.sqlite.pending").glob("*.journal"))) == 1  # old ones removed once committed
+    log.close()
+    assert [r[0] for r in table(path, "SELECT visitor_id FROM decisions ORDER BY id")] == [f"v{i}" for i in range(500)]
+    assert not list((tmp_path / "log.sqlite.pending").glob("*"))
+
+
+def test_records_reach_the_file_on_their_own_within_the_flush_interval(tmp_path):
+    path = tmp_path / "log.sqlite"
+    log = SQLiteDecisionLog(path, flush_every_s=0.02)
+    log.record_goal("v", "s", "bill_paid", 1.0, None)
+    deadline = time.monotonic() + 10
+    while table(path, "SELECT count(*) FROM goals") != [(1,)]:
+        assert time.monotonic() < deadline, "the background writer never moved the record"
+        time.sleep(0.01)
+    log.close()

@@ -246,6 +246,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def log_holds_every_decision_and_outcome(self):
+        self.log.flush()
         with sqlite3.connect(self.log.path) as db:
             rows = db.execute("SELECT action, reason, offer_id FROM decisions ORDER BY id").fetchall()
             outcomes = db.execute("SELECT offer_id, status FROM outcomes").fetchall()

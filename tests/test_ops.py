@@ -26,6 +26,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -305,12 +306,19 @@ def test_reading_a_log_while_the_runtime_writes_it(tmp_path: Path) -> None:
     with Runtime(load_spec(spec_dict()), log=SQLiteDecisionLog(path)) as runtime:
         runtime.observe({"visitor_id": "v1", "session_id": "s1", "page": "Bill Payment", "seconds_on_page": 301,
                          "ts": T})
+        runtime.flush()
         with ops.open_log(path) as conn:
             assert ops.offer_counts(conn).offers == 1
         runtime.observe({"visitor_id": "v2", "session_id": "s2", "page": "Bill Payment", "seconds_on_page": 301,
                          "ts": T + 1})
-        with ops.open_log(path) as conn:
-            assert ops.offer_counts(conn).offers == 2
+        # without a flush, the log's background writer makes it visible within its interval (50 ms)
+        deadline = time.monotonic() + 10
+        while True:
+            with ops.open_log(path) as conn:
+                if ops.offer_counts(conn).offers == 2:
+                    break
+            assert time.monotonic() < deadline, "the second decision never reached the file"
+            time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- the live ruleset

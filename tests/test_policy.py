@@ -242,6 +242,7 @@ def test_holdout_visitor_gets_none_holdout_logged_and_occupying_the_session(tmp_
     # ... then it counts against max_offers_per_session (2): a second would-be offer, then max_offers
     assert rt.observe(ev(visitor=hv, seconds=361, ts=T0 + 61)).reason == Reason.HOLDOUT
     assert rt.observe(ev(visitor=hv, seconds=422, ts=T0 + 122)).reason == Reason.MAX_OFFERS
+    log.flush()
     with sqlite3.connect(log.path) as db:
         rows = db.execute("SELECT action, reason, holdout, rule, queue, offer_id, expires_at, metadata FROM decisions"
                           " WHERE visitor_id = ? ORDER BY id", (hv,)).fetchall()

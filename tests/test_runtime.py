@@ -19,7 +19,8 @@ from pcrules import (Action, InvalidEvent, OfferClosed, OfferNotFound, OfferStat
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
 
 
-def outcomes(path):
+def outcomes(rt, path):
+    rt.flush()
     with sqlite3.connect(path) as db:
         return db.execute("SELECT offer_id, status, ts FROM outcomes ORDER BY id").fetchall()
 
@@ -39,17 +40,17 @@ def test_a_later_event_of_another_session_expires_the_offer(logged):
     rt, path = logged
     d = rt.observe(ev(seconds=301, ts=T0))  # expires at T0 + 60
     rt.observe(ev(visitor="v2", session="x", page="Home", seconds=1, ts=T0 + 59))
-    assert outcomes(path) == []
+    assert outcomes(rt, path) == []
     assert rt.store.offer(d.offer_id).status == OfferStatus.OFFERED
     rt.observe(ev(visitor="v2", session="x", page="Home", seconds=2, ts=T0 + 60))
-    assert outcomes(path) == [(d.offer_id, "expired", T0 + 60)]
+    assert outcomes(rt, path) == [(d.offer_id, "expired", T0 + 60)]
     assert rt.store.offer(d.offer_id).status == OfferStatus.EXPIRED
     # the session is free again (max 2 per session): no offer_pending
     assert rt.observe(ev(seconds=400, ts=T0 + 100)).action == Action.OFFER
     # a late accept is refused and changes nothing more
     with pytest.raises(OfferClosed):
         rt.accept(d.offer_id, ts=T0 + 101)
-    assert len(outcomes(path)) == 1
+    assert len(outcomes(rt, path)) == 1
 
 
 def test_a_late_answer_closes_the_offer_as_expired(logged):
@@ -58,10 +59,10 @@ def test_a_late_answer_closes_the_offer_as_expired(logged):
     # no other event has arrived, but by event time the offer ran out at T0 + 60
     with pytest.raises(OfferClosed, match="expired"):
         rt.accept(d.offer_id, ts=T0 + 60)
-    assert outcomes(path) == [(d.offer_id, "expired", T0 + 60)]
+    assert outcomes(rt, path) == [(d.offer_id, "expired", T0 + 60)]
     with pytest.raises(OfferClosed):
         rt.decline(d.offer_id, ts=T0 + 61)
-    assert len(outcomes(path)) == 1
+    assert len(outcomes(rt, path)) == 1
     # not treated as a decline: no cooldown
     assert rt.observe(ev(session="s2", seconds=301, ts=T0 + 62)).action == Action.OFFER
 
@@ -71,7 +72,7 @@ def test_answer_just_in_time(logged):
     d = rt.observe(ev(seconds=301, ts=T0))
     out = rt.accept(d.offer_id, ts=T0 + 59.999)
     assert (out.status, out.ts, out.rule, out.queue, out.offered_at) == (OfferStatus.ACCEPTED, T0 + 59.999, "bill", "Billing", T0)
-    assert outcomes(path) == [(d.offer_id, "accepted", T0 + 59.999)]
+    assert outcomes(rt, path) == [(d.offer_id, "accepted", T0 + 59.999)]
 
 
 def test_explicit_expire_is_recorded_at_the_answer_time_and_frees_the_session(logged):
@@ -80,7 +81,7 @@ def test_explicit_expire_is_recorded_at_the_answer_time_and_frees_the_session(lo
     out = rt.expire(d.offer_id, ts=T0 + 10)
     assert out.status == OfferStatus.EXPIRED and out.ts == T0 + 10
     assert rt.observe(ev(seconds=320, ts=T0 + 20)).action == Action.OFFER
-    assert outcomes(path) == [(d.offer_id, "expired", T0 + 10)]
+    assert outcomes(rt, path) == [(d.offer_id, "expired", T0 + 10)]
 
 
 def test_expiry_is_by_event_time_not_wall_clock(tmp_path):
@@ -100,13 +101,13 @@ def test_expiry_is_by_event_time_not_wall_clock(tmp_path):
 def test_unknown_offer_raises_and_changes_nothing(logged, verb):
     rt, path = logged
     d = rt.observe(ev(seconds=301, ts=T0))
-    before = (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path))
+    before = (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path, rt))
     for bad in ("nope", "", "x" * 500, None, 42):
         with pytest.raises(OfferNotFound) as info:
             getattr(rt, verb)(bad, ts=T0 + 1)
         assert isinstance(info.value, PcrulesError)
     assert "no offer with id 'nope'" in str(OfferNotFound("nope"))
-    assert (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path)) == before
+    assert (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path, rt)) == before
 
 
 @pytest.mark.parametrize("first", ["accept", "decline", "expire"])
@@ -115,24 +116,24 @@ def test_answering_a_closed_offer_raises_and_changes_nothing(logged, first, verb
     rt, path = logged
     d = rt.observe(ev(seconds=301, ts=T0))
     getattr(rt, first)(d.offer_id, ts=T0 + 5)
-    before = (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path))
+    before = (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path, rt))
     with pytest.raises(OfferClosed) as info:
         getattr(rt, verb)(d.offer_id, ts=T0 + 6)
     assert info.value.status.startswith({"accept": "accepted", "decline": "declined", "expire": "expired"}[first])
     assert d.offer_id in str(info.value)
-    assert (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path)) == before
+    assert (snapshot(rt, [d.offer_id], ["v1"]), row_counts(path, rt)) == before
 
 
 def test_invalid_event_changes_nothing(logged):
     rt, path = logged
     rt.observe(ev(seconds=301, ts=T0))
-    before = (snapshot(rt, [], ["v1"]), row_counts(path))
+    before = (snapshot(rt, [], ["v1"]), row_counts(path, rt))
     for bad, field in [({**ev(), "seconds_on_page": -1}, "seconds_on_page"), ({**ev(), "visitor_id": ""}, "visitor_id"),
                        ({**ev(), "ts": "yesterday"}, "ts"), ({**ev(), "pages_viewed": "7"}, "pages_viewed")]:
         with pytest.raises(InvalidEvent) as info:
             rt.observe(bad)
         assert info.value.field == field and isinstance(info.value, ValueError)
-    assert (snapshot(rt, [], ["v1"]), row_counts(path)) == before
+    assert (snapshot(rt, [], ["v1"]), row_counts(path, rt)) == before
 
 
 # ----------------------------------------------------------------------------- js_call and metadata escaping
@@ -226,6 +227,7 @@ def test_record_goal_is_logged_and_validated(logged):
         rt.record_goal("v1", "s1", "bill_paid", ts=T0, value=float("nan"))
     with pytest.raises(InvalidEvent):
         rt.record_goal("", "s1", "bill_paid", ts=T0)
+    rt.flush()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT visitor_id, session_id, goal, ts, value FROM goals").fetchall() == [
             ("v1", "s1", "bill_paid", T0, 12.5)]

@@ -29,7 +29,7 @@ def offered(tmp_path):
                                  {"visitor_id": "v2"}, {"session_id": "s2"}])
 def test_a_foreign_answer_is_refused_like_an_unknown_offer_and_changes_nothing(offered, answer, who):
     rt, d, path = offered
-    before, rows = snapshot(rt, [d.offer_id], ["v1", "v2"]), row_counts(path)
+    before, rows = snapshot(rt, [d.offer_id], ["v1", "v2"]), row_counts(path, rt)
     with pytest.raises(OfferNotFound) as foreign:
         getattr(rt, answer)(d.offer_id, ts=T0 + 1, **who)
     with pytest.raises(OfferNotFound) as unknown:
@@ -37,7 +37,7 @@ def test_a_foreign_answer_is_refused_like_an_unknown_offer_and_changes_nothing(o
     # the same kind of error either way: a guess cannot tell "exists, not yours" from "does not exist"
     assert type(foreign.value) is type(unknown.value) and str(foreign.value).replace(d.offer_id, "X") == \
         str(unknown.value).replace("no-such-offer", "X")
-    assert snapshot(rt, [d.offer_id], ["v1", "v2"]) == before and row_counts(path) == rows
+    assert snapshot(rt, [d.offer_id], ["v1", "v2"]) == before and row_counts(path, rt) == rows
     # the owner can still answer
     assert getattr(rt, answer)(d.offer_id, ts=T0 + 1, visitor_id="v1", session_id="s1").offer_id == d.offer_id
 

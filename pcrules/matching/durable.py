@@ -77,8 +77,26 @@ def _encode(value: Any) -> str:
 _EXPONENT = re.compile(r"\de[-+]")
 
 
+def _fact_encoder() -> Any:
+    """json.dumps(fact, ensure_ascii=False), built once: dumps() builds a new encoder on every call with that flag."""
+    from json.encoder import c_make_encoder, encode_basestring
+
+    if c_make_encoder is None:  # a Python without the C accelerator
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        return encode
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    chunks = c_make_encoder(None, refuse, encode_basestring, None, ": ", ", ", False, False, True)
+    return lambda fact: "".join(chunks(fact, 0))
+
+
+_dumps_fact = _fact_encoder()
+
+
 def _encode_fact(fact: Mapping[str, Any]) -> str:
-    payload = json.dumps(fact, ensure_ascii=False)  # the common case, at C speed
+    payload = _dumps_fact(fact)  # the common case, at C speed
     # Exponent notation shows as digit-e-sign; a string that merely looks like it costs only the slow path.
     return _encode(dict(fact)) if _EXPONENT.search(payload) else payload
 
