@@ -419,7 +419,8 @@ def test_no_wildcard_by_default_and_origins_are_checked():
     assert ServerConfig(cors_origins="https://a.example, http://b.example:8080").cors_origins == (
         "https://a.example", "http://b.example:8080")
     assert check_origin("HTTPS://Shop.Example.com:443") == "https://shop.example.com"
-    for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x", "https://user@x.example"):
+    for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x", "https://user@x.example",
+                "http://[::1", "https://x.example:99999"):
         with pytest.raises(ValueError, match="cors_origins"):
             ServerConfig(cors_origins=(bad,))
 

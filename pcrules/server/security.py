@@ -176,11 +176,15 @@ def check_origin(origin: str) -> str:
     text = str(origin).strip()
     if text == "*":
         return text
-    parts = urlsplit(text)
+    problem = ValueError(f"cors_origins: {text[:100]!r} is not an origin (scheme://host[:port], no path)")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise problem from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query \
             or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"cors_origins: {text[:100]!r} is not an origin (scheme://host[:port], no path)")
-    port = parts.port
+        raise problem
     default = {"http": 80, "https": 443}[parts.scheme]
     return f"{parts.scheme}://{parts.hostname}" + ("" if port in (None, default) else f":{port}")
 
@@ -188,13 +192,12 @@ def check_origin(origin: str) -> str:
 def _same_host(origin: str, host: str | None) -> bool:
     if not host:
         return False
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    default = {"http": 80, "https": 443}[parts.scheme]
-    try:
+    try:  # both come from the client: anything unparsable ("http://[::1", a port of 99999) is another site
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
         mine = urlsplit("//" + host)
-        their_port, my_port = parts.port or default, mine.port
+        their_port, my_port = parts.port or {"http": 80, "https": 443}[parts.scheme], mine.port
     except ValueError:
         return False
     if mine.hostname != parts.hostname:
