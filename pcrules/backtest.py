@@ -80,9 +80,10 @@ from .policy import (
     render_metadata,
 )
 from .spec import BOOL, NUMBER, STRING, RuleSpec, load_spec
+from .uplift import goal_effect
 
 __all__ = ["EventTable", "BacktestResult", "backtest", "compare", "batch_scores", "ANSWER_COLUMNS", "ACTIONS",
-           "REASONS", "OUTCOMES"]
+           "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects", "uplift_figures"]
 
 ANSWER_COLUMNS = ("response", "response_delay_s")  # recorded answers: not event fields
 ACTIONS = ("offer", "wait", "none", "refused")
@@ -592,6 +593,151 @@ def _scores_for(table: EventTable, spec: RuleSpec, scorer: Any, rows: np.ndarray
     return scores
 
 
+# ============================================================================================ offer effects
+
+
+EFFECT_COLUMNS = ("gain_if_accepted", "loss_if_not_accepted")
+
+
+class Effects:
+    """What an offer at each event would do to the visitor's goal probability, for expected uplift.
+
+    ``gain_if_accepted``: the absolute rise of the goal probability if the chat is accepted;
+    ``loss_if_not_accepted``: its absolute fall if the offer is declined or ignored (annoyance). An
+    offer's expected effect is ``p * gain - (1 - p) * loss`` (:func:`pcrules.uplift.goal_effect`) with
+    ``p`` its P(accept): the model's score, or the ground truth on a generated world.
+
+    Built by :func:`resolve_effects` from what a caller passes as ``effects=``: see there.
+    """
+
+    def __init__(self, table: EventTable, source: Any):
+        self.table = table
+        self._fn: Callable[[pd.DataFrame], Any] | None = None
+        self._gain: np.ndarray | None = None
+        self._loss: np.ndarray | None = None
+        n = table.n
+        if callable(source) and not isinstance(source, (pd.DataFrame, _MappingABC)):
+            self._fn = source
+            self.description = f"effects from {getattr(source, '__name__', type(source).__name__)}()"
+            return
+        if isinstance(source, str):
+            source = (source,)
+        if isinstance(source, (tuple, list)):
+            if not 1 <= len(source) <= 2 or not all(isinstance(c, str) for c in source):
+                raise ValueError("effects: give column names (gain_if_accepted[, loss_if_not_accepted]) of the "
+                                 f"events, got {source!r}")
+            missing = [c for c in source if c not in table.frame.columns]
+            if missing:
+                raise ValueError(f"effects: the events have no column {', '.join(map(repr, missing))}")
+            gain = table.frame[source[0]].to_numpy()
+            loss = table.frame[source[1]].to_numpy() if len(source) > 1 else np.zeros(n)
+            self._gain, self._loss = _effect_values(gain, loss, "effects")
+            self.description = f"effects from the columns {', '.join(source)}"
+            return
+        if isinstance(source, (pd.DataFrame, _MappingABC)):
+            if EFFECT_COLUMNS[0] not in source:
+                raise ValueError(f"effects: expected a column {EFFECT_COLUMNS[0]!r} (and optionally "
+                                 f"{EFFECT_COLUMNS[1]!r}), got {sorted(map(str, source.keys()))[:8]}")
+            gain = np.asarray(source[EFFECT_COLUMNS[0]], dtype=object).ravel()
+            loss = np.asarray(source[EFFECT_COLUMNS[1]], dtype=object).ravel() if EFFECT_COLUMNS[1] in source \
+                else np.zeros(len(gain))
+            if len(gain) != n or len(loss) != n:
+                raise ValueError(f"effects: expected one row per event ({n}), got {len(gain)}")
+            gain, loss = _effect_values(gain, loss, "effects")
+            if table.order is not None:  # given in the input's order; the table is in time order
+                gain, loss = gain[table.order], loss[table.order]
+            self._gain, self._loss = gain, loss
+            self.description = "effects given per event"
+            return
+        raise ValueError("effects: expected a frame with gain_if_accepted (and loss_if_not_accepted) per event, "
+                         f"column names, or a function of the events, got {type(source).__name__}")
+
+    def at(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(gain_if_accepted, loss_if_not_accepted) of `rows` (sorted positions of the table)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._fn is None:
+            return self._gain[rows], self._loss[rows]  # type: ignore[index]
+        if not len(rows):
+            return np.zeros(0), np.zeros(0)
+        frame = self.table.frame.iloc[rows].reset_index(drop=True)
+        out = self._fn(frame)
+        if isinstance(out, pd.DataFrame) or isinstance(out, _MappingABC):
+            if EFFECT_COLUMNS[0] not in out:
+                raise ValueError(f"effects: the function returned no {EFFECT_COLUMNS[0]!r}")
+            gain, loss = out[EFFECT_COLUMNS[0]], out[EFFECT_COLUMNS[1]] if EFFECT_COLUMNS[1] in out else 0.0
+        elif isinstance(out, tuple):
+            if len(out) != 2:
+                raise ValueError("effects: the function must return (gain_if_accepted, loss_if_not_accepted)")
+            gain, loss = out
+        else:
+            gain, loss = out, 0.0
+        gain = np.broadcast_to(np.asarray(gain, dtype=object).ravel() if np.ndim(gain) else gain, (len(rows),))
+        loss = np.broadcast_to(np.asarray(loss, dtype=object).ravel() if np.ndim(loss) else loss, (len(rows),))
+        return _effect_values(gain, loss, "effects (from the function)")
+
+
+def _effect_values(gain: Any, loss: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    out = []
+    for name, values in zip(EFFECT_COLUMNS, (gain, loss)):
+        arr = pd.to_numeric(pd.Series(np.asarray(values, dtype=object)), errors="coerce").to_numpy(
+            dtype=float, na_value=np.nan)
+        bad = ~((arr >= -1.0) & (arr <= 1.0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where}: {name} must be a change of a probability, a number in [-1, 1]; "
+                             f"{int(bad.sum())} value(s) are not, e.g. {np.asarray(values, dtype=object)[i]!r} "
+                             f"at row {i}")
+        out.append(arr)
+    return out[0], out[1]
+
+
+def resolve_effects(table: EventTable, effects: Any) -> Effects | None:
+    """``effects=`` of :func:`backtest`, the tuner and ``decision_value.tune`` against `table` (None: none).
+
+    * a DataFrame (or mapping of arrays) with ``gain_if_accepted`` and optionally ``loss_if_not_accepted``
+      (else 0), one row per event in the input's order: e.g. :func:`pcrules.world.event_effects`;
+    * column names of the events, ``(gain, loss)`` or ``gain`` alone (they are not event fields);
+    * a function of the events (a DataFrame of the rows it needs, the event columns) returning such a
+      frame, a ``(gain, loss)`` pair or the gains: an analyst's assumption, e.g. by page.
+    """
+    if effects is None:
+        return None
+    if isinstance(effects, Effects):
+        if effects.table is not table:
+            raise ValueError("effects: resolved against another events table")
+        return effects
+    return Effects(table, effects)
+
+
+def effect_columns(effects: Any) -> tuple[str, ...]:
+    """The event columns `effects` names (to keep them out of the event fields)."""
+    if isinstance(effects, str):
+        return (effects,)
+    if isinstance(effects, (tuple, list)) and all(isinstance(c, str) for c in effects):
+        return tuple(effects)
+    return ()
+
+
+def uplift_figures(prefix: str, p: np.ndarray | None, gain: np.ndarray | None, loss: np.ndarray | None,
+                   hold: np.ndarray, visitor: np.ndarray) -> dict[str, float | None]:
+    """The expected-uplift figures of a policy's offers (both arms, time order): ``{prefix}_uplift`` the
+    expected extra goals of the real offers (``pcrules.uplift.expected_uplift``), ``{prefix}_uplift_per_offer``
+    and ``{prefix}_uplift_itt``: each eligible visitor's first offer or would-be offer valued as if made,
+    over the eligible visitors, the intention-to-treat uplift the decision log's estimate measures. All
+    None when `p` or the effects are unknown: not available, never 0."""
+    from .uplift import expected_uplift
+
+    keys = (f"{prefix}_uplift", f"{prefix}_uplift_per_offer", f"{prefix}_uplift_itt")
+    if p is None or gain is None or loss is None:
+        return dict.fromkeys(keys)
+    p = np.nan_to_num(np.asarray(p, dtype=float))  # no score counts as no accept, as in expected accepts
+    real = ~hold
+    total = expected_uplift(p[real], gain[real], loss[real])
+    _, first = np.unique(visitor, return_index=True)
+    itt = expected_uplift(p[first], gain[first], loss[first])
+    return {keys[0]: total.expected_goals, keys[1]: total.per_offer, keys[2]: itt.uplift}
+
+
 # ============================================================================================ queue status
 
 
@@ -1085,8 +1231,19 @@ class BacktestResult:
     ``outcome`` (accepted / declined / expired, for offers) and ``answered_at``.
     ``offers``: one row per offer and would-be (holdout) offer; its ``score`` is
     the model's P(accept) there even where no rule needed it (the decisions'
-    ``score`` column shows what the runtime would log).
-    ``metrics``: the headline figures (see :meth:`summary`).
+    ``score`` column shows what the runtime would log). With ``effects``, also
+    ``gain_if_accepted``, ``loss_if_not_accepted`` and each offer's expected
+    effect on the goal probability, ``expected_effect`` (model) and
+    ``true_effect`` (truth); for a would-be offer, what it would have done.
+    ``metrics``: the headline figures (see :meth:`summary`). Expected uplift:
+    ``expected_uplift`` (extra goals the real offers cause, by the model's
+    P(accept)), ``expected_uplift_per_offer``, ``expected_uplift_itt`` (per
+    eligible visitor, valuing each one's first offer or would-be offer: what the
+    log's estimate measures; ``eligible_visitors`` of them) and the same with
+    ``true_expected_`` (the truth's P(accept)); None when not available (no
+    effects, no model, no truth), never 0. :meth:`uplift_by` breaks it down by
+    rule, page or queue; ``per_rule`` has ``expected_uplift`` /
+    ``true_expected_uplift`` columns when available.
     """
 
     spec: RuleSpec
@@ -1126,6 +1283,7 @@ class BacktestResult:
         for key in ("accepted", "declined", "expired"):
             share = m[key] / max(m["offers"], 1)
             lines.append(f"  {key:<17} {m[key]:>10,}   ({share:.1%} of offers, recorded answers)")
+        lines += self._uplift_lines()
         lines.append("decisions by action")
         lines += [f"  {a:<17} {c:>10,}" for a, c in m["actions"].items() if c]
         lines.append("no-offer reasons")
@@ -1139,13 +1297,55 @@ class BacktestResult:
         return "\n".join(lines)
 
 
+    def _uplift_lines(self) -> list[str]:
+        m = self.metrics
+        lines = []
+        for prefix, label, source in (("expected", "expected uplift", "model's P(accept)"),
+                                      ("true_expected", "true exp. uplift", "true P(accept)")):
+            goals = m.get(f"{prefix}_uplift")
+            if goals is None:
+                if prefix == "expected" or m.get("true_expected_accepts") is not None:
+                    why = ("no effects given (effects=...)" if m.get("effects") is None else
+                           "no model" if prefix == "expected" else "no truth")
+                    lines.append(f"{label:<19} not available: {why}")
+                continue
+            itt = m.get(f"{prefix}_uplift_itt")
+            per = m.get(f"{prefix}_uplift_per_offer")
+            lines.append(f"{label:<19} {goals:>+10,.1f}   extra goals ({'-' if per is None else f'{per:+.4f}'} per "
+                         f"offer; ITT {'-' if itt is None else f'{100 * itt:+.2f} pp'} over "
+                         f"{m['eligible_visitors']:,} eligible visitors; {source})")
+        return lines
+
+    def uplift_by(self, dimension: str = "rule", probability: str = "model") -> pd.DataFrame:
+        """Expected uplift of the real offers by ``rule``, ``page`` or ``queue``: offers, expected accepts and
+        extra goals (``expected_uplift``) and per offer, with the model's (``probability="model"``) or the true
+        (``"truth"``) P(accept). Raises ValueError when the backtest had no effects (or no such P(accept))."""
+        if dimension not in ("rule", "page", "queue"):
+            raise ValueError(f"dimension must be 'rule', 'page' or 'queue', got {dimension!r}")
+        if probability not in ("model", "truth"):
+            raise ValueError(f"probability must be 'model' or 'truth', got {probability!r}")
+        column = "expected_effect" if probability == "model" else "true_effect"
+        if column not in self.offers.columns:
+            why = ("the backtest was run without effects (pass effects=...)" if "gain_if_accepted" not in
+                   self.offers.columns else "there is no model" if probability == "model" else "there is no truth")
+            raise ValueError(f"expected uplift by {dimension} is not available: {why}")
+        real = self.offers[~self.offers["holdout"].to_numpy(dtype=bool)]
+        p = real["score"] if probability == "model" else real["truth"]
+        frame = pd.DataFrame({dimension: real[dimension].astype(object).to_numpy(),
+                              "p": np.nan_to_num(p.to_numpy(dtype=float)), "effect": real[column].to_numpy(float)})
+        g = frame.groupby(dimension, sort=True)
+        out = pd.DataFrame({"offers": g.size(), "expected_accepts": g["p"].sum(), "expected_uplift": g["effect"].sum()})
+        out["uplift_per_offer"] = out["expected_uplift"] / out["offers"]
+        return out
+
+
 def _distinct(codes: np.ndarray) -> int:
     codes = codes[codes >= 0]
     return int((np.bincount(codes) > 0).sum()) if len(codes) else 0
 
 
 def _metrics(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.ndarray, truth: np.ndarray | None,
-             offer_score: np.ndarray | None,
+             offer_score: np.ndarray | None, effects: Effects | None = None,
              ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     valid = table.valid
     vcode, skey, _ = table.keys()
@@ -1179,6 +1379,15 @@ def _metrics(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.ndarr
     metrics["actions"] = {a: int((judged.action == i).sum()) for i, a in enumerate(ACTIONS)}
     metrics["reasons"] = {r: int((judged.reason == i).sum()) for i, r in enumerate(REASONS)}
 
+    # Expected uplift: extra goals from the offers' effects, with the model's and the true P(accept).
+    gain, loss = effects.at(rows) if effects is not None else (None, None)
+    effect_model = offer_p if expected is not None else None
+    effect_truth = truth[rows] if truth is not None else None
+    metrics["eligible_visitors"] = _distinct(vcode[rows])
+    metrics.update(uplift_figures("expected", effect_model, gain, loss, hold, vcode[rows]))
+    metrics.update(uplift_figures("true_expected", effect_truth, gain, loss, hold, vcode[rows]))
+    metrics["effects"] = None if effects is None else effects.description
+
     # By rule: offers, would-be offers, expected and recorded answers, and the blocks that kept each rule back.
     names = [r.name for r in spec.rules]
     rule_of = judged.rule[real].astype(np.int64)
@@ -1189,6 +1398,12 @@ def _metrics(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.ndarr
         per_rule["expected_accepts"] = np.bincount(rule_of, weights=np.nan_to_num(real_p), minlength=len(names))
     if truth is not None:
         per_rule["true_expected"] = np.bincount(rule_of, weights=np.nan_to_num(truth[real]), minlength=len(names))
+    effect = {}
+    if gain is not None:
+        for column, p in (("expected_uplift", effect_model), ("true_expected_uplift", effect_truth)):
+            if p is not None:
+                effect[column] = goal_effect(np.nan_to_num(p), gain, loss)
+                per_rule[column] = np.bincount(rule_of, weights=effect[column][~hold], minlength=len(names))
     for label, code in (("accepted", _ACCEPT), ("declined", _DECLINE), ("expired", _NO_ANSWER)):
         per_rule[label] = np.bincount(rule_of[real_kind == code], minlength=len(names))
     blocked = (judged.action == _A_NONE) & (judged.reason >= 0) & (judged.rule >= 0)
@@ -1260,6 +1475,11 @@ def _metrics(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.ndarr
     })
     if truth is not None:
         offers["truth"] = truth[rows]
+    if gain is not None:
+        offers["gain_if_accepted"], offers["loss_if_not_accepted"] = gain, loss
+        for column, label in (("expected_uplift", "expected_effect"), ("true_expected_uplift", "true_effect")):
+            if column in effect:
+                offers[label] = effect[column]
     return metrics, per_rule, queue_hours, queue_load, offers
 
 
@@ -1273,7 +1493,7 @@ def _bar(progress: bool, total: int, desc: str, unit: str) -> Any:
 
 def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable | Sequence[Mapping],
              scorer: Any = None, *, queue_status: Any = None, engine: str = "fast", scores: str = "candidates",
-             truth: str | np.ndarray | pd.Series | None = None, metadata: bool = False,
+             truth: str | np.ndarray | pd.Series | None = None, effects: Any = None, metadata: bool = False,
              new_offer_id: Callable[[], str] | None = None, offer_id_prefix: str = "o",
              progress: bool = False) -> BacktestResult:
     """What `spec` (with `scorer`, the bundle's model) would have decided on `events`.
@@ -1287,6 +1507,10 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     only rows where the score can matter (other rows show no score),
     ``"all"`` every row, as the runtime logs it. ``truth``: a column name or
     array of true P(accept) per event (a generated world), summed over offers.
+    ``effects``: what an offer at each event would do to the goal probability
+    (:func:`resolve_effects`, e.g. ``pcrules.world.event_effects(world)``): then the
+    result reports the expected uplift (extra goals) with the model's and the true
+    P(accept); without effects those figures are None (not available).
     ``metadata``: also render each offer's metadata. Offer ids are
     ``offer_id_prefix`` + 1, 2, ... in order (or ``new_offer_id()``).
     """
@@ -1296,8 +1520,9 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     if scores not in ("candidates", "all"):
         raise ValueError(f"scores must be 'candidates' or 'all', got {scores!r}")
     spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
-    truth_exclude = (truth,) if isinstance(truth, str) else ()
+    truth_exclude = ((truth,) if isinstance(truth, str) else ()) + effect_columns(effects)
     table = events if isinstance(events, EventTable) else EventTable(events, exclude=truth_exclude)
+    resolved = resolve_effects(table, effects)
     bar = _bar(progress, 5, f"backtest {spec.name}", "step")
 
     def step(label: str) -> None:
@@ -1339,7 +1564,7 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     if scorer is not None:
         offer_score = _scores_for(table, spec, scorer, judged.offer_rows, False)[judged.offer_rows]
     metrics, per_rule, queue_hours, queue_load, offers = _metrics(spec, table, judged, score, truth_values,
-                                                                  offer_score)
+                                                                  offer_score, resolved)
     step("figures")
     decisions = _decisions(spec, table, judged, score)
     refusals = {table.index[table.order[i] if table.order is not None else i]: why
@@ -1408,7 +1633,9 @@ def _decisions(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.nda
 
 _COMPARED = ("events", "refused", "sessions", "offers", "offer_rate_per_session", "holdout", "expected_accepts",
              "expected_accept_rate", "true_expected_accepts", "true_expected_accept_rate", "accepted", "declined",
-             "expired", "recorded_accept_rate")
+             "expired", "recorded_accept_rate", "eligible_visitors", "expected_uplift", "expected_uplift_per_offer",
+             "expected_uplift_itt", "true_expected_uplift", "true_expected_uplift_per_offer",
+             "true_expected_uplift_itt")
 
 
 def compare(a: BacktestResult, b: BacktestResult, names: tuple[str, str] | None = None) -> pd.DataFrame:

@@ -10,6 +10,18 @@ of a probability: the model's score (what an analyst sees), or on a generated
 world the ground truth (:func:`world_truth`), which is how a tuned policy is
 judged honestly.
 
+An accepted chat is not the goal, though: did the offer make the visitor pay
+the bill, buy the plan, avoid the call? With ``effects`` (what an offer at an
+event does to the goal probability: ``gain_if_accepted``,
+``loss_if_not_accepted``; :func:`pcrules.world.event_effects` on a generated
+world, an analyst's assumption otherwise) an offer is worth its expected
+effect ``p * gain - (1 - p) * loss`` (:func:`pcrules.uplift.goal_effect`), and
+``objective="uplift"`` maximises the expected extra goals instead of accepts
+(``"value"``: goals, chats and offers in money; :meth:`Economics.coefficients`).
+Where the offers that are accepted most are not those that help most (on the
+generated world: a cart page's easy accepts vs a struggling visitor on a bill
+or support page), the two objectives choose differently.
+
 :func:`tune` chooses for every rule its *wait time* (``seconds_on_page >= W``)
 and *score threshold* (``score >= T``, or none), keeping the rule's other
 conditions. The search is coordinate ascent over a grid, one rule at a time
@@ -45,24 +57,59 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .backtest import BacktestResult, EventTable, _queue_blocks, _scores_for, backtest
+from .backtest import BacktestResult, EventTable, _queue_blocks, _scores_for, backtest, effect_columns, resolve_effects
 from .matching.vector import VectorMatcher
 from .policy import in_holdout
 from .spec import STRING, Condition, RuleSpec, load_spec, rule_tz
+from .uplift import goal_effect
 
-__all__ = ["Economics", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
+__all__ = ["Economics", "OBJECTIVES", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
            "compare_with_fixed_wait", "world_truth", "per_page_spec"]
 
 _TUNED = frozenset({"seconds_on_page", "minutes_on_page", "score"})
 
 
+OBJECTIVES = ("accepts", "uplift", "value")
+
+
 @dataclass(frozen=True)
 class Economics:
-    """What an accepted chat is worth and what showing an offer costs, in the same unit."""
+    """What an accepted chat and an extra goal are worth and what showing an offer costs, in one unit.
+
+    ``value_of_accept`` may be negative under the ``"value"`` objective: a chat that costs a CSR's time."""
 
     value_of_accept: float = 1.0
     cost_of_offer: float = 0.03
     respect_capacity: bool = True
+    value_of_goal: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("value_of_accept", "cost_of_offer", "value_of_goal"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+    def coefficients(self, objective: str) -> tuple[float, float, float]:
+        """(per expected accept, per expected extra goal, per offer) of the value `objective` maximises:
+
+        * ``"accepts"``: ``value_of_accept`` x expected accepts - ``cost_of_offer`` x offers (chats);
+        * ``"uplift"``: the expected extra goals the offers cause, nothing else (the annoyance of an offer
+          not accepted is already in its effect);
+        * ``"value"``: ``value_of_goal`` x extra goals + ``value_of_accept`` x accepts - ``cost_of_offer`` x offers.
+        """
+        if objective == "accepts":
+            return self.value_of_accept, 0.0, self.cost_of_offer
+        if objective == "uplift":
+            return 0.0, 1.0, 0.0
+        if objective == "value":
+            return self.value_of_accept, self.value_of_goal, self.cost_of_offer
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+    def value(self, objective: str, accepts: float, goals: float | None, offers: int) -> float:
+        a, g, c = self.coefficients(objective)
+        if g and goals is None:
+            raise ValueError(f"objective {objective!r} needs the expected uplift: run with effects=...")
+        return a * accepts + g * (goals or 0.0) - c * offers
 
 
 @dataclass(frozen=True)
@@ -107,15 +154,18 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def policy_value(result: BacktestResult, economics: Economics, probability: str = "score") -> dict[str, Any]:
-    """The value of a backtested policy: accepts x value - offers x cost, and whether every queue's capacity holds.
+def policy_value(result: BacktestResult, economics: Economics, probability: str = "score",
+                 objective: str = "accepts") -> dict[str, Any]:
+    """The value of a backtested policy under `objective` (:meth:`Economics.coefficients`; by default
+    accepts x value - offers x cost), and whether every queue's capacity holds.
 
-    ``probability``: ``"score"`` (the model's expected accepts) or ``"truth"`` (the
-    backtest's ``truth``).
+    ``probability``: ``"score"`` (the model's expected accepts and uplift) or ``"truth"`` (the
+    backtest's ``truth``). ``expected_uplift``: the expected extra goals, None when not available.
     """
     m = result.metrics
     accepts = m.get("expected_accepts") if probability == "score" else m.get("true_expected_accepts")
     accepts = 0.0 if accepts is None else float(accepts)
+    goals = m.get("expected_uplift") if probability == "score" else m.get("true_expected_uplift")
     offers = int(m["offers"])
     column = "score" if probability == "score" else "truth"
     peaks, over = {}, {}
@@ -127,8 +177,8 @@ def policy_value(result: BacktestResult, economics: Economics, probability: str 
         peak = float(pd.Series(np.nan_to_num(values)).groupby(hours).sum().max()) if len(pick) else 0.0
         peaks[name] = peak
         over[name] = queue.capacity_per_hour is not None and peak > queue.capacity_per_hour
-    return {"offers": offers, "expected_accepts": accepts,
-            "value": economics.value_of_accept * accepts - economics.cost_of_offer * offers,
+    return {"offers": offers, "expected_accepts": accepts, "expected_uplift": goals, "objective": objective,
+            "value": economics.value(objective, accepts, goals, offers),
             "feasible": not any(over.values()), "peak_chats_per_hour": peaks}
 
 
@@ -138,24 +188,31 @@ def policy_value(result: BacktestResult, economics: Economics, probability: str 
 @dataclass
 class _Totals:
     accepts: float
+    worth: float  # the objective's sum over offers, but for the cost per offer
     offers: int
     load: np.ndarray  # (queues, hours): expected chats
 
     def __sub__(self, other: "_Totals") -> "_Totals":
-        return _Totals(self.accepts - other.accepts, self.offers - other.offers, self.load - other.load)
+        return _Totals(self.accepts - other.accepts, self.worth - other.worth, self.offers - other.offers,
+                       self.load - other.load)
 
     def __add__(self, other: "_Totals") -> "_Totals":
-        return _Totals(self.accepts + other.accepts, self.offers + other.offers, self.load + other.load)
+        return _Totals(self.accepts + other.accepts, self.worth + other.worth, self.offers + other.offers,
+                       self.load + other.load)
 
 
 class _Model:
     """The policy as "the first event of each session where some rule fires", over prepared arrays.
 
-    Rows are the valid events, grouped by session, in time order within each.
+    Rows are the valid events, grouped by session, in time order within each. An offer at a row is worth
+    ``w = a * p + b * effect`` (``p`` the probability counted as its expected accept, ``effect`` its expected
+    effect on the goal probability, ``(a, b, cost)`` the objective's :meth:`Economics.coefficients`); a
+    policy's value is the sum of ``w`` over its offers minus ``cost`` per offer.
     """
 
     def __init__(self, spec: RuleSpec, table: EventTable, scorer: Any, probability: np.ndarray,
-                 waits: Sequence[float] | None, thresholds: Sequence[float] | None, fixed_wait: bool):
+                 waits: Sequence[float] | None, thresholds: Sequence[float] | None, fixed_wait: bool,
+                 economics: Economics = Economics(), objective: str = "accepts", effects: Any = None):
         self.spec, self.table = spec, table
         valid = table.valid
         vcode, skey, _ = table.keys()
@@ -169,6 +226,14 @@ class _Model:
         self.session = np.cumsum(new) - 1  # dense session number of each row
         self.seconds = table.seconds[rows]
         self.p = np.nan_to_num(np.asarray(probability, dtype=float)[rows])
+        a, b, self.cost = economics.coefficients(objective)
+        self.w = a * self.p
+        if b:
+            if effects is None:
+                raise ValueError(f"objective {objective!r} needs effects (what an offer does to the goal "
+                                 f"probability, e.g. pcrules.world.event_effects(world))")
+            gain, loss = effects.at(rows)
+            self.w = self.w + b * goal_effect(self.p, gain, loss)
         hour = np.floor(table.ts[rows] / 3600.0).astype(np.int64)
         self.hour = hour - hour.min(initial=0)
         self.n_hours = int(self.hour.max(initial=0)) + 1
@@ -251,7 +316,7 @@ class _Model:
                 any_fire |= f
                 queue[f] = self.queue[k]
         if not m:
-            return _Totals(0.0, 0, np.zeros((self.n_queues, self.n_hours)))
+            return _Totals(0.0, 0.0, 0, np.zeros((self.n_queues, self.n_hours)))
         pos = np.where(any_fire, np.arange(m), m)
         first = np.minimum.reduceat(pos, self._starts(rows))
         first = first[first < m]
@@ -259,10 +324,10 @@ class _Model:
         keep = self.counts[at]
         first, at = first[keep], at[keep]
         p = self.p[at]
-        return _Totals(float(p.sum()), len(first), self._load(queue[first], self.hour[at], p))
+        return _Totals(float(p.sum()), float(self.w[at].sum()), len(first), self._load(queue[first], self.hour[at], p))
 
     def judge(self, t: _Totals, economics: Economics) -> tuple[float, bool]:
-        value = economics.value_of_accept * t.accepts - economics.cost_of_offer * t.offers
+        value = t.worth - self.cost * t.offers
         feasible = True
         if economics.respect_capacity and self.check_capacity and t.offers:
             feasible = bool((t.load.max(axis=1) <= self.capacity + 1e-9).all())
@@ -297,7 +362,7 @@ class _Model:
         arange = np.arange(m)
         base, seconds = self.base[k][rows], self.seconds[rows]
         score = None if self.score is None else self.score[rows]
-        counts, p_rows, hour_rows = self.counts[rows], self.p[rows], self.hour[rows]
+        counts, p_rows, w_rows, hour_rows = self.counts[rows], self.p[rows], self.w[rows], self.hour[rows]
         need_load = economics.respect_capacity and self.check_capacity
         best: tuple[float, tuple[float, float] | None] = (-math.inf, None)
         evaluations = 0
@@ -314,9 +379,8 @@ class _Model:
             first = first[first < m]
             first = first[counts[first]]
             p = p_rows[first]
-            accepts = outside.accepts + float(p.sum())
             offers = outside.offers + len(first)
-            value = economics.value_of_accept * accepts - economics.cost_of_offer * offers
+            value = outside.worth + float(w_rows[first].sum()) - self.cost * offers
             evaluations += 1
             if value <= best[0] + 1e-9:
                 continue
@@ -345,6 +409,7 @@ class Tuned:
     probability: str
     search_value: float
     evaluations: int
+    objective: str = "accepts"
 
     def table(self) -> pd.DataFrame:
         rows = []
@@ -353,7 +418,8 @@ class Tuned:
             row: dict[str, Any] = {"rule": c.rule, "wait_s": c.wait_s, "score_threshold": c.threshold}
             if not c.off and c.rule in per_rule.index:
                 row["offers"] = int(per_rule.loc[c.rule, "offers"])
-                for col in ("expected_accepts", "true_expected", "accepted"):
+                for col in ("expected_accepts", "true_expected", "expected_uplift", "true_expected_uplift",
+                            "accepted"):
                     if col in per_rule.columns:
                         row[col] = float(per_rule.loc[c.rule, col])
             rows.append(row)
@@ -364,18 +430,26 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
          economics: Economics = Economics(), probability: str | np.ndarray = "score",
          truth: np.ndarray | str | None = None, fixed_wait: bool = False, waits: Sequence[float] | None = None,
          thresholds: Sequence[float] | None = None, start: Sequence[RuleChoice] | None = None,
-         max_sweeps: int = 4, name: str | None = None) -> Tuned:
+         max_sweeps: int = 4, name: str | None = None, objective: str = "accepts", effects: Any = None) -> Tuned:
     """Per rule, the wait time and score threshold (or off) that maximise the value under the queues' capacity.
 
     ``scorer``: the model (or an array of scores per event, e.g. an oracle).
     ``probability``: what the search counts as an offer's expected accept:
     ``"score"`` (the scorer's), ``"truth"`` (``truth``) or an array per event.
+    ``objective``: what the value is (:meth:`Economics.coefficients`): ``"accepts"``
+    (expected accepted chats, less a cost per offer), ``"uplift"`` (the expected extra
+    goals the offers cause) or ``"value"`` (both, and the cost per offer, in money).
+    ``effects``: what an offer at each event does to the goal probability
+    (``backtest.resolve_effects``, e.g. ``pcrules.world.event_effects(world)``); needed
+    by ``"uplift"`` and ``"value"``, and reported (expected uplift) whenever given.
     ``fixed_wait``: search wait times only, no score condition (the baseline family).
     ``start``: choices to start from (default: every rule off). ``truth`` (an
     array per event in the input's order, or a column) is also summed in the exact backtest.
     """
+    economics.coefficients(objective)  # a clear error for an unknown objective, before any work
     table = events if isinstance(events, EventTable) else EventTable(
-        events, exclude=(truth,) if isinstance(truth, str) else ())
+        events, exclude=((truth,) if isinstance(truth, str) else ()) + effect_columns(effects))
+    resolved = resolve_effects(table, effects)
     truth_values = _truth_array(table, truth)
     if isinstance(probability, str):
         if probability == "truth":
@@ -394,7 +468,7 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
         if table.order is not None:
             p = p[table.order]
         label = "custom"
-    model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait)
+    model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait, economics, objective, resolved)
     k_rules = len(spec.rules)
     params: list[tuple[float, float] | None] = [None] * k_rules
     if start is not None:
@@ -425,9 +499,9 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
                     RuleChoice(r.name, params[k][0], params[k][1] if params[k][1] > 0 else None)
                     for k, r in enumerate(spec.rules))
     tuned_spec = with_parameters(spec, choices, name=name)
-    result = backtest(tuned_spec, table, scorer, truth=truth_values)
-    measured = policy_value(result, economics, "truth" if label == "truth" else "score")
-    return Tuned(tuned_spec, choices, result, measured, economics, label, value, evaluations)
+    result = backtest(tuned_spec, table, scorer, truth=truth_values, effects=resolved)
+    measured = policy_value(result, economics, "truth" if label == "truth" else "score", objective)
+    return Tuned(tuned_spec, choices, result, measured, economics, label, value, evaluations, objective)
 
 
 def _truth_array(table: EventTable, truth: np.ndarray | str | pd.Series | None) -> np.ndarray | None:

@@ -86,13 +86,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .backtest import EventTable, OfferLedger, batch_scores
+from .backtest import EventTable, OfferLedger, batch_scores, effect_columns, resolve_effects, uplift_figures
 from .decision import Reason
 from .decision_value import RuleChoice, with_parameters
 from .errors import PcrulesError, SpecError
 from .matching.vector import VectorMatcher, local_clock_arrays, open_mask
 from .policy import _crossings, _time_holds, in_holdout, needs_score
 from .spec import STRING, AnyOf, Condition, RuleSpec, load_spec
+from .uplift import goal_effect
 
 __all__ = [
     "ACTIONS",
@@ -324,19 +325,21 @@ class TriggerModel:
     ``scorer``: the model (``CompiledScorer``, ``AcceptanceModel``, anything
     the backtest takes), or None. ``truth``: true P(accept) per event (a
     column name or an array in the input's order) on a generated world.
+    ``effects``: what an offer at each event does to the goal probability (as
+    ``backtest(effects=...)``): then the figures include the expected uplift.
     """
 
     MAX_RULES = 64
 
     def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
-                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None):
+                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None):
         import time
 
         started = time.perf_counter()
         self.spec = spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         if len(spec.rules) > self.MAX_RULES:
             raise ValueError(f"the tuner handles at most {self.MAX_RULES} rules; {spec.name} has {len(spec.rules)}")
-        exclude = (truth,) if isinstance(truth, str) else ()
+        exclude = ((truth,) if isinstance(truth, str) else ()) + effect_columns(effects)
         self.table = table = events if isinstance(events, EventTable) else EventTable(events, exclude=exclude)
         self.scorer = scorer
         self.rule_names = [r.name for r in spec.rules]
@@ -474,6 +477,12 @@ class TriggerModel:
                     raise ValueError(f"truth: expected one value per event ({n}), got {len(values)}")
                 raw = values[table.order] if table.order is not None else values
             self.truth = raw[rows]
+
+        # what an offer at each candidate row does to the goal probability (expected uplift)
+        self.effects = resolve_effects(table, effects)
+        self.gain = self.loss = None
+        if self.effects is not None:
+            self.gain, self.loss = self.effects.at(rows)
 
         # constant figures
         self.valid_events = int(valid.sum())
@@ -1007,6 +1016,17 @@ class TriggerModel:
         metrics["actions"] = {"offer": n_real, "wait": int(waits), "none": self.valid_events - n_real - int(waits),
                               "refused": int(refused)}
         metrics["reasons"] = {r: int(reasons[i]) for i, r in enumerate(REASONS)}
+        # expected uplift, as the backtest computes it (the offers of both arms, in time order)
+        gain = loss = None
+        if self.gain is not None:
+            gain, loss = self.gain[o_pos], self.loss[o_pos]
+        p_model = self.score[o_pos] if expected is not None else None
+        p_truth = self.truth[o_pos] if self.truth is not None else None
+        o_vis = self.visitor[o_pos]
+        metrics["eligible_visitors"] = _distinct(o_vis)
+        metrics.update(uplift_figures("expected", p_model, gain, loss, o_hold, o_vis))
+        metrics.update(uplift_figures("true_expected", p_truth, gain, loss, o_hold, o_vis))
+        metrics["effects"] = None if self.effects is None else self.effects.description
 
         # by rule (the tuned ruleset's rules: those switched on, strongest first)
         k0 = len(self.rule_names)
@@ -1020,6 +1040,11 @@ class TriggerModel:
         if self.truth is not None:
             per_rule["true_expected"] = np.bincount(rule_of, weights=np.nan_to_num(self.truth[real]),
                                                     minlength=k0)[keep]
+        if gain is not None:
+            for column, p in (("expected_uplift", p_model), ("true_expected_uplift", p_truth)):
+                if p is not None:
+                    effect = goal_effect(np.nan_to_num(p[~o_hold]), gain[~o_hold], loss[~o_hold])
+                    per_rule[column] = np.bincount(rule_of, weights=effect, minlength=k0)[keep]
         for label, code in (("accepted", _ACCEPT), ("declined", _DECLINE), ("expired", _NO_ANSWER)):
             per_rule[label] = np.bincount(rule_of[real_kind == code], minlength=k0)[keep]
         for r in BLOCK_REASONS:
@@ -1124,6 +1149,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{float(value):,.{digits}f}"
 
 
+def _uplift_text(goals: float | None, itt: float | None) -> str:
+    """Expected extra goals and the ITT per eligible visitor, or "not available" (never a 0 that means nothing)."""
+    if goals is None:
+        return '<span class="pcrules-na" title="no effects of an offer on the goals are known">not available</span>'
+    return f"{goals:+,.1f}" + ("" if itt is None else f' <span style="font-size:11px">({100 * itt:+.2f} pp ITT)</span>')
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100.0 * value:.1f} %"
 
@@ -1175,14 +1207,14 @@ class Tuner:
     """
 
     def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
-                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None,
+                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None,
                  bundle_dir: str | os.PathLike | None = None, current: RuleSpec | None = None,
                  model_metrics: Mapping[str, Any] | None = None, chart: bool = True, title: str | None = None,
                  model: TriggerModel | None = None):
         import ipywidgets as w
 
         self.w = w
-        self.model = model if model is not None else TriggerModel(spec, events, scorer, truth=truth)
+        self.model = model if model is not None else TriggerModel(spec, events, scorer, truth=truth, effects=effects)
         self.spec = self.model.spec
         self.scorer = self.model.scorer
         self.bundle_dir = Path(bundle_dir).expanduser() if bundle_dir not in (None, "") else None
@@ -1514,6 +1546,12 @@ class Tuner:
         ]
         if "true_expected_accepts" in m:
             head.insert(3, cell("true_expected_accepts", _fmt(m["true_expected_accepts"]), "true expected accepts"))
+        head.append(cell("expected_uplift", _uplift_text(m.get("expected_uplift"), m.get("expected_uplift_itt")),
+                         "expected uplift (model): extra goals"))
+        if m.get("true_expected_accepts") is not None:
+            head.append(cell("true_expected_uplift", _uplift_text(m.get("true_expected_uplift"),
+                                                                  m.get("true_expected_uplift_itt")),
+                             "true expected uplift: extra goals"))
         style = ("<style>.pcrules-figures{display:flex;flex-wrap:wrap;gap:6px 14px;margin:4px 0}"
                  ".pcrules-figure{border:1px solid #ddd;border-radius:4px;padding:3px 8px;min-width:110px}"
                  ".pcrules-figure-label{font-size:11px;color:#555}.pcrules-figure-value{font-size:18px}"
@@ -1524,7 +1562,8 @@ class Tuner:
         parts = [style, f'<div class="pcrules-figures">{"".join(head)}</div>']
         # by rule
         per = r.per_rule_counts
-        cols = [("offers", "offers"), ("expected_accepts", "exp. accepts"), ("accepted", "accepted"),
+        cols = [("offers", "offers"), ("expected_accepts", "exp. accepts"), ("expected_uplift", "exp. uplift"),
+                ("accepted", "accepted"),
                 ("declined", "declined"), ("expired", "expired"), ("holdout", "holdout")]
         cols += [(x.value, x.value.replace("_", " ")) for x in BLOCK_REASONS if x != Reason.QUEUE_BUSY]
         rows_html = []
@@ -1745,6 +1784,7 @@ class TuningInputs:
     bundle_version: str | None
     model_metrics: dict[str, Any]
     notes: list[str]
+    effects: Any = None  # what an offer at each event does to the goal probability (a generated world's truth)
 
     def summary(self) -> str:
         lines = [f"ruleset {self.spec.name} {self.spec.version} ({len(self.spec.rules)} rules, "
@@ -1758,7 +1798,7 @@ class TuningInputs:
         """A :class:`Tuner` over these inputs, publishing to their bundle folder."""
         kwargs.setdefault("bundle_dir", self.bundle_dir)
         kwargs.setdefault("model_metrics", self.model_metrics)
-        return Tuner(self.spec, self.table, self.scorer, truth=self.truth, **kwargs)
+        return Tuner(self.spec, self.table, self.scorer, truth=self.truth, effects=self.effects, **kwargs)
 
 
 def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None, *,
@@ -1807,24 +1847,38 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     if scorer is None:
         notes.append("No model: rules cannot use a score threshold, and expected accepts are not known.")
     truth = event_truth(history)
+    effects = None
+    if history.generated:
+        from .world import event_effects
+
+        effects = event_effects(history)[["gain_if_accepted", "loss_if_not_accepted"]]
+        notes.append("A generated world: the expected uplift (extra goals) uses its known effect of an offer.")
+    else:
+        notes.append("Real history: the effect of an offer on the goals is not known, so the expected uplift is "
+                     "not available (backtest(effects=...) takes an assumption).")
     table = EventTable(history.events)
-    return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes)
+    return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes, effects)
 
 
 def expected_value_choice(inputs: TuningInputs, *, value_of_accept: float = 1.0, cost_of_offer: float = 0.03,
-                          respect_capacity: bool = True, spec: RuleSpec | None = None) -> Any:
+                          respect_capacity: bool = True, spec: RuleSpec | None = None, objective: str = "accepts",
+                          value_of_goal: float = 1.0) -> Any:
     """``decision_value.tune``: per rule, the wait and score threshold that maximise expected value.
 
-    Value = ``value_of_accept`` x expected accepted chats - ``cost_of_offer`` x offers, with every queue's
-    busiest hour within its capacity. Returns ``decision_value.Tuned`` (``.choices``, ``.table()``,
-    ``.value``, ``.result`` the exact backtest).
+    ``objective`` (``decision_value.OBJECTIVES``): ``"accepts"``: value = ``value_of_accept`` x expected
+    accepted chats - ``cost_of_offer`` x offers; ``"uplift"``: the expected extra goals the offers cause
+    (needs the inputs' effects: a generated world); ``"value"``: ``value_of_goal`` x extra goals +
+    ``value_of_accept`` x accepts - ``cost_of_offer`` x offers. Every queue's busiest hour stays within its
+    capacity. Returns ``decision_value.Tuned`` (``.choices``, ``.table()``, ``.value``, ``.result`` the
+    exact backtest, with the expected uplift when the effects are known).
     """
     from .decision_value import Economics, tune
 
     if inputs.scorer is None:
         raise ValueError("the expected-value choice needs a model (its scores are the expected accepts)")
     return tune(spec or inputs.spec, inputs.table, inputs.scorer,
-                economics=Economics(value_of_accept, cost_of_offer, respect_capacity), truth=inputs.truth)
+                economics=Economics(value_of_accept, cost_of_offer, respect_capacity, value_of_goal),
+                truth=inputs.truth, effects=inputs.effects, objective=objective)
 
 
 @dataclass
@@ -1841,8 +1895,8 @@ def side_by_side(current: RuleSpec, tuned: RuleSpec, inputs: TuningInputs,
     """The exact backtest of both rulesets and ``backtest.compare`` of the two."""
     from .backtest import backtest, compare
 
-    a = backtest(current, inputs.table, inputs.scorer, truth=inputs.truth)
-    b = backtest(tuned, inputs.table, inputs.scorer, truth=inputs.truth)
+    a = backtest(current, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
+    b = backtest(tuned, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
     return SideBySide(names, (a, b), compare(a, b, names))
 
 

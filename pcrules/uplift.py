@@ -68,7 +68,7 @@ __all__ = [
     "estimate", "newcombe_interval", "wilson_interval",
     "sample_size", "power", "detectable_uplift",
     "uplift_from_log", "uplift_report", "unit_counts", "read_eligible",
-    "uplift_from_units", "units_from_frames", "expected_uplift",
+    "uplift_from_units", "units_from_frames", "expected_uplift", "goal_effect",
 ]
 
 DEFAULT_WINDOW_S = 86400.0  # attribution window: goals within a day of the first (would-be) offer
@@ -570,8 +570,19 @@ class ExpectedUplift:
         return self.expected_goals / self.offers if self.offers else None
 
 
+def goal_effect(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: Any = 0.0) -> Any:
+    """One offer's expected effect on the goal probability: ``p * gain - (1 - p) * loss``.
+
+    Plain arithmetic: floats give a float, numpy arrays an array (element by element)."""
+    return p_accept * gain_if_accepted - (1.0 - p_accept) * loss_if_not_accepted
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "__array__") or hasattr(x, "to_numpy")
+
+
 def _values(x: Any, n: int | None) -> list[float]:
-    if hasattr(x, "__array__") or hasattr(x, "to_numpy"):
+    if _is_array(x):
         import numpy as np
 
         arr = np.asarray(x, dtype=float).ravel()
@@ -583,6 +594,26 @@ def _values(x: Any, n: int | None) -> list[float]:
     return [float(v) for v in x]
 
 
+def _expected_uplift_arrays(p_accept: Any, gain: Any, loss: Any, eligible: int | None) -> ExpectedUplift:
+    """:func:`expected_uplift` for numpy arrays (or pandas columns): vectorised, for backtests and the tuner."""
+    import numpy as np
+
+    p = np.asarray(p_accept, dtype=float).ravel()
+    n = p.size
+    g, lo = np.asarray(gain, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
+    if g.size not in (1, n) or lo.size not in (1, n):
+        raise ValueError("p_accept, gain_if_accepted and loss_if_not_accepted differ in length: "
+                         f"{n}, {g.size}, {lo.size}")
+    if n and not ((p >= 0.0) & (p <= 1.0)).all():
+        raise ValueError("p_accept: expected probabilities in [0, 1]")
+    goals = float(np.sum(goal_effect(p, g, lo))) if n else 0.0
+    units = n if eligible is None else int(eligible)
+    if units < 0:
+        raise ValueError("eligible must be >= 0")
+    return ExpectedUplift(offers=n, expected_accepts=float(p.sum()), expected_goals=goals, eligible=units,
+                          uplift=goals / units if units else None)
+
+
 def expected_uplift(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: Any = 0.0, *,
                     eligible: int | None = None) -> ExpectedUplift:
     """The expected effect of a policy's offers on the goal count.
@@ -591,8 +622,10 @@ def expected_uplift(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: 
     the goal probability if the chat is accepted, e.g. :func:`pcrules.world.offer_effects`'s column, or
     an assumed constant) and ``loss_if_not_accepted`` (absolute fall when the offer is declined or
     ignored: annoyance; 0 by default). Scalars broadcast. Expected extra goals =
-    ``sum(p * gain - (1 - p) * loss)``; ``uplift`` spreads them over ``eligible`` units (default: one per
-    offer), the intention-to-treat uplift the log's estimate measures.
+    ``sum(p * gain - (1 - p) * loss)`` (:func:`goal_effect`); ``uplift`` spreads them over ``eligible``
+    units (default: one per offer), the intention-to-treat uplift the log's estimate measures.
+    A numpy array (or pandas column) as ``p_accept`` takes the vectorised path (sums by numpy);
+    lists and scalars are summed exactly (``math.fsum``) without numpy.
 
     Offers are valued independently, each against its session's goal rate without offers: to compare
     with the log's estimate (one goal per visitor within the attribution window after her first
@@ -600,6 +633,8 @@ def expected_uplift(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: 
     offer; counting every later offer too overstates the effect (a visitor converts at most once).
     On the synthetic world, first offers give the exact ITT within a few per cent.
     """
+    if _is_array(p_accept):
+        return _expected_uplift_arrays(p_accept, gain_if_accepted, loss_if_not_accepted, eligible)
     p = _values(p_accept, None)
     n = len(p)
     gain = _values(gain_if_accepted, n)
@@ -609,7 +644,7 @@ def expected_uplift(p_accept: Any, gain_if_accepted: Any, loss_if_not_accepted: 
                          f"{n}, {len(gain)}, {len(loss)}")
     if any(not 0.0 <= v <= 1.0 for v in p):
         raise ValueError("p_accept: expected probabilities in [0, 1]")
-    goals = math.fsum(pi * g - (1.0 - pi) * lo for pi, g, lo in zip(p, gain, loss))
+    goals = math.fsum(goal_effect(pi, g, lo) for pi, g, lo in zip(p, gain, loss))
     units = n if eligible is None else int(eligible)
     if units < 0:
         raise ValueError("eligible must be >= 0")

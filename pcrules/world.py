@@ -37,8 +37,9 @@ The pieces (each documented where it is defined below):
   the page and on ``needs_help``, declined and ignored offers lower it a little (:class:`GoalModel`,
   constants documented where defined). :func:`session_goals`, :func:`draw_goals` (what a replay
   reports through ``Runtime.record_goal``, :func:`report_goals`), :func:`true_uplift` (the true
-  intention-to-treat uplift of any policy's decisions, what :mod:`pcrules.uplift` estimates) and
-  :func:`offer_effects` (per-offer values for a backtest's expected uplift).
+  intention-to-treat uplift of any policy's decisions, what :mod:`pcrules.uplift` estimates),
+  :func:`offer_effects` (per-offer values) and :func:`event_effects` (the same per event: what a
+  backtest's and the tuner's expected uplift read).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ __all__ = [
     "World", "generate", "true_accept_probability", "needs_help_probability", "time_multiplier",
     "read_world",
     "GOAL_NAMES", "GoalModel", "GOALS", "NO_EFFECT", "TrueUplift", "session_goals", "draw_goals", "report_goals",
-    "true_uplift", "offer_effects",
+    "true_uplift", "offer_effects", "event_effects",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -801,6 +802,15 @@ def session_goals(world: World, model: GoalModel = GOALS, seed: int | None = Non
             raise ValueError("seed: this world has no config['seed'] (read from files?); "
                              "pass the seed it was generated with")
         seed = int(world.config["seed"])
+    out = _session_tasks(world, model)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
+    out["u"] = rng.random(len(out))
+    return out
+
+
+def _session_tasks(world: Any, model: GoalModel) -> pd.DataFrame:
+    """:func:`session_goals` without the draw ``u`` (needs no seed): one row per session, by ``session_id``.
+    `world`: anything with the world's ``page_views`` (a :class:`World`, an ``analysis.History``)."""
     codes, _ = pd.factorize(world.page_views["session_id"].to_numpy(dtype=object), sort=True)
     pv = world.page_views.iloc[np.lexsort((world.page_views["pages_viewed"].to_numpy(), codes))]
     sid = pv["session_id"].to_numpy(dtype=object)
@@ -819,17 +829,14 @@ def session_goals(world: World, model: GoalModel = GOALS, seed: int | None = Non
     end = pv["enter_ts"].to_numpy() + pv["dwell_s"].to_numpy()
     goal_ts = np.round(np.maximum.reduceat(end, starts), 3) if len(starts) else np.array([])
     helped = pv["needs_help"].to_numpy(dtype=bool)[starts]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "visitor_id": _text_column(pv["visitor_id"].to_numpy(dtype=object)[starts]),
         "session_id": _text_column(sid[starts]),
         "goal": _text_column(goal.astype(object)),
         "goal_ts": goal_ts,
         "needs_help": helped,
         "base_p": model.base_rate(goal, helped),
-        "u": rng.random(len(starts)),
     })
-    return out
 
 
 def _eligible_offers(world: World, decisions: pd.DataFrame) -> pd.DataFrame:
@@ -1076,26 +1083,61 @@ def true_uplift(world: World, decisions: pd.DataFrame, model: GoalModel = GOALS,
                       float(visitors["p_withheld"].mean()), len(visitors), visitors)
 
 
+def _effect_values(model: GoalModel, page: np.ndarray, helped: np.ndarray, base: np.ndarray,
+                   has_goal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gain_if_accepted, loss_if_not_accepted) of an offer on `page` in a session with these truths."""
+    lift = model.lift(page, helped)
+    cost = DECLINE_SHARE * model.decline_cost + (1 - DECLINE_SHARE) * model.ignore_cost
+    return np.where(has_goal, lift * (1.0 - base), 0.0), cost * base
+
+
 def offer_effects(world: World, offers: pd.DataFrame, model: GoalModel = GOALS,
                   seed: int | None = None) -> pd.DataFrame:
     """Per offer, what the world says it is worth (for a backtest's expected uplift): ``p_accept`` (the
     truth, with the session's real needs_help), ``base_p`` (the session's goal probability without
     offers), ``gain_if_accepted`` = lift x (1 - base_p) and ``loss_if_not_accepted`` = the annoyance cost
     (40 % declines, the rest ignored) x base_p, both absolute changes of the goal probability. Feed them to
-    ``pcrules.uplift.expected_uplift``. Each offer is valued alone, against the session's base rate."""
-    sg = session_goals(world, model, seed)
+    ``pcrules.uplift.expected_uplift``. Each offer is valued alone, against the session's base rate.
+    (`seed` is accepted for symmetry with :func:`session_goals`; the values do not depend on the draws.)"""
+    sg = _session_tasks(world, model)
     at = _eligible_offers(world, offers)
     at = at[~at["holdout"]].reset_index(drop=True)
     info = sg.set_index("session_id")
     helped = at["session_id"].map(info["needs_help"]).eq(True).to_numpy()
     base = at["session_id"].map(info["base_p"]).fillna(0.0).to_numpy()
     has_goal = at["session_id"].map(info["goal"]).notna().to_numpy()
-    lift = model.lift(at["page"].to_numpy(dtype=object), helped)
-    cost = DECLINE_SHARE * model.decline_cost + (1 - DECLINE_SHARE) * model.ignore_cost
     out = at[["visitor_id", "session_id", "ts", "page", "rule", "queue"]].copy()
     out["needs_help"] = helped
     out["p_accept"] = _offer_accept_probability(world, at, sg)
     out["base_p"] = base
-    out["gain_if_accepted"] = np.where(has_goal, lift * (1.0 - base), 0.0)
-    out["loss_if_not_accepted"] = cost * base
+    out["gain_if_accepted"], out["loss_if_not_accepted"] = _effect_values(
+        model, at["page"].to_numpy(dtype=object), helped, base, has_goal)
     return out
+
+
+EFFECT_COLUMNS = ("p_accept", "gain_if_accepted", "loss_if_not_accepted")
+
+
+def event_effects(world: Any, model: GoalModel = GOALS) -> pd.DataFrame:
+    """Per event of ``world.events`` (same index and order), what an offer made there would be worth:
+    ``p_accept`` (the true P(accept), with the session's real needs_help: ``decision_value.world_truth``),
+    ``gain_if_accepted`` and ``loss_if_not_accepted`` exactly as :func:`offer_effects` values an offer at
+    that event, plus the session's ``needs_help`` and ``base_p``.
+
+    What ``backtest(..., effects=...)``, the tuner and ``decision_value.tune(objective="uplift")`` take: the
+    backtest reads the offers' rows. `world`: a :class:`World` or anything with its ``events`` and
+    ``page_views`` (``analysis.History`` of a generated world). No seed needed: the values are
+    expectations, not draws."""
+    sg = _session_tasks(world, model).set_index("session_id")
+    ev = world.events
+    sid = ev["session_id"].astype(object)
+    helped = sid.map(sg["needs_help"]).eq(True).to_numpy()
+    base = sid.map(sg["base_p"]).fillna(0.0).to_numpy(dtype=float)
+    has_goal = sid.map(sg["goal"]).notna().to_numpy()
+    page = ev["page"].to_numpy(dtype=object)
+    gain, loss = _effect_values(model, page, helped, base, has_goal)
+    p = true_accept_probability(page, ev["seconds_on_page"].to_numpy(dtype=float),
+                                ev["device"].to_numpy(dtype=object), ev["returning"].to_numpy(dtype=bool),
+                                ev["pages_viewed"].to_numpy(dtype=float), helped)
+    return pd.DataFrame({"p_accept": np.asarray(p, dtype=float), "gain_if_accepted": gain,
+                         "loss_if_not_accepted": loss, "needs_help": helped, "base_p": base}, index=ev.index)

@@ -488,3 +488,29 @@ def test_goals_need_the_seed_for_a_world_read_from_files(tmp_path):
     # goals come from their own random stream: generating them leaves the world's frames as they were
     again = generate(visitors=60, seed=4)
     pd.testing.assert_frame_equal(again.events, small.events)
+
+
+def test_event_effects_value_every_event_as_offer_effects_values_an_offer(mid):
+    from pcrules.decision_value import world_truth
+    from pcrules.world import event_effects, offer_effects
+
+    strong = GOALS.scaled(lift=3.0, cost=10.0)
+    for model in (GOALS, strong):
+        per_event = event_effects(mid, model)
+        assert per_event.index.equals(mid.events.index) and len(per_event) == len(mid.events)
+        assert np.array_equal(per_event["p_accept"].to_numpy(), world_truth(mid))
+        per_offer = offer_effects(mid, mid.offers, model)  # the offers are events of the world: look them up
+        at = per_offer[["session_id", "ts"]].merge(mid.events[["session_id", "ts"]].reset_index(),
+                                                   on=["session_id", "ts"], how="left")["index"]
+        assert at.notna().all()
+        for column in ("p_accept", "gain_if_accepted", "loss_if_not_accepted", "base_p", "needs_help"):
+            assert np.array_equal(per_event.loc[at, column].to_numpy(), per_offer[column].to_numpy()), column
+    # what the model says, by hand: a session without a task gains and loses nothing; costs scale the loss
+    home_only = per_event["base_p"] == 0
+    assert home_only.any() and (per_event.loc[home_only, ["gain_if_accepted", "loss_if_not_accepted"]] == 0).all().all()
+    flat = event_effects(mid, GOALS.without_effect())
+    assert (flat[["gain_if_accepted", "loss_if_not_accepted"]] == 0).all().all()
+    np.testing.assert_allclose(event_effects(mid)["loss_if_not_accepted"] * 10, per_event["loss_if_not_accepted"])
+    # no seed needed (expectations, not draws): a world read from files, without its config, gives the same
+    seedless = type(mid)(mid.events, mid.page_views, mid.offers, {})
+    pd.testing.assert_frame_equal(event_effects(seedless, strong), per_event)
