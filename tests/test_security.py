@@ -246,11 +246,14 @@ def test_serve_says_at_start_up_whether_the_operator_routes_are_on_and_never_pri
     off = (tmp_path / "off.out").read_text()
     assert "operator routes" in off and "OFF" in off and "PCRULES_OPERATOR_TOKEN" in off
     with ServeProcess(["--rules", str(rules)], log_file=tmp_path / "on.out", operator_token=TOKEN,
-                      env={"PCRULES_VISITOR_ID_KEY": KEY}) as srv:
+                      env={"PCRULES_VISITOR_ID_KEY": KEY}, config={"address_rate": None, "cors_origins": [SHOP]}) as srv:
         assert httpx.get(srv.url + "/metrics", headers={"Authorization": "Bearer " + "z" * 20}).status_code == 403
         assert httpx.get(srv.url + "/metrics", headers=srv.auth).status_code == 200
+        r = httpx.post(srv.url + "/v1/observe", json=event(), headers={"Origin": SHOP})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == SHOP
     on = (tmp_path / "on.out").read_text()
     assert "operator routes" in on and "Authorization: Bearer" in on and "pseudonymised" in on
+    assert "per address no limit" in on and f"CORS: {SHOP}" in on
     assert TOKEN not in on and KEY not in on and "Traceback" not in on
 
 

@@ -11,6 +11,8 @@
  *   proactivechat-accepted / -declined events (with Pega's default UI the page sees nothing else) and
  *   reported to the server; proactivechat-not-ready, a page left with the offer open, and the wait time
  *   running out are reported as expire;
+ * - an answer names the offer's visitor and session (the server refuses anyone else's); on 429 / 503 it is sent
+ *   once more after the server's retry_after_s, and observations back off;
  * - one offer at a time; it stops for the session once the server says max_offers, in_chat or holdout.
  * No build step, no dependencies, no inline script needed; visitor text is never turned into HTML.
  */
