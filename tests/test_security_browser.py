@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 import uuid
 
@@ -198,5 +199,40 @@ def test_js_call_stays_inside_its_script_element_and_passes_the_metadata_unchang
         assert page.evaluate("() => document.querySelectorAll('img, svg, iframe, a').length") == 0
         assert page.text_content("#end") == "end"
         assert_clean(watch, "js_call in <script>")
+    finally:
+        ctx.close()
+
+
+def test_the_snippet_backs_off_on_429_and_sends_an_answer_again(browser, server):
+    """A rate-limited observation is asked again later; a rate-limited answer is sent once more, not lost."""
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        calls = {"observe": [], "answer": []}
+        limited = json.dumps({"error": "rate_limited", "message": "too many requests", "limit": "per_visitor",
+                              "retry_after_s": 1})
+
+        def throttle_first(kind):
+            def handle(route):
+                calls[kind].append(time.monotonic())
+                if len(calls[kind]) == 1:
+                    route.fulfill(status=429, body=limited, content_type="application/json",
+                                  headers={"Retry-After": "1"})
+                else:
+                    route.continue_()
+            return handle
+
+        page.route("**/v1/observe", throttle_first("observe"))
+        page.route("**/v1/offers/**", throttle_first("answer"))
+        page.goto(server.url + "/demo/search.html?q=throttled")
+        page.wait_for_selector("#pega-proactive-popup", timeout=15_000)
+        assert len(calls["observe"]) >= 2 and calls["observe"][1] - calls["observe"][0] >= 1.9  # backed off 2 s
+        page.click("#pega-proactive-popup .pega-accept")
+        page.wait_for_function("() => window.pcrules.state.lastAnswer", timeout=10_000)
+        assert state(page)["lastAnswer"] == {"answer": "accept", "status": 200}
+        assert len(calls["answer"]) == 2 and calls["answer"][1] - calls["answer"][0] >= 0.9
+        assert watch.dialogs == []
+        assert [e for e in watch.errors if "429" not in e] == []  # the browser logs the 429s themselves
     finally:
         ctx.close()
