@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import yaml
@@ -101,7 +100,9 @@ SEGMENT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_s
 def paths(draw) -> str:
     from urllib.parse import quote
 
-    seg = lambda: quote(draw(SEGMENT), safe="")  # noqa: E731
+    def seg() -> str:
+        return quote(draw(SEGMENT), safe="")
+
     offer = draw(st.sampled_from([o for o, _, _ in RUN["offers"]] or ["o"]) | SEGMENT.map(lambda s: quote(s, safe="")))
     return draw(st.sampled_from([
         "/v1/observe", f"/v1/offers/{offer}/{draw(st.sampled_from(['accept', 'decline', 'expire']))}",

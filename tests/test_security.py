@@ -82,7 +82,7 @@ def metric(c: TestClient, text: str) -> float:
     return 0.0
 
 
-# --------------------------------------------------------------------------- offer ids: unguessable, bound to their owner
+# --------------------------------------------------------------------------- offer ids: unguessable, bound to owners
 
 
 def test_offer_ids_carry_at_least_128_random_bits(rules_file: Path):
@@ -192,7 +192,8 @@ def test_without_a_token_the_operator_routes_are_off_and_metrics_only_public_whe
     with app_client(rules_file, metrics_public=True, operator_token=TOKEN) as c:
         assert c.get("/metrics").status_code == 200
         assert c.post("/v1/admin/reload").status_code == 401
-    assert "OFF" in security_summary(ServerConfig())[0] and "PCRULES_OPERATOR_TOKEN" in security_summary(ServerConfig())[0]
+    line = security_summary(ServerConfig())[0]  # what `pcrules serve` prints first
+    assert "OFF" in line and "PCRULES_OPERATOR_TOKEN" in line
 
 
 def test_tokens_come_from_the_environment_and_never_show(rules_file: Path, caplog):
@@ -246,7 +247,8 @@ def test_serve_says_at_start_up_whether_the_operator_routes_are_on_and_never_pri
     off = (tmp_path / "off.out").read_text()
     assert "operator routes" in off and "OFF" in off and "PCRULES_OPERATOR_TOKEN" in off
     with ServeProcess(["--rules", str(rules)], log_file=tmp_path / "on.out", operator_token=TOKEN,
-                      env={"PCRULES_VISITOR_ID_KEY": KEY}, config={"address_rate": None, "cors_origins": [SHOP]}) as srv:
+                      env={"PCRULES_VISITOR_ID_KEY": KEY},
+                      config={"address_rate": None, "cors_origins": [SHOP]}) as srv:
         assert httpx.get(srv.url + "/metrics", headers={"Authorization": "Bearer " + "z" * 20}).status_code == 403
         assert httpx.get(srv.url + "/metrics", headers=srv.auth).status_code == 200
         r = httpx.post(srv.url + "/v1/observe", json=event(), headers={"Origin": SHOP})
@@ -284,6 +286,15 @@ def test_a_burst_past_the_per_address_limit_gets_a_429_whatever_the_visitor_ids(
     with TestClient(create_app(ServerConfig(rules=str(rules_file), address_rate=2.0, address_burst=10)),
                     client=("192.0.2.7", 1234)) as c:  # another address has its own bucket
         assert c.post("/v1/observe", json=event(seconds=10)).status_code == 200
+
+
+def test_a_proxy_tripping_the_address_limit_gets_a_hint_in_the_log(rules_file: Path, caplog):
+    config = ServerConfig(rules=str(rules_file), address_rate=1.0, address_burst=2)
+    with TestClient(create_app(config), client=("127.0.0.1", 5)) as c, caplog.at_level(logging.WARNING):
+        statuses = [c.post("/v1/observe", json=event(f"v{i}", seconds=10)).status_code for i in range(4)]
+    assert statuses == [200, 200, 429, 429]
+    hints = [r for r in caplog.records if "trusted_proxies" in r.getMessage()]
+    assert len(hints) == 1 and "127.0.0.1" in hints[0].getMessage()  # once, not per request
 
 
 def test_limits_can_be_switched_off_for_a_load_test(rules_file: Path):
@@ -471,7 +482,7 @@ def test_with_a_key_the_log_holds_no_raw_visitor_id_and_no_secret(tmp_path: Path
     with app_client(rules_file, Clock(), log_path=str(log), visitor_id_key=KEY, operator_token=TOKEN) as c:
         decisions = []
         for i, v in enumerate(visitors):
-            d = c.post("/v1/observe", json=event(v, f"s{i}", page=f"Bill Payment" if i % 3 else "Home")).json()
+            d = c.post("/v1/observe", json=event(v, f"s{i}", page="Bill Payment" if i % 3 else "Home")).json()
             assert d["visitor_id"] == v  # the visitor sees its own id, not its pseudonym
             decisions.append(d)
         offers = [d for d in decisions if d["action"] == "offer"]

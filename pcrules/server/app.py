@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import math
@@ -248,6 +249,7 @@ class Service:
                               RateLimiter("per_address", config.address_rate, config.address_burst, max_keys=keys))
         # Failed operator logins per address: 20, then one every 10 s (the token itself is far beyond guessing).
         self.auth_failures = RateLimiter("operator_auth", 0.1, 20, max_keys=10_000)
+        self.proxy_hint_given = False
 
     @classmethod
     def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> "Service":
@@ -416,7 +418,22 @@ def _throttle(limiter: RateLimiter, key: str, who: str) -> None:
 
 def _limit_address(svc: Service, request: Request) -> None:
     if svc.address_limit is not None:
-        _throttle(svc.address_limit, svc.client_address(request.scope), "from this address")
+        where = svc.client_address(request.scope)
+        try:
+            _throttle(svc.address_limit, where, "from this address")
+        except ApiError:
+            if not svc.proxy_hint_given and not svc.config.trusted_proxies and _private(where):
+                svc.proxy_hint_given = True
+                log.warning("the per-address rate limit refused %s; if a proxy forwards every visitor from there, "
+                            "list it in trusted_proxies (else all visitors share one address's limit)", where)
+            raise
+
+
+def _private(address: str) -> bool:
+    try:
+        return ipaddress.ip_network(address, strict=False).is_private
+    except ValueError:
+        return False
 
 
 def _limit_visitor(svc: Service, visitor_id: Any) -> None:

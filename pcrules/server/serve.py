@@ -80,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
         except PcrulesError as exc:
             print(f"warning: {exc}; serving 503 until it answers", file=sys.stderr, flush=True)
     if config.demo:
-        print(f"demo site: {where}/demo/   CSR console: {where}/demo/csr.html", flush=True)
+        print(f"demo site: {where}/demo/   CSR console: {where}/demo/csr.html (a demo: its Pega stand-in and CSR "
+              f"console have no login; do not expose it to the internet)", flush=True)
     common = dict(host=args.host, port=args.port, log_level="info", access_log=False, server_header=False,
                   timeout_graceful_shutdown=5, lifespan="on")
     if workers == 1:
