@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from pcrules.server._procs import RedisServer, ServeProcess, free_port, wait_http  # noqa: E402
 
 PAGES = ["Home", "Bill Payment", "Plans", "Support", "Checkout", "Search: roaming"]
+# One loopback client stands for 5,000 visitors: the per-address rate limit is off (the per-visitor one stays on).
+LOAD_TEST = {"address_rate": None}
 
 
 def bare_app():
@@ -266,7 +268,7 @@ def main() -> int:
             proc.wait(10)
     if "memory" in scenarios:
         with ServeProcess(["--rules", str(rules), *log_args("memory")], log_file=tmp / "memory.out",
-                          python=args.server_python) as srv:
+                          python=args.server_python, config=LOAD_TEST) as srv:
             run_scenario("pcrules, 1 worker, memory", [("127.0.0.1", srv.port)], [srv.proc.pid], bodies, args)
     if "redis1" in scenarios or "redis2" in scenarios:
         with RedisServer() as redis:
@@ -275,7 +277,8 @@ def main() -> int:
                     continue
                 url = f"{redis.url.rsplit('/', 1)[0]}/{n}"
                 servers = [ServeProcess(["--rules", str(rules), "--redis", url, *log_args(f"redis{n}-{k}")],
-                                        log_file=tmp / f"redis{n}-{k}.out", python=args.server_python)
+                                        log_file=tmp / f"redis{n}-{k}.out", python=args.server_python,
+                                        config=LOAD_TEST)
                            for k in range(n)]
                 for s in servers:
                     s.start()

@@ -47,7 +47,8 @@ def _js_literal(value: object) -> str:
 
 
 def js_offer_call(queue: str, metadata: Mapping[str, str], default_ui: bool) -> str:
-    """``pega.chat.proactiveChat.offer(...)`` as a string safe inside a <script> element or an attribute."""
+    """``pega.chat.proactiveChat.offer(...)`` as a string safe inside a <script> element or a single-quoted
+    HTML attribute (its string literals keep their double quotes: HTML-escape it for a double-quoted one)."""
     args = ", ".join((_js_literal(queue), _js_literal(dict(metadata)), "true" if default_ui else "false"))
     return f"pega.chat.proactiveChat.offer({args});"
 

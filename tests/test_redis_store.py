@@ -27,6 +27,8 @@ from pcrules.policy import QueueStatus, SessionState, VisitorState
 from pcrules.redis_store import LockLost, RedisStore, StoreBusy, StoreUnavailable
 from pcrules.server._procs import REDIS_SERVER, RedisServer, ServeProcess
 
+TOKEN = "redis-test-operator-token"  # the operator routes (here /metrics) need one
+
 
 def _need_redis() -> None:
     if not Path(REDIS_SERVER).exists():
@@ -336,7 +338,7 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
     url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a database of its own
     logs = [tmp_path / "a.sqlite", tmp_path / "b.sqlite"]
     worker = lambda k: ServeProcess(["--rules", str(rules), "--redis", url, "--log", str(logs[k])],  # noqa: E731
-                                    log_file=tmp_path / f"{'ab'[k]}.out")
+                                    log_file=tmp_path / f"{'ab'[k]}.out", operator_token=TOKEN)
     with worker(0) as a, worker(1) as b:
         workers = [a.url, b.url]
         n_sessions, per_session = 120, 8
@@ -359,7 +361,8 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
                 assert all(r.status_code == 200 for r in first), [r.text for r in first if r.status_code != 200][:3]
                 offers = [d for d in decisions if d["action"] == "offer"]
                 # every offer answered at once by an accept on one worker and a decline on the other
-                answers = [post(f"{workers[j % 2]}/v1/offers/{d['offer_id']}/{('accept', 'decline')[(i + j) % 2]}")
+                answers = [post(f"{workers[j % 2]}/v1/offers/{d['offer_id']}/{('accept', 'decline')[(i + j) % 2]}",
+                                {"visitor_id": d["visitor_id"], "session_id": d["session_id"]})
                            for i, d in enumerate(offers) for j in range(2)]
                 answered = await asyncio.gather(*answers)
                 after = await asyncio.gather(*(post(f"{workers[i % 2]}/v1/observe",
@@ -370,7 +373,7 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
 
         decisions, offers, answered, after = asyncio.run(hammer())
         health = [httpx.get(w + "/healthz").json() for w in workers]
-        metrics = [httpx.get(w + "/metrics").text for w in workers]
+        metrics = [httpx.get(w + "/metrics", headers=a.auth).text for w in workers]
 
     # no double offer: exactly one per session, the other 7 observations saw it pending
     assert sorted(d["session_id"] for d in offers) == sorted(f"s{i}" for i in range(n_sessions))
@@ -399,8 +402,9 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
 def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Path):
     url = redis_server.url.rsplit("/", 1)[0] + "/4"
     with ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", url, "--workers", "2"],
-                      log_file=tmp_path / "serve.out") as srv:
-        with httpx.Client(base_url=srv.url) as client:  # one connection per request: the kernel spreads them
+                      log_file=tmp_path / "serve.out", operator_token=TOKEN) as srv:
+        # one connection per request: the kernel spreads them
+        with httpx.Client(base_url=srv.url, headers=srv.auth) as client:
             for i in range(30):
                 d = httpx.post(srv.url + "/v1/observe", json={"visitor_id": f"v{i % 10}", "session_id": "s",
                                                               "page": "Bill Payment", "seconds_on_page": 6}).json()
@@ -415,7 +419,7 @@ def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Pat
 def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tmp_path: Path):
     _need_redis()
     with RedisServer() as server, ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", server.url],
-                                               log_file=tmp_path / "serve.out") as srv:
+                                               log_file=tmp_path / "serve.out", operator_token=TOKEN) as srv:
         body = {"visitor_id": "v1", "session_id": "s1", "page": "Bill Payment", "seconds_on_page": 6}
         offer = httpx.post(srv.url + "/v1/observe", json=body).json()
         assert offer["action"] == "offer"
@@ -425,11 +429,12 @@ def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tm
         err = r.json()
         assert err["error"] == "store_unavailable"
         assert "Redis" in err["message"] and "unavailable" in err["message"] and "Traceback" not in r.text
-        r = httpx.post(srv.url + f"/v1/offers/{offer['offer_id']}/accept")
+        r = httpx.post(srv.url + f"/v1/offers/{offer['offer_id']}/accept",
+                       json={"visitor_id": "v1", "session_id": "s1"})
         assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
         health = httpx.get(srv.url + "/healthz")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
-        assert httpx.get(srv.url + "/metrics").status_code == 200  # metrics still answer
+        assert httpx.get(srv.url + "/metrics", headers=srv.auth).status_code == 200  # metrics still answer
 
         server.start()
         deadline = time.monotonic() + 10
@@ -441,6 +446,6 @@ def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tm
             time.sleep(0.1)
         assert r.json()["action"] == "offer"
         assert httpx.get(srv.url + "/healthz").status_code == 200
-        metrics = httpx.get(srv.url + "/metrics").text
+        metrics = httpx.get(srv.url + "/metrics", headers=srv.auth).text
         assert 'pcrules_http_errors_total{error="store_unavailable",status="503"} 2.0' in metrics
     assert "Traceback" not in (tmp_path / "serve.out").read_text()

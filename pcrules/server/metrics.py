@@ -83,6 +83,10 @@ class MetricsLog:
             self.inner.record_ruleset(name, version, spec, ts)
         self.metrics.serving(name, version)
 
+    def flush(self) -> None:
+        if self.inner is not None:
+            self.inner.flush()
+
     def close(self) -> None:
         if self.inner is not None:
             self.inner.close()
