@@ -29,20 +29,26 @@ decision that made it does; its outcome is counted with it, whenever it came.
   add up to 100 %. Offers still waiting for an answer are shown as pending.
 * **chats started**: accepted offers (an accept routes the visitor to a CSR
   in the offer's queue).
-* **uplift** (a simple intention-to-treat estimate; issue 8 replaces the
-  internals of :func:`uplift`, keeping its result type): the *eligible*
-  visitors are those for whom a rule fired in the selection: offered
-  (action ``offer``, the treated group) or withheld because they are in the
-  holdout group (action ``none``, reason ``holdout``, ``holdout = 1``, the
-  control group). A visitor *converts* when the log holds a goal (any goal,
-  or the one named) for that visitor at or after the visitor's first eligible
-  decision in the selection. Uplift = conversion rate of the offered minus
-  that of the withheld, whether or not the offered accepted (intention to
-  treat), with a normal-approximation 95 % interval
-  ``d +/- 1.96 * sqrt(p1 (1 - p1) / n1 + p0 (1 - p0) / n0)``. Below
-  :data:`MIN_VISITORS_PER_GROUP` visitors in either group, or fewer than
-  :data:`MIN_OUTCOMES` converted or :data:`MIN_OUTCOMES` unconverted visitors
-  in all, the tile says "not enough data yet" instead of a number.
+* **uplift**: :mod:`pcrules.uplift`'s intention-to-treat estimate, its
+  definitions unchanged (see there). The unit is the *eligible visitor*: one
+  with an offer (action ``offer``, the treated group) or, in the holdout group,
+  a would-be offer (``holdout = 1``, the control group); her arm, time, page
+  and queue are those of her *first* such decision in the whole log, and the
+  filters select visitors by it (time range: she became eligible in it; queue,
+  page: her first offer's). She *converts* when the log holds a goal (any goal,
+  or the one named) of hers within ``window_s`` (a day) after that decision.
+  Uplift = goal rate of the offered minus that of the withheld, whether or not
+  the offered accepted (intention to treat), with Newcombe's 95 % interval
+  (:func:`pcrules.uplift.estimate`). The tile says "not enough data yet"
+  while pcrules.uplift says so (``UpliftEstimate.status``): fewer than
+  ``min_per_arm`` (100) visitors in a group, fewer than 5 with or without a
+  goal in a group, or, when the dashboard is given a minimum uplift worth
+  detecting (``mde``), fewer than :func:`pcrules.uplift.sample_size` needs to
+  detect it with 80 % power; it then shows how many more visitors each group
+  needs, and the interval so far. With an estimate, it also shows the smallest
+  uplift these groups detect with 80 % power (:func:`pcrules.uplift.detectable_uplift`).
+  A visitor whose window has not closed yet (the last day) counts as not
+  converted yet in both groups alike.
 * **blocked reasons**: ``none`` decisions by reason (``no_rule``, no rule
   matched, is counted but not drawn: it is most decisions and not a block).
 * **queue load**: chats started per hour in each queue (by offer time) against
@@ -72,6 +78,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
+from . import uplift as _uplift
 from .errors import PcrulesError
 
 __all__ = [
@@ -96,6 +103,7 @@ __all__ = [
     "decisions_by_reason",
     "chats_per_hour_by_queue",
     "uplift",
+    "uplift_tile",
     "recent_decisions",
     "live_ruleset",
     "time_filters",
@@ -112,9 +120,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LOG = REPO_ROOT / "var" / "demo" / "decisions.sqlite"
 SUPPORTED_SCHEMA = 1
 
-MIN_VISITORS_PER_GROUP = 30
-MIN_OUTCOMES = 10
-Z95 = 1.959963984540054
+UPLIFT_WINDOW_S = _uplift.DEFAULT_WINDOW_S  # goals count within a day of the visitor's first eligible decision
+UPLIFT_POWER = 0.8
 
 STATUSES = ("accepted", "declined", "expired")
 TIME_RANGES = (("All time", "all"), ("Last hour", "1h"), ("Last 24 hours", "24h"), ("Last 7 days", "7d"),
@@ -431,13 +438,23 @@ def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dic
 
 @dataclass(frozen=True)
 class Uplift:
-    """Intention-to-treat uplift of the goal rate: offered minus withheld (holdout) eligible visitors."""
+    """Intention-to-treat uplift of the goal rate: offered minus withheld (holdout) eligible visitors, as
+    :func:`pcrules.uplift.estimate` judges it (:attr:`result`). ``estimate`` and ``interval`` are None until
+    there is enough data (:attr:`enough`); :attr:`result` has the figures so far."""
 
     offered: int
     offered_converted: int
     withheld: int
     withheld_converted: int
     goal: str | None = None
+    mde: float | None = None  # the smallest uplift worth detecting (absolute), for the sample size
+    min_per_arm: int = _uplift.MIN_PER_ARM
+    window_s: float = UPLIFT_WINDOW_S
+
+    @property
+    def result(self) -> _uplift.UpliftEstimate:
+        return _uplift.estimate(self.offered_converted, self.offered, self.withheld_converted, self.withheld,
+                                min_per_arm=self.min_per_arm, mde=self.mde, target_power=UPLIFT_POWER)
 
     @property
     def offered_rate(self) -> float | None:
@@ -448,65 +465,73 @@ class Uplift:
         return self.withheld_converted / self.withheld if self.withheld else None
 
     @property
+    def status(self) -> str:
+        """``UpliftEstimate.status``: not_enough_data, positive, negative or inconclusive."""
+        return self.result.status
+
+    @property
     def enough(self) -> bool:
-        converted = self.offered_converted + self.withheld_converted
-        unconverted = self.offered + self.withheld - converted
-        return (self.offered >= MIN_VISITORS_PER_GROUP and self.withheld >= MIN_VISITORS_PER_GROUP
-                and converted >= MIN_OUTCOMES and unconverted >= MIN_OUTCOMES)
+        return self.result.enough_data
+
+    def still_needed(self) -> tuple[int, int]:
+        """More (offered, withheld) visitors each group needs before the estimate counts: ``min_per_arm``, or
+        :func:`pcrules.uplift.sample_size` for ``mde`` at the observed withheld rate and group sizes, whichever
+        is more. (0, 0) when the sizes are enough (a group may still lack visitors with or without a goal)."""
+        r = self.result
+        need_o = need_w = self.min_per_arm
+        if r.needed is not None:
+            need_o, need_w = max(need_o, r.needed.treated), max(need_w, r.needed.control)
+        return max(0, need_o - self.offered), max(0, need_w - self.withheld)
+
+    def detectable(self) -> float | None:
+        """The smallest uplift these groups detect with 80 % power at the withheld group's rate."""
+        p = self.withheld_rate
+        if p is None or not self.offered:
+            return None
+        return _uplift.detectable_uplift(p, self.offered, self.withheld, target_power=UPLIFT_POWER)
 
     @property
     def missing(self) -> str:
         """What is lacking for an estimate ('' when there is enough)."""
         if self.enough:
             return ""
-        converted = self.offered_converted + self.withheld_converted
+        more_o, more_w = self.still_needed()
         needs = []
-        if self.offered < MIN_VISITORS_PER_GROUP:
-            needs.append(f"{MIN_VISITORS_PER_GROUP} offered visitors (have {self.offered})")
-        if self.withheld < MIN_VISITORS_PER_GROUP:
-            needs.append(f"{MIN_VISITORS_PER_GROUP} withheld visitors (have {self.withheld})")
-        if converted < MIN_OUTCOMES:
-            needs.append(f"{MIN_OUTCOMES} visitors with a goal (have {converted})")
-        if self.offered + self.withheld - converted < MIN_OUTCOMES:
-            needs.append(f"{MIN_OUTCOMES} visitors without a goal")
-        return "needs " + ", ".join(needs)
+        if more_o:
+            needs.append(f"{more_o:,} more offered")
+        if more_w:
+            needs.append(f"{more_w:,} more withheld")
+        target = f"to detect {100 * self.mde:g} pp" if self.mde else f"for {self.min_per_arm:,} in each group"
+        text = f"needs {' and '.join(needs)} visitors {target}" if needs else ""
+        few = [name for name, x, n in (("offered", self.offered_converted, self.offered),
+                                       ("withheld", self.withheld_converted, self.withheld))
+               if n and min(x, n - x) < _uplift.MIN_EVENTS]
+        if few:
+            lack = f"{_uplift.MIN_EVENTS} visitors with and without a goal among the {' and the '.join(few)}"
+            text = f"{text}; needs {lack}" if text else f"needs {lack}"
+        return text
 
     @property
     def estimate(self) -> float | None:
-        if not self.enough:
-            return None
-        return self.offered_rate - self.withheld_rate  # type: ignore[operator]
+        return self.result.estimate if self.enough else None
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        if not self.enough:
-            return None
-        p1, p0 = self.offered_rate, self.withheld_rate
-        se = math.sqrt(p1 * (1 - p1) / self.offered + p0 * (1 - p0) / self.withheld)  # type: ignore[operator]
-        d = p1 - p0  # type: ignore[operator]
-        return d - Z95 * se, d + Z95 * se
+        r = self.result
+        return (r.ci_low, r.ci_high) if self.enough else None  # type: ignore[return-value]
 
 
-def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None) -> Uplift:
-    """The intention-to-treat estimate described in the module docstring (issue 8 replaces these internals)."""
-    where, params = f.where("d")
-    goal_clause = "" if goal is None else " AND g.goal = ?"
-    sql = f"""
-        WITH eligible AS (
-            SELECT d.visitor_id AS visitor_id, d.holdout AS holdout, MIN(d.ts) AS first_ts
-            FROM decisions d
-            WHERE (d.action = 'offer' OR (d.action = 'none' AND d.holdout = 1)) AND {where}
-            GROUP BY d.visitor_id, d.holdout
-        )
-        SELECT e.holdout, COUNT(*),
-               COALESCE(SUM(EXISTS (SELECT 1 FROM goals g
-                                    WHERE g.visitor_id = e.visitor_id AND g.ts >= e.first_ts{goal_clause})), 0)
-        FROM eligible e GROUP BY e.holdout
-    """
-    groups = {0: (0, 0), 1: (0, 0)}
-    for holdout, n, converted in conn.execute(sql, [*params, *([goal] if goal is not None else [])]):
-        groups[int(bool(holdout))] = (int(n), int(converted))
-    return Uplift(groups[0][0], groups[0][1], groups[1][0], groups[1][1], goal)
+def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None, *, mde: float | None = None,
+           window_s: float = UPLIFT_WINDOW_S) -> Uplift:
+    """The intention-to-treat estimate described in the module docstring: :func:`pcrules.uplift.unit_counts`
+    (one SQL query, a few rows per rule x page x queue x group), then the selection's rows added up."""
+    rows = _uplift.unit_counts(conn, window_s=window_s, goals=goal, since=f.start, until=f.end)
+    counts = {0: [0, 0], 1: [0, 0]}
+    for _rule, page, queue, holdout, n, converted in rows:
+        if (f.queue is None or queue == f.queue) and (f.page is None or page == f.page):
+            counts[int(bool(holdout))][0] += n
+            counts[int(bool(holdout))][1] += converted
+    return Uplift(counts[0][0], counts[0][1], counts[1][0], counts[1][1], goal, mde, window_s=window_s)
 
 
 RECENT_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule", "queue",
@@ -703,6 +728,34 @@ def _raw(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
+VERDICTS = {"positive": "offering helps", "negative": "offering hurts", "inconclusive": "no clear effect yet"}
+
+
+def uplift_tile(up: Uplift) -> str:
+    """The uplift tile: ``data-state`` ``estimate`` (``data-value``, ``data-low``, ``data-high``: the estimate and
+    its 95 % interval; ``data-status`` positive / negative / inconclusive; ``data-detectable``) or
+    ``insufficient`` ("Not enough data yet", with ``data-needed-offered`` / ``data-needed-withheld``: the
+    visitors each group still needs, and the interval so far in the note)."""
+    r = up.result
+    goal = f"goal {up.goal}" if up.goal else "any goal"
+    groups = (f"{fmt_int(up.offered)} offered vs {fmt_int(up.withheld)} withheld visitors "
+              f"({fmt_rate(up.offered_rate)} vs {fmt_rate(up.withheld_rate)}, {goal} within {up.window_s / 3600:g} h)")
+    title = "Uplift vs holdout (ITT)"
+    if up.enough:
+        low, high = up.interval  # type: ignore[misc]
+        detect = up.detectable()
+        power = "" if detect is None else f"; detects {100 * detect:.1f} pp or more with 80 % power"
+        return tile_html("uplift", title, fmt_pp(up.estimate),  # type: ignore[arg-type]
+                         f"95 % CI {fmt_pp(low)} to {fmt_pp(high)}, {VERDICTS[r.status]}; {groups}{power}",
+                         data_value=_raw(up.estimate), state="estimate", low=_raw(low), high=_raw(high),
+                         status=r.status, detectable=_raw(detect))
+    more_o, more_w = up.still_needed()
+    so_far = "" if r.estimate is None else (f"so far {fmt_pp(r.estimate)} (95 % CI {fmt_pp(r.ci_low)} to "  # type: ignore[arg-type]
+                                            f"{fmt_pp(r.ci_high)}); ")  # type: ignore[arg-type]
+    return tile_html("uplift", title, "Not enough data yet", f"{up.missing}; {so_far}{groups}", data_value="",
+                     state="insufficient", status=r.status, **{"needed-offered": more_o, "needed-withheld": more_w})
+
+
 class Dashboard:
     """The ops dashboard: filters, tiles, charts, the live bundle and recent decisions, over one log.
 
@@ -712,7 +765,7 @@ class Dashboard:
     """
 
     def __init__(self, log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
-                 *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None):
+                 *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None, mde: float | None = None):
         import ipywidgets as w
 
         self.w = w
@@ -726,6 +779,9 @@ class Dashboard:
             self.zone, self.tz = timezone.utc, "UTC"
         self.recent_rows = max(1, min(int(recent_rows), 500))
         self.goal = goal or None
+        self.mde = None if mde in (None, 0) else float(mde)  # type: ignore[arg-type]
+        if self.mde is not None and not 0.0 < self.mde < 1.0:
+            raise ValueError(f"mde: expected the smallest uplift worth detecting, a number in (0, 1), got {mde!r}")
         self.info: LogInfo | None = None
         self.live: LiveRuleset | None = None
         self.refreshes = 0
@@ -870,7 +926,7 @@ class Dashboard:
             # The two full scans run side by side (sqlite3 releases the GIL): reasons on a second connection.
             with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
                 by_reason = pool.submit(_with_log, self.log_path, decisions_by_reason, f)
-                up = uplift(conn, f, self.goal)
+                up = uplift(conn, f, self.goal, mde=self.mde)
                 cube = offer_cube(conn, f)  # one query for every offer tile and chart
                 recent = recent_decisions(conn, f, self.recent_rows)
                 reasons = by_reason.result()
@@ -943,18 +999,7 @@ class Dashboard:
                                               data_value=_raw(r))
         self.tiles["chats_started"].value = tile_html("chats_started", "Chats started", fmt_int(c.chats_started),
                                                       "accepted offers, routed to a CSR", data_value=c.chats_started)
-        goal = f"goal {up.goal}" if up.goal else "any goal"
-        groups = (f"{fmt_int(up.offered)} offered vs {fmt_int(up.withheld)} withheld visitors "
-                  f"({fmt_rate(up.offered_rate)} vs {fmt_rate(up.withheld_rate)}, {goal})")
-        if up.enough:
-            low, high = up.interval  # type: ignore[misc]
-            self.tiles["uplift"].value = tile_html(
-                "uplift", "Uplift vs holdout (ITT)", fmt_pp(up.estimate),  # type: ignore[arg-type]
-                f"95 % CI {fmt_pp(low)} to {fmt_pp(high)}; {groups}", data_value=_raw(up.estimate),
-                state="estimate", low=_raw(low), high=_raw(high))
-        else:
-            self.tiles["uplift"].value = tile_html("uplift", "Uplift vs holdout (ITT)", "Not enough data yet",
-                                                   f"{up.missing}; {groups}", data_value="", state="insufficient")
+        self.tiles["uplift"].value = uplift_tile(up)
 
     # ------------------------------------------------------------------ charts
 
@@ -1206,9 +1251,11 @@ def _note(text: str) -> str:
 
 
 def dashboard(log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
-              *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None) -> "Dashboard":
+              *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None,
+              mde: float | None = None) -> "Dashboard":
     """The dashboard (what ``dashboards/ops.ipynb`` displays; it displays as its widget, ``.root``).
     ``log_path`` / ``bundle_path``: None reads ``$PCRULES_DECISION_LOG`` / ``$PCRULES_BUNDLE`` (the demo's log
-    when unset)."""
+    when unset). ``goal``: the goal the uplift tile counts (None: any); ``mde``: the smallest uplift worth
+    detecting (absolute, 0.05 = 5 points): the tile waits for the visitors needed to detect it."""
     logging.getLogger("matplotlib").setLevel(logging.ERROR)  # font-cache notices would show up as page output
-    return Dashboard(log_path, bundle_path, tz=tz, recent_rows=recent_rows, goal=goal)
+    return Dashboard(log_path, bundle_path, tz=tz, recent_rows=recent_rows, goal=goal, mde=mde)

@@ -22,6 +22,7 @@ T+4000, v6 bill_paid at T+8000, v99 (never seen) bill_paid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -171,40 +172,79 @@ def test_uplift_counts_visitors_and_goals_after_their_first_eligible_decision(sm
         up = ops.uplift(conn)
         # offered: v1 (goal before its offer: no), v2 (yes), v3 (plan_bought: yes), v4, v8; withheld: v6 (yes)
         assert (up.offered, up.offered_converted, up.withheld, up.withheld_converted) == (5, 2, 1, 1)
-        assert not up.enough and up.estimate is None and up.interval is None
-        assert "30 offered visitors (have 5)" in up.missing and "30 withheld visitors (have 1)" in up.missing
+        assert not up.enough and up.status == "not_enough_data" and up.estimate is None and up.interval is None
+        assert up.result.estimate == pytest.approx(2 / 5 - 1)  # the figure so far, kept apart from the verdict
+        assert up.still_needed() == (95, 99)  # pcrules.uplift's 100 visitors per group
+        assert up.missing.startswith("needs 95 more offered and 99 more withheld visitors for 100 in each group")
         named = ops.uplift(conn, goal="bill_paid")
         assert (named.offered_converted, named.withheld_converted) == (1, 1)
         assert ops.uplift(conn, Filters(queue="Sales")) == ops.Uplift(2, 1, 1, 1)  # v3, v4 offered; v6 withheld
+        assert ops.uplift(conn, Filters(page="Bill Payment")) == ops.Uplift(2, 1, 0, 0)  # v1, v2
         assert ops.uplift(conn, Filters(start=T + 86400)) == ops.Uplift(1, 0, 0, 0)  # v8 only
+        # v1's in_chat decision on day 2 does not make v1 a day-2 visitor: a visitor counts once, from her first
+        assert ops.uplift(conn, Filters(start=T + 86400, page="Bill Payment")) == ops.Uplift(0, 0, 0, 0)
+
+
+def test_uplift_counts_goals_within_a_day_of_the_first_eligible_decision(small_log: Path) -> None:
+    db = sqlite3.connect(small_log, isolation_level=None)
+    goal(db, "v4", "bill_paid", T + 7200 + 86400 + 1)  # a day and a second after v4's offer: too late
+    goal(db, "v8", "call_avoided", T + 86420 + 86400)  # exactly a day after v8's: counts
+    db.close()
+    with ops.open_log(small_log) as conn:
+        up = ops.uplift(conn)
+        assert (up.offered, up.offered_converted) == (5, 3)
+        assert ops.uplift(conn, window_s=2 * 86400).offered_converted == 4
+
+
+def _wilson(x: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = x / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def test_uplift_estimate_and_interval_by_hand(tmp_path: Path) -> None:
     path = tmp_path / "uplift.sqlite"
     db = new_log(path)
-    for i in range(40):  # 40 offered, 12 convert; 40 withheld, 6 convert
-        decision(db, T + i, f"t{i:02d}", "Checkout", "offer", rule="check", queue="Sales", offer_id=f"o{i}")
-        decision(db, T + i, f"c{i:02d}", "Checkout", "none", "holdout", rule="check", queue="Sales", holdout=1)
-        if i < 12:
-            goal(db, f"t{i:02d}", "bill_paid", T + 1000)
-        if i < 6:
-            goal(db, f"c{i:02d}", "bill_paid", T + 1000)
+    for i in range(120):  # 120 offered, 36 convert; 120 withheld, 18 convert
+        decision(db, T + i, f"t{i:03d}", "Checkout", "offer", rule="check", queue="Sales", offer_id=f"o{i}")
+        decision(db, T + i, f"c{i:03d}", "Checkout", "none", "holdout", rule="check", queue="Sales", holdout=1)
+        if i < 36:
+            goal(db, f"t{i:03d}", "bill_paid", T + 1000)
+        if i < 18:
+            goal(db, f"c{i:03d}", "bill_paid", T + 1000)
     db.close()
     with ops.open_log(path) as conn:
         up = ops.uplift(conn)
-    assert (up.offered, up.offered_converted, up.withheld, up.withheld_converted) == (40, 12, 40, 6)
-    assert up.enough and up.missing == ""
+        strict = ops.uplift(conn, mde=0.05)
+    assert (up.offered, up.offered_converted, up.withheld, up.withheld_converted) == (120, 36, 120, 18)
+    assert up.enough and up.missing == "" and up.status == "positive" and up.still_needed() == (0, 0)
     assert up.estimate == pytest.approx(0.15)
-    # 0.15 -/+ 1.959964 * sqrt(0.3 * 0.7 / 40 + 0.15 * 0.85 / 40) = 0.15 -/+ 1.959964 * 0.0918559
-    assert up.interval == pytest.approx((-0.0300342, 0.3300342), abs=1e-6)
+    # Newcombe's hybrid score interval (method 10): the Wilson interval of each rate, combined, by hand
+    (l1, u1), (l0, u0) = _wilson(36, 120), _wilson(18, 120)
+    low = 0.15 - math.sqrt((0.3 - l1) ** 2 + (u0 - 0.15) ** 2)
+    high = 0.15 + math.sqrt((u1 - 0.3) ** 2 + (0.15 - l0) ** 2)
+    assert up.interval == pytest.approx((low, high), abs=1e-12)
+    assert up.interval == pytest.approx((0.0443, 0.2520), abs=1e-4)  # (Wald's: 0.0461 to 0.2539)
+    # the smallest uplift these groups detect with 80 % power, at the withheld rate
+    from pcrules.uplift import power
+
+    assert power(0.15, up.detectable(), 120, 120) == pytest.approx(0.8, abs=1e-6) and 0.1 < up.detectable() < 0.2
+    # With a minimum uplift worth detecting, the sample size decides: 5 points at a 15 % rate takes ~900 a group
+    assert not strict.enough and strict.estimate is None and strict.status == "not_enough_data"
+    more_o, more_w = strict.still_needed()
+    assert 700 < more_o == more_w < 900 and "to detect 5 pp" in strict.missing
 
 
 def test_uplift_thresholds() -> None:
-    assert ops.Uplift(30, 5, 30, 5).enough
-    assert not ops.Uplift(29, 5, 30, 5).enough
-    assert not ops.Uplift(30, 4, 30, 5).enough  # 9 converted in all: fewer than MIN_OUTCOMES
-    assert not ops.Uplift(30, 25, 30, 26).enough  # 9 without a goal
-    assert ops.Uplift(30, 25, 30, 25).enough
+    assert ops.Uplift(100, 5, 100, 5).enough
+    assert not ops.Uplift(99, 5, 100, 5).enough  # fewer than pcrules.uplift.MIN_PER_ARM offered
+    assert not ops.Uplift(100, 4, 100, 5).enough  # fewer than 5 offered visitors with a goal
+    assert "5 visitors with and without a goal among the offered" in ops.Uplift(100, 4, 100, 5).missing
+    assert not ops.Uplift(100, 95, 100, 96).enough  # fewer than 5 withheld visitors without one
+    assert ops.Uplift(100, 95, 100, 95).enough
+    assert ops.Uplift(0, 0, 0, 0).result.estimate is None and ops.Uplift(0, 0, 0, 0).still_needed() == (100, 100)
+    assert ops.Uplift(100, 30, 100, 20, min_per_arm=10, mde=0.3).enough  # 30 points is easy to see
 
 
 def test_queries_agree_with_a_replay_through_the_runtime(tmp_path: Path) -> None:
@@ -358,6 +398,8 @@ def test_dashboard_widgets_show_the_queries(small_log: Path) -> None:
     assert (_value(d, "offers"), _value(d, "accept_rate"), _value(d, "expiry_rate"), _value(d, "chats_started")) == (
         "5", "0.500000", "0.250000", "2")
     assert 'data-state="insufficient"' in d.tiles["uplift"].value and "Not enough data yet" in d.tiles["uplift"].value
+    assert 'data-needed-offered="95"' in d.tiles["uplift"].value and 'data-needed-withheld="99"' in d.tiles["uplift"].value
+    assert "so far −60.0 pp (95 % CI" in d.tiles["uplift"].value
     assert all(bytes(img.value).startswith(b"\x89PNG") for img in d.chart_images.values())
     assert [v for _, v in d.queue.options] == ["", "Billing", "Sales", "Support"]
     assert [v for _, v in d.page.options] == ["", "Bill Payment", "Checkout", "FAQ", "Home"]

@@ -1,10 +1,11 @@
 """The ops dashboard in a real browser: Voila started by pcrules.dashboard on a free port, Debian's Chromium
 driven by Playwright.
 
-The log is the shipped sample replayed through a published bundle of the default ruleset, plus goals for a
-third of the offered and a quarter of the withheld visitors (so the uplift tile has an estimate for all
-queues and "not enough data yet" for a single one). Every number the tiles show is checked against SQL run
-here, directly on the log; then the filters are changed and checked again. Every request the page makes is
+The log is the shipped sample replayed through a published bundle of the default ruleset with a 30 %
+holdout, plus goals for a third of the offered and a quarter of the withheld visitors (so the uplift tile
+has an estimate for all queues and "not enough data yet" for a single one). Every number the tiles show is
+checked against SQL run here, directly on the log (the uplift tile: the eligible visitors and their goals
+counted here, then pcrules.uplift.estimate on those counts); then the filters are changed and checked again. Every request the page makes is
 recorded: none may leave 127.0.0.1. Screenshots and Voila's log go to test-artifacts/ (git-ignored).
 
 These tests are never skipped: without Chromium they fail and say how to install it.
@@ -23,9 +24,11 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 
 from pcrules import SQLiteDecisionLog, dashboard, load_spec
-from pcrules.ops import MIN_OUTCOMES, MIN_VISITORS_PER_GROUP
+from pcrules.uplift import MIN_PER_ARM
+from pcrules.uplift import estimate as uplift_estimate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,7 +42,8 @@ FIRST_RENDER_MS = 90_000  # a fresh machine builds matplotlib's font cache on th
 ERROR_TEXT = ("Traceback", "Error", "error when executing", "Exception")
 CHARTS = ("over-time", "by-page", "by-rule", "by-queue", "queue-load", "blocked")
 METRICS = {"auc": 0.7312, "brier": 0.0461, "training_events": 37430}
-Z95 = 1.959963984540054
+HOLDOUT = 0.3  # enough withheld visitors in the sample for an estimate over all queues
+WINDOW_S = 86400.0  # a goal counts within a day of the visitor's first offer or would-be offer
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -69,19 +73,27 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from pcrules.sample import read_events
 
     tmp = tmp_path_factory.mktemp("ops-dashboard")
-    version = publish(DEFAULT_RULES, None, tmp / "published", metrics=METRICS)
+    rules = yaml.safe_load(DEFAULT_RULES.read_text())
+    rules["policy"]["holdout"] = HOLDOUT
+    (tmp / "rules.yaml").write_text(yaml.safe_dump(rules))
+    version = publish(tmp / "rules.yaml", None, tmp / "published", metrics=METRICS)
     log = tmp / "decisions.sqlite"
     with runtime_from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:
         replay(runtime, read_events())
-        with sqlite3.connect(log) as db:
-            eligible = db.execute(
-                "SELECT visitor_id, MIN(session_id), holdout, MIN(ts) FROM decisions"
-                " WHERE action = 'offer' OR holdout = 1 GROUP BY visitor_id, holdout ORDER BY visitor_id").fetchall()
+    # The log writes its tables from a journal in the background: read it once the runtime has closed it.
+    with sqlite3.connect(log) as db:
+        eligible = db.execute(
+            "SELECT visitor_id, MIN(session_id), holdout, MIN(ts) FROM decisions"
+            " WHERE action = 'offer' OR holdout = 1 GROUP BY visitor_id, holdout ORDER BY visitor_id").fetchall()
+    assert len(eligible) > 600, "the replay's decisions are all in the log"
+    with runtime_from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:  # goals come later
         for i, (visitor, session, holdout, first) in enumerate(eligible):
             if i % (4 if holdout else 3) == 0:
                 runtime.record_goal(visitor, session, "bill_paid", ts=first + 300)
             elif i % 7 == 0:  # a goal before the visitor was eligible: must not count
                 runtime.record_goal(visitor, session, "bill_paid", ts=first - 600)
+            elif i % 11 == 0:  # a goal after the attribution window: must not count either
+                runtime.record_goal(visitor, session, "bill_paid", ts=first + WINDOW_S + 60)
         runtime.record_goal("v-unknown", "v-unknown-s0", "bill_paid", ts=eligible[0][3])  # never seen: kept
     return {"log": log, "published": tmp / "published", "version": version.name}
 
@@ -145,9 +157,16 @@ def expected(log: Path, where: str = "1", params: tuple = ()) -> dict[str, Any]:
         status = dict(db.execute(
             "SELECT status, COUNT(*) FROM outcomes WHERE offer_id IN"
             f" (SELECT offer_id FROM decisions WHERE action = 'offer' AND {where}) GROUP BY status", params).fetchall())
-        first = db.execute(f"SELECT visitor_id, holdout, MIN(ts) FROM decisions WHERE {where} AND"
-                           " (action = 'offer' OR (reason = 'holdout' AND holdout = 1)) GROUP BY visitor_id, holdout",
-                           params).fetchall()
+        # The uplift's units: each visitor once, at her first offer or would-be offer in the whole log (the
+        # filters then select by that decision's time, queue and page); ties broken by the log's row id.
+        first = db.execute(f"""
+            WITH eligible AS (SELECT id, ts, visitor_id, holdout, page, queue FROM decisions
+                              WHERE action = 'offer' OR (reason = 'holdout' AND holdout = 1)),
+                 earliest AS (SELECT visitor_id, MIN(ts) AS t FROM eligible GROUP BY visitor_id),
+                 firsts AS (SELECT e.* FROM eligible e JOIN earliest f ON f.visitor_id = e.visitor_id AND e.ts = f.t
+                            WHERE NOT EXISTS (SELECT 1 FROM eligible o WHERE o.visitor_id = e.visitor_id
+                                              AND o.ts = e.ts AND o.id < e.id))
+            SELECT visitor_id, holdout, ts FROM firsts WHERE {where}""", params).fetchall()
         goals: dict[str, list[float]] = {}
         for visitor, ts in db.execute("SELECT visitor_id, ts FROM goals"):
             goals.setdefault(visitor, []).append(ts)
@@ -156,20 +175,14 @@ def expected(log: Path, where: str = "1", params: tuple = ()) -> dict[str, Any]:
     converted = {0: 0, 1: 0}
     for visitor, holdout, t0 in first:
         n[holdout] += 1
-        converted[holdout] += any(ts >= t0 for ts in goals.get(visitor, ()))
+        converted[holdout] += any(t0 <= ts <= t0 + WINDOW_S for ts in goals.get(visitor, ()))
     out = {"offers": offers, "chats_started": status.get("accepted", 0),
            "accept_rate": status.get("accepted", 0) / ended if ended else None,
            "decline_rate": status.get("declined", 0) / ended if ended else None,
            "expiry_rate": status.get("expired", 0) / ended if ended else None,
-           "groups": (n[0], converted[0], n[1], converted[1])}
-    total = converted[0] + converted[1]
-    if (min(n.values()) >= MIN_VISITORS_PER_GROUP and total >= MIN_OUTCOMES
-            and n[0] + n[1] - total >= MIN_OUTCOMES):
-        p1, p0 = converted[0] / n[0], converted[1] / n[1]
-        half = Z95 * math.sqrt(p1 * (1 - p1) / n[0] + p0 * (1 - p0) / n[1])
-        out["uplift"] = (p1 - p0, p1 - p0 - half, p1 - p0 + half)
-    else:
-        out["uplift"] = None
+           "groups": (n[0], converted[0], n[1], converted[1]),
+           "uplift": uplift_estimate(converted[0], n[0], converted[1], n[1]),
+           "needed": (max(0, MIN_PER_ARM - n[0]), max(0, MIN_PER_ARM - n[1]))}
     return out
 
 
@@ -192,19 +205,25 @@ def check_tiles(page: Any, exp: dict[str, Any]) -> None:
         expect(tile(key)).to_have_attribute("data-value", "" if r is None else f"{r:.6f}")
         expect(tile(key).locator(".pcrules-tile-value")).to_have_text("–" if r is None else f"{100 * r:.1f} %")
     offered, offered_converted, withheld, withheld_converted = exp["groups"]
+    up = exp["uplift"]
     note = tile("uplift").locator(".pcrules-tile-note")
     expect(note).to_contain_text(f"{offered:,} offered vs {withheld:,} withheld visitors")
-    if exp["uplift"] is None:
+    expect(tile("uplift")).to_have_attribute("data-status", up.status)
+    if up.status == "not_enough_data":
         expect(tile("uplift")).to_have_attribute("data-state", "insufficient")
         expect(tile("uplift").locator(".pcrules-tile-value")).to_have_text("Not enough data yet")
+        expect(tile("uplift")).to_have_attribute("data-value", "")
+        expect(tile("uplift")).to_have_attribute("data-needed-offered", str(exp["needed"][0]))
+        expect(tile("uplift")).to_have_attribute("data-needed-withheld", str(exp["needed"][1]))
+        if up.estimate is not None:  # the interval so far, in words only
+            expect(note).to_contain_text(f"so far {pp(up.estimate)} (95 % CI {pp(up.ci_low)} to {pp(up.ci_high)})")
     else:
-        d, low, high = exp["uplift"]
         expect(tile("uplift")).to_have_attribute("data-state", "estimate")
-        expect(tile("uplift")).to_have_attribute("data-value", f"{d:.6f}")
-        expect(tile("uplift")).to_have_attribute("data-low", f"{low:.6f}")
-        expect(tile("uplift")).to_have_attribute("data-high", f"{high:.6f}")
-        expect(tile("uplift").locator(".pcrules-tile-value")).to_have_text(pp(d))
-        expect(note).to_contain_text(f"95 % CI {pp(low)} to {pp(high)}")
+        expect(tile("uplift")).to_have_attribute("data-value", f"{up.estimate:.6f}")
+        expect(tile("uplift")).to_have_attribute("data-low", f"{up.ci_low:.6f}")
+        expect(tile("uplift")).to_have_attribute("data-high", f"{up.ci_high:.6f}")
+        expect(tile("uplift").locator(".pcrules-tile-value")).to_have_text(pp(up.estimate))
+        expect(note).to_contain_text(f"95 % CI {pp(up.ci_low)} to {pp(up.ci_high)}")
 
 
 def assert_no_error_text(page: Any, recorder: Recorder) -> None:
@@ -241,7 +260,7 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     page.set_default_timeout(20_000)
 
     everything = expected(log)
-    assert everything["offers"] > 500 and everything["uplift"] is not None  # the sample gives a real dashboard
+    assert everything["offers"] > 500 and everything["uplift"].enough_data  # the sample gives a real dashboard
     check_tiles(page, everything)
 
     # every chart, with a loaded image
@@ -272,7 +291,7 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
 
     queue.select_option(label="Billing")
     billing = expected(log, "queue = ?", ("Billing",))
-    assert billing["offers"] != everything["offers"] and billing["uplift"] is None  # a different, thinner view
+    assert billing["offers"] != everything["offers"] and not billing["uplift"].enough_data  # a thinner view
     check_tiles(page, billing)
 
     queue.select_option(label="All queues")
