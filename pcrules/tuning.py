@@ -118,6 +118,7 @@ __all__ = [
     "ruleset_diff",
     "side_by_side",
     "spec_text",
+    "uplift_side_by_side",
 ]
 
 log = logging.getLogger("pcrules.tuning")
@@ -1898,6 +1899,25 @@ def side_by_side(current: RuleSpec, tuned: RuleSpec, inputs: TuningInputs,
     a = backtest(current, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
     b = backtest(tuned, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
     return SideBySide(names, (a, b), compare(a, b, names))
+
+
+def uplift_side_by_side(sbs: SideBySide, dimension: str = "page") -> pd.DataFrame | str:
+    """Expected uplift of both rulesets by ``rule``, ``page`` or ``queue`` (``BacktestResult.uplift_by``): offers and
+    expected extra goals of each, by the true P(accept) on a generated world (else the model's). When the effects
+    of an offer are not known (real history), a sentence saying so instead of a table."""
+    (a, b), (na, nb) = sbs.results, sbs.names
+    probability = "truth" if a.metrics.get("true_expected_uplift") is not None else "model"
+    try:
+        left, right = a.uplift_by(dimension, probability), b.uplift_by(dimension, probability)
+    except ValueError as exc:
+        reason = _reason(exc)
+        return reason[:1].upper() + reason[1:] + "."
+    out = pd.DataFrame({f"offers ({na})": left["offers"], f"offers ({nb})": right["offers"],
+                        f"extra goals ({na})": left["expected_uplift"], f"extra goals ({nb})": right["expected_uplift"]})
+    out = out.fillna(0.0)
+    out["change"] = out[f"extra goals ({nb})"] - out[f"extra goals ({na})"]
+    out.attrs["probability"] = probability
+    return out.rename_axis(dimension)
 
 
 def plot_side_by_side(sbs: SideBySide) -> Any:

@@ -226,12 +226,14 @@ def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
     published = tmp_path / "published"
     nb = run(NOTEBOOKS / "03_tune_triggers.ipynb", {
         "data_path": str(world_dir), "bundle_path": str(published), "model_path": str(tmp_path / "model.json"),
-        "publish": True})
+        "publish": True, "objective": "uplift"})
     widgets = outputs(nb, "application/vnd.jupyter.widget-view+json")
     assert widgets, "the tuner widget is displayed"
     text = text_of(nb)
     assert "score_threshold" in text and "expected_accepts" in text  # the expected-value table
+    assert "'objective': 'uplift'" in text and "true_expected_uplift" in text  # ... chosen for the extra goals
     assert "offers by rule" in text  # the side-by-side comparison
+    assert "extra goals (tuned)" in text  # expected uplift by page, current and tuned
     assert "published" in text and current_version(published) is not None
     bundle = load_bundle(published / "current")
     assert bundle.scorer is not None and bundle.metrics["tuning"]["backtest"]["offers"] >= 0
@@ -240,6 +242,7 @@ def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
     nb = run(NOTEBOOKS / "03_tune_triggers.ipynb", {"data_path": str(SAMPLE), "bundle_path": str(tmp_path / "b2"),
                                                     "model_path": None})
     assert "No model" in text_of(nb) and outputs(nb, "application/vnd.jupyter.widget-view+json")
+    assert "extra goals (tuned)" in text_of(nb)  # the sample is a generated world: the truth values its offers
 
 
 # --------------------------------------------------------------------------- the Voila app, in a browser
@@ -286,6 +289,7 @@ def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
     from pcrules.backtest import backtest
     from pcrules.bundle import load_bundle
     from pcrules.tuning import TriggerModel
+    from pcrules.world import event_effects
 
     bundle = load_bundle(app["tmp"] / "published" / "current")
     model = TriggerModel(bundle.spec, app["world"].events, bundle.scorer)
@@ -313,9 +317,14 @@ def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
             wait = float(readout.inner_text())
             assert wait == float(before) + 20.0
             settings = model.initial.with_rule(rule, wait_s=wait)
-            expected = backtest(model.spec_for(settings), app["world"].events, bundle.scorer).metrics
+            expected = backtest(model.spec_for(settings), app["world"].events, bundle.scorer,
+                                effects=event_effects(app["world"])).metrics
             assert expected["offers"] != first
             expect(offers).to_have_text(f"{expected['offers']:,}", timeout=30_000)
+            # a generated world: the expected uplift (extra goals) is shown, the backtest's
+            uplift = page.locator('[data-metric="expected_uplift"]')
+            expect(uplift).to_contain_text(f"{expected['expected_uplift']:+,.1f}", timeout=10_000)
+            expect(uplift).to_contain_text(f"({100 * expected['expected_uplift_itt']:+.2f} pp ITT)")
             blocked = page.locator('[data-reason="max_offers"]')
             expect(blocked).to_have_text(f"{expected['reasons']['max_offers']:,}", timeout=10_000)
             expect(page.locator(".pcrules-chart img, img.pcrules-chart")).to_have_count(1)

@@ -460,7 +460,7 @@ def test_reset_and_apply_choices(world: Any, scorer: Any) -> None:
 def test_notebook_helpers(tmp_path: Path, world: Any, scorer: Any) -> None:
     from pcrules import analysis
     from pcrules.bundle import publish
-    from pcrules.tuning import dashboard, expected_value_choice, plot_side_by_side
+    from pcrules.tuning import dashboard, expected_value_choice, plot_side_by_side, uplift_side_by_side
 
     world.write(tmp_path / "world", format="csv.gz")
     inputs = load_for_tuning(tmp_path / "world", tmp_path / "published")
@@ -480,6 +480,26 @@ def test_notebook_helpers(tmp_path: Path, world: Any, scorer: Any) -> None:
     assert list(sbs.table.columns[:2]) == ["current", "tuned"]
     assert sbs.table.loc["offers", "tuned"] == ev.result.metrics["offers"]
     assert len(plot_side_by_side(sbs).axes) == 3
+    # a generated world: the effect of an offer is known, so the expected uplift is reported and can be optimised
+    assert inputs.effects is not None and tuner.result.metrics["true_expected_uplift"] is not None
+    by_page = uplift_side_by_side(sbs, "page")
+    assert by_page.attrs["probability"] == "truth"
+    for side, result in zip(("current", "tuned"), sbs.results):
+        assert by_page[f"extra goals ({side})"].sum() == pytest.approx(result.metrics["true_expected_uplift"])
+        assert by_page[f"offers ({side})"].sum() == result.metrics["offers"]
+    assert sbs.table.loc["true_expected_uplift", "tuned"] == pytest.approx(sbs.results[1].metrics["true_expected_uplift"])
+    best = expected_value_choice(inputs, objective="uplift")
+    assert best.objective == "uplift" and best.value["value"] == pytest.approx(best.result.metrics["expected_uplift"])
+    # real history (events only): not available, said in a sentence, never a 0
+    world.events.to_csv(tmp_path / "events.csv", index=False)
+    real = load_for_tuning(tmp_path / "events.csv", tmp_path / "elsewhere", model_path=model_path)
+    assert real.effects is None and any("not available" in n for n in real.notes)
+    real_sbs = side_by_side(real.spec, tuned, real)
+    assert real_sbs.results[1].metrics["expected_uplift"] is None
+    sentence = uplift_side_by_side(real_sbs)
+    assert isinstance(sentence, str) and sentence.startswith("Expected uplift by page is not available")
+    with pytest.raises(ValueError, match="needs effects"):
+        expected_value_choice(real, objective="uplift")
     assert "seconds_on_page" in ruleset_diff(inputs.spec, tuned)
     assert ruleset_diff(inputs.spec, inputs.spec) == ""
     # the Voila app's entry: a bundle, history from the environment; a missing history is a sentence
