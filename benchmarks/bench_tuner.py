@@ -3,6 +3,7 @@
     python benchmarks/bench_tuner.py                    # a world of 70,000 visitors: ~100k sessions, ~1M events
     python benchmarks/bench_tuner.py --visitors 20000 --moves 40
     python benchmarks/bench_tuner.py --verify 3         # also prove 3 of the settings equal to a full backtest
+    python benchmarks/bench_tuner.py --uplift           # with the world's truth and effects: expected uplift too
 
 A person moving sliders: a seeded sequence of single-knob changes (a rule's wait, its score threshold, a rule
 on/off, a queue's capacity) on the default ruleset served with a trained model, as from a bundle. Prints
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--moves", type=int, default=60)
     parser.add_argument("--verify", type=int, default=0, help="check this many settings against backtest()")
+    parser.add_argument("--uplift", action="store_true",
+                        help="give the tuner the world's truth and per-event effects (expected uplift figures)")
     args = parser.parse_args()
 
     from pcrules.training import train_on_offers
@@ -75,10 +78,19 @@ def main() -> None:
     print(f"world: {len(world.events):,} events, {world.events['session_id'].nunique():,} sessions, "
           f"{args.visitors:,} visitors; model trained on {len(world.offers):,} offers ({time.perf_counter() - t:.1f} s)")
 
+    truth = effects = None
+    if args.uplift:
+        from pcrules.world import event_effects
+
+        t = time.perf_counter()
+        effects = event_effects(world)
+        truth = effects["p_accept"].to_numpy()
+        print(f"world.event_effects: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
-    model = TriggerModel(DEFAULT_RULES, table, scorer)
+    model = TriggerModel(DEFAULT_RULES, table, scorer, truth=truth, effects=effects)
     print(f"preparation (once per history): {time.perf_counter() - t:.2f} s; {model.m:,} candidate rows "
-          f"of {model.valid_events:,} ({model.m / max(model.valid_events, 1):.0%})")
+          f"of {model.valid_events:,} ({model.m / max(model.valid_events, 1):.0%})"
+          + ("; with truth and effects (expected uplift)" if args.uplift else ""))
 
     # the figures alone, and the whole widget refresh, over the same sequence of changes
     tuner = Tuner(model.spec, table, scorer, model=model)
@@ -101,12 +113,19 @@ def main() -> None:
         eval_wall.append(time.perf_counter() - w0)
         eval_cpu.append(time.process_time() - c0)
         if len(checked) < args.verify and (len(refresh_wall) - 1) % max(1, args.moves // max(2 * args.verify, 1)) == 0:
-            ref = backtest(model.spec_for(settings), table, scorer)
+            ref = backtest(model.spec_for(settings), table, scorer, truth=truth, effects=effects)
             same = all(result.metrics[k] == ref.metrics[k] for k in ("offers", "holdout", "accepted", "declined",
                                                                       "expired", "actions", "reasons"))
+            same = same and all(result.metrics[k] == ref.metrics[k] or abs(result.metrics[k] - ref.metrics[k]) <= 1e-9
+                                * max(1.0, abs(ref.metrics[k])) for k in ("expected_uplift", "true_expected_uplift")
+                                if ref.metrics[k] is not None)
             checked.append(same)
     print(f"changes: {len(refresh_wall)} single-knob moves (wait, threshold, on/off, capacity); offers went from "
           f"{min(offers):,} to {max(offers):,}")
+    if args.uplift:
+        m = model.evaluate(tuner.read_settings()).metrics
+        print(f"last setting: expected uplift {m['expected_uplift']:+,.1f} extra goals (model's P(accept)), "
+              f"{m['true_expected_uplift']:+,.1f} (true P(accept))")
     print(f"TriggerModel.evaluate   wall {stats(eval_wall)}")
     print(f"                        cpu  {stats(eval_cpu)}")
     print(f"widget refresh (all)    wall {stats(refresh_wall)}")
@@ -118,7 +137,7 @@ def main() -> None:
     table_runs = []
     for _ in range(2):
         t = time.perf_counter()
-        backtest(model.spec_for(settings), table, scorer)
+        backtest(model.spec_for(settings), table, scorer, truth=truth, effects=effects)
         table_runs.append(time.perf_counter() - t)
     print(f"one full backtest() of the same ruleset (prepared EventTable): {min(table_runs) * 1000:.0f} ms")
     if checked:

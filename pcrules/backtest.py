@@ -638,9 +638,8 @@ class Effects:
             if EFFECT_COLUMNS[0] not in source:
                 raise ValueError(f"effects: expected a column {EFFECT_COLUMNS[0]!r} (and optionally "
                                  f"{EFFECT_COLUMNS[1]!r}), got {sorted(map(str, source.keys()))[:8]}")
-            gain = np.asarray(source[EFFECT_COLUMNS[0]], dtype=object).ravel()
-            loss = np.asarray(source[EFFECT_COLUMNS[1]], dtype=object).ravel() if EFFECT_COLUMNS[1] in source \
-                else np.zeros(len(gain))
+            gain = _column(source[EFFECT_COLUMNS[0]])
+            loss = _column(source[EFFECT_COLUMNS[1]]) if EFFECT_COLUMNS[1] in source else np.zeros(len(gain))
             if len(gain) != n or len(loss) != n:
                 raise ValueError(f"effects: expected one row per event ({n}), got {len(gain)}")
             gain, loss = _effect_values(gain, loss, "effects")
@@ -671,22 +670,31 @@ class Effects:
             gain, loss = out
         else:
             gain, loss = out, 0.0
-        gain = np.broadcast_to(np.asarray(gain, dtype=object).ravel() if np.ndim(gain) else gain, (len(rows),))
-        loss = np.broadcast_to(np.asarray(loss, dtype=object).ravel() if np.ndim(loss) else loss, (len(rows),))
+        gain = np.broadcast_to(_column(gain) if np.ndim(gain) else gain, (len(rows),))
+        loss = np.broadcast_to(_column(loss) if np.ndim(loss) else loss, (len(rows),))
         return _effect_values(gain, loss, "effects (from the function)")
+
+
+def _column(values: Any) -> np.ndarray:
+    """One column of values as a flat array: floats as they are, anything else as objects (checked later)."""
+    arr = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    return arr.ravel() if arr.dtype.kind in "fiub" else np.asarray(arr, dtype=object).ravel()
 
 
 def _effect_values(gain: Any, loss: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for name, values in zip(EFFECT_COLUMNS, (gain, loss)):
-        arr = pd.to_numeric(pd.Series(np.asarray(values, dtype=object)), errors="coerce").to_numpy(
-            dtype=float, na_value=np.nan)
+        values = _column(values)
+        if values.dtype.kind in "fiu":
+            arr = values.astype(float)
+        else:  # text, None, booleans: what is not a number becomes NaN and is refused below
+            arr = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            arr[np.array([isinstance(v, (bool, np.bool_)) for v in values], dtype=bool)] = np.nan
         bad = ~((arr >= -1.0) & (arr <= 1.0))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{where}: {name} must be a change of a probability, a number in [-1, 1]; "
-                             f"{int(bad.sum())} value(s) are not, e.g. {np.asarray(values, dtype=object)[i]!r} "
-                             f"at row {i}")
+                             f"{int(bad.sum())} value(s) are not, e.g. {values[i]!r} at position {i}")
         out.append(arr)
     return out[0], out[1]
 

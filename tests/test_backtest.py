@@ -544,6 +544,8 @@ def test_expected_uplift_from_effects_in_every_form_or_not_available(model: Any)
     (lambda ev: np.full(len(ev), 1.5), r"gain_if_accepted must be a change of a probability, a number in \[-1, 1\]"),
     (lambda ev: (np.full(len(ev), 0.1), np.full(len(ev), np.nan)), "loss_if_not_accepted must be"),
     (lambda ev: {"gain": 1}, "the function returned no 'gain_if_accepted'"),
+    (lambda ev: np.array(["0.1"] * (len(ev) - 1) + ["lots"]), "1 value.s. are not, e.g. 'lots'"),
+    (lambda ev: np.ones(len(ev), dtype=bool), "gain_if_accepted must be"),  # a flag is not a change of a rate
 ])
 def test_bad_effects_are_refused_naming_the_field(effects: Any, message: str) -> None:
     events = generate(visitors=200, seed=2).events
