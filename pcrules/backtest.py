@@ -688,7 +688,8 @@ def _effect_values(gain: Any, loss: Any, where: str) -> tuple[np.ndarray, np.nda
         if values.dtype.kind in "fiu":
             arr = values.astype(float)
         else:  # text, None, booleans: what is not a number becomes NaN and is refused below
-            arr = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            arr = np.array(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+                dtype=float, na_value=np.nan))  # a writable copy
             arr[np.array([isinstance(v, (bool, np.bool_)) for v in values], dtype=bool)] = np.nan
         bad = ~((arr >= -1.0) & (arr <= 1.0))
         if bad.any():
