@@ -4,6 +4,7 @@
     python benchmarks/bench_backtest.py --visitors 20000 --replay-visitors 2000
     python benchmarks/bench_backtest.py --peak-10m      # also peak memory of a backtest over ~10M events
     python benchmarks/bench_backtest.py --decision-quality 20000   # tuned vs fixed-wait policies on a world
+    python benchmarks/bench_backtest.py --uplift 20000  # expected-value tuning for accepts vs for uplift
 
 Prints: backtest events/s end to end (from the events DataFrame to decisions and
 figures; first run and best of the rest), with a prepared ``EventTable`` (what
@@ -117,6 +118,50 @@ def decision_quality(visitors: int, seed: int) -> None:
         print(tuned.table().to_string(float_format=lambda x: f"{x:,.3f}"))
 
 
+def uplift_objectives(visitors: int, seed: int) -> None:
+    """``decision_value.tune`` for expected accepts and for expected uplift (extra goals) on a generated world, with
+    three kinds of P(accept): the model (trained on another world), a perfect model (the truth given what the
+    runtime sees) and the truth (with the latent needs_help). Each choice is judged by the world: the backtest's
+    true expected uplift, the world's own true ITT (``world.true_uplift``) and the goals the world draws."""
+    from pcrules.decision_value import Economics, per_page_spec, tune, world_truth
+    from pcrules.world import draw_goals, event_effects, true_uplift
+
+    scorer = train_scorer(seed + 100)
+    world = generate(visitors=visitors, seed=seed)
+    effects = event_effects(world)
+    truth, oracle = effects["p_accept"].to_numpy(), world_truth(world, oracle=True)
+    table = EventTable(world.events)
+    spec = per_page_spec()
+    waits = [0, 15, 30, 60, 90, 120, 180, 300, 600]
+    print(f"world: {visitors:,} visitors, {len(world.events):,} events; one rule per page ({len(spec.rules)} rules); "
+          f"accepts: value 1 per accepted chat, cost 0.03 per offer; uplift: expected extra goals")
+    without = len(draw_goals(world, world.offers.iloc[:0]))
+    header = (f"{'P(accept)':<10} {'objective':<9} {'offers':>7} {'true acc.':>9} {'exp. uplift':>11} "
+              f"{'true uplift':>11} {'ITT (bt)':>9} {'ITT (world)':>11} {'world extra':>11} {'realised':>9} {'± sd':>6} "
+              f"{'s':>5}")
+    print(header)
+    for kind, probability in (("model", scorer), ("perfect", oracle), ("truth", truth)):
+        for objective, economics in (("accepts", Economics(1.0, 0.03)), ("uplift", Economics())):
+            started = time.perf_counter()
+            tuned = tune(spec, table, probability, economics=economics, truth=truth, effects=effects,
+                         objective=objective, waits=waits)
+            seconds = time.perf_counter() - started
+            m, offers = tuned.result.metrics, tuned.result.offers
+            true = true_uplift(world, offers, answers="expected")
+            real = offers[~offers["holdout"]]
+            p, g, lo = (real[c].to_numpy() for c in ("truth", "gain_if_accepted", "loss_if_not_accepted"))
+            sd = float(np.sqrt(np.sum(p * g + (1 - p) * lo - (p * g - (1 - p) * lo) ** 2)))
+            realised = len(draw_goals(world, offers)) - without
+            print(f"{kind:<10} {objective:<9} {m['offers']:>7,} {m['true_expected_accepts']:>9,.1f} "
+                  f"{m['expected_uplift']:>+11,.1f} {m['true_expected_uplift']:>+11,.1f} "
+                  f"{100 * m['true_expected_uplift_itt']:>+8.3f}% {100 * true.itt:>+10.3f}% "
+                  f"{true.itt * true.n_visitors:>+11,.1f} {realised:>+9,} {sd:>6.1f} {seconds:>5.1f}")
+    print("exp. uplift: extra goals by the P(accept) the search used; true uplift: by the true P(accept) (both the\n"
+          "backtest's, sum over offers); ITT: per eligible visitor, the backtest's (first offers) and the world's exact\n"
+          "one; world extra: the world's extra converting visitors (ITT x eligible); realised: goals the world draws\n"
+          "with the offers minus without (common random numbers), whose sd is given.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--visitors", type=int, default=70_000, help="world size (default 70000: ~100k sessions)")
@@ -127,9 +172,14 @@ def main() -> None:
     parser.add_argument("--peak-10m", action="store_true", help="also measure peak memory for ~10M events")
     parser.add_argument("--decision-quality", type=int, metavar="VISITORS",
                         help="only compare tuned and fixed-wait policies on a world of this many visitors")
+    parser.add_argument("--uplift", type=int, metavar="VISITORS",
+                        help="only compare tuning for accepts and for uplift on a world of this many visitors")
     args = parser.parse_args()
     if args.decision_quality:
         decision_quality(args.decision_quality, args.seed)
+        return
+    if args.uplift:
+        uplift_objectives(args.uplift, args.seed)
         return
 
     spec, scorer = bench_spec(), train_scorer()
