@@ -660,10 +660,11 @@ class Effects:
             return np.zeros(0), np.zeros(0)
         frame = self.table.frame.iloc[rows].reset_index(drop=True)
         out = self._fn(frame)
-        if isinstance(out, pd.DataFrame) or isinstance(out, _MappingABC):
+        if isinstance(out, (pd.DataFrame, _MappingABC)):
             if EFFECT_COLUMNS[0] not in out:
                 raise ValueError(f"effects: the function returned no {EFFECT_COLUMNS[0]!r}")
-            gain, loss = out[EFFECT_COLUMNS[0]], out[EFFECT_COLUMNS[1]] if EFFECT_COLUMNS[1] in out else 0.0
+            gain = out[EFFECT_COLUMNS[0]]
+            loss = out[EFFECT_COLUMNS[1]] if EFFECT_COLUMNS[1] in out else 0.0  # a frame has no .get by column
         elif isinstance(out, tuple):
             if len(out) != 2:
                 raise ValueError("effects: the function must return (gain_if_accepted, loss_if_not_accepted)")

@@ -57,7 +57,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .backtest import BacktestResult, EventTable, _queue_blocks, _scores_for, backtest, effect_columns, resolve_effects
+from .backtest import (
+    BacktestResult,
+    EventTable,
+    _queue_blocks,
+    _scores_for,
+    backtest,
+    effect_columns,
+    resolve_effects,
+)
 from .matching.vector import VectorMatcher
 from .policy import in_holdout
 from .spec import STRING, Condition, RuleSpec, load_spec, rule_tz

@@ -86,7 +86,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .backtest import EventTable, OfferLedger, batch_scores, effect_columns, resolve_effects, uplift_figures
+from .backtest import (
+    EventTable,
+    OfferLedger,
+    batch_scores,
+    effect_columns,
+    resolve_effects,
+    uplift_figures,
+)
 from .decision import Reason
 from .decision_value import RuleChoice, with_parameters
 from .errors import PcrulesError, SpecError

@@ -14,7 +14,6 @@ These tests are never skipped: without Chromium they fail and say how to install
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import time
