@@ -292,5 +292,7 @@ class SQLiteDecisionLog:
             sink.flush(final=True)
             with contextlib.suppress(sqlite3.Error):
                 sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(OSError):  # still in use by another process's journal: it stays
+                sink.directory.rmdir()
         finally:
             sink.db.close()
