@@ -36,10 +36,16 @@ class Journal:
     """The journal this process appends to. Not thread-safe: the caller serialises appends."""
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
         stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         temporary = directory / f".{stem}.tmp"
-        self.fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        for attempt in range(3):
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                break
+            except FileNotFoundError:  # another process closing its log removed the empty directory meanwhile
+                if attempt == 2:
+                    raise
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.path = directory / f"{stem}{SUFFIX}"
         os.rename(temporary, self.path)
