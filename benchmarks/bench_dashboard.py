@@ -43,6 +43,7 @@ def base_log(path: Path) -> int:
 
     with Runtime(load_spec(DEFAULT_RULES), log=SQLiteDecisionLog(path)) as runtime:
         replay(runtime, read_events())
+        runtime.flush()
         with sqlite3.connect(path) as db:
             eligible = db.execute(
                 "SELECT visitor_id, MIN(session_id), holdout, MIN(ts) FROM decisions"

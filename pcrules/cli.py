@@ -61,13 +61,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _replay_rules_only(spec: Any, events: Path, log_path: Path, progress: bool) -> Any:
-    from .decision_log import SQLiteDecisionLog
+    from .decision_log import SQLiteDecisionLog, remove_log
     from .replay import replay
     from .runtime import Runtime
     from .sample import read_events
 
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{log_path}{suffix}").unlink(missing_ok=True)
+    remove_log(log_path)
     rows = list(read_events(events))
     with Runtime(spec, log=SQLiteDecisionLog(log_path)) as runtime:
         return replay(runtime, rows, progress=progress, total=len(rows))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import logging
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ from typing import Protocol, runtime_checkable
 from .decision import Decision, Outcome
 from .log_journal import Journal, orphans, read_records
 
-__all__ = ["DecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["DecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "remove_log"]
 
 log = logging.getLogger("pcrules.decision_log")
 
@@ -121,6 +122,13 @@ class DecisionLog(Protocol):
     def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+def remove_log(path: str | Path) -> None:
+    """Delete a decision log (not open anywhere) and everything that belongs to it: WAL, shared memory, journals."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(f"{path}.pending", ignore_errors=True)  # a killed writer's journal would come back otherwise
 
 
 def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import load_bundle, publish
-from .decision_log import SQLiteDecisionLog
+from .decision_log import SQLiteDecisionLog, remove_log
 from .replay import ReplaySummary, replay
 from .runtime import Runtime
 from .sample import SAMPLE_DAYS, SAMPLE_PATH, SAMPLE_SEED, SAMPLE_START, SAMPLE_VISITORS, read_events
@@ -40,11 +40,11 @@ def train_and_publish(rules: Path, out_dir: Path) -> Path:
 def replay_with_goals(bundle: Path, log_path: Path, events: Path = SAMPLE_PATH,
                       progress: bool = False) -> tuple[ReplaySummary, int]:
     """Replay `events` through the bundle into a fresh log; then report the goals the world draws for them."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{log_path}{suffix}").unlink(missing_ok=True)
+    remove_log(log_path)
     rows = list(read_events(events))
     with Runtime.from_bundle(bundle, log=SQLiteDecisionLog(log_path)) as runtime:
         summary = replay(runtime, rows, progress=progress, total=len(rows))
+        runtime.flush()  # _goals reads the file
         goals = _goals(log_path) if events == SAMPLE_PATH else None
         reported = 0
         if goals is not None:

@@ -275,3 +275,16 @@ def test_records_reach_the_file_on_their_own_within_the_flush_interval(tmp_path)
         assert time.monotonic() < deadline, "the background writer never moved the record"
         time.sleep(0.01)
     log.close()
+
+
+def test_remove_log_takes_the_journal_of_a_killed_writer_with_it(tmp_path):
+    from pcrules.decision_log import remove_log
+
+    path = tmp_path / "log.sqlite"
+    killed_writer(path, first=5, later=5)
+    remove_log(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    fresh = SQLiteDecisionLog(path)  # a new log does not inherit the old one's journaled records
+    assert fresh.recovered == 0
+    fresh.close()
+    assert table(path, "SELECT count(*) FROM decisions") == [(0,)]
