@@ -15,6 +15,7 @@ the next process that opens the log. The schema is documented in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -131,10 +132,27 @@ def remove_log(path: str | Path) -> None:
     shutil.rmtree(f"{path}.pending", ignore_errors=True)  # a killed writer's journal would come back otherwise
 
 
+_ROWS_PER_STATEMENT = 128
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert(table: int, rows: int) -> str:
+    head, _, values = _INSERTS[table].partition(" VALUES ")
+    return f"{head} VALUES {','.join([values] * rows)}"
+
+
 def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
-    # Consecutive records of one table go in one executemany; the order within each table is kept.
+    """Consecutive records of one table, many rows per INSERT; the order within each table is kept.
+
+    Not executemany: the sqlite3 module releases the GIL around every statement step, and on a busy
+    interpreter each release costs this thread a full switch interval (5 ms) to get it back, so a batch
+    inserted row by row fell further and further behind the runtime. One step per 128 rows keeps up.
+    """
     for table, group in groupby(records, key=lambda r: r[0]):
-        db.executemany(_INSERTS[table], [row for _, row in group])
+        rows = [row for _, row in group]
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _ROWS_PER_STATEMENT]
+            db.execute(_multi_insert(table, len(chunk)), [value for row in chunk for value in row])
 
 
 class _Sink:
@@ -144,12 +162,15 @@ class _Sink:
     close() is still collected, and its finaliser stops the thread.
     """
 
-    def __init__(self, path: Path, wal_pages: int, rotate_bytes: int):
+    def __init__(self, path: Path, wal_pages: int, rotate_bytes: int, batch_rows: int):
         self.path = path
         self.lock = threading.Lock()          # journal + pending: held for microseconds by every record_*
         self.flush_lock = threading.Lock()    # one flush at a time
         self.rotate_bytes = rotate_bytes
         self.pending: list[tuple[int, tuple]] = []
+        self.oldest = 0.0  # monotonic time of the oldest pending record
+        self.retired: list[tuple[Journal, int]] = []  # rotated out, removed once committed (with their size)
+        self.batch_rows = batch_rows
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA page_size=1024")  # only takes effect on a new file
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -170,7 +191,7 @@ class _Sink:
             try:
                 row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?", (journal_path.name,)).fetchone()
                 records, end = read_records(journal_path, row[0] if row else 0)
-                self._commit(records, journal_path.name, end)
+                self._commit(records, [(journal_path.name, end)])
                 journal_path.unlink(missing_ok=True)
                 self.db.execute("DELETE FROM log_journals WHERE file = ?", (journal_path.name,))
                 moved += len(records)
@@ -180,14 +201,14 @@ class _Sink:
             log.warning("decision log %s: recovered %d record(s) a stopped process had journaled", self.path, moved)
         return moved
 
-    def _commit(self, records: list[tuple[int, tuple]], journal_name: str, end: int) -> None:
-        """The records and how far their journal is ingested, in one transaction: a crash repeats nothing."""
+    def _commit(self, records: list[tuple[int, tuple]], progress: list[tuple[str, int]]) -> None:
+        """The records and how far their journals are ingested, in one transaction: a crash repeats nothing."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             _insert(db, records)
-            db.execute("INSERT INTO log_journals (file, ingested) VALUES (?, ?) "
-                       "ON CONFLICT (file) DO UPDATE SET ingested = excluded.ingested", (journal_name, end))
+            db.executemany("INSERT INTO log_journals (file, ingested) VALUES (?, ?) "
+                           "ON CONFLICT (file) DO UPDATE SET ingested = excluded.ingested", progress)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -198,34 +219,60 @@ class _Sink:
             if self.journal is None:
                 raise RuntimeError(f"decision log {self.path} is closed")
             self.journal.append((table, row))
-            self.pending.append((table, row))
-
-    def flush(self, *, final: bool = False) -> None:
-        with self.flush_lock:
-            with self.lock:
-                journal = self.journal
-                if journal is None:
-                    return
-                batch, self.pending = self.pending, []
-                end = journal.offset
-                retire = final or end >= self.rotate_bytes
-                if retire:  # later records go to a fresh journal, so this one can be removed once committed
-                    self.journal = None if final else Journal(self.directory)
+            pending = self.pending
+            if not pending:
+                self.oldest = time.monotonic()
+            pending.append((table, row))
+            full = len(pending) >= self.batch_rows
+        if full:
+            # Moved by the writing thread itself, in one transaction per batch: a background thread that had
+            # to win the GIL back from a busy interpreter at every SQLite call fell further and further behind.
             try:
-                if batch or retire:
-                    self._commit(batch, journal.name, end)
-            except BaseException:
-                with self.lock:  # keep them for the next attempt, ahead of anything recorded meanwhile
-                    self.pending[:0] = batch
-                    if retire and not final:
-                        self.journal.close(remove=False)  # type: ignore[union-attr]
-                        self.journal = journal
-                    elif final:
-                        self.journal = journal
-                raise
-            if retire:
-                journal.close(remove=True)
-                self.db.execute("DELETE FROM log_journals WHERE file = ?", (journal.name,))
+                self.flush(blocking=False)
+            except Exception:  # journaled and still pending: the next batch or the background thread retries
+                self.failures += 1
+                log.warning("decision log %s: moving records into SQLite failed; retrying", self.path, exc_info=True)
+
+    def due(self, max_age_s: float) -> bool:
+        """Records have waited longer than `max_age_s` (a quiet writer: the background thread moves them)."""
+        return bool(self.pending) and time.monotonic() - self.oldest >= max_age_s
+
+    def flush(self, *, final: bool = False, blocking: bool = True) -> None:
+        if not self.flush_lock.acquire(blocking):
+            return  # another thread is flushing
+        try:
+            self._flush(final)
+        finally:
+            self.flush_lock.release()
+
+    def _flush(self, final: bool) -> None:
+        with self.lock:
+            journal = self.journal
+            if journal is None and not self.retired:
+                return
+            batch, self.pending = self.pending, []
+            progress = []
+            if journal is not None:
+                end = journal.offset
+                if final or end >= self.rotate_bytes:
+                    # Later records go to a fresh journal; this one is removed once all of it is committed.
+                    self.retired.append((journal, end))
+                    self.journal = None if final else Journal(self.directory)
+                else:
+                    progress.append((journal.name, end))
+            retired = list(self.retired)
+        progress += [(j.name, end) for j, end in retired]
+        try:
+            self._commit(batch, progress)
+        except BaseException:
+            with self.lock:  # kept for the next attempt, ahead of anything recorded meanwhile
+                self.pending[:0] = batch
+            raise
+        for j, end in retired:  # all of each is in the tables now (and marked so, should we die right here)
+            j.close(remove=True)
+            self.db.execute("DELETE FROM log_journals WHERE file = ?", (j.name,))
+            with self.lock:
+                self.retired.remove((j, end))
 
     def checkpoint(self) -> None:
         with self.flush_lock:
@@ -234,9 +281,10 @@ class _Sink:
 
 def _background(sink: _Sink, stop: threading.Event, flush_every_s: float, checkpoint_every_s: float) -> None:
     last_checkpoint = time.monotonic()
-    while not stop.wait(flush_every_s):
+    while not stop.wait(flush_every_s / 2):
         try:
-            sink.flush()
+            if sink.due(flush_every_s):
+                sink.flush()
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
                 sink.checkpoint()
                 last_checkpoint = time.monotonic()
@@ -254,10 +302,10 @@ class SQLiteDecisionLog:
     """
 
     def __init__(self, path: str | Path, *, flush_every_s: float = 0.05, checkpoint_every_s: float = 0.25,
-                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20):
+                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20, batch_rows: int = 256):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = _Sink(self.path, wal_pages, rotate_bytes)
+        self._sink = _Sink(self.path, wal_pages, rotate_bytes, batch_rows)
         self._append = self._sink.append
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_background, args=(self._sink, self._stop, flush_every_s,
