@@ -288,3 +288,18 @@ def test_remove_log_takes_the_journal_of_a_killed_writer_with_it(tmp_path):
     assert fresh.recovered == 0
     fresh.close()
     assert table(path, "SELECT count(*) FROM decisions") == [(0,)]
+
+
+def test_a_busy_writer_moves_its_own_batches_and_never_piles_up(tmp_path):
+    """A background-only mover lost every GIL hand-off to a busy writer and fell behind without bound."""
+    from pcrules.decision import Decision, Reason
+
+    path = tmp_path / "log.sqlite"
+    log = SQLiteDecisionLog(path, flush_every_s=3600, batch_rows=100)  # no help from the background thread
+    worst = 0
+    for i in range(5_000):
+        log.record_decision(Decision(Action.NONE, Reason.NO_RULE, f"v{i}", "s", float(i), "Home", 1.0, "r", "x"))
+        worst = max(worst, len(log._sink.pending))
+    assert worst <= 100
+    assert table(path, "SELECT count(*) FROM decisions") == [(5_000,)]  # every full batch is in the file already
+    log.close()
