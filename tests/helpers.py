@@ -56,6 +56,16 @@ def ev(visitor: str = "v1", session: str = "s1", page: str = "Bill Payment", sec
     return {"visitor_id": visitor, "session_id": session, "page": page, "seconds_on_page": seconds, "ts": ts, **extra}
 
 
+class Clock:
+    """A clock the test sets by hand: `clock.t += 60`."""
+
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def counter_ids(prefix: str = "o") -> Any:
     """Deterministic offer ids: o1, o2, ..."""
     counter = itertools.count(1)

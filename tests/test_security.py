@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its TestCli
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from helpers import T0, rule, spec_dict
+from helpers import Clock, rule, spec_dict
 from pcrules.redis_store import StoreUnavailable
 from pcrules.runtime import Runtime
 from pcrules.server import ServerConfig, Service, create_app
@@ -40,14 +40,6 @@ KEY = "visitor-id-key-" + "q" * 20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EVIL = "https://evil.example"
 SHOP = "https://shop.example.com"
-
-
-class Clock:
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def write_rules(path: Path, **policy) -> Path:

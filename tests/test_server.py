@@ -26,21 +26,13 @@ with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its TestCli
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from helpers import T0, rule, spec_dict
+from helpers import Clock, T0, rule, spec_dict
 from pcrules.server import ServerConfig, create_app
 from pcrules.server._procs import ServeProcess
 
 PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script>\"'&"
 TOKEN = "test-operator-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class Clock:
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def write_rules(path: Path, **policy) -> Path:
