@@ -330,3 +330,23 @@ def _get_text(url: str, headers: dict | None = None) -> str:
 
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
         return r.read().decode()
+
+
+def test_paying_the_bill_reports_the_goal_through_the_snippet(browser, context, server):
+    import httpx
+
+    before = _goals_counted(httpx, server)
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto(server.url + "/demo/bill-payment.html")
+    page.wait_for_function("() => window.pcrules && window.pcrules.state.requests > 0")
+    page.get_by_role("button", name="Pay € 42.17").click()
+    page.locator(".pay-status").filter(has_text="Paid, thank you.").wait_for(timeout=10_000)
+    assert state(page)["goals"] == [{"goal": "bill_paid", "status": 202}]
+    assert _goals_counted(httpx, server) == before + 1
+    assert not watch.dialogs and not watch.errors
+
+
+def _goals_counted(httpx, server) -> float:
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("pcrules_goals_total")))

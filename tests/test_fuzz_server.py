@@ -107,7 +107,7 @@ def paths(draw) -> str:
     return draw(st.sampled_from([
         "/v1/observe", f"/v1/offers/{offer}/{draw(st.sampled_from(['accept', 'decline', 'expire']))}",
         f"/v1/offers/{offer}/{seg()}", f"/v1/queues/{draw(st.sampled_from(['Billing', 'Support']))}",
-        f"/v1/queues/{seg()}", "/v1/admin/reload", "/metrics", "/healthz", "/static/pcrules.js", "/",
+        f"/v1/queues/{seg()}", "/v1/admin/reload", "/v1/goals", "/metrics", "/healthz", "/static/pcrules.js", "/",
         "/demo/pega/work", f"/demo/pega/work/{seg()}/status", f"/demo/pega/GetAgentAvailability/{seg()}",
         "/demo/pega/config", f"/demo/{seg()}", f"/{seg()}/{seg()}",
     ]))

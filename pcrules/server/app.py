@@ -513,6 +513,28 @@ async def answer(request: Request) -> Response:
                   "queue": outcome.queue, "rule": outcome.rule})
 
 
+GOAL_FIELDS = ("visitor_id", "session_id", "goal", "value")
+
+
+async def goal(request: Request) -> Response:
+    """A business outcome (bill_paid ...), for the uplift against the holdout; kept even for unknown visitors.
+
+    Public, because the browser snippet reports goals too: like everything a browser sends, a goal can be
+    forged, so a chat server that knows the outcome for sure should report it itself (Runtime.record_goal).
+    """
+    svc = _svc(request)
+    _limit_address(svc, request)
+    body = await read_json(request, svc.config.max_body_bytes)
+    _only(body, (*GOAL_FIELDS, "ts") if svc.config.trust_client_ts else GOAL_FIELDS)
+    for name in GOAL_FIELDS[:3]:
+        if body.get(name) is None:
+            raise ApiError(400, "invalid_body", f"{name}: required", field=name)
+    _limit_visitor(svc, body["visitor_id"])
+    await svc.call(functools.partial(svc.runtime.record_goal, body["visitor_id"], body["session_id"], body["goal"],
+                                     ts=_ts(svc, body), value=body.get("value")))
+    return _json({"recorded": True, "goal": body["goal"]}, 202)
+
+
 async def snippet(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "pcrules.js", media_type="text/javascript",
                         headers={"cache-control": "no-cache"})
@@ -564,6 +586,7 @@ def public_routes() -> list[Route]:
     return [
         Route("/v1/observe", observe, methods=["POST"]),
         Route("/v1/offers/{offer_id}/{answer}", answer, methods=["POST"]),
+        Route("/v1/goals", goal, methods=["POST"]),
         Route("/static/pcrules.js", snippet, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

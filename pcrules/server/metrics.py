@@ -28,6 +28,8 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("pcrules_http_errors", "Requests refused, by HTTP status and error code",
                               ["status", "error"], registry=r)
+        # Not by goal name: the names come from browsers, and a label per name would let them grow the registry.
+        self.goals = Counter("pcrules_goals", "Goals reported (business outcomes)", registry=r)
         self.reloads = Counter("pcrules_reloads", "Ruleset reloads, by result", ["result"], registry=r)
         self.ruleset = Gauge("pcrules_ruleset_info", "The ruleset being served (value 1)", ["name", "version"],
                              registry=r, multiprocess_mode="max")
@@ -77,6 +79,7 @@ class MetricsLog:
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
         if self.inner is not None:
             self.inner.record_goal(visitor_id, session_id, goal, ts, value)
+        self.metrics.goals.inc()
 
     def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None:
         if self.inner is not None:

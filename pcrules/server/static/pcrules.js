@@ -278,5 +278,16 @@
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", whenPegaReady);
   else whenPegaReady();
 
-  window.pcrules = { state: state, secondsOnPage: secondsOnPage, version: "1" };
+  // A business outcome of this visit ("bill_paid" ...), so the server can tell whether its offers helped.
+  // Sent with keepalive: a goal is often reached just before the page goes away. Resolves to true when recorded.
+  function goal(name, value) {
+    var body = { visitor_id: visitorId, session_id: sessionId, goal: String(name) };
+    if (typeof value === "number" && isFinite(value)) body.value = value;
+    return post("/goals", body, true).then(function (r) {
+      state.goals = (state.goals || []).concat([{ goal: body.goal, status: r.status }]);
+      return r.status === 202;
+    }, function () { state.errors++; return false; });
+  }
+
+  window.pcrules = { state: state, secondsOnPage: secondsOnPage, goal: goal, version: "1" };
 })();
