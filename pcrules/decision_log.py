@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .decision import Decision, Outcome
-from .log_journal import Journal, orphans, read_records
+from .log_journal import Journal, orphans, read_records, remove_stale_temporaries
 
 __all__ = ["DecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "remove_log"]
 
@@ -187,6 +187,7 @@ class _Sink:
     def _recover(self) -> int:
         """Move the journals of dead writers into the tables; the number of records moved."""
         moved = 0
+        remove_stale_temporaries(self.directory)
         for journal_path, fd in orphans(self.directory):
             try:
                 row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?", (journal_path.name,)).fetchone()

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Journal", "read_records", "orphans", "SUFFIX"]
+__all__ = ["Journal", "read_records", "orphans", "remove_stale_temporaries", "SUFFIX"]
 
 SUFFIX = ".journal"
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
@@ -107,3 +107,22 @@ def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
             os.close(fd)
             continue
         yield path, fd
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Remove journals a writer died creating (before the rename that publishes them: they hold no record)."""
+    removed = 0
+    for path in directory.glob(".*.tmp") if directory.is_dir() else ():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its writer is alive and about to rename it
+        finally:
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

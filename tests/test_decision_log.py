@@ -303,3 +303,22 @@ def test_a_busy_writer_moves_its_own_batches_and_never_piles_up(tmp_path):
     assert worst <= 100
     assert table(path, "SELECT count(*) FROM decisions") == [(5_000,)]  # every full batch is in the file already
     log.close()
+
+
+def test_a_journal_its_writer_died_creating_is_removed_and_a_live_ones_kept(tmp_path):
+    import fcntl
+
+    path = tmp_path / "log.sqlite"
+    pending = tmp_path / "log.sqlite.pending"
+    pending.mkdir()
+    (pending / ".123-dead.tmp").write_bytes(b"")
+    alive = pending / ".456-alive.tmp"
+    alive.write_bytes(b"")
+    fd = os.open(alive, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # its writer holds it, about to rename it
+    try:
+        log = SQLiteDecisionLog(path)
+        assert not (pending / ".123-dead.tmp").exists() and alive.exists()
+        log.close()
+    finally:
+        os.close(fd)
