@@ -45,7 +45,6 @@ scikit-learn.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging

@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import pcrules
 
 from helpers import T0, ev, make_runtime, rule
