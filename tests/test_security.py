@@ -30,7 +30,7 @@ from pcrules.redis_store import StoreUnavailable
 from pcrules.runtime import Runtime
 from pcrules.server import ServerConfig, Service, create_app
 from pcrules.server import security
-from pcrules.server.app import config_from_env, security_summary
+from pcrules.server.config import config_from_env, security_summary
 from pcrules.server.metrics import Metrics, MetricsLog
 from pcrules.server.security import ClientAddress, OperatorAuth, RateLimiter, check_origin
 from pcrules.stores import MemoryStore

@@ -11,8 +11,8 @@ and put the snippet on the customer's pages (after Pega's own script)::
     <meta name="pcrules-page" content="Bill Payment">
     <script src="/static/pcrules.js" defer data-endpoint="/v1"></script>
 
-Routes, error format and limits: :mod:`pcrules.server.app`; operator token, rate
-limits and CORS: :mod:`pcrules.server.security` (README "Security"); the shared store and
+Routes, error format and limits: :mod:`pcrules.server.app`; settings: :mod:`pcrules.server.config`;
+operator token, rate limits and CORS: :mod:`pcrules.server.security` (README "Security"); the shared store and
 its locking: :mod:`pcrules.redis_store`; the demo: :mod:`pcrules.server.demo`.
 The operator routes are served only with ``PCRULES_OPERATOR_TOKEN`` set. A bundle or
 rules file is reloaded without a restart by ``POST /v1/admin/reload`` (with that token)

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import asdict
 
 from ..errors import PcrulesError
-from .app import CONFIG_ENV, ServerConfig, Service, config_from_env, create_app, security_summary
+from .app import Service, create_app
+from .config import CONFIG_ENV, ServerConfig, config_from_env, security_summary
 
 __all__ = ["main", "config_from_args"]
 

@@ -1,0 +1,131 @@
+"""The reference server's settings: what it serves, from where, and how the public routes are guarded.
+
+`ServerConfig` refuses a bad setting at once, listing every problem; `config_from_env` adds the secrets from the
+environment; `security_summary` is what `pcrules serve` says at start-up (never a secret).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .security import MIN_TOKEN_CHARS, OPERATOR_TOKEN_ENV, VISITOR_ID_KEY_ENV, ClientAddress, check_origin
+
+__all__ = ["ServerConfig", "config_from_env", "security_summary", "CONFIG_ENV", "DEMO_RULES", "DEFAULT_RULES"]
+
+HERE = Path(__file__).resolve().parent
+DEMO_RULES = HERE / "demo_rules.yaml"
+DEFAULT_RULES = HERE.parent / "default_rules.yaml"
+CONFIG_ENV = "PCRULES_SERVER_CONFIG"
+
+
+@dataclass
+class ServerConfig:
+    rules: str | None = None          # a rule spec file; reloaded from the same path
+    bundle: str | None = None         # a bundle (publish dir, its `current`, or a version dir)
+    demo: bool = False                # serve the demo site (and use its ruleset when none is given)
+    redis_url: str | None = None      # shared state in Redis; in-memory (one process) without it
+    redis_prefix: str = "pcrules:"
+    log_path: str | None = None       # the SQLite decision log; none without it
+    max_body_bytes: int = 16 * 1024
+    trust_client_ts: bool = False     # accept `ts` from clients (replays, server-to-server); never for browsers
+    # The operator routes' bearer token (>= 16 characters; $PCRULES_OPERATOR_TOKEN). Without it they are not served.
+    operator_token: str | None = field(default=None, repr=False)
+    metrics_public: bool = False      # serve /metrics without the token (a scraper on a private network)
+    # With a key (>= 16 bytes; $PCRULES_VISITOR_ID_KEY) the log and the store hold a keyed hash of each visitor id.
+    visitor_id_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the public routes; none by default
+    # Token buckets on the public routes, per process: requests/s and burst per visitor id and per client
+    # address (None: no limit). Behind a proxy list it in trusted_proxies, else every client has its address.
+    visitor_rate: float | None = 1.0
+    visitor_burst: int = 30
+    address_rate: float | None = 50.0
+    address_burst: int = 1000
+    trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
+    rate_limit_keys: int = 100_000    # buckets kept per limiter (least recently used dropped first)
+    # Run the runtime on a worker thread instead of the event loop. Off by default: measured, the thread hand-off
+    # costs more CPU than it saves even with Redis (whose waits are a few round trips of well under a millisecond).
+    offload: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("operator_token", "visitor_id_key"):
+            value = getattr(self, name)
+            if value == "":
+                setattr(self, name, None)
+            elif value is not None and (not isinstance(value, str) or len(value.encode()) < MIN_TOKEN_CHARS):
+                problems.append(f"{name}: expected a secret of at least {MIN_TOKEN_CHARS} characters")
+        if self.operator_token is not None and (self.operator_token != self.operator_token.strip()
+                                                or any(c.isspace() for c in self.operator_token)):
+            problems.append("operator_token: must not contain spaces (it is sent in an Authorization header)")
+        for name in ("cors_origins", "trusted_proxies"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            setattr(self, name, tuple(value or ()))
+        try:
+            self.cors_origins = tuple(check_origin(o) for o in self.cors_origins)
+            ClientAddress(self.trusted_proxies)
+        except ValueError as exc:
+            problems.append(str(exc))
+        for rate, burst in (("visitor_rate", "visitor_burst"), ("address_rate", "address_burst")):
+            r, b = getattr(self, rate), getattr(self, burst)
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf):
+                problems.append(f"{rate}: expected a number of requests per second > 0, or null for no limit")
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                problems.append(f"{burst}: expected an integer >= 1")
+        if isinstance(self.rate_limit_keys, bool) or not isinstance(self.rate_limit_keys, int) \
+                or self.rate_limit_keys < 1:
+            problems.append("rate_limit_keys: expected an integer >= 1")
+        if problems:
+            raise ValueError("server configuration refused: " + "; ".join(problems))
+
+    def rules_path(self) -> Path:
+        if self.rules:
+            return Path(self.rules)
+        return DEMO_RULES if self.demo else DEFAULT_RULES
+
+    def describe_source(self) -> str:
+        return f"bundle {self.bundle}" if self.bundle else f"rules {self.rules_path()}"
+
+
+def config_from_env(config: ServerConfig | None = None, environ: Any = None) -> ServerConfig:
+    """`config` (else the JSON object in $PCRULES_SERVER_CONFIG, else the defaults) with the secrets in the
+    environment: $PCRULES_OPERATOR_TOKEN and $PCRULES_VISITOR_ID_KEY win over the configured ones."""
+    env = os.environ if environ is None else environ
+    if config is None:
+        raw = env.get(CONFIG_ENV)
+        config = ServerConfig(**json.loads(raw)) if raw else ServerConfig()
+    secrets = {name: env.get(var) for name, var in (("operator_token", OPERATOR_TOKEN_ENV),
+                                                   ("visitor_id_key", VISITOR_ID_KEY_ENV)) if env.get(var)}
+    return replace(config, **secrets) if secrets else config
+
+
+def security_summary(config: ServerConfig) -> list[str]:
+    """What `pcrules serve` says at start-up about who may call what (never a secret)."""
+    out = []
+    if config.operator_token:
+        out.append("operator routes (/v1/queues, /v1/admin/reload, /metrics): on, each request needs "
+                   "'Authorization: Bearer <operator token>'"
+                   + ("; /metrics is public (metrics_public)" if config.metrics_public else ""))
+    else:
+        out.append(f"operator routes (/v1/queues, /v1/admin/reload{'' if config.metrics_public else ', /metrics'}): "
+                   f"OFF, no operator token; set {OPERATOR_TOKEN_ENV} to a secret of at least {MIN_TOKEN_CHARS} "
+                   f"characters to serve them" + ("; /metrics is public (metrics_public)" if config.metrics_public
+                                                  else ""))
+
+    def limit(rate: float | None, burst: int) -> str:
+        return "no limit" if rate is None else f"{rate:g}/s, bursts of {burst}"
+
+    proxies = ", ".join(config.trusted_proxies) or "none"
+    out.append(f"rate limits per worker: per visitor {limit(config.visitor_rate, config.visitor_burst)}; per address "
+               f"{limit(config.address_rate, config.address_burst)} (trusted proxies: {proxies})")
+    out.append("CORS: " + (", ".join(config.cors_origins) if config.cors_origins
+                           else "none (only this server's own pages may post; set cors_origins to allow a site)"))
+    out.append("visitor ids: " + ("pseudonymised with a keyed hash" if config.visitor_id_key
+                                  else f"logged as sent (set {VISITOR_ID_KEY_ENV} to pseudonymise)"))
+    return out
