@@ -141,12 +141,6 @@ def _multi_insert(table: int, rows: int) -> str:
     return f"{head} VALUES {','.join([values] * rows)}"
 
 
-def _record_size(table: int, row: tuple) -> int:
-    import marshal
-
-    return len(marshal.dumps((table, row))) + 8
-
-
 def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
     """Consecutive records of one table, many rows per INSERT; the order within each table is kept.
 
@@ -187,7 +181,7 @@ class _Sink:
         self.db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
         self.directory = path.with_name(path.name + ".pending")
         self.recovered = self._recover()
-        self.journal: Journal | None = Journal(self.directory, rotate_bytes)
+        self.journal: Journal | None = Journal(self.directory)
         self.failures = 0
 
     def _recover(self) -> int:
@@ -225,12 +219,7 @@ class _Sink:
         with self.lock:
             if self.journal is None:
                 raise RuntimeError(f"decision log {self.path} is closed")
-            if not self.journal.append((table, row)):
-                # Full: later records go to a fresh journal; this one is removed once all of it is committed.
-                self.retired.append((self.journal, self.journal.offset))
-                self.journal = Journal(self.directory, max(self.rotate_bytes, 2 * _record_size(table, row)))
-                if not self.journal.append((table, row)):
-                    raise AssertionError("a fresh journal refused a record")
+            self.journal.append((table, row))
             pending = self.pending
             if not pending:
                 self.oldest = time.monotonic()
@@ -266,9 +255,10 @@ class _Sink:
             progress = []
             if journal is not None:
                 end = journal.offset
-                if final:
+                if final or end >= self.rotate_bytes:
+                    # Later records go to a fresh journal; this one is removed once all of it is committed.
                     self.retired.append((journal, end))
-                    self.journal = None
+                    self.journal = None if final else Journal(self.directory)
                 else:
                     progress.append((journal.name, end))
             retired = list(self.retired)
@@ -313,7 +303,7 @@ class SQLiteDecisionLog:
     """
 
     def __init__(self, path: str | Path, *, flush_every_s: float = 0.05, checkpoint_every_s: float = 0.25,
-                 wal_pages: int = 4000, rotate_bytes: int = 4 << 20, batch_rows: int = 256):
+                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20, batch_rows: int = 256):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sink = _Sink(self.path, wal_pages, rotate_bytes, batch_rows)

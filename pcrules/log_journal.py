@@ -1,12 +1,10 @@
 """A crash-safe append-only journal of log records, one file per writing process.
 
-The decision log writes each record here before the runtime returns and moves
-records to SQLite in batches. The file is allocated up front and mapped
-shared into memory: a record is a copy into the page cache, with no system
-call, and those pages belong to the kernel, so a process killed with SIGKILL
-loses nothing it wrote (a power cut may lose what the kernel had not yet
-written back, as with SQLite's ``synchronous=NORMAL``). A journal left behind
-by a dead process is moved to SQLite by the next process that opens the log.
+The decision log writes each record here before the runtime returns (one
+``write(2)`` of a few hundred bytes: once it returns the data belongs to the
+kernel, so a process killed with SIGKILL loses nothing) and moves records to
+SQLite in batches on a background thread. A journal left behind by a dead
+process is moved to SQLite by the next process that opens the log.
 
 Each file is held with an exclusive ``flock`` for as long as its writer lives,
 so a recovering process can tell a live writer's journal (locked) from an
@@ -14,15 +12,13 @@ orphan (lockable). Files are created under a temporary name and renamed once
 locked: a recovering process never sees an unlocked live journal.
 
 Records are ``marshal``-encoded tuples of plain values, framed by length and
-CRC-32; the unwritten rest of the file reads as a zero length, and a torn or
-corrupt record ends the readable part too.
+CRC-32; a torn or corrupt tail (a write cut short) ends the readable part.
 """
 
 from __future__ import annotations
 
 import fcntl
 import marshal
-import mmap
 import os
 import struct
 import uuid
@@ -39,27 +35,18 @@ _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 class Journal:
     """The journal this process appends to. Not thread-safe: the caller serialises appends."""
 
-    def __init__(self, directory: Path, size: int):
+    def __init__(self, directory: Path):
         stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         temporary = directory / f".{stem}.tmp"
         for attempt in range(3):
             directory.mkdir(parents=True, exist_ok=True)
             try:
-                self.fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                self.fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
                 break
             except FileNotFoundError:  # another process closing its log removed the empty directory meanwhile
                 if attempt == 2:
                     raise
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            # Blocks allocated now: a full disk is an error here, never a SIGBUS on a write into the mapping later.
-            os.posix_fallocate(self.fd, 0, size)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(self.fd)
-            temporary.unlink(missing_ok=True)
-            raise
-        self.size = size
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.path = directory / f"{stem}{SUFFIX}"
         os.rename(temporary, self.path)
         self.offset = 0  # bytes written so far
@@ -68,21 +55,17 @@ class Journal:
     def name(self) -> str:
         return self.path.name
 
-    def append(self, record: tuple[Any, ...]) -> bool:
-        """Write `record`; False (and nothing written) when it does not fit: time for a new journal."""
+    def append(self, record: tuple[Any, ...]) -> None:
         payload = marshal.dumps(record)
-        end = self.offset + _HEADER.size + len(payload)
-        if end > self.size:
-            return False
-        _HEADER.pack_into(self.map, self.offset, len(payload), zlib.crc32(payload))
-        self.map[self.offset + _HEADER.size:end] = payload
-        self.offset = end
-        return True
+        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        written = os.write(self.fd, data)
+        if written != len(data):  # a full disk: say so rather than keep a torn record
+            raise OSError(f"decision log journal {self.path}: wrote {written} of {len(data)} bytes")
+        self.offset += written
 
     def close(self, *, remove: bool) -> None:
         if remove:
             self.path.unlink(missing_ok=True)
-        self.map.close()
         os.close(self.fd)  # releases the lock
 
 
@@ -94,8 +77,6 @@ def read_records(path: Path, offset: int = 0) -> tuple[list[tuple[Any, ...]], in
     records, at = [], 0
     while at + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, at)
-        if length == 0:
-            break  # the allocated space no record reached
         payload = data[at + _HEADER.size:at + _HEADER.size + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
             break  # torn or corrupt: nothing after it can be trusted

@@ -229,13 +229,9 @@ def test_records_only_journaled_when_the_writer_was_killed_are_recovered_once(tm
 def test_a_torn_tail_ends_the_recovery_without_losing_the_whole_records(tmp_path):
     path = tmp_path / "log.sqlite"
     killed_writer(path, first=0, later=10)
-    from pcrules.log_journal import read_records
-
     (journal,) = (tmp_path / "log.sqlite.pending").glob("*.journal")
-    _, end = read_records(journal)
-    with open(journal, "r+b") as f:  # a record whose payload never made it, where the next one would go
-        f.seek(end)
-        f.write(b"\x40\x00\x00\x00\x01\x02\x03\x04\x05")
+    with open(journal, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x01\x02")  # a record header whose payload never made it
     log = SQLiteDecisionLog(path)
     log.close()
     assert log.recovered == 11 and table(path, "SELECT count(*) FROM decisions") == [(10,)]
@@ -262,7 +258,6 @@ def test_journals_rotate_and_every_record_arrives_once(tmp_path):
                                                       "Home", 1.0, "r", "x"))
         if i % 20 == 0:
             log.flush()
-    log.flush()
     assert len(list((tmp_path / "log.sqlite.pending").glob("*.journal"))) == 1  # old ones removed once committed
     log.close()
     assert [r[0] for r in table(path, "SELECT visitor_id FROM decisions ORDER BY id")] == [f"v{i}" for i in range(500)]
@@ -325,15 +320,3 @@ def test_a_journal_its_writer_died_creating_is_removed_and_a_live_ones_kept(tmp_
         log.close()
     finally:
         os.close(fd)
-
-
-def test_a_record_larger_than_a_journal_gets_a_journal_of_its_own_size(tmp_path):
-    path = tmp_path / "log.sqlite"
-    log = SQLiteDecisionLog(path, rotate_bytes=2_000)
-    spec = {"name": "big", "rules": [{"name": f"r{i}", "note": "x" * 100} for i in range(100)]}  # ~12 KB of JSON
-    log.record_ruleset("big", "1", spec, 1.0)
-    log.record_goal("v", "s", "g", 2.0, None)
-    log.close()
-    assert [(r[0], len(r[1])) for r in table(path, "SELECT name, spec FROM rulesets")] == [
-        ("big", len(json.dumps(spec, ensure_ascii=False)))]
-    assert table(path, "SELECT goal FROM goals") == [("g",)]
