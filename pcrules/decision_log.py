@@ -4,10 +4,11 @@ The default sink is a SQLite file in WAL mode. Each record is first appended
 to a per-process journal (see :mod:`pcrules.log_journal`: one ``write(2)``, in
 the kernel's hands before the runtime returns, so a process killed with SIGKILL
 right after loses nothing; a power cut may lose the last few, as with SQLite's
-``synchronous=NORMAL``) and reaches the SQLite tables in batches, one
-transaction every ``flush_every_s`` on a background thread. Readers of the
-file see a record within that interval; :meth:`SQLiteDecisionLog.flush` makes
-it immediate. A journal left by a killed process is moved into the tables by
+``synchronous=NORMAL``) and reaches the SQLite tables in batches of
+``batch_rows``, one transaction each, on the writing thread; a quiet writer's
+records are moved by a background thread once they are ``flush_every_s`` old.
+Readers of the file see a record within that interval;
+:meth:`SQLiteDecisionLog.flush` makes it immediate. A journal left by a killed process is moved into the tables by
 the next process that opens the log. The schema is documented in
 ``data/README.md``.
 """
