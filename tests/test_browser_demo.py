@@ -9,19 +9,15 @@ the tests fail with a clear message rather than skip: CI installs it (.ci/run).
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 import yaml
 
+from browser import chromium
 from pcrules.server._procs import ServeProcess
 
-CHROMIUM = os.environ.get("PCRULES_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
 WAIT_S = 3  # the Bill Payment rule's time on page
 TOKEN = "browser-test-operator-token"  # the operator routes (here: /metrics) need it
 PAYLOAD = "<img src=x onerror=\"alert('xss-img')\"><script>alert('xss-script')</script><b>bold</b> & 'q'"
@@ -54,18 +50,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium is needed for the browser tests and was not found at {CHROMIUM}: "
-                    f"apt-get install -y chromium (.ci/run does), or set PCRULES_CHROMIUM", pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"the browser tests need the Python package playwright ({exc}); never `playwright install`",
-                    pytrace=False)
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 class Watch:

@@ -22,15 +22,14 @@ from typing import Any
 import nbformat
 import pytest
 
+from browser import chromium as launch_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 DASHBOARD = ROOT / "dashboards" / "triggers.ipynb"
 COMMITTED = sorted(NOTEBOOKS.glob("*.ipynb")) + [DASHBOARD]
 SAMPLE = ROOT / "data" / "sample_events.csv.gz"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("PCRULES_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -281,10 +280,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (never `playwright install`)",
-                    pytrace=False)
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from pcrules.backtest import backtest
     from pcrules.bundle import load_bundle
@@ -294,44 +290,40 @@ def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
     bundle = load_bundle(app["tmp"] / "published" / "current")
     model = TriggerModel(bundle.spec, app["world"].events, bundle.scorer)
     rule = "help-seeker"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1600})
-            urls: list[str] = []
-            page.on("request", lambda r: urls.append(r.url))
-            page.goto(app["url"], timeout=90_000)
-            offers = page.locator('[data-metric="offers"]')
-            expect(offers).to_be_visible(timeout=90_000)
-            first = model.evaluate(model.initial).metrics["offers"]
-            expect(offers).to_have_text(f"{first:,}", timeout=30_000)
-            # move the help-seeker rule's wait slider four steps to the right with the keyboard
-            slider = page.locator(f".pcrules-rule-{rule}-wait")
-            readout = slider.locator(".widget-readout")
-            before = readout.inner_text()
-            handle = slider.locator(".noUi-handle")
-            handle.focus()
-            for _ in range(4):
-                handle.press("ArrowRight")
-            expect(readout).not_to_have_text(before, timeout=30_000)
-            wait = float(readout.inner_text())
-            assert wait == float(before) + 20.0
-            settings = model.initial.with_rule(rule, wait_s=wait)
-            expected = backtest(model.spec_for(settings), app["world"].events, bundle.scorer,
-                                effects=event_effects(app["world"])).metrics
-            assert expected["offers"] != first
-            expect(offers).to_have_text(f"{expected['offers']:,}", timeout=30_000)
-            # a generated world: the expected uplift (extra goals) is shown, the backtest's
-            uplift = page.locator('[data-metric="expected_uplift"]')
-            expect(uplift).to_contain_text(f"{expected['expected_uplift']:+,.1f}", timeout=10_000)
-            expect(uplift).to_contain_text(f"({100 * expected['expected_uplift_itt']:+.2f} pp ITT)")
-            blocked = page.locator('[data-reason="max_offers"]')
-            expect(blocked).to_have_text(f"{expected['reasons']['max_offers']:,}", timeout=10_000)
-            expect(page.locator(".pcrules-chart img, img.pcrules-chart")).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "triggers-app.png"), full_page=True)
-            content = page.content()
-            assert "Traceback" not in content
-            outside = [u for u in urls if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
-            assert not outside, f"requests left the machine: {outside[:5]}"
-        finally:
-            browser.close()
+    with launch_chromium() as browser:  # fails (never skips) without Debian's chromium
+        page = browser.new_page(viewport={"width": 1300, "height": 1600})
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url))
+        page.goto(app["url"], timeout=90_000)
+        offers = page.locator('[data-metric="offers"]')
+        expect(offers).to_be_visible(timeout=90_000)
+        first = model.evaluate(model.initial).metrics["offers"]
+        expect(offers).to_have_text(f"{first:,}", timeout=30_000)
+        # move the help-seeker rule's wait slider four steps to the right with the keyboard
+        slider = page.locator(f".pcrules-rule-{rule}-wait")
+        readout = slider.locator(".widget-readout")
+        before = readout.inner_text()
+        handle = slider.locator(".noUi-handle")
+        handle.focus()
+        for _ in range(4):
+            handle.press("ArrowRight")
+        expect(readout).not_to_have_text(before, timeout=30_000)
+        wait = float(readout.inner_text())
+        assert wait == float(before) + 20.0
+        settings = model.initial.with_rule(rule, wait_s=wait)
+        expected = backtest(model.spec_for(settings), app["world"].events, bundle.scorer,
+                            effects=event_effects(app["world"])).metrics
+        assert expected["offers"] != first
+        expect(offers).to_have_text(f"{expected['offers']:,}", timeout=30_000)
+        # a generated world: the expected uplift (extra goals) is shown, the backtest's
+        uplift = page.locator('[data-metric="expected_uplift"]')
+        expect(uplift).to_contain_text(f"{expected['expected_uplift']:+,.1f}", timeout=10_000)
+        expect(uplift).to_contain_text(f"({100 * expected['expected_uplift_itt']:+.2f} pp ITT)")
+        blocked = page.locator('[data-reason="max_offers"]')
+        expect(blocked).to_have_text(f"{expected['reasons']['max_offers']:,}", timeout=10_000)
+        expect(page.locator(".pcrules-chart img, img.pcrules-chart")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "triggers-app.png"), full_page=True)
+        content = page.content()
+        assert "Traceback" not in content
+        outside = [u for u in urls if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
+        assert not outside, f"requests left the machine: {outside[:5]}"

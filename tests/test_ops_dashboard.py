@@ -14,7 +14,6 @@ These tests are never skipped: without Chromium they fail and say how to install
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from browser import chromium as launch_chromium
 from pcrules import SQLiteDecisionLog, dashboard, load_spec
 from pcrules.uplift import MIN_PER_ARM
 from pcrules.uplift import estimate as uplift_estimate
@@ -34,9 +34,6 @@ pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 DEFAULT_RULES = ROOT / "pcrules" / "default_rules.yaml"
-CHROMIUM = os.environ.get("PCRULES_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FIRST_RENDER_MS = 90_000  # a fresh machine builds matplotlib's font cache on the first kernel
 ERROR_TEXT = ("Traceback", "Error", "error when executing", "Exception")
 CHARTS = ("over-time", "by-page", "by-rule", "by-queue", "queue-load", "blocked")
@@ -50,18 +47,8 @@ WINDOW_S = 86400.0  # a goal counts within a day of the visitor's first offer or
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"Chromium not found at {CHROMIUM}. The dashboard's browser tests must run (they are never "
-                    f"skipped): install Debian's chromium (`apt-get install chromium`, as .ci/run does) or point "
-                    f"PCRULES_CHROMIUM at a Chromium binary. Do not run `playwright install`.", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launch_chromium() as browser:  # fails (never skips) without Debian's chromium
+        yield browser
 
 
 @pytest.fixture(scope="module")

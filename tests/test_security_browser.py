@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from pcrules.server._procs import ServeProcess
-from test_browser_demo import CHROMIUM, FLAGS, Watch, state
+from browser import chromium
+from test_browser_demo import Watch, state
 
 HOSTILE = [
     "<img src=x onerror=alert('img')>",
@@ -50,18 +51,8 @@ TOKEN = "security-browser-operator-token"
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium, as in test_browser_demo.py (fails, never skips, without it)."""
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium is needed for the browser tests and was not found at {CHROMIUM}: "
-                    f"apt-get install -y chromium (.ci/run does), or set PCRULES_CHROMIUM", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
