@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 CHROMIUM = os.environ.get("PCRULES_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,3 +36,32 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def demo_server(directory: Path, rules: dict, operator_token: str) -> Iterator[Any]:
+    """`pcrules serve --demo` with `rules`, on a free port; afterwards its output holds no traceback, no token."""
+    from pcrules.server._procs import ServeProcess
+
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    out = directory / "serve.out"
+    with ServeProcess(["--demo", "--rules", str(path)], log_file=out, operator_token=operator_token) as srv:
+        yield srv
+    text = out.read_text()
+    assert "Traceback" not in text and operator_token not in text
+
+
+class Watch:
+    """What a page did that it should not: dialogs (alert/confirm), page errors, console errors."""
+
+    def __init__(self, page):
+        self.dialogs, self.errors, self.observes = [], [], []
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("request", lambda r: r.url.endswith("/v1/observe") and self.observes.append(r.post_data_json))
+
+
+def state(page) -> dict:
+    return page.evaluate("JSON.parse(JSON.stringify(window.pcrules.state))")

@@ -13,10 +13,8 @@ import time
 import urllib.parse
 
 import pytest
-import yaml
 
-from browser import chromium
-from pcrules.server._procs import ServeProcess
+from browser import Watch, chromium, demo_server, state
 
 WAIT_S = 3  # the Bill Payment rule's time on page
 TOKEN = "browser-test-operator-token"  # the operator routes (here: /metrics) need it
@@ -40,29 +38,14 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo") / "rules.yaml"
-    path.write_text(yaml.safe_dump(RULES, sort_keys=False))
-    out = path.parent / "serve.out"
-    with ServeProcess(["--demo", "--rules", str(path)], log_file=out, operator_token=TOKEN) as srv:
+    with demo_server(tmp_path_factory.mktemp("demo"), RULES, TOKEN) as srv:
         yield srv
-    assert "Traceback" not in out.read_text()
 
 
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as b:
         yield b
-
-
-class Watch:
-    """What a page did that it should not: dialogs (alert/confirm), page errors, console errors."""
-
-    def __init__(self, page):
-        self.dialogs, self.errors, self.observes = [], [], []
-        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("request", lambda r: r.url.endswith("/v1/observe") and self.observes.append(r.post_data_json))
 
 
 @pytest.fixture
@@ -74,10 +57,6 @@ def context(browser):
 
 # wait_for_function gets arrow functions, never bare expressions: Playwright evaluates an expression with eval()
 # inside the page, which the pages' Content-Security-Policy (no 'unsafe-eval') refuses.
-
-
-def state(page) -> dict:
-    return page.evaluate("JSON.parse(JSON.stringify(window.pcrules.state))")
 
 
 def csr_card(browser, server, queue: str, work_id: str, **context_args):
@@ -280,9 +259,7 @@ def test_the_stand_in_has_the_seeds_three_calls_and_pegas_event_behaviour(contex
 def test_an_unanswered_offer_expires_and_leaving_the_page_withdraws_it(browser, tmp_path):
     rules = {**RULES, "policy": {**RULES["policy"], "offer_timeout_s": 2, "max_offers_per_session": 1},
              "rules": [{**RULES["rules"][0], "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 1}}}]}
-    path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump(rules, sort_keys=False))
-    with ServeProcess(["--demo", "--rules", str(path)], log_file=tmp_path / "serve.out", operator_token=TOKEN) as srv:
+    with demo_server(tmp_path, rules, TOKEN) as srv:
         ctx = browser.new_context()
         try:
             page = ctx.new_page()

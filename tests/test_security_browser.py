@@ -17,11 +17,8 @@ import uuid
 
 import httpx
 import pytest
-import yaml
 
-from pcrules.server._procs import ServeProcess
-from browser import chromium
-from test_browser_demo import Watch, state
+from browser import Watch, chromium, demo_server, state
 
 HOSTILE = [
     "<img src=x onerror=alert('img')>",
@@ -57,13 +54,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    path = tmp_path_factory.mktemp("security") / "rules.yaml"
-    path.write_text(yaml.safe_dump(RULES, sort_keys=False))
-    out = path.parent / "serve.out"
-    with ServeProcess(["--demo", "--rules", str(path)], log_file=out, operator_token=TOKEN) as srv:
+    with demo_server(tmp_path_factory.mktemp("security"), RULES, TOKEN) as srv:
         yield srv
-    text = out.read_text()
-    assert "Traceback" not in text and TOKEN not in text
 
 
 def page_name(query: str) -> str:
