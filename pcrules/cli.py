@@ -279,6 +279,13 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db)")
     srv.add_argument("--log", metavar="PATH", help="SQLite decision log to append to (default: none)")
     srv.add_argument("--workers", type=_positive_int, default=1, help="worker processes (more than 1 needs --redis)")
+    srv.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
+                     help="another site whose pages may call the public routes, e.g. https://www.example.com "
+                          "(repeat for more; none by default)")
+    srv.add_argument("--trusted-proxy", action="append", dest="trusted_proxies", metavar="ADDRESS",
+                     help="a reverse proxy (address or network) whose X-Forwarded-For is believed (repeatable)")
+    srv.add_argument("--metrics-public", action="store_true", default=None,
+                     help="serve /metrics without the operator token (a scraper on a private network)")
     srv.set_defaults(run=_serve)
 
 
@@ -364,7 +371,7 @@ def _add_backtest_command(commands: argparse._SubParsersAction) -> None:
     bt.set_defaults(run=_backtest)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a rule spec; list every problem")
@@ -383,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_dashboard_command(commands)
     _add_serve_command(commands)
     _add_train_command(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

@@ -530,3 +530,32 @@ def test_store_failures_do_not_reveal_internal_addresses(rules_file: Path):
     assert r.status_code == h.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["error"] == "store_unavailable" and "Redis" in r.json()["message"]
     assert "10.9.8.7" not in r.text and "10.9.8.7" not in h.text
+
+
+# --------------------------------------------------------------------------- `pcrules serve` flags
+
+
+def serve_config(argv: list[str], environ: dict | None = None):
+    from pcrules.cli import build_parser
+    from pcrules.server.serve import config_from_args
+
+    return config_from_args(build_parser().parse_args(["serve", *argv]), environ or {})
+
+
+def test_serve_flags_set_cors_proxies_and_public_metrics_over_the_environment():
+    env = {"PCRULES_SERVER_CONFIG": '{"cors_origins": ["https://old.example"], "address_rate": 5}'}
+    config = serve_config(["--cors-origin", "https://www.example.com", "--cors-origin", "https://shop.example.com",
+                           "--trusted-proxy", "10.0.0.0/8", "--metrics-public"], env)
+    assert config.cors_origins == ("https://www.example.com", "https://shop.example.com")
+    assert config.trusted_proxies == ("10.0.0.0/8",) and config.metrics_public is True
+    assert config.address_rate == 5  # what the flags do not set comes from the environment
+    kept = serve_config([], env)
+    assert kept.cors_origins == ("https://old.example",) and kept.metrics_public is False
+
+
+@pytest.mark.parametrize("argv, field", [(["--cors-origin", "https://www.example.com/shop"], "cors_origins"),
+                                         (["--cors-origin", "www.example.com"], "cors_origins"),
+                                         (["--trusted-proxy", "not-an-address"], "trusted_prox")])
+def test_bad_serve_flags_are_refused_naming_the_setting(argv, field):
+    with pytest.raises(ValueError, match=field):
+        serve_config(argv)

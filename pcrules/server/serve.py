@@ -32,7 +32,9 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
     if args.rules or args.bundle:
         base.pop("rules", None)
         base.pop("bundle", None)
-    given = {"rules": args.rules, "bundle": args.bundle, "redis_url": args.redis, "log_path": args.log}
+    given = {"rules": args.rules, "bundle": args.bundle, "redis_url": args.redis, "log_path": args.log,
+             "cors_origins": getattr(args, "cors_origins", None), "trusted_proxies": getattr(args, "trusted_proxies", None),
+             "metrics_public": getattr(args, "metrics_public", None)}
     base.update({k: v for k, v in given.items() if v is not None})
     if args.demo:
         base["demo"] = True
