@@ -98,7 +98,10 @@ _dumps_fact = _fact_encoder()
 def _encode_fact(fact: Mapping[str, Any]) -> str:
     payload = _dumps_fact(fact)  # the common case, at C speed
     # Exponent notation shows as digit-e-sign; a string that merely looks like it costs only the slow path.
-    return _encode(dict(fact)) if _EXPONENT.search(payload) else payload
+    # The substring tests first: they take nanoseconds where the regex scan took over a microsecond.
+    if ("e-" in payload or "e+" in payload) and _EXPONENT.search(payload):
+        return _encode(dict(fact))
+    return payload
 
 
 def _leaf(cond: Condition, field: str) -> dict:
