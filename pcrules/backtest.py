@@ -1098,10 +1098,20 @@ def _cooldown_blocks(ctx: _Context, declines: Mapping[int, list[tuple[float, flo
     d_v = np.array([v for v, p in declines.items() for _ in p], dtype=np.int64)
     d_a = np.array([a for p in declines.values() for a, _ in p], dtype=float)
     d_u = np.array([u for p in declines.values() for _, u in p], dtype=float)
-    # Merge declines and rows in (visitor, time) order, a decline before a row at the same time (delivered first).
-    v_all = np.concatenate([d_v, vcode[rows]])
-    t_all = np.concatenate([d_a, ts[rows]])
-    kind = np.concatenate([np.zeros(len(d_v), dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
+    blocked[rows_in_cooldown(rows, vcode, ts, d_v, d_a, d_u)] = _R[Reason.COOLDOWN]
+
+
+def rows_in_cooldown(rows: np.ndarray, visitor: np.ndarray, ts: np.ndarray, decline_visitor: np.ndarray,
+                     decline_at: np.ndarray, decline_until: np.ndarray) -> np.ndarray:
+    """Those of `rows` (indices into `visitor` / `ts`) that fall in a cooldown: the latest decline of the same
+    visitor at or before the row (a decline at the same moment is delivered first) ends after it.
+
+    Declines and rows are merged in (visitor, time) order; the latest decline before a row has the largest end,
+    since every decline adds the same cooldown. Shared by the backtest and the tuner.
+    """
+    v_all = np.concatenate([decline_visitor, visitor[rows]])
+    t_all = np.concatenate([decline_at, ts[rows]])
+    kind = np.concatenate([np.zeros(len(decline_visitor), dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
     order = np.lexsort((kind, t_all, v_all))
     is_decline = kind[order] == 0
     position = np.where(is_decline, np.arange(len(order)), -1)
@@ -1110,11 +1120,9 @@ def _cooldown_blocks(ctx: _Context, declines: Mapping[int, list[tuple[float, flo
     last_decline = last[row_slots]
     source = order[np.maximum(last_decline, 0)]
     same = (last_decline >= 0) & (v_all[source] == v_all[order[row_slots]])
-    # cooldown_until = max over delivered declines of answer + cooldown: the latest decline has the largest.
-    until = np.where(same, d_u[np.minimum(source, len(d_u) - 1)], -np.inf)
-    row_ids = rows[order[row_slots] - len(d_v)]
-    hit = ts[row_ids] < until
-    blocked[row_ids[hit]] = _R[Reason.COOLDOWN]
+    until = np.where(same, decline_until[np.minimum(source, len(decline_until) - 1)], -np.inf)
+    row_ids = rows[order[row_slots] - len(decline_visitor)]
+    return row_ids[ts[row_ids] < until]
 
 
 class _LazyFields(_MappingABC):

@@ -92,6 +92,7 @@ from .backtest import (
     batch_scores,
     effect_columns,
     resolve_effects,
+    rows_in_cooldown,
     uplift_figures,
 )
 from .decision import Reason
@@ -973,23 +974,7 @@ class TriggerModel:
             rows = rows[~mask[rows]]
         if not len(rows):
             return np.zeros(0, dtype=np.int64)
-        # Merge declines and rows in (visitor, time) order, a decline before a row at the same time (delivered
-        # first); a row is in a cooldown when the latest decline before it (the largest end) is not over.
-        d_u = d_at + cooldown
-        v_all = np.concatenate([d_v, self.visitor[rows]])
-        t_all = np.concatenate([d_at, self.ts[rows]])
-        kind = np.concatenate([np.zeros(len(d_v), dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
-        order = np.lexsort((kind, t_all, v_all))
-        is_decline = kind[order] == 0
-        position = np.where(is_decline, np.arange(len(order)), -1)
-        last = np.maximum.accumulate(position)
-        row_slots = np.flatnonzero(~is_decline)
-        last_decline = last[row_slots]
-        source = order[np.maximum(last_decline, 0)]
-        same = (last_decline >= 0) & (v_all[source] == v_all[order[row_slots]])
-        until = np.where(same, d_u[np.minimum(source, len(d_u) - 1)], -np.inf)
-        row_ids = rows[order[row_slots] - len(d_v)]
-        return np.sort(row_ids[self.ts[row_ids] < until])
+        return np.sort(rows_in_cooldown(rows, self.visitor, self.ts, d_v, d_at, d_at + cooldown))
 
     def _figures(self, settings: Settings, enabled: list[str], offers: tuple[np.ndarray, ...],
                  rule_all: np.ndarray, grid: np.ndarray, no_rule: int, waits: int) -> TunerResult:
