@@ -44,6 +44,18 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def _stop(proc: subprocess.Popen | None, sig: int) -> None:
+    """Send `sig` to a running process, wait up to 10 s, then kill it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -90,13 +102,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _stop(self.proc, signal.SIGTERM)
         self.proc = None
 
     def __enter__(self) -> "RedisServer":
@@ -155,13 +161,7 @@ class ServeProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _stop(self.proc, signal.SIGINT)  # uvicorn's Ctrl-C: a graceful shutdown that closes the decision log
         self.proc = None
         if self._out not in (None, subprocess.DEVNULL):
             self._out.close()

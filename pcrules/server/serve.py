@@ -38,9 +38,6 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
     base.update({k: v for k, v in given.items() if v is not None})
     if args.demo:
         base["demo"] = True
-    # Tuning knob: PCRULES_OFFLOAD=1 runs the runtime on a worker thread instead of the event loop (see ServerConfig).
-    if env.get("PCRULES_OFFLOAD", "").strip() == "1":
-        base["offload"] = True
     try:
         config = ServerConfig(**base)
     except TypeError as exc:
