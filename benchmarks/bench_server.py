@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def make_bodies(n: int = 20_000, seed: int = 7) -> list[bytes]:
         out.append(json.dumps({"visitor_id": f"bench-v{v}", "session_id": f"s{v % 7}", "page": rnd.choice(PAGES),
                                "seconds_on_page": round(rnd.uniform(0, 40), 1), "pages_viewed": rnd.randrange(1, 9),
                                "device": rnd.choice(["mobile", "desktop"])}).encode())
+    return out
+
+
+def route(targets: list[tuple[str, int]], bodies: list[bytes], sticky: bool) -> dict[tuple[str, int], list[bytes]]:
+    """Each target's requests: every body (random routing), or only its visitors' (sticky routing, as a load
+    balancer with visitor affinity sends a visitor's requests to one worker)."""
+    if not sticky or len(targets) == 1:
+        return {t: [request_bytes(t[0], t[1], b) for b in bodies] for t in targets}
+    out: dict[tuple[str, int], list[bytes]] = {t: [] for t in targets}
+    for b in bodies:
+        t = targets[zlib.crc32(json.loads(b)["visitor_id"].encode()) % len(targets)]
+        out[t].append(request_bytes(t[0], t[1], b))
     return out
 
 
@@ -139,10 +152,10 @@ async def _connection(host: str, port: int, requests: list[bytes], tickets: asyn
 
 
 async def closed_loop(targets: list[tuple[str, int]], bodies: list[bytes], connections: int, seconds: float,
-                      classify: bool = True) -> Result:
+                      classify: bool = True, sticky: bool = False) -> Result:
     stop_at = time.perf_counter() + seconds
     results = [Result() for _ in range(connections)]
-    reqs = {t: [request_bytes(t[0], t[1], b) for b in bodies] for t in targets}
+    reqs = route(targets, bodies, sticky)
     started = time.perf_counter()
     await asyncio.gather(*(_connection(*targets[k % len(targets)], reqs[targets[k % len(targets)]], None, stop_at,
                                        results[k], classify) for k in range(connections)))
@@ -153,14 +166,15 @@ async def closed_loop(targets: list[tuple[str, int]], bodies: list[bytes], conne
 
 
 async def open_loop(targets: list[tuple[str, int]], bodies: list[bytes], rate_per_target: float, seconds: float,
-                    connections_per_target: int = 48) -> Result:
+                    connections_per_target: int = 48, sticky: bool = False) -> Result:
     """Requests due every 1/rate s per target; latency counted from when each was due."""
     total = Result()
     tasks = []
     queues = []
     stop_at = time.perf_counter() + seconds + 30
+    routed = route(targets, bodies, sticky)
     for t in targets:
-        reqs = [request_bytes(t[0], t[1], b) for b in bodies]
+        reqs = routed[t]
         q: asyncio.Queue = asyncio.Queue()
         queues.append(q)
         for _ in range(connections_per_target):
@@ -211,9 +225,12 @@ def _run(coro):
 
 def run_scenario(name: str, targets: list[tuple[str, int]], pids: list[int], bodies: list[bytes], args) -> None:
     workers = len(targets)
-    _run(closed_loop(targets, bodies, 8, 1.0, classify=False))  # warm up: code paths, connections, caches
+    sticky = args.routing == "sticky"
+    if workers > 1:
+        name += f", {args.routing} routing"
+    _run(closed_loop(targets, bodies, 8, 1.0, classify=False, sticky=sticky))  # warm up: code paths, connections, caches
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
-    closed = _run(closed_loop(targets, bodies, args.connections, args.seconds))
+    closed = _run(closed_loop(targets, bodies, args.connections, args.seconds, sticky=sticky))
     cpu = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0)
     print(closed.line(f"{name}: closed loop, {args.connections} conns"))
     rate = closed.statuses.get(200, 0) / closed.elapsed
@@ -224,8 +241,12 @@ def run_scenario(name: str, targets: list[tuple[str, int]], pids: list[int], bod
         mix = ", ".join(f"{k} {v / sum(closed.actions.values()):.0%}" for k, v in sorted(closed.actions.items()))
         print(f"{'':<44} decisions: {mix}")
     for rate in args.rates:
-        res = _run(open_loop(targets, bodies, rate, args.seconds))
+        cpu0, own0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        res = _run(open_loop(targets, bodies, rate, args.seconds, sticky=sticky))
+        wall = time.monotonic() - t0
         print(res.line(f"{name}: open loop {rate:,.0f}/s per worker"))
+        print(f"{'':<44} CPU, in cores: servers {(cpu_seconds(pids) - cpu0) / wall:.2f}, this client "
+              f"{(time.process_time() - own0) / wall:.2f}, of {os.cpu_count()}")
     print(f"{'':<44} (machine load average now {os.getloadavg()[0]:.2f}: other processes share these cores)")
     sys.stdout.flush()
 
@@ -238,6 +259,9 @@ def main() -> int:
                         help="open-loop requests/s per worker (repeatable; default 1000 and 2000)")
     parser.add_argument("--scenarios", default="bare,memory,redis1,redis2",
                         help="comma-separated: bare, memory, redis1, redis2 (default all)")
+    parser.add_argument("--routing", choices=["sticky", "random"], default="sticky",
+                        help="with two workers: each visitor to one worker (sticky, as a load balancer with visitor "
+                             "affinity does; the default) or every request to any worker (random)")
     parser.add_argument("--no-log", action="store_true", help="serve without the SQLite decision log")
     parser.add_argument("--server-python", default=sys.executable,
                         help="the Python that runs the servers (e.g. a venv with uvicorn[standard]: httptools, uvloop)")

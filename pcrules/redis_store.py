@@ -1,17 +1,31 @@
 """A state store in Redis, shared by every server process: sessions, cooldowns, offers and queue status.
 
 **Atomicity across processes.** The runtime holds ``store.session_lock(visitor_id,
-session_id)`` around each read-decide-write of a session (an observation, an
-answer, an expiry). Here that is a Redis lock with a random token and an
-expiry (``SET lock token NX PX ttl``), taken by a Lua script that in the same
-round trip returns the session, the visitor's cooldown and the queue status.
-Writes made while the lock is held are buffered and applied by one more Lua
-script, atomically and *only if the lock still carries our token*, which then
-releases it. So an observation costs two round trips, two processes can never
-interleave inside one session (no double offer), and a process that stalled
-past the lock's expiry cannot overwrite what the next holder wrote (its
-commit is refused: :class:`LockLost`). A process that dies holding a lock
-blocks that one session until the lock expires (``lock_ttl_s``).
+session_id)`` around each read-decide-write of a session (an answer, an
+expiry). Here that is a Redis lock with a random token and an expiry (``SET
+lock token NX PX ttl``), taken by a Lua script that in the same round trip
+returns the session, the visitor's cooldown and the queue status. Writes made
+while the lock is held are buffered and applied by one more Lua script,
+atomically and *only if the lock still carries our token*, which then
+releases it: two round trips, two processes can never interleave inside one
+session (no double offer), and a process that stalled past the lock's expiry
+cannot overwrite what the next holder wrote (its commit is refused:
+:class:`LockLost`). A process that dies holding a lock blocks that one
+session until the lock expires (``lock_ttl_s``).
+
+**Observations in one round trip.** Observations are most of the traffic, so
+for them the runtime takes :meth:`RedisStore.observe_lock` instead: the
+session, the visitor and the queue status are read from this process's cache
+(what it last read or wrote), and one Lua script applies the writes only if
+the session is not locked and all three are still what was read (compare and
+set on their stored text; the queue status carries a version). Otherwise it
+writes nothing and returns the current values; the cache learns them and the
+runtime decides again (:class:`pcrules.stores.StaleRead`; after two stale
+reads it takes the lock). Serving a visitor from the worker that served it
+last (a load balancer with affinity) makes nearly every observation one round
+trip; with any worker it still is whenever this one wrote the session last.
+A stale cache costs a retry, never a wrong decision: nothing is decided on it
+that Redis has not confirmed in the same script that writes the result.
 
 **Visitors** are shared by all of a visitor's sessions, which are locked
 separately: the decline cooldown is therefore merged with ``max`` inside the
@@ -47,6 +61,7 @@ import os
 import random
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import redis
@@ -57,7 +72,12 @@ from redis.retry import Retry
 from .decision import OfferStatus
 from .errors import PcrulesError
 from .policy import PendingOffer, QueueStatus, SessionState, VisitorState
-from .stores import Evicted, OfferRecord
+from .stores import Evicted, OfferRecord, StaleRead
+
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # hiredis is in the server extra; redis-py works without it
+    _pack = None
 
 __all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost"]
 
@@ -83,17 +103,16 @@ class LockLost(StoreUnavailable):
 # Taken, or already ours (a retry after a reply lost on a broken connection).
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then
-  return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+  return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4]),
+          redis.call('GET', KEYS[5])}
 end
 return {0}
 """
 
-# ARGV[1] = lock token (when KEYS[1] is given), then ops of four arguments each:
+# Ops of four arguments each from ARGV[i]:
 #   set key value px | max key number px (set when greater than the stored number) |
 #   zadd key score member | zrem key member -
-_COMMIT = """
-if #KEYS > 0 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local i = 2
+_APPLY_OPS = """
 while i <= #ARGV do
   local op, key = ARGV[i], ARGV[i + 1]
   if op == 'set' then
@@ -110,8 +129,39 @@ while i <= #ARGV do
   end
   i = i + 4
 end
+"""
+
+# ARGV[1] = lock token (when KEYS[1] is given), then the ops.
+_COMMIT = """
+if #KEYS > 0 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local i = 2
+""" + _APPLY_OPS + """
 if #KEYS > 0 then redis.call('DEL', KEYS[1]) end
 return 1
+"""
+
+# An observation decided on cached reads: applied only if the session is not locked and the session, the
+# visitor and the queue status version are still what was read ('' = no such key), then the ops from ARGV[4].
+# Otherwise nothing is written and the current values come back: {0} locked, {2, session, visitor, version,
+# queue hash (only when the version moved)}.
+_CHECK_AND_COMMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local s = redis.call('GET', KEYS[2]) or ''
+local v = redis.call('GET', KEYS[3]) or ''
+local qv = redis.call('GET', KEYS[5]) or ''
+if s ~= ARGV[1] or v ~= ARGV[2] or qv ~= ARGV[3] then
+  local q = {}
+  if qv ~= ARGV[3] then q = redis.call('HGETALL', KEYS[4]) end
+  return {2, s, v, qv, q}
+end
+local i = 4
+""" + _APPLY_OPS + """
+return {1}
+"""
+
+_SET_QUEUE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
 """
 
 _RELEASE = """
@@ -201,30 +251,31 @@ class _Held:
     """One held session lock: what was read with it and what is to be written when it is released."""
 
     __slots__ = ("key", "visitor_id", "session_id", "lock_key", "token", "session", "visitor", "visitor_read",
-                 "queues_flat", "queues", "dirty", "offers", "depth")
+                 "queues", "dirty", "offers", "depth", "read")
 
     def __init__(self, key: str, visitor_id: str, session_id: str, lock_key: str, token: str) -> None:
         self.key, self.visitor_id, self.session_id = key, visitor_id, session_id
-        self.lock_key, self.token = lock_key, token
+        self.lock_key, self.token = lock_key, token  # token "": not locked, reads checked on commit
         self.session: SessionState | None = None
         self.visitor: VisitorState | None = None
         self.visitor_read: VisitorState | None = None
-        self.queues_flat: list[str] = []
-        self.queues: dict[str, QueueStatus] | None = None
+        self.queues: dict[str, QueueStatus] = {}
         self.dirty = False
         self.offers: dict[str, OfferRecord] = {}
         self.depth = 1
+        self.read: tuple[str, str, str] = ("", "", "")  # session, visitor, queue version as read ("" = none)
 
 
 class _SessionLock:
-    __slots__ = ("_store", "_visitor_id", "_session_id", "_held")
+    __slots__ = ("_store", "_visitor_id", "_session_id", "_held", "_optimistic")
 
-    def __init__(self, store: "RedisStore", visitor_id: str, session_id: str) -> None:
+    def __init__(self, store: "RedisStore", visitor_id: str, session_id: str, optimistic: bool = False) -> None:
         self._store, self._visitor_id, self._session_id = store, visitor_id, session_id
+        self._optimistic = optimistic
         self._held: _Held | None = None
 
     def __enter__(self) -> None:
-        self._held = self._store._acquire(self._visitor_id, self._session_id)
+        self._held = self._store._acquire(self._visitor_id, self._session_id, self._optimistic)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         held, self._held = self._held, None
@@ -234,7 +285,8 @@ class _SessionLock:
             return  # the same session, re-entered by the same thread
         self._store._local.held = None
         if isinstance(exc, StoreUnavailable):
-            self._store._release_quietly(held)
+            if held.token:
+                self._store._release_quietly(held)
             return
         # Writes are applied whether the runtime leaves normally or with its own error (a late answer records
         # the expiry and then refuses): the same effect as a store that writes through, as the memory store does.
@@ -247,7 +299,7 @@ class RedisStore:
     def __init__(self, url: str | redis.Redis = "redis://127.0.0.1:6379/0", *, prefix: str = "pcrules:",
                  session_ttl_s: float = 1800.0, lock_ttl_s: float = 5.0, lock_wait_s: float = 5.0,
                  due_check_interval_s: float = 0.25, socket_timeout_s: float = 1.0,
-                 connect_timeout_s: float = 0.5) -> None:
+                 connect_timeout_s: float = 0.5, cache_size: int = 100_000) -> None:
         if isinstance(url, redis.Redis):
             if not url.get_connection_kwargs().get("decode_responses"):
                 raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
@@ -267,9 +319,12 @@ class RedisStore:
         self.due_check_interval_s = float(due_check_interval_s)
         self._due_key = prefix + "due"
         self._queue_key = prefix + "q"
+        self._queue_version_key = prefix + "qv"
         self._offer_prefix = prefix + "o:"
         self._acquire_script = self._redis.register_script(_ACQUIRE)
         self._commit_script = self._redis.register_script(_COMMIT)
+        self._check_and_commit_script = self._redis.register_script(_CHECK_AND_COMMIT)
+        self._set_queue_script = self._redis.register_script(_SET_QUEUE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._due_script = self._redis.register_script(_DUE)
         self._local = threading.local()
@@ -277,6 +332,13 @@ class RedisStore:
         self._connections_lock = threading.Lock()
         self._last_due_check = -math.inf
         self.lock_waits = 0  # times a lock was found taken (contention between processes), for tests and metrics
+        # What this process last read or wrote of each session and visitor ("" = no such key), least recently
+        # used first, and the queue status with its version: observe_lock decides on these and Redis checks
+        # them when it commits. Never trusted without that check, so a stale entry costs a retry, nothing more.
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._queues_read: tuple[str, dict[str, QueueStatus]] = ("\0unread", {})
+        self.stale_reads = 0  # commits refused because something read had changed (then decided again)
 
     # ------------------------------------------------------------------ keys
 
@@ -306,7 +368,10 @@ class RedisStore:
         reconnect = reload = True
         while True:
             try:
-                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if _pack is None:
+                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                else:  # what send_command does, minus a Python pass over every argument (all str or int here)
+                    conn.send_packed_command([_pack(("EVALSHA", script.sha, len(keys), *keys, *args))])
                 return conn.read_response()
             except NoScriptError:
                 if not reload:
@@ -328,51 +393,114 @@ class RedisStore:
     def session_lock(self, visitor_id: str, session_id: str) -> _SessionLock:
         return _SessionLock(self, visitor_id, session_id)
 
-    def _acquire(self, visitor_id: str, session_id: str) -> _Held:
+    def observe_lock(self, visitor_id: str, session_id: str) -> _SessionLock:
+        """Like session_lock, but decided on this process's cache and checked by Redis in the one commit.
+
+        One round trip instead of two while the cache is right (a session served by this process, as a sticky
+        load balancer makes it); when it is not, nothing is written, the cache learns the current values and
+        :class:`pcrules.stores.StaleRead` tells the runtime to decide again.
+        """
+        return _SessionLock(self, visitor_id, session_id, optimistic=True)
+
+    def _cached(self, key: str) -> str:
+        raw = self._cache.get(key)
+        if raw is None:
+            return ""
+        try:
+            self._cache.move_to_end(key)
+        except KeyError:  # dropped by another thread meanwhile: a hint either way
+            pass
+        return raw
+
+    def _remember(self, key: str, raw: str | None) -> None:
+        cache = self._cache
+        try:
+            cache[key] = raw or ""
+            cache.move_to_end(key)
+            if len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        except KeyError:  # another thread changed it meanwhile: a hint either way
+            pass
+
+    def _remember_queues(self, version: str | None, flat: list[str]) -> None:
+        self._queues_read = (version or "", _load_queues(flat))
+
+    def _acquire(self, visitor_id: str, session_id: str, optimistic: bool = False) -> _Held:
         key = self._session_key(visitor_id, session_id)
         outer = getattr(self._local, "held", None)
         if outer is not None:
-            if outer.key == key:
+            if outer.key == key and not optimistic and outer.token:
                 outer.depth += 1
                 return outer
             raise RuntimeError("RedisStore: one thread may hold one session lock at a time")
         lock_key = self.prefix + "lock:" + key[len(self.prefix) + 2:]
-        held = _Held(key, visitor_id, session_id, lock_key, os.urandom(16).hex())
-        keys = [lock_key, key, self._visitor_key(visitor_id), self._queue_key]
-        args = [held.token, _ms(self.lock_ttl_s)]
-        deadline = time.monotonic() + self.lock_wait_s
-        delay = 0.0005
-        while True:
-            reply = self._eval(self._acquire_script, keys, args)
-            if reply[0] == 1:
-                break
-            self.lock_waits += 1
-            if time.monotonic() >= deadline:
-                raise StoreBusy(f"session {session_id!r} of visitor {visitor_id!r} is locked by another process "
-                                f"for more than {self.lock_wait_s:g} s; try again")
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.02)
-        held.session = _load_session(reply[1])
-        held.visitor = held.visitor_read = _load_visitor(reply[2])
-        held.queues_flat = reply[3]
+        visitor_key = self._visitor_key(visitor_id)
+        if optimistic:
+            held = _Held(key, visitor_id, session_id, lock_key, "")
+            session_raw, visitor_raw = self._cached(key), self._cached(visitor_key)
+            version, held.queues = self._queues_read
+        else:
+            held = _Held(key, visitor_id, session_id, lock_key, os.urandom(16).hex())
+            keys = [lock_key, key, visitor_key, self._queue_key, self._queue_version_key]
+            args = [held.token, _ms(self.lock_ttl_s)]
+            deadline = time.monotonic() + self.lock_wait_s
+            delay = 0.0005
+            while True:
+                reply = self._eval(self._acquire_script, keys, args)
+                if reply[0] == 1:
+                    break
+                self.lock_waits += 1
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(f"session {session_id!r} of visitor {visitor_id!r} is locked by another process "
+                                    f"for more than {self.lock_wait_s:g} s; try again")
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.02)
+            session_raw, visitor_raw = reply[1] or "", reply[2] or ""
+            self._remember(key, session_raw)
+            self._remember(visitor_key, visitor_raw)
+            self._remember_queues(reply[4], reply[3])
+            version, held.queues = self._queues_read
+        held.read = (session_raw, visitor_raw, version)
+        held.session = _load_session(session_raw or None)
+        held.visitor = held.visitor_read = _load_visitor(visitor_raw or None)
         self._local.held = held
         return held
 
     def _commit(self, held: _Held) -> None:
-        args: list[Any] = [held.token]
+        args: list[Any] = [held.token] if held.token else list(held.read)
+        written: str | None = None
+        cooldown_written = False
         if held.dirty and held.session is not None:
-            args += ["set", held.key, _dump_session(held.session), _ms(self.session_ttl_s)]
+            written = _dump_session(held.session)
+            args += ["set", held.key, written, _ms(self.session_ttl_s)]
             visitor = held.visitor
             if visitor is not None and visitor != held.visitor_read and visitor.cooldown_until > -math.inf:
                 left = visitor.cooldown_until - held.session.last_seen  # event time; the key lives as long
                 if left > 0:
                     args += ["max", self._visitor_key(held.visitor_id), _num(visitor.cooldown_until), _ms(left + 60)]
+                    cooldown_written = True
         for record in held.offers.values():
             args += self._offer_ops(record)
-        ok = self._eval(self._commit_script, [held.lock_key], args)
-        if not ok:
-            raise LockLost(f"the lock on session {held.session_id!r} of visitor {held.visitor_id!r} expired "
-                           f"(held longer than {self.lock_ttl_s:g} s); nothing was written, try again")
+        if held.token:
+            if not self._eval(self._commit_script, [held.lock_key], args):
+                raise LockLost(f"the lock on session {held.session_id!r} of visitor {held.visitor_id!r} expired "
+                               f"(held longer than {self.lock_ttl_s:g} s); nothing was written, try again")
+        else:
+            visitor_key = self._visitor_key(held.visitor_id)
+            reply = self._eval(self._check_and_commit_script,
+                               [held.lock_key, held.key, visitor_key, self._queue_key, self._queue_version_key], args)
+            if reply[0] != 1:
+                self.stale_reads += 1
+                if reply[0] == 2:
+                    self._remember(held.key, reply[1])
+                    self._remember(visitor_key, reply[2])
+                    if reply[3] != held.read[2]:
+                        self._remember_queues(reply[3], reply[4])
+                raise StaleRead(f"session {held.session_id!r} of visitor {held.visitor_id!r} changed meanwhile")
+        if written is not None:
+            self._remember(held.key, written)
+        if cooldown_written:
+            self._cache.pop(self._visitor_key(held.visitor_id), None)  # merged with max: read it next time
 
     def _release_quietly(self, held: _Held) -> None:
         try:
@@ -484,13 +612,21 @@ class RedisStore:
     def queue_status(self) -> dict[str, QueueStatus]:
         held = getattr(self._local, "held", None)
         if held is not None:
-            if held.queues is None:
-                held.queues = _load_queues(held.queues_flat)
             return held.queues
         return _load_queues([x for kv in self._call("hgetall", self._queue_key).items() for x in kv])
 
     def set_queue_status(self, name: str, status: QueueStatus) -> None:
-        self._call("hset", self._queue_key, name, _dump_queue(status))
+        # With a new version: every process's cached queue status is then refused at its next commit.
+        try:
+            version = self._set_queue_script(keys=[self._queue_key, self._queue_version_key],
+                                             args=[name, _dump_queue(status)])
+        except redis.RedisError as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+        read_version, queues = self._queues_read
+        if read_version == str(version - 1) or (read_version == "" and version == 1):  # nobody else changed it
+            self._queues_read = (str(version), {**queues, name: status})
 
     def __len__(self) -> int:
         """Sessions remembered (a scan: for tests and operators, not the request path)."""
@@ -509,6 +645,8 @@ class RedisStore:
     def clear(self) -> int:
         """Delete every key under this store's prefix (tests, a fresh demo); returns how many."""
         keys = self._scan(self.prefix + "*")
+        self._cache.clear()
+        self._queues_read = ("\0unread", {})
         for i in range(0, len(keys), 500):
             self._call("delete", *keys[i:i + 500])
         return len(keys)

@@ -1,8 +1,8 @@
 """The runtime: a thin stateful shell around the pure policy core.
 
 It validates the event, scores it, matches it through durable_rules, lets
-:func:`pcrules.policy.decide` judge, writes the decision to the log, and only
-then saves the new state and returns. All clocks are event time.
+:func:`pcrules.policy.decide` judge, saves the new state, writes the decision
+to the log and only then returns it. All clocks are event time.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .pseudonym import Pseudonymizer
 from .policy import QueueStatus, SessionState, VisitorState, answer, decide
 from .scoring.protocol import Scorer
 from .spec import RuleSpec, load_spec
-from .stores import MemoryStore, OfferRecord, StateStore
+from .stores import MemoryStore, OfferRecord, StaleRead, StateStore
 
 __all__ = ["Runtime"]
 
@@ -59,6 +59,7 @@ class Runtime:
         self._store: StateStore = store if store is not None else MemoryStore()
         # Exclusive across processes for a store they share (Redis); a no-op for a store without one.
         self._session_lock = getattr(self._store, "session_lock", None) or (lambda visitor_id, session_id: _NO_LOCK)
+        self._observe_lock = getattr(self._store, "observe_lock", None) or self._session_lock
         self._clock = clock
         self._new_offer_id = new_offer_id
         # With a key, the log and the store see only a keyed hash of each visitor id (see pcrules.pseudonym).
@@ -179,25 +180,46 @@ class Runtime:
     def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None) -> Decision:
         self._housekeeping(spec, ev.ts)
         store = self._store
-        # Read-decide-write of one session is atomic across every process sharing the store.
-        with self._session_lock(ev.visitor_id, ev.session_id):
-            session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
-            visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
-            step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, self._new_offer_id)
-            decision = step.decision
-            if step.expired is not None and not step.expired.holdout:
-                # Housekeeping normally closed it already; a store that forgot it (or closed it) must not crash observe.
-                record = store.offer(step.expired.offer_id)
-                if record is not None and record.status == OfferStatus.OFFERED:
-                    self._close(record, OfferStatus.EXPIRED, step.expired.expires_at)
+        offer_ids: list[str] = []
+
+        def new_offer_id() -> str:  # one per observation, however many tries it takes
+            if not offer_ids:
+                offer_ids.append(self._new_offer_id())
+            return offer_ids[0]
+
+        # Read-decide-write of one session is atomic across every process sharing the store. A store may let
+        # the first two tries read from its cache and check at the end (one round trip instead of two); a
+        # stale read wrote nothing, so deciding again is safe; the third try takes the session's lock.
+        for attempt in range(3):
+            lock = self._observe_lock if attempt < 2 else self._session_lock
+            try:
+                with lock(ev.visitor_id, ev.session_id):
+                    session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
+                    visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
+                    step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, new_offer_id)
+                    decision = step.decision
+                    expired = None
+                    if step.expired is not None and not step.expired.holdout:
+                        # Housekeeping normally closed it already; a store that forgot it (or closed it) must not
+                        # crash observe.
+                        record = store.offer(step.expired.offer_id)
+                        if record is not None and record.status == OfferStatus.OFFERED:
+                            expired = self._closing(record, OfferStatus.EXPIRED, step.expired.expires_at)
+                    if decision.offer_id is not None:
+                        store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id,
+                                                     decision.rule or "", decision.queue or "", ev.ts,
+                                                     decision.expires_at or ev.ts, spec.name, spec.version))
+                    store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
+            except StaleRead:
+                continue
+            # Logged once the store holds it, and before it is returned: a decision a shared store refused (an
+            # outage, a lost lock) never reaches the log, and one the caller saw is on disk (see decision_log).
             if self._log is not None:
-                self._log.record_decision(decision)  # on disk before anything else changes
-            if decision.offer_id is not None:
-                store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id, decision.rule or "",
-                                             decision.queue or "", ev.ts, decision.expires_at or ev.ts,
-                                             spec.name, spec.version))
-            store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
-        return decision
+                if expired is not None:
+                    self._log.record_outcome(expired)
+                self._log.record_decision(decision)
+            return decision
+        raise AssertionError("the session lock never reads stale")  # pragma: no cover
 
     def _housekeeping(self, spec: RuleSpec, now: float) -> None:
         """Expire offers whose time ran out, then forget sessions idle for longer than the TTL."""
@@ -279,12 +301,16 @@ class Runtime:
 
     def _close(self, record: OfferRecord | None, status: OfferStatus, ts: float) -> Outcome:
         assert record is not None
-        outcome = Outcome(record.offer_id, status, ts, record.visitor_id, record.session_id, record.rule,
-                          record.queue, record.offered_at, record.ruleset, record.ruleset_version)
+        outcome = self._closing(record, status, ts)
         if self._log is not None:
             self._log.record_outcome(outcome)
-        self._store.save_offer(_closed(record, status, ts))
         return outcome
+
+    def _closing(self, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
+        """Close the offer in the store; the caller logs the outcome."""
+        self._store.save_offer(_closed(record, status, ts))
+        return Outcome(record.offer_id, status, ts, record.visitor_id, record.session_id, record.rule,
+                       record.queue, record.offered_at, record.ruleset, record.ruleset_version)
 
     # ------------------------------------------------------------------ queues and goals
 

@@ -16,7 +16,7 @@ from typing import Iterator, Protocol, runtime_checkable
 from .decision import OfferStatus
 from .policy import QueueStatus, SessionState, VisitorState
 
-__all__ = ["OfferRecord", "StateStore", "MemoryStore", "Evicted"]
+__all__ = ["OfferRecord", "StateStore", "MemoryStore", "Evicted", "StaleRead"]
 
 SessionKey = tuple[str, str]
 _NO_LOCK: AbstractContextManager[None] = nullcontext()
@@ -46,6 +46,14 @@ class Evicted:
     pending_offer: OfferRecord | None
 
 
+class StaleRead(Exception):
+    """Raised on leaving a store's ``observe_lock`` when what was read has changed meanwhile: nothing was written.
+
+    The runtime then decides again on what the store now holds (and, after a second stale read, under
+    ``session_lock``). Never reaches a caller of the runtime.
+    """
+
+
 @runtime_checkable
 class StateStore(Protocol):
     def session(self, visitor_id: str, session_id: str) -> SessionState | None: ...
@@ -65,6 +73,11 @@ class StateStore(Protocol):
         A store shared by several processes makes it exclusive across them (see pcrules.redis_store), and may
         defer the writes made under it to its release (the Redis store applies them there, atomically); a
         process-local store needs nothing beyond the runtime's own lock. The runtime never holds two at once.
+
+        A shared store may also offer ``observe_lock(visitor_id, session_id)`` (optional, not part of this
+        protocol's check): the same, except that it may serve reads from its own cache and check them when it
+        is left, writing nothing and raising :class:`StaleRead` if any had changed. The runtime takes it for
+        observations, whose every side effect outside the store waits until it has been left.
         """
         ...
 

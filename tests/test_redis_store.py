@@ -286,6 +286,97 @@ def test_expiries_are_closed_once_across_runtimes(store: RedisStore, redis_serve
     assert store._redis.zcard(store._due_key) == 0
 
 
+# --------------------------------------------------------------------------- decided on the cache, checked by Redis
+
+
+def _commands(redis_server) -> Counter:
+    """Commands Redis ran since the last call (this one's CONFIG RESETSTAT and INFO not counted)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+    stats = client.info("commandstats")
+    client.config_resetstat()
+    client.close()
+    return Counter({name[len("cmdstat_"):]: v["calls"] for name, v in stats.items()
+                    if name not in ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_hello")})
+
+
+def test_an_observation_of_a_session_this_process_served_last_is_one_round_trip(store: RedisStore, redis_server):
+    rt = Runtime(spec_dict(), store=store)
+    for i in range(20):
+        rt.observe(ev(f"v{i}", ts=T0))
+    store.due_check_interval_s = 3600  # expiry checks have their own round trip, at most every interval
+    stale = store.stale_reads  # one so far: the first observation had no queue status cached
+    _commands(redis_server)
+    for i in range(20):
+        assert rt.observe(ev(f"v{i}", ts=T0 + 1)).reason == "offer_pending"
+    # 20 scripts and what they ran inside (EXISTS lock, GET session/visitor/queue version, SET session): one
+    # round trip each, no GET or HGETALL of the client's own.
+    assert _commands(redis_server) == {"evalsha": 20, "exists": 20, "get": 60, "set": 20}
+    assert store.stale_reads == stale
+
+
+def test_a_session_changed_by_another_process_is_decided_again_on_what_redis_holds(store: RedisStore, redis_server):
+    other = RedisStore(redis_server.url, prefix=store.prefix, due_check_interval_s=0)
+    mine, theirs = ListLog(), ListLog()
+    a = Runtime(spec_dict(max_offers_per_session=2), store=store, log=mine)
+    b = Runtime(spec_dict(max_offers_per_session=2), store=other, log=theirs)
+    first = a.observe(ev(ts=T0))
+    assert first.action == "offer"
+    b.decline(first.offer_id, ts=T0 + 1)  # the other process changes the session and sets the visitor's cooldown
+    stale_before = store.stale_reads
+    again = a.observe(ev(ts=T0 + 2))  # a's cache still holds the pending offer
+    assert again.reason == "cooldown"  # decided on Redis's session and visitor, not the cache
+    assert store.stale_reads == stale_before + 1
+    assert [d.reason for d in mine.decisions] == [None, "cooldown"]  # the refused try never reached the log
+    assert store.session("v1", "s1").offers_made == 1
+
+
+def test_a_queue_status_set_by_another_process_is_seen_at_once(store: RedisStore, redis_server):
+    other = RedisStore(redis_server.url, prefix=store.prefix)
+    rt = Runtime(spec_dict(), store=store)
+    assert rt.observe(ev("v1", ts=T0)).action == "offer"  # the queue status (none) is now cached here
+    other.set_queue_status("Billing", QueueStatus(0, 500.0, T0))
+    assert rt.observe(ev("v2", ts=T0 + 1)).reason == "queue_busy"
+    other.set_queue_status("Billing", QueueStatus(3, 5.0, T0 + 2))
+    assert rt.observe(ev("v3", ts=T0 + 3)).action == "offer"
+
+
+def test_a_cached_decision_waits_for_a_session_another_process_holds(store: RedisStore, redis_server):
+    rt = Runtime(spec_dict(max_offers_per_session=1), store=store)
+    assert rt.observe(ev("v1", ts=T0)).action == "offer"
+    holder = RedisStore(redis_server.url, prefix=store.prefix)
+    entered, result = threading.Event(), {}
+
+    def observe_meanwhile():
+        entered.wait()
+        result["decision"] = rt.observe(ev("v1", ts=T0 + 1))
+
+    thread = threading.Thread(target=observe_meanwhile)
+    thread.start()
+    with holder.session_lock("v1", "s1"):
+        session = holder.session("v1", "s1")
+        entered.set()
+        time.sleep(0.3)  # the observation cannot commit on its cache while the lock is held
+        assert "decision" not in result
+        holder.save("v1", "s1", SessionState(offers_made=1, in_chat=True, last_seen=T0 + 0.5), VisitorState())
+        assert session.pending is not None
+    thread.join(5)
+    assert result["decision"].reason == "in_chat"  # decided after the holder's write, on it
+
+
+def test_the_cache_is_bounded_and_a_forgotten_session_costs_a_retry_not_a_wrong_answer(redis_server):
+    store = RedisStore(redis_server.url, prefix=f"t{next(_prefixes)}:", cache_size=10)
+    try:
+        rt = Runtime(spec_dict(), store=store)
+        assert all(rt.observe(ev(f"v{i}", ts=T0)).action == "offer" for i in range(50))
+        assert len(store._cache) <= 10
+        assert all(rt.observe(ev(f"v{i}", ts=T0 + 1)).reason == "offer_pending" for i in range(50))
+    finally:
+        store.clear()
+        store.close()
+
+
 # --------------------------------------------------------------------------- outages
 
 
