@@ -507,6 +507,22 @@ def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Pat
     assert out.count("Started server process") == 2 and "Traceback" not in out
 
 
+def test_a_decision_redis_did_not_take_is_not_in_the_log():
+    _need_redis()
+    with RedisServer() as server:
+        log = ListLog()
+        store = RedisStore(server.url, due_check_interval_s=3600)
+        rt = Runtime(spec_dict(max_offers_per_session=2), store=store, log=log)
+        first = rt.observe(ev("v1", ts=T0))
+        rt.decline(first.offer_id, ts=T0 + 1)  # the session is cached here: the next one is decided on the cache
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            rt.observe(ev("v1", ts=T0 + 2))  # decided, then refused at the commit
+        assert [d.offer_id for d in log.decisions] == [first.offer_id]  # the caller got an error, the log nothing
+        assert len(log.outcomes) == 1
+        store.close()
+
+
 def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tmp_path: Path):
     _need_redis()
     with RedisServer() as server, ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", server.url],
