@@ -62,7 +62,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from redis.backoff import NoBackoff
@@ -299,7 +299,8 @@ class RedisStore:
     def __init__(self, url: str | redis.Redis = "redis://127.0.0.1:6379/0", *, prefix: str = "pcrules:",
                  session_ttl_s: float = 1800.0, lock_ttl_s: float = 5.0, lock_wait_s: float = 5.0,
                  due_check_interval_s: float = 0.25, socket_timeout_s: float = 1.0,
-                 connect_timeout_s: float = 0.5, cache_size: int = 100_000) -> None:
+                 connect_timeout_s: float = 0.5, cache_size: int = 100_000,
+                 on_contention: Callable[[str], None] | None = None) -> None:
         if isinstance(url, redis.Redis):
             if not url.get_connection_kwargs().get("decode_responses"):
                 raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
@@ -332,6 +333,9 @@ class RedisStore:
         self._connections_lock = threading.Lock()
         self._last_due_check = -math.inf
         self.lock_waits = 0  # times a lock was found taken (contention between processes), for tests and metrics
+        # Told "lock_wait" or "stale_read" each time (the server counts them in /metrics): many stale reads mean
+        # a visitor's requests are spread over workers.
+        self._on_contention = on_contention
         # What this process last read or wrote of each session and visitor ("" = no such key), least recently
         # used first, and the queue status with its version: observe_lock decides on these and Redis checks
         # them when it commits. Never trusted without that check, so a stale entry costs a retry, nothing more.
@@ -450,6 +454,8 @@ class RedisStore:
                 if reply[0] == 1:
                     break
                 self.lock_waits += 1
+                if self._on_contention is not None:
+                    self._on_contention("lock_wait")
                 if time.monotonic() >= deadline:
                     raise StoreBusy(f"session {session_id!r} of visitor {visitor_id!r} is locked by another process "
                                     f"for more than {self.lock_wait_s:g} s; try again")
@@ -491,6 +497,8 @@ class RedisStore:
                                [held.lock_key, held.key, visitor_key, self._queue_key, self._queue_version_key], args)
             if reply[0] != 1:
                 self.stale_reads += 1
+                if self._on_contention is not None:
+                    self._on_contention("stale_read")
                 if reply[0] == 2:
                     self._remember(held.key, reply[1])
                     self._remember(visitor_key, reply[2])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -486,6 +487,10 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
         assert d["reason"] == ("in_chat" if by_session[d["session_id"]] == "accepted" else "max_offers"), d
     assert all(h["store"] == "redis" and h["status"] == "ok" for h in health)
     assert all("pcrules_decisions_total" in m for m in metrics)
+    # Each session's observations alternate between the workers: the one-round-trip path met the other worker's
+    # writes, decided again, and /metrics says how often (an operator's sign that affinity is off).
+    stale = [re.search(r'^pcrules_store_contention_total\{kind="stale_read"\} (\S+)$', m, re.M) for m in metrics]
+    assert all(stale) and sum(float(x.group(1)) for x in stale) >= n_sessions
     for out in ("a.out", "b.out"):
         assert "Traceback" not in (tmp_path / out).read_text()
 

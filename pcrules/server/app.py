@@ -148,7 +148,9 @@ class Service:
         if config.redis_url:
             from ..redis_store import RedisStore
 
-            store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+            contention = metrics.store_contention
+            store = RedisStore(config.redis_url, prefix=config.redis_prefix,
+                               on_contention=lambda kind: contention.labels(kind).inc())
         else:
             store = MemoryStore()
         log_ = MetricsLog(metrics, inner)

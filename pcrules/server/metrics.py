@@ -30,6 +30,10 @@ class Metrics:
                               ["status", "error"], registry=r)
         # Not by goal name: the names come from browsers, and a label per name would let them grow the registry.
         self.goals = Counter("pcrules_goals", "Goals reported (business outcomes)", registry=r)
+        self.store_contention = Counter(
+            "pcrules_store_contention", "Shared-store (Redis) retries: lock_wait (a session's lock was taken), "
+            "stale_read (an observation decided on this worker's cache met a newer state and was decided again)",
+            ["kind"], registry=r)
         self.reloads = Counter("pcrules_reloads", "Ruleset reloads, by result", ["result"], registry=r)
         self.ruleset = Gauge("pcrules_ruleset_info", "The ruleset being served (value 1)", ["name", "version"],
                              registry=r, multiprocess_mode="max")
