@@ -475,7 +475,7 @@ class RedisStore:
     def _commit(self, held: _Held) -> None:
         args: list[Any] = [held.token] if held.token else list(held.read)
         written: str | None = None
-        cooldown_written = False
+        cooldown: str | None = None
         if held.dirty and held.session is not None:
             written = _dump_session(held.session)
             args += ["set", held.key, written, _ms(self.session_ttl_s)]
@@ -483,8 +483,8 @@ class RedisStore:
             if visitor is not None and visitor != held.visitor_read and visitor.cooldown_until > -math.inf:
                 left = visitor.cooldown_until - held.session.last_seen  # event time; the key lives as long
                 if left > 0:
-                    args += ["max", self._visitor_key(held.visitor_id), _num(visitor.cooldown_until), _ms(left + 60)]
-                    cooldown_written = True
+                    cooldown = _num(visitor.cooldown_until)
+                    args += ["max", self._visitor_key(held.visitor_id), cooldown, _ms(left + 60)]
         for record in held.offers.values():
             args += self._offer_ops(record)
         if held.token:
@@ -507,8 +507,8 @@ class RedisStore:
                 raise StaleRead(f"session {held.session_id!r} of visitor {held.visitor_id!r} changed meanwhile")
         if written is not None:
             self._remember(held.key, written)
-        if cooldown_written:
-            self._cache.pop(self._visitor_key(held.visitor_id), None)  # merged with max: read it next time
+        if cooldown is not None:  # what Redis holds unless another session set a later one (then: a stale read)
+            self._remember(self._visitor_key(held.visitor_id), cooldown)
 
     def _release_quietly(self, held: _Held) -> None:
         try:

@@ -315,6 +315,11 @@ def test_an_observation_of_a_session_this_process_served_last_is_one_round_trip(
     # round trip each, no GET or HGETALL of the client's own.
     assert _commands(redis_server) == {"evalsha": 20, "exists": 20, "get": 60, "set": 20}
     assert store.stale_reads == stale
+    # An answer takes the session's lock (two round trips); the observation after it is one again.
+    offer = rt.observe(ev("w", ts=T0 + 2))
+    rt.decline(offer.offer_id, ts=T0 + 3)
+    assert rt.observe(ev("w", "s2", ts=T0 + 4)).reason == "cooldown"  # the visitor's cooldown, from the cache
+    assert store.stale_reads == stale
 
 
 def test_a_session_changed_by_another_process_is_decided_again_on_what_redis_holds(store: RedisStore, redis_server):
