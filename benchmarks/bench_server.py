@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from pcrules.server._procs import RedisServer, ServeProcess, free_port, wait_htt
 PAGES = ["Home", "Bill Payment", "Plans", "Support", "Checkout", "Search: roaming"]
 # One loopback client stands for 5,000 visitors: the per-address rate limit is off (the per-visitor one stays on).
 LOAD_TEST = {"address_rate": None}
+BENCH_TOKEN = "bench-server-operator-token"  # to read the workers' /metrics
 
 
 def bare_app():
@@ -201,6 +203,24 @@ async def open_loop(targets: list[tuple[str, int]], bodies: list[bytes], rate_pe
     return total
 
 
+def contention(servers: list[ServeProcess]) -> str:
+    """The workers' Redis retries over the whole scenario, from their /metrics."""
+    totals = {"decisions": 0.0, "stale_read": 0.0, "lock_wait": 0.0}
+    for srv in servers:
+        req = urllib.request.Request(srv.url + "/metrics", headers=srv.auth)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("pcrules_decisions_total{"):
+                totals["decisions"] += float(line.rsplit(" ", 1)[1])
+            for kind in ("stale_read", "lock_wait"):
+                if line.startswith(f'pcrules_store_contention_total{{kind="{kind}"}}'):
+                    totals[kind] += float(line.rsplit(" ", 1)[1])
+    n = max(totals["decisions"], 1.0)
+    return (f"Redis retries: {totals['stale_read']:,.0f} stale reads ({totals['stale_read'] / n:.1%} of "
+            f"{totals['decisions']:,.0f} decisions), {totals['lock_wait']:,.0f} lock waits")
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -309,7 +329,7 @@ def main() -> int:
                 url = f"{redis.url.rsplit('/', 1)[0]}/{n}"
                 servers = [ServeProcess(["--rules", str(rules), "--redis", url, *log_args(f"redis{n}-{k}")],
                                         log_file=tmp / f"redis{n}-{k}.out", python=args.server_python,
-                                        config=LOAD_TEST)
+                                        config=LOAD_TEST, operator_token=BENCH_TOKEN)
                            for k in range(n)]
                 for s in servers:
                     s.start()
@@ -317,6 +337,7 @@ def main() -> int:
                     pids = [s.proc.pid for s in servers] + [redis.proc.pid]
                     run_scenario(f"pcrules, {n} worker{'s' if n > 1 else ''} + Redis",
                                  [("127.0.0.1", s.port) for s in servers], pids, bodies, args)
+                    print(f"{'':<44} {contention(servers)}")
                 finally:
                     for s in servers:
                         s.stop()
