@@ -214,9 +214,8 @@ class Runtime:
                 continue
             # Logged once the store holds it, and before it is returned: a decision a shared store refused (an
             # outage, a lost lock) never reaches the log, and one the caller saw is on disk (see decision_log).
+            self._record(expired)
             if self._log is not None:
-                if expired is not None:
-                    self._log.record_outcome(expired)
                 self._log.record_decision(decision)
             return decision
         raise AssertionError("the session lock never reads stale")  # pragma: no cover
@@ -226,13 +225,15 @@ class Runtime:
         if now > self._high_water:
             self._high_water = now
         for record in self._store.due_offers(self._high_water):
+            outcome = None
             with self._session_lock(record.visitor_id, record.session_id):
                 current = self._store.offer(record.offer_id)  # another process may have closed it meanwhile
                 if current is not None and current.status == OfferStatus.OFFERED:
-                    self._finish(spec, current, OfferStatus.EXPIRED, current.expires_at)
+                    outcome = self._finish(spec, current, OfferStatus.EXPIRED, current.expires_at)
+            self._record(outcome)
         for gone in self._store.evict_idle(self._high_water - spec.policy.session_idle_ttl_s):
             if gone.pending_offer is not None:
-                self._close(gone.pending_offer, OfferStatus.EXPIRED, gone.pending_offer.expires_at)
+                self._record(self._closing(gone.pending_offer, OfferStatus.EXPIRED, gone.pending_offer.expires_at))
 
     # ------------------------------------------------------------------ offer lifecycle
 
@@ -282,16 +283,22 @@ class Runtime:
                 record = mine(self._store.offer(offer_id))
                 if record.status != OfferStatus.OFFERED:
                     raise OfferClosed(offer_id, record.status.value)
-                if status != OfferStatus.EXPIRED and when >= record.expires_at:
-                    # By event time the offer had already expired: record that, refuse the late answer.
-                    self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
-                    raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
-                if status == OfferStatus.EXPIRED:
-                    when = min(when, record.expires_at)
-                return self._finish(spec, record, status, when)
+                late = status != OfferStatus.EXPIRED and when >= record.expires_at
+                if late:  # by event time the offer had already expired: record that, refuse the late answer
+                    outcome = self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+                else:
+                    outcome = self._finish(spec, record, status, min(when, record.expires_at)
+                                           if status == OfferStatus.EXPIRED else when)
+            # Logged once the store holds it (the lock's release wrote it): an answer a shared store refused is
+            # not in the log, so the caller's retry cannot log it twice.
+            self._record(outcome)
+            if late:
+                raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
+            return outcome
 
     def _finish(self, spec: RuleSpec, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
-        outcome = self._close(record, status, ts)
+        """Close the offer and free its session in the store; the caller logs the outcome once that is written."""
+        outcome = self._closing(record, status, ts)
         session = self._store.session(record.visitor_id, record.session_id)
         if session is not None and session.pending is not None and session.pending.offer_id == record.offer_id:
             visitor = self._store.visitor(record.visitor_id) or _NEW_VISITOR
@@ -299,12 +306,9 @@ class Runtime:
             self._store.save(record.visitor_id, record.session_id, session, visitor)
         return outcome
 
-    def _close(self, record: OfferRecord | None, status: OfferStatus, ts: float) -> Outcome:
-        assert record is not None
-        outcome = self._closing(record, status, ts)
-        if self._log is not None:
+    def _record(self, outcome: Outcome | None) -> None:
+        if outcome is not None and self._log is not None:
             self._log.record_outcome(outcome)
-        return outcome
 
     def _closing(self, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
         """Close the offer in the store; the caller logs the outcome."""

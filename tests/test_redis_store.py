@@ -577,6 +577,30 @@ def test_a_decision_redis_did_not_take_is_not_in_the_log():
         store.close()
 
 
+def test_an_answer_redis_did_not_take_is_not_in_the_log_and_can_be_given_again(store: RedisStore, redis_server,
+                                                                              monkeypatch):
+    store = RedisStore(redis_server.url, prefix=store.prefix, lock_ttl_s=0.3)  # the failed writer's lock lapses soon
+    log = ListLog()
+    rt = Runtime(spec_dict(), store=store, log=log)
+    offer = rt.observe(ev("v1", ts=T0))
+    real_eval = store._eval
+
+    def commit_fails(script, keys, args):
+        if script is store._commit_script:  # the lock was taken and the offer read; the write fails
+            raise StoreUnavailable("shared state store (Redis) unavailable: connection reset")
+        return real_eval(script, keys, args)
+
+    monkeypatch.setattr(store, "_eval", commit_fails)
+    with pytest.raises(StoreUnavailable):
+        rt.accept(offer.offer_id, ts=T0 + 1)
+    assert log.outcomes == []  # the caller got an error, and the log agrees that nothing happened
+    monkeypatch.undo()
+    assert store.offer(offer.offer_id).status == OfferStatus.OFFERED
+    assert rt.accept(offer.offer_id, ts=T0 + 2).status == OfferStatus.ACCEPTED  # the retry, once the lock lapsed
+    assert [o.status for o in log.outcomes] == [OfferStatus.ACCEPTED]
+    store.close()
+
+
 def test_a_redis_outage_is_a_503_with_a_readable_body_and_the_server_recovers(tmp_path: Path):
     _need_redis()
     with RedisServer() as server, ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", server.url],
