@@ -544,6 +544,31 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
         assert "Traceback" not in (tmp_path / out).read_text()
 
 
+def test_offloaded_to_threads_the_runtime_still_makes_one_offer_per_session(redis_server, tmp_path: Path):
+    """ServerConfig.offload runs each request's runtime call on a worker thread: concurrent observations of one
+    session then meet in the store (each thread its own connection, one cache) instead of queueing on the loop."""
+    from pcrules.server import ServerConfig, create_app
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    app = create_app(ServerConfig(rules=str(_rules(tmp_path)), redis_url=url, offload=True))
+    n_sessions, per_session = 40, 8
+
+    async def hammer() -> list[dict]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pcrules.test") as client:
+            replies = await asyncio.gather(*(
+                client.post("/v1/observe", json={"visitor_id": f"v{i}", "session_id": f"s{i}",
+                                                 "page": "Bill Payment", "seconds_on_page": 6 + k})
+                for k in range(per_session) for i in range(n_sessions)))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200][:3]
+        return [r.json() for r in replies]
+
+    decisions = asyncio.run(hammer())
+    offers = [d for d in decisions if d["action"] == "offer"]
+    assert sorted(d["session_id"] for d in offers) == sorted(f"s{i}" for i in range(n_sessions))
+    assert Counter(d["reason"] for d in decisions if d["action"] != "offer") == {"offer_pending": n_sessions * 7}
+
+
 def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Path):
     url = redis_server.url.rsplit("/", 1)[0] + "/4"
     with ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", url, "--workers", "2"],
