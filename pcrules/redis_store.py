@@ -62,7 +62,8 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import redis
 from redis.backoff import NoBackoff
@@ -266,6 +267,14 @@ class _Held:
         self.read: tuple[str, str, str] = ("", "", "")  # session, visitor, queue version as read ("" = none)
 
 
+class _Batch:
+    __slots__ = ("pending", "written")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple] = []  # (held, keys, args, session written, cooldown written)
+        self.written: list[bool] = []
+
+
 class _SessionLock:
     __slots__ = ("_store", "_visitor_id", "_session_id", "_held", "_optimistic")
 
@@ -364,11 +373,7 @@ class RedisStore:
         One retry after a broken connection (Redis restarted) or a script Redis forgot (NOSCRIPT), as redis-py's
         own Script does; an outage is StoreUnavailable.
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._redis.connection_pool.make_connection()
-            with self._connections_lock:
-                self._connections.append(conn)
+        conn = self._connection()
         reconnect = reload = True
         while True:
             try:
@@ -391,6 +396,14 @@ class RedisStore:
                 if _is_outage(exc):
                     raise _unavailable(exc) from None
                 raise
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._redis.connection_pool.make_connection()
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
 
     # ------------------------------------------------------------------ the session lock
 
@@ -491,24 +504,84 @@ class RedisStore:
             if not self._eval(self._commit_script, [held.lock_key], args):
                 raise LockLost(f"the lock on session {held.session_id!r} of visitor {held.visitor_id!r} expired "
                                f"(held longer than {self.lock_ttl_s:g} s); nothing was written, try again")
-        else:
-            visitor_key = self._visitor_key(held.visitor_id)
-            reply = self._eval(self._check_and_commit_script,
-                               [held.lock_key, held.key, visitor_key, self._queue_key, self._queue_version_key], args)
-            if reply[0] != 1:
-                self.stale_reads += 1
-                if self._on_contention is not None:
-                    self._on_contention("stale_read")
-                if reply[0] == 2:
-                    self._remember(held.key, reply[1])
-                    self._remember(visitor_key, reply[2])
-                    if reply[3] != held.read[2]:
-                        self._remember_queues(reply[3], reply[4])
-                raise StaleRead(f"session {held.session_id!r} of visitor {held.visitor_id!r} changed meanwhile")
+            self._written(held, written, cooldown)
+            return
+        keys = [held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_key, self._queue_version_key]
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.pending.append((held, keys, args, written, cooldown))
+            return
+        if not self._checked(held, self._eval(self._check_and_commit_script, keys, args), written, cooldown):
+            raise StaleRead(f"session {held.session_id!r} of visitor {held.visitor_id!r} changed meanwhile")
+
+    def _checked(self, held: _Held, reply: Any, written: str | None, cooldown: str | None) -> bool:
+        """Whether a check-and-commit was applied; the cache learns what Redis holds either way."""
+        if reply[0] == 1:
+            self._written(held, written, cooldown)
+            return True
+        self.stale_reads += 1
+        if self._on_contention is not None:
+            self._on_contention("stale_read")
+        if reply[0] == 2:
+            self._remember(held.key, reply[1])
+            self._remember(self._visitor_key(held.visitor_id), reply[2])
+            if reply[3] != held.read[2]:
+                self._remember_queues(reply[3], reply[4])
+        return False
+
+    def _written(self, held: _Held, written: str | None, cooldown: str | None) -> None:
         if written is not None:
             self._remember(held.key, written)
         if cooldown is not None:  # what Redis holds unless another session set a later one (then: a stale read)
             self._remember(self._visitor_key(held.visitor_id), cooldown)
+
+    # ------------------------------------------------------------------ observations committed together
+
+    @contextmanager
+    def batch(self) -> Iterator["_Batch"]:
+        """Observations committed inside (observe_lock) are sent together when it ends: one write, one round trip.
+
+        The yielded batch's ``written[k]`` then says whether its ``k``-th staged commit was applied; one that
+        was not (a stale read, a locked session, a connection lost) wrote nothing: decide it again.
+        """
+        if getattr(self._local, "batch", None) is not None:
+            raise RuntimeError("RedisStore: batches do not nest")
+        batch = self._local.batch = _Batch()
+        try:
+            yield batch
+        finally:
+            self._local.batch = None
+        batch.written = self._send(batch.pending)
+
+    def _send(self, pending: list[tuple]) -> list[bool]:
+        if not pending:
+            return []
+        if len(pending) == 1:
+            held, keys, args, written, cooldown = pending[0]
+            try:
+                return [self._checked(held, self._eval(self._check_and_commit_script, keys, args), written, cooldown)]
+            except StoreUnavailable:
+                return [False]
+        conn = self._connection()
+        sha = self._check_and_commit_script.sha
+        try:
+            if _pack is None:
+                conn.send_packed_command(conn.pack_commands([("EVALSHA", sha, len(keys), *keys, *args)
+                                                             for _, keys, args, _, _ in pending]))
+            else:
+                conn.send_packed_command([b"".join(_pack(("EVALSHA", sha, len(keys), *keys, *args))
+                                                   for _, keys, args, _, _ in pending)])
+            replies: list[Any] = []
+            for _ in pending:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # NOSCRIPT after a restart, say: that one is decided again
+                    replies.append(exc)
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            return [False] * len(pending)  # each is decided again on its own, which reconnects or reports it
+        return [not isinstance(reply, Exception) and self._checked(held, reply, written, cooldown)
+                for (held, _, _, written, cooldown), reply in zip(pending, replies)]
 
     def _release_quietly(self, held: _Held) -> None:
         try:

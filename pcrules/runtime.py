@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .decision import Decision, OfferStatus, Outcome
 from .decision_log import DecisionLog
@@ -40,6 +40,20 @@ _NO_LOCK = nullcontext()
 
 def _new_offer_id() -> str:
     return secrets.token_urlsafe(16)  # 128 random bits
+
+
+class _OneOfferId:
+    """The offer id of one observation, however many tries deciding it takes (drawn when first asked for)."""
+
+    __slots__ = ("_draw", "_id")
+
+    def __init__(self, draw: Callable[[], str]) -> None:
+        self._draw, self._id = draw, None
+
+    def __call__(self) -> str:
+        if self._id is None:
+            self._id = self._draw()
+        return self._id
 
 
 class Runtime:
@@ -153,6 +167,63 @@ class Runtime:
                 return self._judge(spec, ev, matches, score)
         raise PcrulesError("the ruleset kept changing while this event was matched; try again")
 
+    def observe_many(self, events: Sequence[Mapping[str, Any]]) -> list[Decision | PcrulesError]:
+        """Observe several events at once: each gets its decision, or the error `observe` would raise for it.
+
+        With a store that commits observations together (the Redis store: one write and one round trip for
+        all of them) this is cheaper than one `observe` each; a server hands it the requests that arrived
+        together. Events of one session are decided in order. Other stores observe them one by one.
+        """
+        batch = getattr(self._store, "batch", None)
+        if batch is None:
+            return [_result_or_error(self.observe, event) for event in events]
+        results: list[Decision | PcrulesError | None] = [None] * len(events)
+        matched = []
+        for i, event in enumerate(events):
+            try:
+                ev = validate_event(event, self._clock)
+                if self._pseudonym is not None:
+                    ev = self._pseudonymise(ev)
+                spec, matcher, scorer = self._active
+                score = self._score(spec, scorer, ev)
+                matched.append((i, spec, ev, matcher.match(ev.fields, score), score))
+            except PcrulesError as exc:
+                results[i] = exc
+        alone = []
+        with self._lock:
+            k = 0
+            while k < len(matched):
+                staged = []
+                due = math.inf  # the earliest expiry among this batch's offers
+                with batch() as commits:  # the observations' writes, sent together when it ends
+                    while k < len(matched):
+                        i, spec, ev, matches, score = matched[k]
+                        if ev.ts >= due:
+                            break  # an offer of this batch is due by now: write the batch first, then expire it
+                        k += 1
+                        offer_id = _OneOfferId(self._new_offer_id)
+                        if self._active[0] is not spec:  # reloaded meanwhile: match again, on its own
+                            alone.append(i)
+                            continue
+                        try:
+                            self._housekeeping(spec, ev.ts)
+                            ticket = len(commits.pending)
+                            decision, expired = self._attempt(self._observe_lock, spec, ev, matches, score, offer_id)
+                        except PcrulesError as exc:
+                            results[i] = exc
+                            continue
+                        staged.append((i, spec, ev, matches, score, offer_id, decision, expired, ticket))
+                        if decision.expires_at is not None:
+                            due = min(due, decision.expires_at)
+                for i, spec, ev, matches, score, offer_id, decision, expired, ticket in staged:
+                    # Not written (another process changed the session, or this one earlier in the batch):
+                    # decide again on what the store holds now, as observe would.
+                    results[i] = (self._logged(decision, expired) if commits.written[ticket]
+                                  else _result_or_error(self._judge, spec, ev, matches, score, offer_id))
+        for i in alone:
+            results[i] = _result_or_error(self.observe, events[i])
+        return results  # type: ignore[return-value]
+
     def _pseudonymise(self, ev: Event) -> Event:
         alias = self._pseudonym(ev.visitor_id)  # type: ignore[misc]
         # The holdout group is still drawn from the raw id: switching pseudonyms on moves nobody between groups.
@@ -177,48 +248,52 @@ class Runtime:
             return None
         return score
 
-    def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None) -> Decision:
+    def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None,
+               new_offer_id: Callable[[], str] | None = None) -> Decision:
         self._housekeeping(spec, ev.ts)
-        store = self._store
-        offer_ids: list[str] = []
-
-        def new_offer_id() -> str:  # one per observation, however many tries it takes
-            if not offer_ids:
-                offer_ids.append(self._new_offer_id())
-            return offer_ids[0]
-
+        new_offer_id = new_offer_id or _OneOfferId(self._new_offer_id)
         # Read-decide-write of one session is atomic across every process sharing the store. A store may let
         # the first two tries read from its cache and check at the end (one round trip instead of two); a
         # stale read wrote nothing, so deciding again is safe; the third try takes the session's lock.
         for attempt in range(3):
-            lock = self._observe_lock if attempt < 2 else self._session_lock
             try:
-                with lock(ev.visitor_id, ev.session_id):
-                    session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
-                    visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
-                    step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, new_offer_id)
-                    decision = step.decision
-                    expired = None
-                    if step.expired is not None and not step.expired.holdout:
-                        # Housekeeping normally closed it already; a store that forgot it (or closed it) must not
-                        # crash observe.
-                        record = store.offer(step.expired.offer_id)
-                        if record is not None and record.status == OfferStatus.OFFERED:
-                            expired = self._closing(record, OfferStatus.EXPIRED, step.expired.expires_at)
-                    if decision.offer_id is not None:
-                        store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id,
-                                                     decision.rule or "", decision.queue or "", ev.ts,
-                                                     decision.expires_at or ev.ts, spec.name, spec.version))
-                    store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
+                decision, expired = self._attempt(self._observe_lock if attempt < 2 else self._session_lock,
+                                                  spec, ev, matches, score, new_offer_id)
             except StaleRead:
                 continue
-            # Logged once the store holds it, and before it is returned: a decision a shared store refused (an
-            # outage, a lost lock) never reaches the log, and one the caller saw is on disk (see decision_log).
-            self._record(expired)
-            if self._log is not None:
-                self._log.record_decision(decision)
-            return decision
+            return self._logged(decision, expired)
         raise AssertionError("the session lock never reads stale")  # pragma: no cover
+
+    def _attempt(self, lock: Callable[[str, str], Any], spec: RuleSpec, ev: Event, matches: Any,
+                 score: float | None, new_offer_id: Callable[[], str]) -> tuple[Decision, Outcome | None]:
+        """One read-decide-write of the event's session under `lock`; the store writes it when the lock is left."""
+        store = self._store
+        with lock(ev.visitor_id, ev.session_id):
+            session = store.session(ev.visitor_id, ev.session_id) or _NEW_SESSION
+            visitor = store.visitor(ev.visitor_id) or _NEW_VISITOR
+            step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, new_offer_id)
+            decision = step.decision
+            expired = None
+            if step.expired is not None and not step.expired.holdout:
+                # Housekeeping normally closed it already; a store that forgot it (or closed it) must not
+                # crash observe.
+                record = store.offer(step.expired.offer_id)
+                if record is not None and record.status == OfferStatus.OFFERED:
+                    expired = self._closing(record, OfferStatus.EXPIRED, step.expired.expires_at)
+            if decision.offer_id is not None:
+                store.save_offer(OfferRecord(decision.offer_id, ev.visitor_id, ev.session_id, decision.rule or "",
+                                             decision.queue or "", ev.ts, decision.expires_at or ev.ts,
+                                             spec.name, spec.version))
+            store.save(ev.visitor_id, ev.session_id, step.session, step.visitor)
+        return decision, expired
+
+    def _logged(self, decision: Decision, expired: Outcome | None) -> Decision:
+        # Logged once the store holds it, and before it is returned: a decision a shared store refused (an
+        # outage, a lost lock) never reaches the log, and one the caller saw is on disk (see decision_log).
+        self._record(expired)
+        if self._log is not None:
+            self._log.record_decision(decision)
+        return decision
 
     def _housekeeping(self, spec: RuleSpec, now: float) -> None:
         """Expire offers whose time ran out, then forget sessions idle for longer than the TTL."""
@@ -348,6 +423,13 @@ class Runtime:
         if self._log is not None:
             with self._lock:
                 self._log.record_goal(visitor_id, session_id, goal, when, None if value is None else float(value))
+
+
+def _result_or_error(fn: Callable[..., Decision], *args: Any) -> Decision | PcrulesError:
+    try:
+        return fn(*args)
+    except PcrulesError as exc:
+        return exc
 
 
 def _closed(record: OfferRecord, status: OfferStatus, ts: float) -> OfferRecord:

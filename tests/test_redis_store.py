@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from helpers import T0, counter_ids, rule, spec_dict
-from pcrules import OfferClosed, OfferNotFound, Runtime, load_spec
+from pcrules import InvalidEvent, OfferClosed, OfferNotFound, Runtime, load_spec
 from pcrules.decision import OfferStatus
 from pcrules.policy import QueueStatus, SessionState, VisitorState
 from pcrules.redis_store import LockLost, RedisStore, StoreBusy, StoreUnavailable
@@ -101,11 +101,13 @@ def _scenario(seed: int, steps: int = 400) -> list[tuple]:
     return ops
 
 
-def _play(runtime: Runtime | list[Runtime], log: ListLog, ops: list[tuple], seed: int = 0) -> list:
-    """Run `ops` in order; given several runtimes, each op goes to one of them at random."""
+def _play(runtime: Runtime | list[Runtime], log: ListLog, ops: list[tuple], seed: int = 0,
+          seen: list | None = None) -> list:
+    """Run `ops` in order; given several runtimes, each op goes to one of them at random. Answers go to offers
+    in `seen` (the offer ids so far, extended here)."""
     runtimes = runtime if isinstance(runtime, list) else [runtime]
     pick = random.Random(seed)
-    seen = []
+    seen = [] if seen is None else seen
     results = []
     for op in ops:
         runtime = pick.choice(runtimes)
@@ -415,6 +417,76 @@ def test_a_cached_decision_waits_for_a_session_another_process_holds(store: Redi
     assert result["decision"].reason == "in_chat"  # decided after the holder's write, on it
 
 
+def test_observations_decided_together_are_written_in_one_round_trip(store: RedisStore, redis_server):
+    import redis as redis_py
+
+    log = ListLog()
+    rt = Runtime(spec_dict(), store=store, log=log)
+    first = rt.observe_many([ev(f"v{i}", ts=T0) for i in range(20)])
+    assert [d.action for d in first] == ["offer"] * 20
+    store.due_check_interval_s = 3600
+    probe = redis_py.Redis.from_url(redis_server.url)
+    reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
+    idle = -reads() + reads()  # what asking costs (its own read)
+    before = reads()
+    again = rt.observe_many([ev(f"v{i}", ts=T0 + 1) for i in range(20)])
+    # Redis read the 20 commits in one go (two reads if the write arrived split), not in 20.
+    assert reads() - before - idle <= 2
+    probe.close()
+    assert [d.reason for d in again] == ["offer_pending"] * 20
+    assert [d.visitor_id for d in log.decisions] == [f"v{i}" for i in range(20)] * 2
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_observing_in_batches_decides_as_observing_one_by_one(store: RedisStore, seed: int):
+    """Batches of 1 to 8 observations, some of one session, some malformed, between answers and queue updates."""
+    spec = load_spec(spec_dict([rule("bill", seconds=300), rule("plans", page="Plans", seconds=100, queue="Billing",
+                                                                 priority=5, pages_viewed={"gte": 3})],
+                               holdout=0.2, max_offers_per_session=2, decline_cooldown_s=200,
+                               session_idle_ttl_s=86400))
+    rnd = random.Random(seed)
+    ops = _scenario(seed)
+    for k in rnd.sample(range(len(ops)), 15):  # malformed events: refused in their place, the rest decided
+        if ops[k][0] == "observe":
+            ops[k] = ("observe", {**ops[k][1], "seconds_on_page": -1})
+    mem_log, redis_log = ListLog(), ListLog()
+    with Runtime(spec, log=mem_log, new_offer_id=counter_ids()) as mem, \
+            Runtime(spec, log=redis_log, store=store, new_offer_id=counter_ids()) as red:
+        expected, mem_seen = [], []
+        for op in ops:
+            if op[0] == "observe":
+                try:
+                    d = mem.observe(op[1])
+                    expected.append(d.to_dict())
+                    if d.offer_id:
+                        mem_seen.append(d.offer_id)
+                except InvalidEvent as exc:
+                    expected.append(str(exc))
+            else:
+                expected += _play(mem, mem_log, [op], seen=mem_seen)
+        got, seen, i = [], [], 0
+        while i < len(ops):
+            if ops[i][0] == "observe":
+                size = rnd.randint(1, 8)
+                chunk = [op[1] for op in itertools.takewhile(lambda op: op[0] == "observe", ops[i:i + size])]
+                for d in red.observe_many(chunk):
+                    if isinstance(d, Exception):
+                        got.append(str(d))
+                    else:
+                        got.append(d.to_dict())
+                        if d.offer_id:
+                            seen.append(d.offer_id)
+                i += len(chunk)
+            else:
+                got += _play(red, redis_log, [ops[i]], seen=seen)
+                i += 1
+    rename = _by_first_appearance(got)
+    assert str(expected) == rename(str(got))
+    assert [str(d) for d in mem_log.decisions] == [rename(str(d)) for d in redis_log.decisions]
+    assert sum(isinstance(x, str) and "seconds_on_page" in x for x in got) >= 5
+    assert store.stale_reads >= 3  # a session twice in one batch: the second was decided again after the first
+
+
 def test_the_cache_is_bounded_and_a_forgotten_session_costs_a_retry_not_a_wrong_answer(redis_server):
     store = RedisStore(redis_server.url, prefix=f"t{next(_prefixes)}:", cache_size=10)
     try:
@@ -597,6 +669,8 @@ def test_a_decision_redis_did_not_take_is_not_in_the_log():
         server.stop()
         with pytest.raises(StoreUnavailable):
             rt.observe(ev("v1", ts=T0 + 2))  # decided, then refused at the commit
+        together = rt.observe_many([ev("v1", ts=T0 + 3), ev("v9", ts=T0 + 3), {"visitor_id": "v9"}])
+        assert [type(r) for r in together] == [StoreUnavailable, StoreUnavailable, InvalidEvent]
         assert [d.offer_id for d in log.decisions] == [first.offer_id]  # the caller got an error, the log nothing
         assert len(log.outcomes) == 1
         store.close()

@@ -127,6 +127,10 @@ class Service:
         self.store_kind = "redis" if hasattr(store, "ping") else ("memory" if isinstance(store, MemoryStore)
                                                                   else type(store).__name__)
         self.offload = bool(config.offload)
+        # Observations that arrive together are decided together when the store can commit them at once
+        # (Redis: one round trip for all); the busier the server, the more share each write.
+        self.batches = not self.offload and hasattr(store, "batch")
+        self._waiting: list[tuple[dict, asyncio.Future]] = []
         self.demo: Any = None
         self.pseudonymised = config.visitor_id_key is not None
         self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
@@ -177,6 +181,30 @@ class Service:
         if self.offload:
             return await anyio.to_thread.run_sync(functools.partial(fn, *args))
         return fn(*args)
+
+    async def observe(self, body: dict) -> Any:
+        if not self.batches:
+            return await self.call(self.runtime.observe, body)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((body, future))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._observe_waiting)  # after the other requests already read: they join this batch
+        return await future
+
+    def _observe_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        try:
+            results: list[Any] = self.runtime.observe_many([body for body, _ in batch])
+        except Exception as exc:  # not one event's fault (a bug, a failed disk): every request of the batch gets it
+            results = [exc] * len(batch)
+        for (_, future), result in zip(batch, results):
+            if future.done():  # the client went away
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def _reload_now(self) -> dict:
         old = self.runtime.spec
@@ -373,7 +401,7 @@ async def observe(request: Request) -> Response:
     body = await read_json(request, svc.config.max_body_bytes)
     _check_ts(svc, body)
     _limit_visitor(svc, body.get("visitor_id"))
-    decision = await svc.call(svc.runtime.observe, body)
+    decision = await svc.observe(body)
     response = _json(decision_body(decision, body["visitor_id"] if svc.pseudonymised else None))
     svc.metrics.latency.observe(time.perf_counter() - start)
     return response
