@@ -641,6 +641,32 @@ def test_offloaded_to_threads_the_runtime_still_makes_one_offer_per_session(redi
     assert Counter(d["reason"] for d in decisions if d["action"] != "offer") == {"offer_pending": n_sessions * 7}
 
 
+def test_requests_that_arrive_together_share_one_write_to_redis(redis_server, tmp_path: Path):
+    from pcrules.server import ServerConfig, create_app
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/6"
+    app = create_app(ServerConfig(rules=str(_rules(tmp_path)), redis_url=url, operator_token=TOKEN,
+                                  address_rate=None))
+    bad = {"visitor_id": "v-bad", "session_id": "s", "page": "Bill Payment", "seconds_on_page": "six"}
+
+    async def burst() -> tuple[list[httpx.Response], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pcrules.test") as client:
+            replies = await asyncio.gather(*(
+                client.post("/v1/observe", json={"visitor_id": f"v{i}", "session_id": "s", "page": "Bill Payment",
+                                                 "seconds_on_page": 6} if i != 17 else bad)
+                for i in range(60)))
+            metrics = (await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
+        return replies, metrics
+
+    replies, metrics = asyncio.run(burst())
+    assert [r.json()["action"] for i, r in enumerate(replies) if i != 17] == ["offer"] * 59
+    assert replies[17].status_code == 400 and replies[17].json()["field"] == "seconds_on_page"  # only its own error
+    count = float(re.search(r"^pcrules_observe_batch_size_count (\S+)$", metrics, re.M).group(1))
+    total = float(re.search(r"^pcrules_observe_batch_size_sum (\S+)$", metrics, re.M).group(1))
+    assert total == 60 and count < 60  # all were observed, and some together
+
+
 def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Path):
     url = redis_server.url.rsplit("/", 1)[0] + "/4"
     with ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", url, "--workers", "2"],

@@ -194,6 +194,7 @@ class Service:
 
     def _observe_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
+        self.metrics.batch_size.observe(len(batch))
         try:
             results: list[Any] = self.runtime.observe_many([body for body, _ in batch])
         except Exception as exc:  # not one event's fault (a bug, a failed disk): every request of the batch gets it

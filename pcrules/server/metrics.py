@@ -34,6 +34,9 @@ class Metrics:
             "pcrules_store_contention", "Shared-store (Redis) retries: lock_wait (a session's lock was taken), "
             "stale_read (an observation decided on this worker's cache met a newer state and was decided again)",
             ["kind"], registry=r)
+        self.batch_size = Histogram("pcrules_observe_batch_size", "Observations decided together (their Redis "
+                                    "writes sent in one round trip)", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+                                    registry=r)
         self.reloads = Counter("pcrules_reloads", "Ruleset reloads, by result", ["result"], registry=r)
         self.ruleset = Gauge("pcrules_ruleset_info", "The ruleset being served (value 1)", ["name", "version"],
                              registry=r, multiprocess_mode="max")
