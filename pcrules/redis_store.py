@@ -27,6 +27,14 @@ trip; with any worker it still is whenever this one wrote the session last.
 A stale cache costs a retry, never a wrong decision: nothing is decided on it
 that Redis has not confirmed in the same script that writes the result.
 
+**Group commit.** Inside :meth:`RedisStore.batch` those scripts are not sent
+one by one: the batch sends them in one write when it ends and reads their
+replies together, so observations decided together (``Runtime.observe_many``;
+the server batches the requests that arrived at once) share one round trip.
+Each is applied or refused on its own, in order; a refused one (a stale read,
+also one of an earlier observation of the same session in the batch) is then
+decided again on its own.
+
 **Visitors** are shared by all of a visitor's sessions, which are locked
 separately: the decline cooldown is therefore merged with ``max`` inside the
 commit script, so a decision in one session never erases a cooldown set by a

@@ -48,7 +48,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
     rate_limit_keys: int = 100_000    # buckets kept per limiter (least recently used dropped first)
     # Run the runtime on a worker thread instead of the event loop. Off by default: measured, the thread hand-off
-    # costs more CPU than it saves even with Redis (whose waits are a few round trips of well under a millisecond).
+    # costs more CPU than it saves even with Redis; and on the loop, requests that arrive together are decided
+    # together, their Redis writes sharing one round trip (offload decides them one by one).
     offload: bool = False
 
     def __post_init__(self) -> None:
