@@ -178,7 +178,7 @@ class Runtime:
         if batch is None:
             return [_result_or_error(self.observe, event) for event in events]
         results: list[Decision | PcrulesError | None] = [None] * len(events)
-        matched = []
+        matched, alone = [], []  # alone: the ruleset was replaced meanwhile; observed again on its own
         for i, event in enumerate(events):
             try:
                 ev = validate_event(event, self._clock)
@@ -186,10 +186,14 @@ class Runtime:
                     ev = self._pseudonymise(ev)
                 spec, matcher, scorer = self._active
                 score = self._score(spec, scorer, ev)
-                matched.append((i, spec, ev, matcher.match(ev.fields, score), score))
+                try:
+                    matched.append((i, spec, ev, matcher.match(ev.fields, score), score))
+                except PcrulesError:
+                    if self._active[1] is matcher:
+                        raise
+                    alone.append(i)
             except PcrulesError as exc:
                 results[i] = exc
-        alone = []
         with self._lock:
             k = 0
             while k < len(matched):
@@ -202,7 +206,7 @@ class Runtime:
                             break  # an offer of this batch is due by now: write the batch first, then expire it
                         k += 1
                         offer_id = _OneOfferId(self._new_offer_id)
-                        if self._active[0] is not spec:  # reloaded meanwhile: match again, on its own
+                        if self._active[0] is not spec:
                             alone.append(i)
                             continue
                         try:
@@ -220,7 +224,7 @@ class Runtime:
                     # decide again on what the store holds now, as observe would.
                     results[i] = (self._logged(decision, expired) if commits.written[ticket]
                                   else _result_or_error(self._judge, spec, ev, matches, score, offer_id))
-        for i in alone:
+        for i in sorted(alone):
             results[i] = _result_or_error(self.observe, events[i])
         return results  # type: ignore[return-value]
 

@@ -487,6 +487,24 @@ def test_observing_in_batches_decides_as_observing_one_by_one(store: RedisStore,
     assert store.stale_reads >= 3  # a session twice in one batch: the second was decided again after the first
 
 
+def test_a_ruleset_reloaded_while_a_batch_is_matched_decides_every_event_on_the_new_one(store: RedisStore):
+    old = load_spec(spec_dict([rule("bill", seconds=5, score={"gte": 0.1})]))
+    new = load_spec({**spec_dict([rule("bill-v2", seconds=5, score={"gte": 0.1})]), "name": "test-v2"})
+
+    class ReloadingScorer:  # the third event's scoring is when the operator's reload lands
+        calls = 0
+
+        def predict_proba_one(self, fields):
+            self.calls += 1
+            if self.calls == 3:
+                rt.reload(new)
+            return 0.9
+
+    rt = Runtime(old, store=store, scorer=ReloadingScorer())
+    decisions = rt.observe_many([ev(f"v{i}", ts=T0) for i in range(6)])
+    assert [(d.ruleset, d.rule) for d in decisions] == [("test-v2", "bill-v2")] * 6
+
+
 def test_the_cache_is_bounded_and_a_forgotten_session_costs_a_retry_not_a_wrong_answer(redis_server):
     store = RedisStore(redis_server.url, prefix=f"t{next(_prefixes)}:", cache_size=10)
     try:
