@@ -114,6 +114,9 @@ def _error_body(status: int, error: str, message: str, field: str | None = None,
     return out
 
 
+MAX_BATCH = 128  # observations decided together (about 20-30 ms of work at most)
+
+
 class Service:
     """The runtime and what the routes share: configuration, metrics, reloads."""
 
@@ -193,7 +196,10 @@ class Service:
         return await future
 
     def _observe_waiting(self) -> None:
-        batch, self._waiting = self._waiting, []
+        # At most MAX_BATCH at a time: the loop serves nothing else while a batch is decided.
+        batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._observe_waiting)
         self.metrics.batch_size.observe(len(batch))
         try:
             results: list[Any] = self.runtime.observe_many([body for body, _ in batch])
