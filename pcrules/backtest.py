@@ -537,7 +537,7 @@ def batch_scores(scorer: Any, table: EventTable, rows: np.ndarray, *, progress: 
         for start in range(0, len(rows), 8192):
             chunk = rows[start:start + 8192]
             for k, event in enumerate(table.events(chunk)):
-                p[start + k] = _one_score(scorer, event.fields)
+                p[start + k] = score_one(scorer, event.fields)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -547,7 +547,7 @@ def batch_scores(scorer: Any, table: EventTable, rows: np.ndarray, *, progress: 
     return p
 
 
-def _one_score(scorer: Any, fields: Mapping[str, Any]) -> float:
+def score_one(scorer: Any, fields: Mapping[str, Any]) -> float:
     """The runtime's ``_score``: the scorer on the validated event's fields, guarded."""
     try:
         raw = scorer.predict_proba_one(fields)
@@ -589,7 +589,7 @@ def _scores_for(table: EventTable, spec: RuleSpec, scorer: Any, rows: np.ndarray
             near |= np.abs(s - t) <= _SCORE_EPS
         picked = rows[near]
         for i, event in zip(picked.tolist(), table.events(picked), strict=True):
-            scores[i] = _one_score(scorer, event.fields)
+            scores[i] = score_one(scorer, event.fields)
     return scores
 
 

@@ -93,6 +93,7 @@ from .backtest import (
     effect_columns,
     resolve_effects,
     rows_in_cooldown,
+    score_one,
     uplift_figures,
 )
 from .decision import Reason
@@ -677,7 +678,7 @@ class TriggerModel:
         hi = np.searchsorted(self._sorted_scores, threshold + 2 * _SCORE_EPS, side="right")
         for pos in self._score_order[lo:hi].tolist():
             if abs(self.score[pos] - threshold) <= _SCORE_EPS and not self._corrected[pos]:
-                value = _one_score(self.scorer, self.table, int(self.rows[pos]))
+                value = score_one(self.scorer, self.table.event(int(self.rows[pos])).fields)
                 self.score[pos] = value
                 self._corrected[pos] = True
                 self.present[pos] = not math.isnan(value)
@@ -1113,18 +1114,6 @@ def _spec_thresholds(spec: RuleSpec, names: Sequence[str]) -> list[float]:
                 if c.field == "score" and c.op != "exists":
                     values.update(float(v) for v in (c.value if isinstance(c.value, tuple) else (c.value,)))
     return sorted(values)
-
-
-def _one_score(scorer: Any, table: EventTable, i: int) -> float:
-    """The runtime's score of row `i`: the scorer on the validated event's fields, guarded."""
-    try:
-        raw = scorer.predict_proba_one(table.event(i).fields)
-        score = None if raw is None else float(raw)
-    except Exception:
-        return math.nan
-    if score is None or isinstance(raw, (bool, str, bytes)) or not 0.0 <= score <= 1.0:
-        return math.nan
-    return score
 
 
 # ============================================================================================ the widget
