@@ -149,23 +149,32 @@ class Runtime:
     # ------------------------------------------------------------------ observations
 
     def observe(self, event: Mapping[str, Any]) -> Decision:
-        ev = validate_event(event, self._clock)
-        if self._pseudonym is not None:
-            ev = self._pseudonymise(ev)
+        ev = self._validate(event)
         for _ in range(3):
-            spec, matcher, scorer = self._active
-            score = self._score(spec, scorer, ev)
-            try:
-                matches = matcher.match(ev.fields, score)
-            except PcrulesError:
-                if self._active[1] is matcher:
-                    raise
+            matched = self._match(ev)
+            if matched is None:
                 continue  # the ruleset was replaced while we matched: use the new one
+            spec, matches, score = matched
             with self._lock:
                 if self._active[0] is not spec:
                     continue
                 return self._judge(spec, ev, matches, score)
         raise PcrulesError("the ruleset kept changing while this event was matched; try again")
+
+    def _validate(self, event: Mapping[str, Any]) -> Event:
+        ev = validate_event(event, self._clock)
+        return ev if self._pseudonym is None else self._pseudonymise(ev)
+
+    def _match(self, ev: Event) -> tuple[RuleSpec, Any, float | None] | None:
+        """Score and match `ev` under the active ruleset; None when a reload closed its matcher meanwhile."""
+        spec, matcher, scorer = self._active
+        score = self._score(spec, scorer, ev)
+        try:
+            return spec, matcher.match(ev.fields, score), score
+        except PcrulesError:
+            if self._active[1] is matcher:
+                raise
+            return None
 
     def observe_many(self, events: Sequence[Mapping[str, Any]]) -> list[Decision | PcrulesError]:
         """Observe several events at once: each gets its decision, or the error `observe` would raise for it.
@@ -181,19 +190,16 @@ class Runtime:
         matched, alone = [], []  # alone: the ruleset was replaced meanwhile; observed again on its own
         for i, event in enumerate(events):
             try:
-                ev = validate_event(event, self._clock)
-                if self._pseudonym is not None:
-                    ev = self._pseudonymise(ev)
-                spec, matcher, scorer = self._active
-                score = self._score(spec, scorer, ev)
-                try:
-                    matched.append((i, spec, ev, matcher.match(ev.fields, score), score))
-                except PcrulesError:
-                    if self._active[1] is matcher:
-                        raise
-                    alone.append(i)
+                ev = self._validate(event)
+                found = self._match(ev)
             except PcrulesError as exc:
                 results[i] = exc
+                continue
+            if found is None:
+                alone.append(i)
+            else:
+                spec, matches, score = found
+                matched.append((i, spec, ev, matches, score))
         with self._lock:
             k = 0
             while k < len(matched):
