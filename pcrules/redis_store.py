@@ -197,6 +197,15 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"shared state store (Redis) unavailable: {str(exc).rstrip('.')}")
 
 
+def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]]) -> None:
+    """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller."""
+    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+    if _pack is None:
+        conn.send_packed_command(conn.pack_commands(commands))
+    else:  # what redis-py's packer does, minus a Python pass over every argument (all str or int here)
+        conn.send_packed_command([b"".join(_pack(command) for command in commands)])
+
+
 def _is_outage(exc: Exception) -> bool:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)):
         return True
@@ -385,10 +394,7 @@ class RedisStore:
         reconnect = reload = True
         while True:
             try:
-                if _pack is None:
-                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                else:  # what send_command does, minus a Python pass over every argument (all str or int here)
-                    conn.send_packed_command([_pack(("EVALSHA", script.sha, len(keys), *keys, *args))])
+                _send_evalsha(conn, script.sha, [(keys, args)])
                 return conn.read_response()
             except NoScriptError:
                 if not reload:
@@ -564,21 +570,9 @@ class RedisStore:
     def _send(self, pending: list[tuple]) -> list[bool]:
         if not pending:
             return []
-        if len(pending) == 1:
-            held, keys, args, written, cooldown = pending[0]
-            try:
-                return [self._checked(held, self._eval(self._check_and_commit_script, keys, args), written, cooldown)]
-            except StoreUnavailable:
-                return [False]
         conn = self._connection()
-        sha = self._check_and_commit_script.sha
         try:
-            if _pack is None:
-                conn.send_packed_command(conn.pack_commands([("EVALSHA", sha, len(keys), *keys, *args)
-                                                             for _, keys, args, _, _ in pending]))
-            else:
-                conn.send_packed_command([b"".join(_pack(("EVALSHA", sha, len(keys), *keys, *args))
-                                                   for _, keys, args, _, _ in pending)])
+            _send_evalsha(conn, self._check_and_commit_script.sha, [(keys, args) for _, keys, args, _, _ in pending])
             replies: list[Any] = []
             for _ in pending:
                 try:
