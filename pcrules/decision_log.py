@@ -16,6 +16,7 @@ the next process that opens the log. The schema is documented in
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -25,14 +26,16 @@ import sqlite3
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .decision import Decision, Outcome
-from .log_journal import Journal, orphans, read_records, remove_stale_temporaries
+from .errors import LogUnavailable
+from .log_journal import Journal, Scan, orphans, read_records, remove_stale_temporaries
 
-__all__ = ["DecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "remove_log"]
+__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "remove_log"]
 
 log = logging.getLogger("pcrules.decision_log")
 
@@ -114,10 +117,27 @@ _INSERT_RULESET = "INSERT INTO rulesets (name, version, activated_at, spec) VALU
 DECISION, OUTCOME, GOAL, RULESET = range(4)
 _dumps_text = json.JSONEncoder(ensure_ascii=False).encode  # built once: dumps(ensure_ascii=False) builds one per call
 _INSERTS = (_INSERT_DECISION, _INSERT_OUTCOME, _INSERT_GOAL, _INSERT_RULESET)
+_COLUMNS = {table: sql.count("?") for table, sql in enumerate(_INSERTS)}
+
+
+@dataclass(frozen=True, slots=True)
+class LogHealth:
+    """What a decision log can do now (the server's /healthz and /metrics show it)."""
+
+    ok: bool                       # it takes records: decisions are being made
+    problem: str | None = None     # why it does not, in words (a full disk, an unwritable directory ...)
+    pending: int = 0               # records journaled and not yet in the tables
+    failures: int = 0              # failed attempts to move records into the tables since it opened
+    quarantined: int = 0           # damaged journals moved aside when it opened (see data/README.md)
 
 
 @runtime_checkable
 class DecisionLog(Protocol):
+    def reserve(self) -> None:
+        """Make sure the next decision's records can be written; raise LogUnavailable if not (nothing changes)."""
+        ...
+
+    def health(self) -> LogHealth: ...
     def record_decision(self, decision: Decision) -> None: ...
     def record_outcome(self, outcome: Outcome) -> None: ...
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None: ...
@@ -126,11 +146,59 @@ class DecisionLog(Protocol):
     def close(self) -> None: ...
 
 
+class MemoryDecisionLog:
+    """A decision log in lists, for tests and notebooks: nothing is durable, and it is always writable."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+        self.outcomes: list[Outcome] = []
+        self.goals: list[tuple[str, str, str, float, float | None]] = []
+        self.rulesets: list[tuple[str, str, dict, float]] = []
+
+    def reserve(self) -> None:
+        pass
+
+    def health(self) -> LogHealth:
+        return LogHealth(ok=True)
+
+    def record_decision(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
+        self.goals.append((visitor_id, session_id, goal, ts, value))
+
+    def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None:
+        self.rulesets.append((name, version, spec, ts))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def remove_log(path: str | Path) -> None:
     """Delete a decision log (not open anywhere) and everything that belongs to it: WAL, shared memory, journals."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     shutil.rmtree(f"{path}.pending", ignore_errors=True)  # a killed writer's journal would come back otherwise
+
+
+def _why_not_writable(path: Path, exc: BaseException) -> str:
+    directory = path.parent
+    if not directory.exists():
+        return f"its directory {directory} cannot be created: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"{directory} is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(directory, os.W_OK):
+        return f"no permission to write in {directory}"
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 _ROWS_PER_STATEMENT = 128
@@ -156,6 +224,15 @@ def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
             db.execute(_multi_insert(table, len(chunk)), [value for row in chunk for value in row])
 
 
+_HEADROOM = 64 << 10  # disk reserved ahead of a decision: its record and the expiries it may close
+
+
+def _well_formed(record: tuple) -> bool:
+    """A journal record the tables can take: (table, row) with the table's number of columns."""
+    return (isinstance(record, tuple) and len(record) == 2 and record[0] in _COLUMNS
+            and isinstance(record[1], tuple) and len(record[1]) == _COLUMNS[record[0]])
+
+
 class _Sink:
     """The journal, the pending records and the SQLite connection, shared with the background thread.
 
@@ -163,7 +240,7 @@ class _Sink:
     close() is still collected, and its finaliser stops the thread.
     """
 
-    def __init__(self, path: Path, wal_pages: int, rotate_bytes: int, batch_rows: int):
+    def __init__(self, path: Path, wal_pages: int, rotate_bytes: int, batch_rows: int, max_pending: int):
         self.path = path
         self.lock = threading.Lock()          # journal + pending: held for microseconds by every record_*
         self.flush_lock = threading.Lock()    # one flush at a time
@@ -172,36 +249,64 @@ class _Sink:
         self.oldest = 0.0  # monotonic time of the oldest pending record
         self.retired: list[tuple[Journal, int]] = []  # rotated out, removed once committed (with their size)
         self.batch_rows = batch_rows
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA page_size=1024")  # only takes effect on a new file
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(SCHEMA)
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self.db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
-        self.directory = path.with_name(path.name + ".pending")
-        self.recovered = self._recover()
-        self.journal: Journal | None = Journal(self.directory)
+        self.max_pending = max_pending
         self.failures = 0
+        self.problem: str | None = None        # why the last reserve failed (records are refused meanwhile)
+        self.flush_problem: str | None = None  # why the last move into SQLite failed (records wait meanwhile)
+        self.unjournaled = 0                   # records a failing disk kept out of the journal (in memory only)
+        self.quarantined: list[Path] = []
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self.db.execute("PRAGMA page_size=1024")  # only takes effect on a new file
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
+            self.directory = path.with_name(path.name + ".pending")
+            self.recovered = self._recover()
+            self.journal: Journal | None = Journal(self.directory)
+        except BaseException:
+            self.db.close()
+            raise
 
     def _recover(self) -> int:
-        """Move the journals of dead writers into the tables; the number of records moved."""
+        """Move the journals of dead writers into the tables; the number of records moved.
+
+        A journal that was read whole is removed; one with damage (a torn or corrupt frame) is moved to
+        ``<log>.quarantine/`` once its good records are in the tables, never deleted (see data/README.md).
+        """
         moved = 0
         remove_stale_temporaries(self.directory)
         for journal_path, fd in orphans(self.directory):
             try:
                 row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?", (journal_path.name,)).fetchone()
-                records, end = read_records(journal_path, row[0] if row else 0)
-                self._commit(records, [(journal_path.name, end)])
-                journal_path.unlink(missing_ok=True)
+                found = read_records(journal_path, row[0] if row else 0, accept=_well_formed)
+                self._commit(found.records, [(journal_path.name, found.end)])
+                if found.clean:
+                    journal_path.unlink(missing_ok=True)
+                else:
+                    self._quarantine(journal_path, found)
                 self.db.execute("DELETE FROM log_journals WHERE file = ?", (journal_path.name,))
-                moved += len(records)
+                moved += len(found.records)
             finally:
                 os.close(fd)
         if moved:
             log.warning("decision log %s: recovered %d record(s) a stopped process had journaled", self.path, moved)
         return moved
+
+    def _quarantine(self, journal_path: Path, found: Scan) -> None:
+        aside = self.path.with_name(self.path.name + ".quarantine")
+        aside.mkdir(exist_ok=True)
+        target = aside / journal_path.name
+        os.replace(journal_path, target)
+        self.quarantined.append(target)
+        first = found.damaged[0][0]
+        log.error("decision log %s: journal %s was damaged: kept %d record(s), skipped %d byte(s) in %d place(s)"
+                  " (the first at offset %d)%s; moved it to %s, where nothing removes it",
+                  self.path, journal_path.name, len(found.records), found.skipped_bytes, len(found.damaged), first,
+                  " (an old-format journal cannot be read past damage)" if found.legacy else "", target)
 
     def _commit(self, records: list[tuple[int, tuple]], progress: list[tuple[str, int]]) -> None:
         """The records and how far their journals are ingested, in one transaction: a crash repeats nothing."""
@@ -216,11 +321,42 @@ class _Sink:
             db.execute("ROLLBACK")
             raise
 
+    def reserve(self) -> None:
+        """Room for the next decision's records, in the journal's reserved space and in memory."""
+        with self.lock:
+            journal = self.journal
+            if journal is None:
+                raise LogUnavailable(str(self.path), "it is closed")
+            try:
+                journal.reserve(_HEADROOM)
+                if not journal.can_reserve:  # a file system without fallocate: look at the free space instead
+                    fs = os.fstatvfs(journal.fd)
+                    if fs.f_bavail * fs.f_frsize < _HEADROOM:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                self.problem = f"{self.directory}: {exc.strerror or exc}"
+                raise LogUnavailable(str(self.path), self.problem) from None
+            if len(self.pending) >= self.max_pending:
+                self.problem = (f"{len(self.pending)} records are waiting to be moved into SQLite, which fails: "
+                                f"{self.flush_problem}")
+                raise LogUnavailable(str(self.path), self.problem)
+            self.problem = None
+
     def append(self, table: int, row: tuple) -> None:
         with self.lock:
             if self.journal is None:
                 raise RuntimeError(f"decision log {self.path} is closed")
-            self.journal.append((table, row))
+            try:
+                self.journal.append((table, row))
+            except OSError as exc:
+                # Space was reserved before the decision was made, so this is a failing disk (EIO ...), after the
+                # decision took effect: keep the record in memory (it reaches the tables with the next batch) and
+                # let the next reserve refuse decisions until the disk answers again.
+                self.unjournaled += 1
+                self.journal.reserved = 0
+                self.problem = f"{self.journal.path}: {exc.strerror or exc}"
+                log.error("decision log %s: journal write failed (%s); the record is kept in memory until it is "
+                          "in SQLite", self.path, exc)
             pending = self.pending
             if not pending:
                 self.oldest = time.monotonic()
@@ -231,9 +367,15 @@ class _Sink:
             # to win the GIL back from a busy interpreter at every SQLite call fell further and further behind.
             try:
                 self.flush(blocking=False)
-            except Exception:  # journaled and still pending: the next batch or the background thread retries
-                self.failures += 1
-                log.warning("decision log %s: moving records into SQLite failed; retrying", self.path, exc_info=True)
+            except Exception as exc:  # journaled and still pending: the next batch or the background thread retries
+                self.failed(exc)
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.flush_problem = str(exc)
+        if self.failures in (1, 10, 100) or self.failures % 1000 == 0:  # a full disk fails every batch: no log flood
+            log.warning("decision log %s: moving records into SQLite failed (%d time(s) so far, %d record(s) wait):"
+                        " %s; retrying", self.path, self.failures, len(self.pending), exc)
 
     def due(self, max_age_s: float) -> bool:
         """Records have waited longer than `max_age_s` (a quiet writer: the background thread moves them)."""
@@ -244,6 +386,7 @@ class _Sink:
             return  # another thread is flushing
         try:
             self._flush(final)
+            self.flush_problem = None
         finally:
             self.flush_lock.release()
 
@@ -256,10 +399,16 @@ class _Sink:
             progress = []
             if journal is not None:
                 end = journal.offset
-                if final or end >= self.rotate_bytes:
-                    # Later records go to a fresh journal; this one is removed once all of it is committed.
+                fresh = None
+                if not final and end >= self.rotate_bytes:
+                    try:
+                        fresh = Journal(self.directory)
+                    except OSError as exc:  # keep writing to this one; rotation is tried again next batch
+                        log.warning("decision log %s: cannot start a new journal (%s)", self.path, exc)
+                if final or fresh is not None:
+                    # Later records go to the fresh journal; this one is removed once all of it is committed.
                     self.retired.append((journal, end))
-                    self.journal = None if final else Journal(self.directory)
+                    self.journal = fresh
                 else:
                     progress.append((journal.name, end))
             retired = list(self.retired)
@@ -270,11 +419,21 @@ class _Sink:
             with self.lock:  # kept for the next attempt, ahead of anything recorded meanwhile
                 self.pending[:0] = batch
             raise
+        with self.lock:
+            self.unjournaled = 0 if not self.pending else self.unjournaled
         for j, end in retired:  # all of each is in the tables now (and marked so, should we die right here)
             j.close(remove=True)
             self.db.execute("DELETE FROM log_journals WHERE file = ?", (j.name,))
             with self.lock:
                 self.retired.remove((j, end))
+
+    def health(self) -> LogHealth:
+        try:
+            self.reserve()
+        except LogUnavailable as exc:
+            return LogHealth(False, exc.reason, len(self.pending), self.failures, len(self.quarantined))
+        problem = self.flush_problem and f"moving records into SQLite fails: {self.flush_problem}"
+        return LogHealth(True, problem, len(self.pending), self.failures, len(self.quarantined))
 
     def checkpoint(self) -> None:
         with self.flush_lock:
@@ -290,9 +449,8 @@ def _background(sink: _Sink, stop: threading.Event, flush_every_s: float, checkp
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
                 sink.checkpoint()
                 last_checkpoint = time.monotonic()
-        except Exception:  # a busy or full disk: the records stay journaled and pending; the next round retries
-            sink.failures += 1
-            log.warning("decision log %s: moving records into SQLite failed; retrying", sink.path, exc_info=True)
+        except Exception as exc:  # a busy or full disk: the records stay journaled and pending; the next round retries
+            sink.failed(exc)
 
 
 class SQLiteDecisionLog:
@@ -304,10 +462,14 @@ class SQLiteDecisionLog:
     """
 
     def __init__(self, path: str | Path, *, flush_every_s: float = 0.05, checkpoint_every_s: float = 0.25,
-                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20, batch_rows: int = 256):
+                 wal_pages: int = 4000, rotate_bytes: int = 16 << 20, batch_rows: int = 256,
+                 max_pending: int = 200_000):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = _Sink(self.path, wal_pages, rotate_bytes, batch_rows)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = _Sink(self.path, wal_pages, rotate_bytes, batch_rows, max_pending)
+        except (OSError, sqlite3.Error) as exc:  # one line naming the path, not a driver traceback
+            raise LogUnavailable(str(self.path), _why_not_writable(self.path, exc)) from None
         self._append = self._sink.append
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_background, args=(self._sink, self._stop, flush_every_s,
@@ -320,6 +482,18 @@ class SQLiteDecisionLog:
     def recovered(self) -> int:
         """Records a stopped process had journaled, moved into the tables when this log opened."""
         return self._sink.recovered
+
+    @property
+    def quarantined(self) -> list[Path]:
+        """Damaged journals moved aside when this log opened (their good records are in the tables)."""
+        return list(self._sink.quarantined)
+
+    def reserve(self) -> None:
+        """Raise LogUnavailable unless the next decision's records can be journaled (disk space is reserved)."""
+        self._sink.reserve()
+
+    def health(self) -> LogHealth:
+        return self._sink.health()
 
     def record_decision(self, d: Decision) -> None:
         metadata = _dumps_text(d.metadata) if d.metadata else None

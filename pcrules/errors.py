@@ -12,6 +12,7 @@ __all__ = [
     "OfferNotFound",
     "OfferClosed",
     "UnknownQueue",
+    "LogUnavailable",
 ]
 
 
@@ -21,6 +22,7 @@ class ErrorCode(StrEnum):
     OFFER_NOT_FOUND = "offer_not_found"
     OFFER_CLOSED = "offer_closed"
     UNKNOWN_QUEUE = "unknown_queue"
+    LOG_UNAVAILABLE = "log_unavailable"
 
 
 class PcrulesError(Exception):
@@ -81,3 +83,18 @@ class UnknownQueue(PcrulesError, KeyError):
 
     def __str__(self) -> str:
         return f"unknown queue {self.name!r}; the ruleset has {', '.join(self._known) or 'none'}"
+
+
+class LogUnavailable(PcrulesError):
+    """The decision log cannot take the record a decision needs (a full or failing disk): nothing was decided.
+
+    Raised before any state changes, so the caller may simply retry later (the server answers 503 with
+    Retry-After); ``path`` names the log and ``reason`` what the operating system said.
+    """
+
+    code = ErrorCode.LOG_UNAVAILABLE
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"decision log {path} cannot be written ({reason}); nothing was decided")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from .errors import InvalidEvent
 
-__all__ = ["Event", "validate_event", "parse_ts", "check_id", "MAX_EXTRA_FIELDS"]
+__all__ = ["Event", "validate_event", "parse_ts", "check_id", "check_number", "check_finite", "MAX_EXTRA_FIELDS"]
 
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # C0 and C1 control characters, DEL, and lone surrogates: a lone surrogate cannot be encoded as UTF-8,
@@ -70,14 +71,16 @@ def _finite(name: str, value: Any) -> int | float:
     except (OverflowError, ValueError):
         finite = False
     if not finite:
-        raise InvalidEvent(name, f"expected a finite number, got {str(value)[:40]}")
+        shown = (f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+                 if isinstance(value, numbers.Integral) and abs(int(value)) > 10**40 else str(value)[:40])
+        raise InvalidEvent(name, f"expected a finite number, got {shown}")
     return plain
 
 
-def _number(name: str, value: Any, *, upper: float = math.inf) -> float:
+def _number(name: str, value: Any, *, upper: float = sys.float_info.max) -> float:
     cls = value.__class__
     if cls is float or cls is int:  # the usual case, without the numbers.Real ABC check
-        if 0 <= value <= upper:  # False for NaN
+        if 0 <= value <= upper:  # False for NaN, and for an int too large for a float (compared exactly)
             return float(value)
     if not _is_number(value):
         raise InvalidEvent(name, f"expected a number, got {type(value).__name__}")
@@ -89,6 +92,18 @@ def _number(name: str, value: Any, *, upper: float = math.inf) -> float:
 
 def check_id(name: str, value: Any) -> str:
     return _text(name, value, MAX_ID)
+
+
+def check_number(name: str, value: Any, *, upper: float = sys.float_info.max) -> float:
+    """A plain float in [0, upper]; InvalidEvent naming `name` otherwise (NaN, infinities, huge ints, bool)."""
+    return _number(name, value, upper=upper)
+
+
+def check_finite(name: str, value: Any) -> float:
+    """A plain finite float, of either sign; InvalidEvent naming `name` otherwise."""
+    if not _is_number(value):
+        raise InvalidEvent(name, f"expected a number, got {type(value).__name__}")
+    return float(_finite(name, value))
 
 
 def parse_ts(value: Any, name: str = "ts") -> float:

@@ -13,25 +13,63 @@ so a recovering process can tell a live writer's journal (locked) from an
 orphan (lockable). Files are created under a temporary name and renamed once
 locked: a recovering process never sees an unlocked live journal.
 
-Records are ``marshal``-encoded tuples of plain values, framed by length and
-CRC-32; a torn or corrupt tail (a write cut short) ends the readable part.
+Disk space is reserved ahead of the records (``fallocate`` with
+``FALLOC_FL_KEEP_SIZE``, a chunk at a time), so that the decision log can
+refuse a decision *before* anything changes when the disk is full, and a
+record written after the decision lands in space that is already the file's.
+A write cut short anyway is cut back off the file: no torn record stays in
+front of later ones.
+
+Framing (written down in ``data/README.md``): every record is
+``MAGIC | length | CRC-32 | payload``, the payload a ``marshal``-encoded
+``(table, row)`` of plain values and the CRC over length and payload. A reader
+that meets a bad frame (a torn write, flipped bytes) skips to the next
+``MAGIC`` whose frame checks out, and counts what it skipped.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import marshal
 import os
 import struct
 import uuid
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Journal", "read_records", "orphans", "remove_stale_temporaries", "SUFFIX"]
+__all__ = ["Journal", "Scan", "scan", "read_records", "orphans", "remove_stale_temporaries", "SUFFIX", "MAGIC"]
 
 SUFFIX = ".journal"
-_HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
+MAGIC = b"\xa7PJ2"                # starts every record; never the first bytes of a legacy (unframed) journal
+_HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of (length, payload)
+_LEGACY_HEADER = struct.Struct("<II")  # journals written before the magic: length, CRC-32 of the payload
+_MAX_PAYLOAD = 64 << 20           # a "length" beyond this is damage, not a record
+_RESERVE_CHUNK = 1 << 20          # disk space reserved at a time
+_FALLOC_FL_KEEP_SIZE = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _reserve_space(fd: int, offset: int, length: int) -> bool:
+    """Reserve [offset, offset+length) for the file without growing its size; False where unsupported."""
+    if _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS):
+        return False  # a file system without it: writes are checked one by one instead
+    raise OSError(code, os.strerror(code))
+
+
+def frame(record: tuple[Any, ...]) -> bytes:
+    payload = marshal.dumps(record)
+    length = struct.pack("<I", len(payload))
+    return MAGIC + length + struct.pack("<I", zlib.crc32(payload, zlib.crc32(length))) + payload
 
 
 class Journal:
@@ -48,22 +86,51 @@ class Journal:
             except FileNotFoundError:  # another process closing its log removed the empty directory meanwhile
                 if attempt == 2:
                     raise
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        self.path = directory / f"{stem}{SUFFIX}"
-        os.rename(temporary, self.path)
-        self.offset = 0  # bytes written so far
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.path = directory / f"{stem}{SUFFIX}"
+            os.rename(temporary, self.path)
+        except BaseException:
+            os.close(self.fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        self.offset = 0            # bytes written so far (the file's size)
+        self.reserved = 0          # bytes of disk the file holds, written or reserved
+        self.can_reserve = True
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    def reserve(self, headroom: int) -> None:
+        """Make sure `headroom` more bytes fit in space already the file's; OSError (ENOSPC ...) if they cannot."""
+        if not self.can_reserve or self.offset + headroom <= self.reserved:
+            return
+        start = max(self.offset, self.reserved)
+        size = max(_RESERVE_CHUNK, headroom)
+        if _reserve_space(self.fd, start, size):
+            self.reserved = start + size
+        else:
+            self.can_reserve = False
+
     def append(self, record: tuple[Any, ...]) -> None:
-        payload = marshal.dumps(record)
-        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        written = os.write(self.fd, data)
-        if written != len(data):  # a full disk: say so rather than keep a torn record
-            raise OSError(f"decision log journal {self.path}: wrote {written} of {len(data)} bytes")
+        data = frame(record)
+        try:
+            written = os.write(self.fd, data)
+        except OSError:
+            self._cut_back()
+            raise
+        if written != len(data):  # a full disk: cut the partial frame off rather than leave it torn
+            self._cut_back()
+            raise OSError(errno.ENOSPC, f"decision log journal {self.path}: wrote {written} of {len(data)} bytes")
         self.offset += written
+
+    def _cut_back(self) -> None:
+        """Remove a partial frame, so that later records do not follow a torn one (recovery would skip it anyway)."""
+        try:
+            os.ftruncate(self.fd, self.offset)
+        except OSError:
+            pass
 
     def close(self, *, remove: bool) -> None:
         if remove:
@@ -71,20 +138,87 @@ class Journal:
         os.close(self.fd)  # releases the lock
 
 
-def read_records(path: Path, offset: int = 0) -> tuple[list[tuple[Any, ...]], int]:
-    """The whole records after `offset`, and the offset just past the last one."""
+@dataclass
+class Scan:
+    """What a journal held: the records that check out, and the damage skipped to reach them."""
+
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    end: int = 0                  # offset just past the last byte read
+    skipped_bytes: int = 0        # bytes in no good frame (torn writes, flipped bytes)
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of each skipped run
+    legacy: bool = False          # a journal written before framing had a magic: no resynchronisation
+
+    @property
+    def clean(self) -> bool:
+        return not self.skipped_bytes
+
+
+def _valid(record: Any) -> bool:
+    return (isinstance(record, tuple) and len(record) == 2 and isinstance(record[0], int)
+            and isinstance(record[1], tuple))
+
+
+def scan(data: bytes, base: int = 0, *, accept: Any = _valid) -> Scan:
+    """Every good record in `data` (journal bytes starting at offset `base`), resynchronising past damage."""
+    if base == 0 and data and not data.startswith(MAGIC):
+        legacy = _scan_legacy(data, accept)
+        if legacy.records:  # framed the old way (a journal left by an earlier version)
+            return legacy
+    out, at, size = Scan(), 0, len(data)
+    header = _HEADER.size
+    while at < size:
+        good = False
+        if data.startswith(MAGIC, at) and at + header <= size:
+            _, length, crc = _HEADER.unpack_from(data, at)
+            end = at + header + length
+            if length <= _MAX_PAYLOAD and end <= size:
+                payload = data[at + header:end]
+                if zlib.crc32(payload, zlib.crc32(data[at + 4:at + 8])) == crc:
+                    try:
+                        record = marshal.loads(payload)
+                    except (ValueError, EOFError, TypeError):
+                        record = None
+                    if accept(record):
+                        out.records.append(record)
+                        at, good = end, True
+        if not good:
+            following = data.find(MAGIC, at + 1)
+            stop = size if following < 0 else following
+            out.damaged.append((base + at, stop - at))
+            out.skipped_bytes += stop - at
+            at = stop
+    out.end = base + size
+    return out
+
+
+def _scan_legacy(data: bytes, accept: Any) -> Scan:
+    out, at = Scan(legacy=True), 0
+    while at + _LEGACY_HEADER.size <= len(data):
+        length, crc = _LEGACY_HEADER.unpack_from(data, at)
+        payload = data[at + _LEGACY_HEADER.size:at + _LEGACY_HEADER.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        try:
+            record = marshal.loads(payload)
+        except (ValueError, EOFError, TypeError):
+            break
+        if not accept(record):
+            break
+        out.records.append(record)
+        at += _LEGACY_HEADER.size + length
+    if at < len(data):  # without a magic there is nothing to resynchronise on
+        out.damaged.append((at, len(data) - at))
+        out.skipped_bytes = len(data) - at
+    out.end = len(data)
+    return out
+
+
+def read_records(path: Path, offset: int = 0, *, accept: Any = _valid) -> Scan:
+    """The records of a journal file after `offset` (how far an earlier recovery got)."""
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
-    records, at = [], 0
-    while at + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, at)
-        payload = data[at + _HEADER.size:at + _HEADER.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            break  # torn or corrupt: nothing after it can be trusted
-        records.append(marshal.loads(payload))
-        at += _HEADER.size + length
-    return records, offset + at
+    return scan(data, offset, accept=accept)
 
 
 def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
@@ -109,6 +243,25 @@ def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
             os.close(fd)
             continue
         yield path, fd
+
+
+def live_writers(directory: Path) -> int:
+    """Journals a live process holds (it has the log open)."""
+    if not directory.is_dir():
+        return 0
+    held = 0
+    for path in directory.glob(f"*{SUFFIX}"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            held += 1
+        finally:
+            os.close(fd)
+    return held
 
 
 def remove_stale_temporaries(directory: Path) -> int:

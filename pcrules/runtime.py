@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .decision import Decision, OfferStatus, Outcome
-from .decision_log import DecisionLog
+from .decision_log import DecisionLog, LogHealth
 from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, UnknownQueue
-from .events import Event, check_id, parse_ts, validate_event
+from .events import Event, check_finite, check_id, check_number, parse_ts, validate_event
 from .matching.durable import DurableMatcher
 from .pseudonym import Pseudonymizer
 from .policy import QueueStatus, SessionState, VisitorState, answer, decide
@@ -29,7 +29,11 @@ from .scoring.protocol import Scorer
 from .spec import RuleSpec, load_spec
 from .stores import MemoryStore, OfferRecord, StaleRead, StateStore
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "DEFAULT_MAX_CLOCK_SKEW_S"]
+
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0  # how far ahead of the runtime's clock an event may be dated
+MAX_AGENTS = 1_000_000
+_AUTO: Any = object()
 
 log = logging.getLogger("pcrules.runtime")
 _NEW_SESSION = SessionState()
@@ -67,6 +71,7 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         new_offer_id: Callable[[], str] = _new_offer_id,
         visitor_id_key: bytes | str | None = None,
+        max_clock_skew_s: float | None | object = _AUTO,
     ):
         spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         self._log = log
@@ -75,6 +80,15 @@ class Runtime:
         self._session_lock = getattr(self._store, "session_lock", None) or (lambda visitor_id, session_id: _NO_LOCK)
         self._observe_lock = getattr(self._store, "observe_lock", None) or self._session_lock
         self._clock = clock
+        # Event time drives expiries and idle eviction for everyone: one event dated far ahead would expire
+        # every offer and forget every session. A live runtime (on the wall clock) refuses an event, answer, goal
+        # or queue report dated more than DEFAULT_MAX_CLOCK_SKEW_S ahead of it. With a clock of its own (a replay,
+        # a simulation) time is the caller's: no bound unless one is given.
+        if max_clock_skew_s is _AUTO:
+            max_clock_skew_s = DEFAULT_MAX_CLOCK_SKEW_S if clock is time.time else None
+        if max_clock_skew_s is not None and not (isinstance(max_clock_skew_s, (int, float)) and max_clock_skew_s >= 0):
+            raise ValueError(f"max_clock_skew_s: expected a number >= 0 or None, got {max_clock_skew_s!r}")
+        self._max_skew = max_clock_skew_s
         self._new_offer_id = new_offer_id
         # With a key, the log and the store see only a keyed hash of each visitor id (see pcrules.pseudonym).
         self._pseudonym = None if visitor_id_key is None else Pseudonymizer(visitor_id_key)
@@ -84,6 +98,7 @@ class Runtime:
         # Rules, their compiled matcher and the model are swapped as one: an event never meets a mix.
         self._active: tuple[RuleSpec, DurableMatcher, Scorer | None] = (spec, DurableMatcher(spec), scorer)
         if self._log is not None:
+            self._log.reserve()
             self._log.record_ruleset(spec.name, spec.version, dict(spec.source), clock())
 
     @classmethod
@@ -121,12 +136,21 @@ class Runtime:
         new_spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         matcher = DurableMatcher(new_spec)
         with self._lock:
+            try:
+                self._reserve()
+            except BaseException:
+                matcher.close()
+                raise
             old = self._active[1]
             self._active = (new_spec, matcher, self._active[2] if scorer is _KEEP else scorer)
             if self._log is not None:
                 self._log.record_ruleset(new_spec.name, new_spec.version, dict(new_spec.source), self._clock())
         old.close()
         return new_spec
+
+    def log_health(self) -> LogHealth | None:
+        """The decision log's state (None without a log): /healthz reports it."""
+        return None if self._log is None else self._log.health()
 
     def flush(self) -> None:
         """Make everything logged so far readable in the decision log's file (it is already crash-safe)."""
@@ -150,6 +174,7 @@ class Runtime:
 
     def observe(self, event: Mapping[str, Any]) -> Decision:
         ev = self._validate(event)
+        self._reserve()
         for _ in range(3):
             matched = self._match(ev)
             if matched is None:
@@ -163,7 +188,23 @@ class Runtime:
 
     def _validate(self, event: Mapping[str, Any]) -> Event:
         ev = validate_event(event, self._clock)
+        if self._max_skew is not None and "ts" in event:
+            self._not_ahead(ev.ts)
         return ev if self._pseudonym is None else self._pseudonymise(ev)
+
+    def _when(self, ts: float | str | None) -> float:
+        if ts is None:
+            return self._clock()
+        when = parse_ts(ts)
+        if self._max_skew is not None:
+            self._not_ahead(when)
+        return when
+
+    def _not_ahead(self, ts: float) -> None:
+        ahead = ts - self._clock()
+        if ahead > self._max_skew:  # type: ignore[operator]
+            raise InvalidEvent("ts", f"{ahead:.0f} s ahead of this server's clock; at most {self._max_skew:g} s is "
+                                     "accepted (a client's clock is wrong, or the event is forged)")
 
     def _match(self, ev: Event) -> tuple[RuleSpec, Any, float | None] | None:
         """Score and match `ev` under the active ruleset; None when a reload closed its matcher meanwhile."""
@@ -191,6 +232,7 @@ class Runtime:
         for i, event in enumerate(events):
             try:
                 ev = self._validate(event)
+                self._reserve()
                 found = self._match(ev)
             except PcrulesError as exc:
                 results[i] = exc
@@ -233,6 +275,12 @@ class Runtime:
         for i in sorted(alone):
             results[i] = _result_or_error(self.observe, events[i])
         return results  # type: ignore[return-value]
+
+    def _reserve(self) -> None:
+        """Every side effect of a decision waits until the log can take its records (LogUnavailable if not):
+        a decision that could not be logged must change nothing."""
+        if self._log is not None:
+            self._log.reserve()
 
     def _pseudonymise(self, ev: Event) -> Event:
         alias = self._pseudonym(ev.visitor_id)  # type: ignore[misc]
@@ -359,10 +407,14 @@ class Runtime:
                 raise OfferNotFound(offer_id)
             return record
 
-        when = self._clock() if ts is None else parse_ts(ts)
+        when = self._when(ts)
         with self._lock:
             spec = self._active[0]
             record = mine(self._store.offer(offer_id))
+            if when < record.offered_at:
+                raise InvalidEvent("ts", f"the answer ({when:.3f}) is dated before the offer was made "
+                                         f"({record.offered_at:.3f}); nothing changed")
+            self._reserve()
             with self._session_lock(record.visitor_id, record.session_id):
                 # Again under the session's lock: another process may have answered.
                 record = mine(self._store.offer(offer_id))
@@ -408,13 +460,12 @@ class Runtime:
         if not isinstance(name, str) or name not in self.spec.queues:
             raise UnknownQueue(str(name)[:128], list(self.spec.queues))
         if agents_available is not None and (isinstance(agents_available, bool) or not isinstance(agents_available, int)
-                                             or agents_available < 0):
-            raise InvalidEvent("agents_available", f"expected an integer >= 0, got {agents_available!r}")
-        if estimated_wait_s is not None and (isinstance(estimated_wait_s, bool) or not isinstance(estimated_wait_s, (int, float))
-                                             or not math.isfinite(estimated_wait_s) or estimated_wait_s < 0):
-            raise InvalidEvent("estimated_wait_s", f"expected a number >= 0, got {estimated_wait_s!r}")
-        when = self._clock() if ts is None else parse_ts(ts)
-        status = QueueStatus(agents_available, None if estimated_wait_s is None else float(estimated_wait_s), when)
+                                             or not 0 <= agents_available <= MAX_AGENTS):
+            raise InvalidEvent("agents_available", f"expected an integer from 0 to {MAX_AGENTS}, got "
+                                                   f"{str(agents_available)[:40] if isinstance(agents_available, (int, float)) else type(agents_available).__name__}")
+        wait = None if estimated_wait_s is None else check_number("estimated_wait_s", estimated_wait_s)
+        when = self._when(ts)
+        status = QueueStatus(agents_available, wait, when)
         with self._lock:
             self._store.set_queue_status(name, status)
         return status
@@ -427,12 +478,12 @@ class Runtime:
         check_id("goal", goal)
         if self._pseudonym is not None:
             visitor_id = self._pseudonym(visitor_id)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-            raise InvalidEvent("value", f"expected a finite number, got {value!r}")
-        when = self._clock() if ts is None else parse_ts(ts)
+        amount = None if value is None else check_finite("value", value)
+        when = self._when(ts)
         if self._log is not None:
             with self._lock:
-                self._log.record_goal(visitor_id, session_id, goal, when, None if value is None else float(value))
+                self._log.reserve()
+                self._log.record_goal(visitor_id, session_id, goal, when, amount)
 
 
 def _result_or_error(fn: Callable[..., Decision], *args: Any) -> Decision | PcrulesError:

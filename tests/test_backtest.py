@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules import Runtime, load_spec
 from pcrules.backtest import EventTable, backtest, batch_scores, compare
 from pcrules.cli import DEFAULT_RULES
@@ -32,27 +33,7 @@ from pcrules.world import generate
 # --------------------------------------------------------------------------------------------- helpers
 
 
-class ListLog:
-    """A DecisionLog that keeps everything in memory."""
-
-    def __init__(self) -> None:
-        self.decisions: list = []
-        self.outcomes: list = []
-
-    def record_decision(self, decision: Any) -> None:
-        self.decisions.append(decision)
-
-    def record_outcome(self, outcome: Any) -> None:
-        self.outcomes.append(outcome)
-
-    def record_ruleset(self, *args: Any) -> None:
-        pass
-
-    def record_goal(self, *args: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+ListLog = MemoryDecisionLog
 
 
 def counter(prefix: str = "o") -> Any:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from helpers import T0, counter_ids, rule, spec_dict
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules import InvalidEvent, OfferClosed, OfferNotFound, Runtime, load_spec
 from pcrules.decision import OfferStatus
 from pcrules.policy import QueueStatus, SessionState, VisitorState
@@ -56,24 +57,7 @@ def store(redis_server):
     s.close()
 
 
-class ListLog:
-    def __init__(self):
-        self.decisions, self.outcomes = [], []
-
-    def record_decision(self, d):
-        self.decisions.append(d)
-
-    def record_outcome(self, o):
-        self.outcomes.append(o)
-
-    def record_goal(self, *a):
-        pass
-
-    def record_ruleset(self, *a):
-        pass
-
-    def close(self):
-        pass
+ListLog = MemoryDecisionLog
 
 
 def ev(visitor="v1", session="s1", page="Bill Payment", seconds=301.0, ts=T0, **extra):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules import Runtime, load_spec
 from pcrules.backtest import EventTable, backtest
 from pcrules.tuning import (
@@ -350,18 +351,10 @@ def test_publish_writes_a_bundle_the_runtime_reproduces(tmp_path: Path, world: A
     reference = backtest(bundle.spec, events, bundle.scorer)
     assert reference.metrics["offers"] == tuner.result.metrics["offers"]
     counter = itertools.count(1)
-    decisions: list = []
+    log = MemoryDecisionLog()
+    decisions = log.decisions
 
-    class Log:
-        def record_decision(self, d: Any) -> None:
-            decisions.append(d)
-
-        def record_outcome(self, *a: Any) -> None: ...
-        def record_ruleset(self, *a: Any) -> None: ...
-        def record_goal(self, *a: Any) -> None: ...
-        def close(self) -> None: ...
-
-    runtime = Runtime.from_bundle(published, log=Log(), new_offer_id=lambda: f"o{next(counter)}", clock=lambda: 0.0)
+    runtime = Runtime.from_bundle(published, log=log, new_offer_id=lambda: f"o{next(counter)}", clock=lambda: 0.0)
     t = EventTable(events)
     code, delay = t.answers()
     rows = ({"event": t.raw_event(i), "response": {1: "accept", 2: "decline"}.get(int(code[i])),

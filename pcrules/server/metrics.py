@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..decision import Decision, Outcome
+from ..decision_log import LogHealth
 
 __all__ = ["Metrics", "MetricsLog", "CONTENT_TYPE_LATEST"]
 
@@ -40,6 +41,24 @@ class Metrics:
         self.reloads = Counter("pcrules_reloads", "Ruleset reloads, by result", ["result"], registry=r)
         self.ruleset = Gauge("pcrules_ruleset_info", "The ruleset being served (value 1)", ["name", "version"],
                              registry=r, multiprocess_mode="max")
+        # Counted, not logged one by one: anyone can cause them.
+        self.client_disconnects = Counter("pcrules_client_disconnects", "Requests whose client went away before "
+                                          "its body was read whole", registry=r)
+        self.connections_closed = Counter(
+            "pcrules_connections_closed", "Connections the server closed: head_timeout / body_timeout (too slow), "
+            "head_too_large (431), shed (the oldest still sending its request head, at the connection cap), "
+            "refused (at the cap, every connection busy), bad_request (not HTTP)", ["reason"], registry=r)
+        # Dependencies, as the last check saw them (each worker checks its own; workers are added up or the worst taken)
+        self.store_ok = Gauge("pcrules_store_ok", "1 when the shared state store answered the last ping, else 0",
+                              registry=r, multiprocess_mode="min")
+        self.log_ok = Gauge("pcrules_log_ok", "1 when the decision log takes records, else 0 (decisions refused "
+                            "with 503 log_unavailable)", registry=r, multiprocess_mode="min")
+        self.log_pending = Gauge("pcrules_log_pending", "Decision-log records journaled, not yet in the tables",
+                                 registry=r, multiprocess_mode="livesum")
+        self.log_failures = Gauge("pcrules_log_failures", "Failed attempts to move journaled records into the "
+                                  "tables since the log opened", registry=r, multiprocess_mode="livesum")
+        self.log_quarantined = Gauge("pcrules_log_quarantined", "Damaged journals moved aside when the log opened",
+                                     registry=r, multiprocess_mode="livesum")
         self._children: dict[tuple[str, str], Any] = {}
         self._current: tuple[str, str] | None = None
 
@@ -55,6 +74,14 @@ class Metrics:
             self.ruleset.remove(*self._current)
         self._current = (name, version)
         self.ruleset.labels(name, version).set(1)
+
+    def log_health(self, health: LogHealth | None) -> None:
+        if health is None:  # no decision log: nothing to fail
+            health = LogHealth(ok=True)
+        self.log_ok.set(1 if health.ok else 0)
+        self.log_pending.set(health.pending)
+        self.log_failures.set(health.failures)
+        self.log_quarantined.set(health.quarantined)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several worker processes: add up their files
@@ -72,6 +99,13 @@ class MetricsLog:
     def __init__(self, metrics: Metrics, inner: Any | None = None) -> None:
         self.metrics = metrics
         self.inner = inner
+
+    def reserve(self) -> None:
+        if self.inner is not None:
+            self.inner.reserve()
+
+    def health(self) -> LogHealth:
+        return LogHealth(ok=True) if self.inner is None else self.inner.health()
 
     def record_decision(self, decision: Decision) -> None:
         if self.inner is not None:
