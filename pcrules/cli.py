@@ -26,8 +26,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Train on generated history, publish, replay the sample through the bundle (rules only with --no-model)."""
-    from .sample import SAMPLE_PATH
+    """Train on generated history, publish, replay the sample through the bundle (rules only with --no-model).
+
+    Every input is read and checked before any output is touched; the log is replaced only once the new one
+    is complete, and never while a running process has it open."""
+    from .errors import LogUnavailable
+    from .sample import SAMPLE_PATH, read_events
     from .spec import load_spec
 
     events = Path(args.events) if args.events else SAMPLE_PATH
@@ -36,39 +40,51 @@ def _demo(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 1
+    try:
+        rows = list(read_events(events))
+    except ValueError as exc:
+        return _fail(exc)
     log_path = Path(args.log)
     progress = sys.stderr.isatty()
-    if args.no_model:
-        summary = _replay_rules_only(spec, events, log_path, progress)
-        print(f"pcrules demo: ruleset {spec.name!r} ({spec.version}), no model, over {events}")
-        print(summary.report())
-    else:
-        try:
-            from .demo import describe, replay_with_goals, train_and_publish
-        except ImportError as exc:
-            return _fail(f"the demo trains a model and needs pcrules[analysis] ({exc}); or run with --no-model")
-        out_dir = log_path.parent
-        print("pcrules demo: generating history, training the acceptance model, publishing a bundle ...")
-        bundle = train_and_publish(Path(args.rules), out_dir)
-        print(describe(bundle))
-        summary, goals = replay_with_goals(bundle, log_path, events, progress)
-        print(f"replayed {events} through {bundle}")
-        print(summary.report())
-        print(f"goals reported        {goals:>9,}")
-        print(f"published bundles: {out_dir / 'published'}")
+    try:
+        if args.no_model:
+            summary = _replay_rules_only(spec, rows, log_path, progress)
+            print(f"pcrules demo: ruleset {spec.name!r} ({spec.version}), no model, over {events}")
+            print(summary.report())
+        else:
+            try:
+                from .demo import describe, replay_with_goals, train_and_publish
+            except ImportError as exc:
+                return _fail(f"the demo trains a model and needs pcrules[analysis] ({exc}); or run with --no-model")
+            _check_log_free(log_path)
+            out_dir = log_path.parent
+            print("pcrules demo: generating history, training the acceptance model, publishing a bundle ...")
+            bundle = train_and_publish(Path(args.rules), out_dir)
+            print(describe(bundle))
+            summary, goals = replay_with_goals(bundle, log_path, events, progress, rows=rows)
+            print(f"replayed {events} through {bundle}")
+            print(summary.report())
+            print(f"goals reported        {goals:>9,}")
+            print(f"published bundles: {out_dir / 'published'}")
+    except LogUnavailable as exc:
+        return _fail(exc)
     print(f"decision log: {log_path}")
     return 0
 
 
-def _replay_rules_only(spec: Any, events: Path, log_path: Path, progress: bool) -> Any:
-    from .decision_log import SQLiteDecisionLog, remove_log
+def _check_log_free(log_path: Path) -> None:
+    """Refuse before training and publishing, not after, when a running server has the log open."""
+    from .decision_log import refuse_if_open
+
+    refuse_if_open(log_path)
+
+
+def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, progress: bool) -> Any:
+    from .decision_log import SQLiteDecisionLog, fresh_log
     from .replay import replay
     from .runtime import Runtime
-    from .sample import read_events
 
-    remove_log(log_path)
-    rows = list(read_events(events))
-    with Runtime(spec, log=SQLiteDecisionLog(log_path)) as runtime:
+    with fresh_log(log_path) as new_path, Runtime(spec, log=SQLiteDecisionLog(new_path)) as runtime:
         return replay(runtime, rows, progress=progress, total=len(rows))
 
 

@@ -29,13 +29,14 @@ import weakref
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 from .decision import Decision, Outcome
 from .errors import LogUnavailable
-from .log_journal import Journal, Scan, orphans, read_records, remove_stale_temporaries
+from .log_journal import Journal, Scan, live_writers, orphans, read_records, remove_stale_temporaries
 
-__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "remove_log"]
+__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "fresh_log",
+           "refuse_if_open", "remove_log"]
 
 log = logging.getLogger("pcrules.decision_log")
 
@@ -178,6 +179,38 @@ class MemoryDecisionLog:
 
     def close(self) -> None:
         pass
+
+
+def refuse_if_open(path: str | Path) -> None:
+    """LogUnavailable if a running process has the log at `path` open (it holds a journal there)."""
+    path = Path(path)
+    writers = live_writers(path.with_name(path.name + ".pending"))
+    if writers:
+        raise LogUnavailable(str(path), f"it is open in {writers} running process(es) (pcrules serve?); stop them "
+                                        "or choose another --log")
+
+
+@contextlib.contextmanager
+def fresh_log(path: str | Path) -> Iterator[Path]:
+    """A new, empty log written beside `path` that replaces it when the block ends without an error.
+
+    Refuses (LogUnavailable) at once if a running process has `path` open: its records would go to a file
+    nobody reads. The old log is untouched until the new one is complete.
+    """
+    path = Path(path)
+    refuse_if_open(path)
+    new = path.with_name(path.name + ".new")
+    remove_log(new)
+    try:
+        yield new
+    except BaseException:
+        remove_log(new)
+        raise
+    writers = live_writers(path.with_name(path.name + ".pending"))
+    if writers:  # opened while we wrote: keep both, say where the new one is
+        raise LogUnavailable(str(path), f"it was opened by {writers} process(es) meanwhile; the new log is {new}")
+    remove_log(path)
+    os.replace(new, path)
 
 
 def remove_log(path: str | Path) -> None:

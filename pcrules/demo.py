@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import load_bundle, publish
-from .decision_log import SQLiteDecisionLog, remove_log
+from .decision_log import SQLiteDecisionLog, fresh_log
 from .replay import ReplaySummary, replay
 from .runtime import Runtime
 from .sample import SAMPLE_DAYS, SAMPLE_PATH, SAMPLE_SEED, SAMPLE_START, SAMPLE_VISITORS, read_events
@@ -37,15 +37,15 @@ def train_and_publish(rules: Path, out_dir: Path) -> Path:
     return publish(rules, json.loads(model_path.read_text()), out_dir / "published", metrics=metrics)
 
 
-def replay_with_goals(bundle: Path, log_path: Path, events: Path = SAMPLE_PATH,
-                      progress: bool = False) -> tuple[ReplaySummary, int]:
-    """Replay `events` through the bundle into a fresh log; then report the goals the world draws for them."""
-    remove_log(log_path)
-    rows = list(read_events(events))
-    with Runtime.from_bundle(bundle, log=SQLiteDecisionLog(log_path)) as runtime:
+def replay_with_goals(bundle: Path, log_path: Path, events: Path = SAMPLE_PATH, progress: bool = False,
+                      rows: list[dict[str, Any]] | None = None) -> tuple[ReplaySummary, int]:
+    """Replay `events` (or its `rows`, already read) through the bundle into a fresh log that then replaces
+    `log_path`; the goals the world draws for them are reported when the events are the shipped sample."""
+    rows = list(read_events(events)) if rows is None else rows
+    with fresh_log(log_path) as new_path, Runtime.from_bundle(bundle, log=SQLiteDecisionLog(new_path)) as runtime:
         summary = replay(runtime, rows, progress=progress, total=len(rows))
         runtime.flush()  # _goals reads the file
-        goals = _goals(log_path) if events == SAMPLE_PATH else None
+        goals = _goals(new_path) if Path(events).resolve() == SAMPLE_PATH.resolve() else None
         reported = 0
         if goals is not None:
             from .world import report_goals

@@ -65,18 +65,54 @@ def write_sample(path: Path = SAMPLE_PATH, **kwargs: Any) -> int:
 
 
 def read_events(path: Path | str = SAMPLE_PATH) -> Iterator[dict[str, Any]]:
-    """Rows of a sample file as events (typed), with the recorded answer under `response`."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="", encoding="utf-8") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                event: dict[str, Any] = {
-                    "ts": float(row["ts"]), "visitor_id": row["visitor_id"], "session_id": row["session_id"],
-                    "page": row["page"], "seconds_on_page": float(row["seconds_on_page"]),
-                    "pages_viewed": int(row["pages_viewed"]), "session_seconds": float(row["session_seconds"]),
-                    "device": row["device"], "returning": row["returning"] == "True",
-                }
-                delay = float(row["response_delay_s"]) if row["response_delay_s"] else None
-            except (KeyError, ValueError) as exc:
-                raise ValueError(f"{path}: line {line}: {exc}") from None
-            yield {"event": event, "response": row["response"] or None, "response_delay_s": delay}
+    """Rows of an events file (the sample's gzipped CSV, a CSV, or Parquet as ``sample-data`` writes) as events
+    (typed), with the recorded answer under `response`. A missing file, missing columns or a bad row raise
+    ValueError naming the file (and the row); nothing is read past it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such events file")
+    rows, first = (_parquet_rows(path), 1) if path.suffix == ".parquet" else (_csv_rows(path), 2)
+    for line, row in enumerate(rows, start=first):
+        try:
+            event: dict[str, Any] = {
+                "ts": float(row["ts"]), "visitor_id": str(row["visitor_id"]), "session_id": str(row["session_id"]),
+                "page": str(row["page"]), "seconds_on_page": float(row["seconds_on_page"]),
+                "pages_viewed": int(row["pages_viewed"]), "session_seconds": float(row["session_seconds"]),
+                "device": str(row["device"]), "returning": row["returning"] in (True, "True", "true", 1, "1"),
+            }
+            response = row["response"] if isinstance(row["response"], str) and row["response"] else None
+            delay = row["response_delay_s"]
+            delay = None if delay in ("", None) or delay != delay else float(delay)  # NaN != NaN
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
+            raise ValueError(f"{path}: {'line' if first == 2 else 'row'} {line}: {exc}") from None
+        yield {"event": event, "response": response, "response_delay_s": delay}
+
+
+def _missing(path: Path, columns: Any) -> None:
+    missing = [c for c in COLUMNS if c not in set(columns or ())]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (an events file has {', '.join(COLUMNS)})")
+
+
+def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            _missing(path, reader.fieldnames)
+            yield from reader
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable CSV events file ({exc}); Parquet files end in .parquet") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pcrules[analysis] (pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow's errors have no common base worth naming
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    _missing(path, table.column_names)
+    yield from table.select(list(COLUMNS)).to_pylist()
