@@ -257,7 +257,17 @@ def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
             db.execute(_multi_insert(table, len(chunk)), [value for row in chunk for value in row])
 
 
+_RETRY_AFTER_FAILURE_S = 0.5
 _HEADROOM = 64 << 10  # disk reserved ahead of a decision: its record and the expiries it may close
+
+
+def _room(journal: Journal) -> None:
+    """Disk space for the next decision's records in `journal`, reserved; OSError (ENOSPC ...) if there is none."""
+    journal.reserve(_HEADROOM)
+    if not journal.can_reserve:  # a file system without fallocate: look at the free space instead
+        fs = os.fstatvfs(journal.fd)
+        if fs.f_bavail * fs.f_frsize < _HEADROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _well_formed(record: tuple) -> bool:
@@ -284,6 +294,7 @@ class _Sink:
         self.batch_rows = batch_rows
         self.max_pending = max_pending
         self.failures = 0
+        self.retry_at = 0.0                    # monotonic time before which the writing thread does not flush
         self.problem: str | None = None        # why the last reserve failed (records are refused meanwhile)
         self.flush_problem: str | None = None  # why the last move into SQLite failed (records wait meanwhile)
         self.unjournaled = 0                   # records a failing disk kept out of the journal (in memory only)
@@ -351,7 +362,8 @@ class _Sink:
                            "ON CONFLICT (file) DO UPDATE SET ingested = excluded.ingested", progress)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT (a full disk) may have rolled back already
+                db.execute("ROLLBACK")
             raise
 
     def reserve(self) -> None:
@@ -361,11 +373,13 @@ class _Sink:
             if journal is None:
                 raise LogUnavailable(str(self.path), "it is closed")
             try:
-                journal.reserve(_HEADROOM)
-                if not journal.can_reserve:  # a file system without fallocate: look at the free space instead
-                    fs = os.fstatvfs(journal.fd)
-                    if fs.f_bavail * fs.f_frsize < _HEADROOM:
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                try:
+                    _room(journal)
+                except OSError:
+                    # Every record of this journal may be in the tables already: a fresh one gives its space back.
+                    if not self._restart_journal():
+                        raise
+                    _room(self.journal)  # type: ignore[arg-type]
             except OSError as exc:
                 self.problem = f"{self.directory}: {exc.strerror or exc}"
                 raise LogUnavailable(str(self.path), self.problem) from None
@@ -374,6 +388,23 @@ class _Sink:
                                 f"{self.flush_problem}")
                 raise LogUnavailable(str(self.path), self.problem)
             self.problem = None
+
+    def _restart_journal(self) -> bool:
+        """Swap the journal for an empty one when all its records are in the tables (called holding `lock`)."""
+        old = self.journal
+        if old is None or self.pending or self.retired or old.offset == 0 or not self.flush_lock.acquire(False):
+            return False
+        try:
+            fresh = Journal(self.directory)
+            old.close(remove=True)
+            self.journal = fresh
+            with contextlib.suppress(sqlite3.Error):  # a leftover row names a file that is gone: harmless
+                self.db.execute("DELETE FROM log_journals WHERE file = ?", (old.name,))
+            return True
+        except OSError:
+            return False
+        finally:
+            self.flush_lock.release()
 
     def append(self, table: int, row: tuple) -> None:
         with self.lock:
@@ -394,7 +425,7 @@ class _Sink:
             if not pending:
                 self.oldest = time.monotonic()
             pending.append((table, row))
-            full = len(pending) >= self.batch_rows
+            full = len(pending) >= self.batch_rows and time.monotonic() >= self.retry_at
         if full:
             # Moved by the writing thread itself, in one transaction per batch: a background thread that had
             # to win the GIL back from a busy interpreter at every SQLite call fell further and further behind.
@@ -404,6 +435,9 @@ class _Sink:
                 self.failed(exc)
 
     def failed(self, exc: Exception) -> None:
+        # Requests stop trying for a while (a failing commit on a full disk costs them ~10 ms each); the
+        # background thread keeps trying meanwhile.
+        self.retry_at = time.monotonic() + _RETRY_AFTER_FAILURE_S
         self.failures += 1
         self.flush_problem = str(exc)
         if self.failures in (1, 10, 100) or self.failures % 1000 == 0:  # a full disk fails every batch: no log flood
@@ -470,7 +504,8 @@ class _Sink:
 
     def checkpoint(self) -> None:
         with self.flush_lock:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # On a full disk the WAL's space goes back to the file system (TRUNCATE) once it is copied back.
+            self.db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if self.problem else 'PASSIVE'})")
 
 
 def _background(sink: _Sink, stop: threading.Event, flush_every_s: float, checkpoint_every_s: float) -> None:
@@ -554,7 +589,15 @@ class SQLiteDecisionLog:
         self._thread.join(timeout=30)
         sink = self._sink
         try:
-            sink.flush(final=True)
+            try:
+                sink.flush(final=True)
+            except (OSError, sqlite3.Error) as exc:
+                # The journal stays on disk (unlocked once we exit) and the next process to open the log
+                # moves it; only records a failing disk kept out of the journal are lost here.
+                log.error("decision log %s: %d record(s) could not be moved into SQLite at close (%s); they stay in "
+                          "the journal for the next process that opens the log%s", self.path, len(sink.pending), exc,
+                          f", except {sink.unjournaled} held only in memory" if sink.unjournaled else "")
+                return
             with contextlib.suppress(sqlite3.Error):
                 sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             with contextlib.suppress(OSError):  # still in use by another process's journal: it stays

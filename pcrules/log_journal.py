@@ -107,8 +107,16 @@ class Journal:
         if not self.can_reserve or self.offset + headroom <= self.reserved:
             return
         start = max(self.offset, self.reserved)
-        size = max(_RESERVE_CHUNK, headroom)
-        if _reserve_space(self.fd, start, size):
+        try:
+            supported = _reserve_space(self.fd, start, max(_RESERVE_CHUNK, headroom))
+            size = max(_RESERVE_CHUNK, headroom)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # A nearly full disk: just what the next decision needs, so the log works down to the last bytes.
+            supported = _reserve_space(self.fd, self.offset, headroom)
+            start, size = self.offset, headroom
+        if supported:
             self.reserved = start + size
         else:
             self.can_reserve = False
@@ -184,7 +192,10 @@ def scan(data: bytes, base: int = 0, *, accept: Any = _valid) -> Scan:
         if not good:
             following = data.find(MAGIC, at + 1)
             stop = size if following < 0 else following
-            out.damaged.append((base + at, stop - at))
+            if out.damaged and sum(out.damaged[-1]) == base + at:  # one damaged run, however many false starts
+                out.damaged[-1] = (out.damaged[-1][0], out.damaged[-1][1] + stop - at)
+            else:
+                out.damaged.append((base + at, stop - at))
             out.skipped_bytes += stop - at
             at = stop
     out.end = base + size
