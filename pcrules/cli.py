@@ -302,6 +302,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
                      help="a reverse proxy (address or network) whose X-Forwarded-For is believed (repeatable)")
     srv.add_argument("--metrics-public", action="store_true", default=None,
                      help="serve /metrics without the operator token (a scraper on a private network)")
+    srv.add_argument("--allow-volatile-redis", action="store_true", default=None,
+                     help="run on a Redis that keeps no append-only file synced every second or always (refused "
+                          "otherwise: a restart would forget caps and cooldowns; a loss is still detected, 503)")
     srv.set_defaults(run=_serve)
 
 

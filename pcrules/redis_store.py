@@ -55,15 +55,24 @@ an offer record with its session; :meth:`evict_idle` has nothing to do.
 decided when Redis is already down; the client reconnects on the next call, so
 the runtime recovers by itself when Redis returns.
 
+**Losses.** Redis that restarted empty (no persistence) or was flushed would let every session start again:
+second offers, cooldowns forgotten. Each store adopts a marker, ``<prefix>epoch`` (created when absent), at its
+first contact; the scripts that would decide on or write a session Redis does not hold check, in the same round
+trip, that the marker is still the one adopted (a session held as read needs no check: it was not lost). Gone:
+nothing is written, :class:`DataLost` (a :class:`StoreUnavailable`) until someone re-creates the marker
+(:meth:`RedisStore.acknowledge_loss`, ``SET <prefix>epoch ack``, a new server start). :meth:`check_persistence`
+refuses at start-up a Redis that a crash makes forget (:class:`VolatileRedis`).
+
 Keys (``prefix`` defaults to ``pcrules:``): ``s:<n>:<visitor><session>`` a
 session, ``v:<visitor>`` a cooldown, ``o:<offer id>`` an offer, ``due`` the
 sorted set of open offers, ``q`` the queue status hash, ``lock:<...>`` the
-locks. Plain Redis (not Cluster): the scripts touch keys of several slots.
+locks, ``epoch`` the state marker. Plain Redis (not Cluster): the scripts touch keys of several slots.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -72,6 +81,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -88,7 +98,10 @@ try:
 except ImportError:  # hiredis is in the server extra; redis-py works without it
     _pack = None
 
-__all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost"]
+__all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost", "DataLost", "VolatileRedis",
+           "persistence_verdict"]
+
+log = logging.getLogger("pcrules.redis_store")
 
 
 class StoreUnavailable(PcrulesError):
@@ -109,20 +122,50 @@ class LockLost(StoreUnavailable):
     code = "lock_lost"  # type: ignore[assignment]
 
 
+class DataLost(StoreUnavailable):
+    """Redis lost pcrules' state while we ran (restarted empty, flushed): refused until the loss is acknowledged.
+
+    Deciding on the empty state would give visitors a second offer in a session and forget cooldowns; the
+    code stays ``store_unavailable`` (the server answers 503).
+    """
+
+
+class VolatileRedis(StoreUnavailable):
+    """Redis keeps no append-only file synced at least every second: a crash or restart would forget caps."""
+
+    code = "store_volatile"  # type: ignore[assignment]
+
+
+# The state marker: every script's last key is ``<prefix>epoch`` and its last argument the value this process
+# adopted. A script about to decide on or write a session Redis does not hold (a new one, or one Redis lost)
+# checks it first; gone (Redis restarted empty, FLUSHALL) or changed: nothing is written, the error names what
+# is there now (see RedisStore._lost). A session Redis holds as it was read needs no check: it was not lost.
+_EPOCH = """
+  local epoch = redis.call('GET', KEYS[#KEYS])
+  if epoch ~= ARGV[#ARGV] then return redis.error_reply('PCRULES_EPOCH ' .. (epoch or '')) end
+"""
+
+# First contact: the marker is created when there is none; whatever is there is adopted.
+_ADOPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
 # Taken, or already ours (a retry after a reply lost on a broken connection).
 _ACQUIRE = """
+local s = redis.call('GET', KEYS[2])
+if not s then""" + _EPOCH + """end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1] then
-  return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4]),
-          redis.call('GET', KEYS[5])}
+  return {1, s, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4]), redis.call('GET', KEYS[5])}
 end
 return {0}
 """
 
-# Ops of four arguments each from ARGV[i]:
+# Ops of four arguments each from ARGV[i] up to the epoch (the last one):
 #   set key value px | max key number px (set when greater than the stored number) |
 #   zadd key score member | zrem key member -
 _APPLY_OPS = """
-while i <= #ARGV do
+while i < #ARGV do
   local op, key = ARGV[i], ARGV[i + 1]
   if op == 'set' then
     redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3])
@@ -140,12 +183,14 @@ while i <= #ARGV do
 end
 """
 
-# ARGV[1] = lock token (when KEYS[1] is given), then the ops.
+# ARGV[1] = lock token (when KEYS[1] is given besides the marker), then the ops. A lock still ours proves that
+# nothing was lost since it was taken (a loss takes it too); without one the marker is checked.
 _COMMIT = """
-if #KEYS > 0 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #KEYS > 1 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #KEYS == 1 then""" + _EPOCH + """end
 local i = 2
 """ + _APPLY_OPS + """
-if #KEYS > 0 then redis.call('DEL', KEYS[1]) end
+if #KEYS > 1 then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -163,12 +208,13 @@ if s ~= ARGV[1] or v ~= ARGV[2] or qv ~= ARGV[3] then
   if qv ~= ARGV[3] then q = redis.call('HGETALL', KEYS[4]) end
   return {2, s, v, qv, q}
 end
+if s == '' then""" + _EPOCH + """end
 local i = 4
 """ + _APPLY_OPS + """
 return {1}
 """
 
-_SET_QUEUE = """
+_SET_QUEUE = _EPOCH + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('INCR', KEYS[2])
 """
@@ -197,9 +243,12 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"shared state store (Redis) unavailable: {str(exc).rstrip('.')}")
 
 
-def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]]) -> None:
-    """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller."""
-    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]], epoch_key: str, epoch: str) -> None:
+    """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller.
+
+    The state marker's key and the value this process adopted go last (the scripts' _EPOCH check).
+    """
+    commands = [("EVALSHA", sha, len(keys) + 1, *keys, epoch_key, *args, epoch) for keys, args in calls]
     if _pack is None:
         conn.send_packed_command(conn.pack_commands(commands))
     else:  # what redis-py's packer does, minus a Python pass over every argument (all str or int here)
@@ -210,6 +259,67 @@ def _is_outage(exc: Exception) -> bool:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+def _epoch_reply(exc: Exception) -> str | None:
+    """The marker Redis holds now ("" when gone) if `exc` is a script's _EPOCH refusal, else None."""
+    text = str(exc)
+    return text[len("PCRULES_EPOCH "):] if text.startswith("PCRULES_EPOCH") else None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (in the authority or a ?password= parameter), to be printed or logged."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any(k == "password" for k, _ in query):
+            return url
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode([(k, v) for k, v in query
+                                                                          if k != "password"])))
+    except ValueError:
+        return "(a Redis URL that could not be parsed)"
+
+
+_FSYNC = {"always": "a crash loses nothing that was answered",
+          "everysec": "a crash of the machine loses at most about the last second of writes"}
+_FIX = "set appendonly yes and appendfsync everysec (or always)"
+
+
+def persistence_verdict(config: dict[str, Any] | None, info: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether a Redis with these settings keeps caps, cooldowns and pending offers through a crash, and why.
+
+    ``config``: what ``CONFIG GET`` says of appendonly, appendfsync and save (None: CONFIG is refused, as on
+    many managed services); ``info``: ``INFO persistence`` (None: refused too). Accepted: an append-only file
+    synced always or every second. Refused: no append-only file (snapshots alone lose everything since the
+    last one), appendfsync no (the OS writes when it likes), or settings that cannot be read.
+    """
+    if config is not None:
+        aof, fsync, save = config.get("appendonly"), config.get("appendfsync"), str(config.get("save") or "").strip()
+        if aof == "yes" and fsync in _FSYNC:
+            return True, f"appendonly yes, appendfsync {fsync}: {_FSYNC[fsync]}"
+        if aof == "yes":
+            return False, (f"appendonly yes but appendfsync {fsync}: the operating system writes the file when it "
+                           f"likes, so a crash can lose many seconds of caps, cooldowns and pending offers; set "
+                           f"appendfsync everysec (or always)")
+        if save:
+            return False, (f"appendonly no, snapshots only (save '{save}'): a crash loses every cap, cooldown "
+                           f"and pending offer since the last snapshot; {_FIX}")
+        return False, (f"appendonly no and no snapshots (save ''): a restart forgets every cap, cooldown and "
+                       f"pending offer; {_FIX}")
+    if info is not None and "aof_enabled" in info:
+        if str(info["aof_enabled"]) == "1":
+            return True, ("CONFIG is refused (a managed Redis?), INFO persistence says the append-only file is on "
+                          "(its appendfsync could not be read: everysec or always is needed)")
+        return False, ("CONFIG is refused (a managed Redis?) and INFO persistence says the append-only file is off "
+                       "(aof_enabled:0): a restart or failover can forget caps, cooldowns and pending offers; turn "
+                       "the append-only file on with appendfsync everysec (or always)")
+    return False, ("its persistence settings cannot be read (CONFIG GET and INFO persistence refused: CONFIG "
+                   "disabled or renamed, as on managed services?): check that it keeps an append-only file with "
+                   "appendfsync everysec or always")
 
 
 def _num(value: float) -> str:
@@ -326,7 +436,7 @@ class RedisStore:
                  session_ttl_s: float = 1800.0, lock_ttl_s: float = 5.0, lock_wait_s: float = 5.0,
                  due_check_interval_s: float = 0.25, socket_timeout_s: float = 1.0,
                  connect_timeout_s: float = 0.5, cache_size: int = 100_000,
-                 on_contention: Callable[[str], None] | None = None) -> None:
+                 on_contention: Callable[[str], None] | None = None, allow_volatile: bool | None = None) -> None:
         if isinstance(url, redis.Redis):
             if not url.get_connection_kwargs().get("decode_responses"):
                 raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
@@ -338,7 +448,7 @@ class RedisStore:
             self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
                                                socket_connect_timeout=connect_timeout_s,
                                                retry=Retry(NoBackoff(), 1), health_check_interval=30)
-            self.url = url
+            self.url = _safe_url(url)
         self.prefix = prefix
         self.session_ttl_s = float(session_ttl_s)
         self.lock_ttl_s = float(lock_ttl_s)
@@ -354,6 +464,20 @@ class RedisStore:
         self._set_queue_script = self._redis.register_script(_SET_QUEUE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._due_script = self._redis.register_script(_DUE)
+        self._adopt_script = self._redis.register_script(_ADOPT)
+        # The state marker: adopted (created when absent) at the first contact, checked by every script that
+        # decides or writes; gone means Redis lost our state (see _lost). None: not adopted yet, or lost.
+        self._epoch_key = prefix + "epoch"
+        self._epoch: str | None = None
+        self.epoch_created = False  # whether this process created the marker (a new Redis, or a loss before)
+        self._lost_since: float | None = None
+        self.data_losses = 0  # losses detected (the server counts them as store_contention{kind="data_lost"})
+        self._epoch_lock = threading.Lock()
+        # None: persistence is not checked (call check_persistence); False: checked at the first contact and a
+        # volatile Redis refused; True: checked and only warned about.
+        self.allow_volatile = allow_volatile
+        self._persistence: str | None = None
+        self._refused: VolatileRedis | None = None
         self._local = threading.local()
         self._connections: list[Any] = []  # one per thread for the hot path, closed by close()
         self._connections_lock = threading.Lock()
@@ -390,11 +514,12 @@ class RedisStore:
         One retry after a broken connection (Redis restarted) or a script Redis forgot (NOSCRIPT), as redis-py's
         own Script does; an outage is StoreUnavailable.
         """
+        epoch = self._epoch or self._adopt()
         conn = self._connection()
         reconnect = reload = True
         while True:
             try:
-                _send_evalsha(conn, script.sha, [(keys, args)])
+                _send_evalsha(conn, script.sha, [(keys, args)], self._epoch_key, epoch)
                 return conn.read_response()
             except NoScriptError:
                 if not reload:
@@ -407,9 +532,14 @@ class RedisStore:
                     raise _unavailable(exc) from None
                 reconnect = False
             except redis.RedisError as exc:
-                if _is_outage(exc):
-                    raise _unavailable(exc) from None
-                raise
+                raise self._script_error(exc) from None
+
+    def _script_error(self, exc: redis.RedisError) -> Exception:
+        """What a script's error means to the caller: a loss of state, an outage, or itself (a bug)."""
+        current = _epoch_reply(exc)
+        if current is not None:
+            return self._lost(current)
+        return _unavailable(exc) if _is_outage(exc) else exc
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -570,14 +700,21 @@ class RedisStore:
     def _send(self, pending: list[tuple]) -> list[bool]:
         if not pending:
             return []
+        try:
+            epoch = self._epoch or self._adopt()
+        except StoreUnavailable:
+            return [False] * len(pending)  # each is decided again on its own, which reports it
         conn = self._connection()
         try:
-            _send_evalsha(conn, self._check_and_commit_script.sha, [(keys, args) for _, keys, args, _, _ in pending])
+            _send_evalsha(conn, self._check_and_commit_script.sha, [(keys, args) for _, keys, args, _, _ in pending],
+                          self._epoch_key, epoch)
             replies: list[Any] = []
             for _ in pending:
                 try:
                     replies.append(conn.read_response())
                 except redis.ResponseError as exc:  # NOSCRIPT after a restart, say: that one is decided again
+                    if _epoch_reply(exc) is not None:
+                        self._lost(_epoch_reply(exc) or "")  # each is then refused when decided again
                     replies.append(exc)
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
@@ -602,12 +739,11 @@ class RedisStore:
 
     def _write(self, args: list[Any]) -> None:
         """Writes outside any session lock (the runtime makes none; kept for direct use and tests)."""
+        epoch = self._epoch or self._adopt()
         try:
-            self._commit_script(keys=[], args=["", *args])
+            self._commit_script(keys=[self._epoch_key], args=["", *args, epoch])
         except redis.RedisError as exc:
-            if _is_outage(exc):
-                raise _unavailable(exc) from None
-            raise
+            raise self._script_error(exc) from None
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -656,7 +792,10 @@ class RedisStore:
         held = getattr(self._local, "held", None)
         if held is not None and offer_id in held.offers:
             return held.offers[offer_id]
-        return _load_offer(self._call("get", self._offer_prefix + offer_id))
+        record = _load_offer(self._call("get", self._offer_prefix + offer_id))
+        if record is None:
+            self.ping()  # an unknown offer (rare): a 503 rather than a 404 if Redis lost them all
+        return record
 
     def save_offer(self, record: OfferRecord) -> None:
         held = getattr(self._local, "held", None)
@@ -700,13 +839,12 @@ class RedisStore:
 
     def set_queue_status(self, name: str, status: QueueStatus) -> None:
         # With a new version: every process's cached queue status is then refused at its next commit.
+        epoch = self._epoch or self._adopt()
         try:
-            version = self._set_queue_script(keys=[self._queue_key, self._queue_version_key],
-                                             args=[name, _dump_queue(status)])
+            version = self._set_queue_script(keys=[self._queue_key, self._queue_version_key, self._epoch_key],
+                                             args=[name, _dump_queue(status), epoch])
         except redis.RedisError as exc:
-            if _is_outage(exc):
-                raise _unavailable(exc) from None
-            raise
+            raise self._script_error(exc) from None
         read_version, queues = self._queues_read
         if read_version == str(version - 1) or (read_version == "" and version == 1):  # nobody else changed it
             self._queues_read = (str(version), {**queues, name: status})
@@ -715,11 +853,126 @@ class RedisStore:
         """Sessions remembered (a scan: for tests and operators, not the request path)."""
         return len(self._scan(f"{self.prefix}s:*"))
 
+    # ------------------------------------------------------------------ persistence and the state marker
+
+    def check_persistence(self, allow_volatile: bool = False) -> str:
+        """Read Redis' persistence settings; refuse one that a crash or restart makes forget caps and cooldowns.
+
+        Accepted: an append-only file synced always or every second. Otherwise :class:`VolatileRedis`, one line
+        naming the URL (without its password) and the setting to change, unless ``allow_volatile`` (then the
+        returned line says so). Returns what a crash costs; :class:`StoreUnavailable` when Redis is down.
+        """
+        def read(fn: Callable[..., Any], arg: str) -> Any:
+            try:
+                return fn(arg)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise _unavailable(exc) from None
+            except redis.ResponseError:  # disabled, renamed or not permitted (managed services, ACLs)
+                return None
+
+        config: dict[str, Any] | None = {}
+        for name in ("appendonly", "appendfsync", "save"):
+            got = read(self._redis.config_get, name)
+            if got is None:
+                config = None
+                break
+            config.update(got)  # type: ignore[union-attr]
+        info = read(self._redis.info, "persistence") if config is None else None
+        ok, why = persistence_verdict(config, info)
+        if ok:
+            self._persistence = why
+        elif allow_volatile:
+            self._persistence = f"VOLATILE, allowed: {why}"
+        else:
+            raise VolatileRedis(f"refusing Redis at {self.url}: {why}; to run on it anyway, pass "
+                                f"--allow-volatile-redis (server config redis_allow_volatile)")
+        return self._persistence
+
+    @property
+    def epoch_key(self) -> str:
+        """The state marker's key: ``<prefix>epoch``."""
+        return self._epoch_key
+
+    @property
+    def epoch(self) -> str | None:
+        """The state marker's value this process adopted (None before the first contact, or after a loss)."""
+        return self._epoch
+
+    def _adopt(self) -> str:
+        """First contact: adopt the state marker, created when there is none. After a loss: adopt it only once
+        someone re-created it (the acknowledgement); until then every call is refused with DataLost."""
+        with self._epoch_lock:
+            if self._epoch is not None:
+                return self._epoch
+            if self._refused is not None:
+                raise self._refused
+            if self.allow_volatile is not None and self._persistence is None:
+                try:
+                    self.check_persistence(self.allow_volatile)
+                except VolatileRedis as exc:
+                    self._refused = exc
+                    log.error("%s", exc)
+                    raise
+            lost = self._lost_since is not None
+            mine = f"{int(time.time())}:{os.urandom(8).hex()}"
+            try:
+                current = (self._redis.get(self._epoch_key) if lost
+                           else self._adopt_script(keys=[self._epoch_key], args=[mine]))
+            except redis.RedisError as exc:
+                raise (_unavailable(exc) if _is_outage(exc) else exc) from None
+            if current is None:
+                raise DataLost(self._lost_message())
+            if lost:
+                log.warning("Redis at %s: the state marker %s was re-created (%s): resuming; sessions active "
+                            "before the loss may get a second offer", self.url, self._epoch_key, current)
+                self._lost_since = None
+                self._cache.clear()
+                self._queues_read = ("\0unread", {})
+            elif current == mine:
+                self.epoch_created = True
+                log.info("Redis at %s had no state marker: created %s", self.url, self._epoch_key)
+            self._epoch = current
+            return current
+
+    def _lost(self, current: str) -> DataLost:
+        """A script found the marker gone or changed: from now on refuse (see _adopt); logged and counted once."""
+        first = False
+        with self._epoch_lock:
+            if self._epoch is not None and current != self._epoch:
+                first = True
+                self._epoch, self._lost_since = None, time.time()
+                self.data_losses += 1
+        if first:
+            log.error("%s", self._lost_message(current))
+            if self._on_contention is not None:
+                self._on_contention("data_lost")
+        return DataLost(self._lost_message(current))
+
+    def _lost_message(self, current: str = "") -> str:
+        what = (f"the state marker {self._epoch_key} was replaced by {current!r}" if current
+                else f"the state marker {self._epoch_key} is gone")
+        return (f"Redis at {self.url} lost pcrules' state ({what}: restarted without persistence, or flushed); "
+                f"refusing to decide on it, which would make second offers and forget cooldowns; to accept the "
+                f"loss and resume, re-create the marker (redis-cli -u {self.url} SET {self._epoch_key} ack) "
+                f"or restart pcrules serve")
+
+    def acknowledge_loss(self) -> str:
+        """Accept that Redis lost pcrules' state and resume: a new marker, adopted by every process on it."""
+        self._call("set", self._epoch_key, f"{int(time.time())}:ack:{os.urandom(8).hex()}")
+        with self._epoch_lock:
+            if self._epoch is not None:
+                self._epoch, self._lost_since = None, time.time()
+        return self._adopt()
+
     # ------------------------------------------------------------------ operations
 
     def ping(self) -> bool:
-        """True when Redis answers; raises StoreUnavailable otherwise."""
-        return bool(self._call("ping"))
+        """True when Redis answers and holds our state; StoreUnavailable (DataLost when it lost it) otherwise."""
+        epoch = self._epoch or self._adopt()
+        current = self._call("get", self._epoch_key)
+        if current != epoch:
+            raise self._lost(current or "")
+        return True
 
     def configure(self, *, session_ttl_s: float | None = None) -> None:
         if session_ttl_s is not None:
@@ -727,7 +980,7 @@ class RedisStore:
 
     def clear(self) -> int:
         """Delete every key under this store's prefix (tests, a fresh demo); returns how many."""
-        keys = self._scan(self.prefix + "*")
+        keys = [k for k in self._scan(self.prefix + "*") if k != self._epoch_key]  # others still share it
         self._cache.clear()
         self._queues_read = ("\0unread", {})
         for i in range(0, len(keys), 500):

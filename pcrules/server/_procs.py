@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["free_port", "RedisServer", "ServeProcess", "REDIS_SERVER", "wait_http"]
+__all__ = ["free_port", "RedisServer", "PERSISTENT", "VOLATILE", "ServeProcess", "REDIS_SERVER", "wait_http"]
 
 REDIS_SERVER = os.environ.get("PCRULES_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -76,15 +76,25 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout} s ({last})")
 
 
-class RedisServer:
-    """A throw-away redis-server on a free port: no persistence, loopback only. stop() / start() again."""
+# What pcrules serve accepts by default (RedisStore.check_persistence): an append-only file synced every second.
+PERSISTENT = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
+VOLATILE = ("--appendonly", "no", "--save", "")
 
-    def __init__(self, port: int | None = None, executable: str = REDIS_SERVER):
+
+class RedisServer:
+    """A throw-away redis-server on a free port, loopback only; stop() / start() again on the same data directory.
+
+    `persistence`: redis-server options, by default an append-only file synced every second (PERSISTENT; a
+    restart keeps the data); VOLATILE keeps nothing."""
+
+    def __init__(self, port: int | None = None, executable: str = REDIS_SERVER,
+                 persistence: Sequence[str] = PERSISTENT):
         if not Path(executable).exists() and shutil.which(executable) is None:
             raise FileNotFoundError(
                 f"redis-server not found at {executable}: install Debian's redis-server "
                 f"(apt-get install -y redis-server; .ci/run does) or set PCRULES_REDIS_SERVER")
         self.executable = executable
+        self.persistence = list(persistence)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self._dir = tempfile.mkdtemp(prefix="pcrules-redis-")
@@ -95,7 +105,7 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", *self.persistence,
              "--dir", self._dir, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, 10, self.proc)

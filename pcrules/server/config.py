@@ -30,6 +30,9 @@ class ServerConfig:
     demo: bool = False                # serve the demo site (and use its ruleset when none is given)
     redis_url: str | None = None      # shared state in Redis; in-memory (one process) without it
     redis_prefix: str = "pcrules:"
+    # Serve on a Redis that a crash or restart makes forget caps, cooldowns and pending offers (no append-only
+    # file synced every second or always). Refused at start-up without it; a loss is still detected (503).
+    redis_allow_volatile: bool = False
     log_path: str | None = None       # the SQLite decision log; none without it
     max_body_bytes: int = 16 * 1024
     trust_client_ts: bool = False     # accept `ts` from clients (replays, server-to-server); never for browsers
@@ -54,6 +57,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if not isinstance(self.redis_allow_volatile, bool):
+            problems.append("redis_allow_volatile: expected true or false")
         for name in ("operator_token", "visitor_id_key"):
             value = getattr(self, name)
             if value == "":

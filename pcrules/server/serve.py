@@ -8,7 +8,9 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict
+from typing import Any
 
 from ..errors import PcrulesError
 from .app import Service, create_app
@@ -34,7 +36,8 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
         base.pop("bundle", None)
     given = {"rules": args.rules, "bundle": args.bundle, "redis_url": args.redis, "log_path": args.log,
              "cors_origins": getattr(args, "cors_origins", None), "trusted_proxies": getattr(args, "trusted_proxies", None),
-             "metrics_public": getattr(args, "metrics_public", None)}
+             "metrics_public": getattr(args, "metrics_public", None),
+             "redis_allow_volatile": getattr(args, "allow_volatile_redis", None)}
     base.update({k: v for k, v in given.items() if v is not None})
     if args.demo:
         base["demo"] = True
@@ -43,6 +46,32 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
     except TypeError as exc:
         raise ValueError(f"${CONFIG_ENV}: {exc}".replace("ServerConfig.__init__() ", "")) from None
     return config_from_env(config, env)
+
+
+def _check_redis(store: Any, allow_volatile: bool) -> tuple[str, bool]:
+    """What `pcrules serve` says of its Redis at start-up, and whether that is a warning; VolatileRedis (one line
+    naming the URL and the setting to change) when it keeps no append-only file and that was not allowed."""
+    from ..redis_store import VolatileRedis
+
+    try:
+        persistence = store.check_persistence(allow_volatile)
+        store.ping()  # adopts the state marker (created on a new Redis)
+    except VolatileRedis:
+        raise
+    except PcrulesError as exc:
+        store.allow_volatile = allow_volatile  # checked when Redis first answers
+        return f"warning: {exc}; serving 503 until it answers (its persistence is checked then)", True
+    epoch = store.epoch or ""
+    try:
+        since = time.strftime("since %Y-%m-%d %H:%M:%S UTC", time.gmtime(int(epoch.split(":")[0])))
+    except (ValueError, OverflowError, OSError):
+        since = f"{epoch!r}"
+    marker = f"state marker {store.epoch_key} {'created' if store.epoch_created else since}"
+    line = f"redis {store.url}: {persistence}; {marker}"
+    if persistence.startswith("VOLATILE"):
+        return (f"warning: {line}; if Redis loses its data, requests get 503 until the loss is acknowledged "
+                f"(README: Several workers)"), True
+    return line, False
 
 
 def main(args: argparse.Namespace) -> int:
@@ -67,18 +96,23 @@ def main(args: argparse.Namespace) -> int:
     except (PcrulesError, OSError, ValueError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
+    if config.redis_url:  # before anything is printed or served: a Redis that a restart would empty is refused
+        try:
+            redis_said = _check_redis(service.runtime.store, config.redis_allow_volatile)
+        except PcrulesError as exc:
+            service.close()
+            print(f"error: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 1
     spec = service.runtime.spec
     where = f"http://{args.host}:{args.port}"
-    store = f"redis {config.redis_url}" if config.redis_url else "in memory (this process)"
+    store = (f"redis {service.runtime.store.url}"  # type: ignore[attr-defined]  # (without its password)
+             if config.redis_url else "in memory (this process)")
     print(f"pcrules serve: ruleset {spec.name!r} ({spec.version}) from {config.describe_source()}; state {store}; "
           f"decision log {config.log_path or 'off'}; {workers} worker(s) on {where}", flush=True)
     for line in security_summary(config):
         print(line, flush=True)
     if config.redis_url:
-        try:
-            service.runtime.store.ping()  # type: ignore[attr-defined]
-        except PcrulesError as exc:
-            print(f"warning: {exc}; serving 503 until it answers", file=sys.stderr, flush=True)
+        print(redis_said[0], file=sys.stderr if redis_said[1] else sys.stdout, flush=True)
     if config.demo:
         print(f"demo site: {where}/demo/   CSR console: {where}/demo/csr.html (a demo: its Pega stand-in and CSR "
               f"console have no login; do not expose it to the internet)", flush=True)
