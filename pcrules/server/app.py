@@ -7,7 +7,7 @@ Public routes (what a browser on the customer's site calls: anyone on the intern
                                          {"visitor_id": ..., "session_id": ...}: the offer's own visitor and session
     POST /v1/goals                       a business outcome: {"visitor_id", "session_id", "goal", "value"?}
     GET  /static/pcrules.js              the browser snippet
-    GET  /healthz                        200 when the runtime and its store answer, else 503
+    GET  /healthz                        200 when the store and the decision log work, else 503 naming which
 
 Operator routes, only with an ``operator_token`` (``$PCRULES_OPERATOR_TOKEN``), which each request
 sends as ``Authorization: Bearer <token>`` (401 without it, 403 when wrong)::
@@ -20,7 +20,8 @@ With ``demo`` the demo site is served too (``pcrules.server.demo``).
 
 Every refusal is JSON ``{"error": code, "message": ..., "field": ...}`` with a
 4xx status naming the field at fault; a store outage is a 503 with the same
-shape; bodies are JSON objects of at most ``max_body_bytes``. The event time
+shape, as is a decision log that cannot be written (503 ``log_unavailable``, with
+Retry-After: nothing was decided); bodies are JSON objects of at most ``max_body_bytes``. The event time
 is the server's clock: a client cannot choose ``ts`` unless ``trust_client_ts``.
 What guards the public routes (rate limits, CORS, answers bound to their
 visitor, pseudonymous visitor ids): :mod:`pcrules.server.security` and README "Security".
@@ -37,6 +38,7 @@ import logging
 import math
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -44,13 +46,14 @@ from typing import Any, Callable
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..bundle import BundleError
-from ..decision_log import SQLiteDecisionLog
-from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
+from ..decision_log import LogHealth, SQLiteDecisionLog
+from ..errors import (InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError,
+                      UnknownQueue)
 from ..runtime import Runtime
 from ..spec import load_spec
 from ..stores import MemoryStore
@@ -114,7 +117,25 @@ def _error_body(status: int, error: str, message: str, field: str | None = None,
     return out
 
 
-MAX_BATCH = 128  # observations decided together (about 20-30 ms of work at most)
+MAX_BATCH = 128  # observations decided together (about 20-30 ms of work: the wait of the batch's last one)
+CALL_THREADS = 16  # runtime calls other than observations at once (more wait their turn, the loop does not)
+GATE_WAIT_S = 0.1  # while the store is down, a request waits this long for a ping that may find it back
+HEALTH_WAIT_S = 0.5  # /healthz waits this long for a dependency's answer, then reports it as not answering
+WATCH_EVERY_S = 1.0  # each worker re-checks its store and log this often (gauges in /metrics, recovery)
+
+
+class StoreDown(PcrulesError):
+    """Refused at once: the store failed a moment ago and has not answered a ping since. Without this, every
+    request would wait out the socket timeout in turn, behind the runtime's lock."""
+
+    code = "store_unavailable"  # type: ignore[assignment]
+
+
+def _outcome(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:  # this request's own failure, whatever it is
+        return exc
 
 
 class Service:
@@ -130,10 +151,19 @@ class Service:
         self.store_kind = "redis" if hasattr(store, "ping") else ("memory" if isinstance(store, MemoryStore)
                                                                   else type(store).__name__)
         self.offload = bool(config.offload)
-        # Observations that arrive together are decided together when the store can commit them at once
-        # (Redis: one round trip for all); the busier the server, the more share each write.
-        self.batches = not self.offload and hasattr(store, "batch")
+        # The runtime never runs on the event loop: a stalled Redis or disk would stall every connection, static
+        # files and /healthz included. Observations that arrive together are decided together, one batch at a
+        # time (in order) on one thread: with Redis their writes share one round trip, and the busier the
+        # server, the more share each write. Other calls go to a small pool.
+        self.batches = not self.offload
         self._waiting: list[tuple[dict, asyncio.Future]] = []
+        self._deciding = False  # a batch is on the batcher thread
+        self._batcher = ThreadPoolExecutor(1, thread_name_prefix="pcrules-batch")
+        self._callers = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="pcrules-call")
+        self._checker = ThreadPoolExecutor(2, thread_name_prefix="pcrules-check")  # a ping, a log check
+        self._checks: dict[str, asyncio.Future] = {}
+        # Set when a call found the store unavailable, cleared by the next ping it answers (pcrules_store_ok).
+        self.store_down = False
         self.demo: Any = None
         self.pseudonymised = config.visitor_id_key is not None
         self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
@@ -157,6 +187,8 @@ class Service:
 
             contention = metrics.store_contention
             store = RedisStore(config.redis_url, prefix=config.redis_prefix,
+                               socket_timeout_s=config.redis_socket_timeout_s,
+                               connect_timeout_s=config.redis_connect_timeout_s,
                                on_contention=lambda kind: contention.labels(kind).inc())
         else:
             store = MemoryStore()
@@ -180,38 +212,147 @@ class Service:
         if configure is not None:
             configure(session_ttl_s=self.runtime.spec.policy.session_idle_ttl_s)
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.offload:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
-        return fn(*args)
+    async def call(self, fn: Callable[..., Any], *args: Any, store: bool = True) -> Any:
+        """fn(*args) on a worker thread; `store`: it needs the state store (refused at once while that is down)."""
+        if store:
+            await self._store_gate()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._callers, functools.partial(fn, *args))
+        except PcrulesError as exc:
+            self._saw(exc)
+            raise
 
     async def observe(self, body: dict) -> Any:
+        await self._store_gate()
         if not self.batches:
             return await self.call(self.runtime.observe, body)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((body, future))
-        if len(self._waiting) == 1:
-            loop.call_soon(self._observe_waiting)  # after the other requests already read: they join this batch
+        if len(self._waiting) == 1 and not self._deciding:
+            loop.call_soon(self._next_batch)  # after the other requests already read: they join this batch
         return await future
 
-    def _observe_waiting(self) -> None:
-        # At most MAX_BATCH at a time: the loop serves nothing else while a batch is decided.
+    def _next_batch(self) -> None:
+        if self.store_down:  # found down while these waited: they would only wait out the timeouts in turn
+            waiting, self._waiting = self._waiting, []
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(StoreDown("the shared state store is unavailable"))
+            return
+        if self._deciding or not self._waiting:
+            return  # the batch being decided starts the next when it is done
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-        if self._waiting:
-            asyncio.get_running_loop().call_soon(self._observe_waiting)
+        self._deciding = True
         self.metrics.batch_size.observe(len(batch))
+        done = asyncio.get_running_loop().run_in_executor(self._batcher, self._decide, [body for body, _ in batch])
+        done.add_done_callback(functools.partial(self._decided, batch))
+
+    def _decide(self, bodies: list[dict]) -> list[Any]:
+        """On the batcher thread: each body's decision, or its error."""
+        if not hasattr(self.runtime.store, "batch"):  # decided one by one anyway: a failure stays the request's own
+            return [_outcome(self.runtime.observe, body) for body in bodies]
         try:
-            results: list[Any] = self.runtime.observe_many([body for body, _ in batch])
+            return self.runtime.observe_many(bodies)
         except Exception as exc:  # not one event's fault (a bug, a failed disk): every request of the batch gets it
-            results = [exc] * len(batch)
+            return [exc] * len(bodies)
+
+    def _decided(self, batch: list[tuple[dict, asyncio.Future]], done: asyncio.Future) -> None:
+        self._deciding = False
+        if done.cancelled():  # shutting down
+            for _, future in batch:
+                future.cancel()
+            return
+        results = [done.exception()] * len(batch) if done.exception() else done.result()
         for (_, future), result in zip(batch, results):
+            if isinstance(result, BaseException):
+                self._saw(result)
             if future.done():  # the client went away
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        self._next_batch()  # those that arrived meanwhile, as one batch
+
+    # ------------------------------------------------------------------ dependencies' health
+
+    def _saw(self, exc: BaseException) -> None:
+        if isinstance(exc, LogUnavailable):
+            self.metrics.log_ok.set(0)
+        elif getattr(exc, "code", None) == "store_unavailable" and not isinstance(exc, StoreDown):
+            self.store_down = True
+            self.metrics.store_ok.set(0)
+
+    async def _store_gate(self) -> None:
+        """Refuse at once while the store is known down, unless a quick ping finds it back. One ping at a time:
+        while one is out (a stall), requests wait GATE_WAIT_S at most, not a socket timeout each."""
+        if not self.store_down:
+            return
+        pinging = self._check("store")  # its answer sets or clears store_down
+        if pinging is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(pinging), GATE_WAIT_S)
+        if self.store_down:
+            raise StoreDown("the shared state store is unavailable")
+
+    def _check(self, what: str) -> asyncio.Future | None:
+        """Ping the store ("store") or read the log's health ("log") on a checker thread, one of each at a time:
+        callers meanwhile share its answer. None when there is nothing to check."""
+        fn = getattr(self.runtime.store, "ping", None) if what == "store" else self.runtime.log_health
+        if fn is None:
+            return None
+        loop = asyncio.get_running_loop()
+        running = self._checks.get(what)
+        if running is None or running.done() or running.get_loop() is not loop:
+            running = self._checks[what] = loop.run_in_executor(self._checker, fn)
+            running.add_done_callback(self._pinged if what == "store" else _retrieved)
+        return running
+
+    def _pinged(self, done: asyncio.Future) -> None:
+        failed = done.cancelled() or done.exception() is not None
+        self.store_down = failed
+        self.metrics.store_ok.set(0 if failed else 1)
+        if failed:
+            self._next_batch()  # the observations waiting behind a batch stuck on the store: 503 now
+
+    async def check_store(self) -> str | None:
+        """None when the store answers a ping (or there is none), else what a client may be told of it."""
+        down = self.store_down
+        pinging = self._check("store")
+        if pinging is None:
+            return None
+        if down and not pinging.done():  # already known down: no need to wait for this ping to time out too
+            return STORE_TROUBLE["store_unavailable"]
+        try:
+            await asyncio.wait_for(asyncio.shield(pinging), HEALTH_WAIT_S)
+        except asyncio.TimeoutError:
+            return f"the shared state store (Redis) did not answer within {HEALTH_WAIT_S} s"
+        except Exception as exc:
+            code = str(getattr(exc, "code", "error"))
+            _warn_now_and_then(code, "healthz: %s", exc)
+            return STORE_TROUBLE.get(code, "the shared state store failed")
+        return None
+
+    async def check_log(self) -> LogHealth | None:
+        """The decision log's state (None without a log), read off the loop: it may touch a failing disk."""
+        try:
+            health = await asyncio.wait_for(asyncio.shield(self._check("log")), HEALTH_WAIT_S)  # type: ignore[arg-type]
+        except asyncio.TimeoutError:
+            health = LogHealth(ok=False, problem=f"its state could not be read within {HEALTH_WAIT_S} s")
+        except Exception as exc:
+            log.exception("decision log health")
+            health = LogHealth(ok=False, problem=f"its state could not be read ({exc.__class__.__name__})")
+        self.metrics.log_health(health)
+        return health
+
+    async def watch(self) -> None:
+        """Keep this worker's health gauges current (a scraper may ask another worker) and find a store that
+        came back without waiting for a request."""
+        while True:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(self.check_store(), self.check_log())
+            await asyncio.sleep(WATCH_EVERY_S)
 
     def _reload_now(self) -> dict:
         old = self.runtime.spec
@@ -243,10 +384,35 @@ class Service:
             return result
 
     def close(self) -> None:
+        self._batcher.shutdown(wait=True)  # a batch being decided is logged before the log closes
+        self._callers.shutdown(wait=True)
+        self._checker.shutdown(wait=False)
         self.runtime.close()
         close = getattr(self.runtime.store, "close", None)
         if close is not None:
             close()
+
+
+def _retrieved(done: asyncio.Future) -> None:
+    if not done.cancelled():
+        done.exception()  # read by someone: no "exception was never retrieved" when no caller waited for it
+
+
+WARN_EVERY_S = 10.0
+_warned: dict[str, tuple[float, int]] = {}
+
+
+def _warn_now_and_then(key: str, message: str, *args: Any) -> None:
+    """log.warning, at most once per WARN_EVERY_S per key, saying how many were left out: an outage that fails
+    every request must not flood the log (or fill the disk that is already full)."""
+    now = time.monotonic()
+    last, left_out = _warned.get(key, (-math.inf, 0))
+    if now - last < WARN_EVERY_S:
+        _warned[key] = (last, left_out + 1)
+        return
+    _warned[key] = (now, 0)
+    log.warning(message + (f" (and {left_out} more like it in the last {now - last:.0f} s)" if left_out else ""),
+                *args)
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -274,10 +440,10 @@ async def read_json(request: Request, limit: int, *, required: bool = True) -> d
     """The body as a JSON object, or an ApiError naming what is wrong (413 over `limit` bytes)."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise ApiError(400, "invalid_body", "content-length: not a number", field="content-length")
-        if int(length) > limit:
-            raise ApiError(413, "body_too_large", f"body: {length} bytes, at most {limit} accepted", field="body")
+        if len(length) > 18 or int(length) > limit:  # int() of thousands of digits would raise, not compare
+            raise ApiError(413, "body_too_large", f"body: {length[:20]} bytes, at most {limit} accepted", field="body")
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -457,7 +623,7 @@ async def goal(request: Request) -> Response:
             raise ApiError(400, "invalid_body", f"{name}: required", field=name)
     _limit_visitor(svc, body["visitor_id"])
     await svc.call(functools.partial(svc.runtime.record_goal, body["visitor_id"], body["session_id"], body["goal"],
-                                     ts=_ts(svc, body), value=body.get("value")))
+                                     ts=_ts(svc, body), value=body.get("value")), store=False)  # only logged
     return _json({"recorded": True, "goal": body["goal"]}, 202)
 
 
@@ -467,19 +633,21 @@ async def snippet(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """200, or 503 naming what fails: the store (a ping) or the decision log. Within HEALTH_WAIT_S either way:
+    a stalled dependency is reported as not answering, it does not stall the answer."""
     svc = _svc(request)
     spec = svc.runtime.spec
     out: dict[str, Any] = {"status": "ok", "ruleset": spec.name, "version": spec.version, "store": svc.store_kind,
                            "uptime_s": round(time.time() - svc.started, 1)}
-    ping = getattr(svc.runtime.store, "ping", None)
-    if ping is not None:
-        try:
-            await svc.call(ping)
-        except PcrulesError as exc:
-            log.warning("healthz: %s", exc)
-            code = str(getattr(exc, "code", "error"))
-            out.update(status="unavailable", error=STORE_TROUBLE.get(code, "the shared state store failed"))
-            return _json(out, 503, {"retry-after": "1"})
+    store_problem, log_health = await asyncio.gather(svc.check_store(), svc.check_log())
+    problems = [store_problem] if store_problem else []
+    if log_health is not None:
+        out["log"] = asdict(log_health)
+        if not log_health.ok:
+            problems.append(f"the decision log is failing: {log_health.problem or 'no reason given'}")
+    if problems:
+        out.update(status="unavailable", error="; ".join(problems))
+        return _json(out, 503, {"retry-after": "1"})
     return _json(out)
 
 
@@ -505,7 +673,9 @@ async def reload(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_svc(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    svc = _svc(request)
+    await svc.check_log()  # this worker's gauges as of now (the others' as of their last check)
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def public_routes() -> list[Route]:
@@ -547,6 +717,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, exc.status, exc.error, exc.message, exc.field, exc.headers, **exc.extra)
 
 
+LOG_RETRY_AFTER_S = 5  # a full disk is not freed in a second
+
 # What a client is told when the shared store fails: no addresses, ids or driver text (those go to the log).
 STORE_TROUBLE = {"store_unavailable": "the shared state store (Redis) is unavailable",
                  "store_busy": "this session is busy with another request",
@@ -567,14 +739,27 @@ async def _pcrules_error(request: Request, exc: Exception) -> Response:
                                "serving", None, problems=list(exc.problems))
     if isinstance(exc, BundleError):
         return _error_response(request, 422, "invalid_bundle", f"{exc}; the current one keeps serving")
+    if isinstance(exc, LogUnavailable):  # nothing was decided: the client may simply retry (the path stays here)
+        _warn_now_and_then("log_unavailable", "%s", exc)
+        return _error_response(request, 503, "log_unavailable", "the decision log cannot be written now, so "
+                               "nothing was decided; retry shortly", None, {"retry-after": str(LOG_RETRY_AFTER_S)})
     code = str(getattr(exc, "code", "error"))
     if code.startswith(("store_", "lock_")):
-        log.warning("%s", exc)
+        _warn_now_and_then(code, "%s", exc)
         return _error_response(request, 503, code, f"{STORE_TROUBLE.get(code, 'the shared state store failed')}; "
                                                    f"retry shortly", None, {"retry-after": "1"})
     log.warning("%s on %s %s", exc, request.method, request.url.path)
     return _error_response(request, 503, code, "the server cannot answer this now; retry shortly", None,
                            {"retry-after": "1"})
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed its connection before its whole body came: nobody to answer. Counted, not logged:
+    anyone can do it as often as they like."""
+    svc = getattr(request.app.state, "service", None)
+    if svc is not None:
+        svc.metrics.client_disconnects.inc()
+    return Response(status_code=400)  # sent nowhere
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -608,6 +793,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class _App(Starlette):
+    """Starlette with SecurityHeaders outside everything, its ServerErrorMiddleware included: the 500 that
+    answers an unhandled exception carries the headers too (add_middleware would put them inside it)."""
+
+    def build_middleware_stack(self) -> Any:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -630,23 +823,25 @@ def create_app(config: ServerConfig | None = None, *, service: Service | None = 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_signal(svc)))
             hup = True
+        watcher = loop.create_task(svc.watch())
         try:
             yield
         finally:
+            watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
             svc.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        ApiError: _api_error, PcrulesError: _pcrules_error, HTTPException: _http_error, Exception: _internal_error,
+    app = _App(routes=routes, lifespan=lifespan, exception_handlers={
+        ApiError: _api_error, PcrulesError: _pcrules_error, HTTPException: _http_error,
+        ClientDisconnect: _client_gone, Exception: _internal_error,
     })
     app.state.service = svc
 
     def refused(status: int, error: str) -> None:
         svc.metrics.errors.labels(str(status), error).inc()
 
-    app.add_middleware(OriginPolicy, origins=config.cors_origins, on_refusal=refused)
-    app.add_middleware(SecurityHeaders)  # the outermost: on every answer, the refusals above included
+    app.add_middleware(OriginPolicy, origins=config.cors_origins, on_refusal=refused)  # inside SecurityHeaders
     return app
 
 
@@ -658,4 +853,15 @@ async def _reload_on_signal(svc: Service) -> None:
 def app_from_env() -> Starlette:
     """Factory for uvicorn worker processes: the configuration comes as JSON in $PCRULES_SERVER_CONFIG, the
     secrets also from $PCRULES_OPERATOR_TOKEN / $PCRULES_VISITOR_ID_KEY."""
-    return create_app(config_from_env())
+    config = config_from_env()
+    app = create_app(config)
+    guard_connections(config, app.state.service)
+    return app
+
+
+def guard_connections(config: ServerConfig, svc: Service) -> None:
+    """Set this process's connection limits (pcrules.server.transport), counting what they close."""
+    from .transport import ConnectionLimits, configure
+
+    closed = svc.metrics.connections_closed
+    configure(ConnectionLimits.from_config(config), lambda reason: closed.labels(reason).inc())

@@ -50,10 +50,21 @@ class ServerConfig:
     address_burst: int = 1000
     trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
     rate_limit_keys: int = 100_000    # buckets kept per limiter (least recently used dropped first)
-    # Run the runtime on a worker thread instead of the event loop. Off by default: measured, the thread hand-off
-    # costs more CPU than it saves even with Redis; and on the loop, requests that arrive together are decided
-    # together, their Redis writes sharing one round trip (offload decides them one by one).
+    # The runtime never runs on the event loop (a stalled Redis or disk would stall every connection): by default
+    # the observations that arrived together are decided as one batch on one worker thread, their Redis writes
+    # sharing one round trip. offload decides each observation on its own thread instead (no batching).
     offload: bool = False
+    # Slow and greedy clients, per worker (pcrules.server.transport): a request head must arrive whole within
+    # head_timeout_s (of the connection's start, or of the previous answer), a body may pause at most
+    # body_timeout_s between chunks, a head over max_head_bytes gets 431; past max_connections the connection
+    # waiting longest for its request head is closed (None: 2,000, fewer if the file-descriptor limit is low).
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    max_head_bytes: int = 16 * 1024
+    max_connections: int | None = None
+    # Redis: how long one call may wait for an answer / for a connection before the request gets 503.
+    redis_socket_timeout_s: float = 1.0
+    redis_connect_timeout_s: float = 0.5
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,6 +98,15 @@ class ServerConfig:
         if isinstance(self.rate_limit_keys, bool) or not isinstance(self.rate_limit_keys, int) \
                 or self.rate_limit_keys < 1:
             problems.append("rate_limit_keys: expected an integer >= 1")
+        for name in ("head_timeout_s", "body_timeout_s", "redis_socket_timeout_s", "redis_connect_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                problems.append(f"{name}: expected a number of seconds > 0")
+        for name, least in (("max_head_bytes", 1024), ("max_connections", 1)):
+            v = getattr(self, name)
+            if not (v is None and name == "max_connections") and (isinstance(v, bool) or not isinstance(v, int)
+                                                                  or v < least):
+                problems.append(f"{name}: expected an integer >= {least}")
         if problems:
             raise ValueError("server configuration refused: " + "; ".join(problems))
 

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..errors import PcrulesError
-from .app import Service, create_app
+from .app import Service, create_app, guard_connections
 from .config import CONFIG_ENV, ServerConfig, config_from_env, security_summary
 
 __all__ = ["main", "config_from_args"]
@@ -116,9 +116,13 @@ def main(args: argparse.Namespace) -> int:
     if config.demo:
         print(f"demo site: {where}/demo/   CSR console: {where}/demo/csr.html (a demo: its Pega stand-in and CSR "
               f"console have no login; do not expose it to the internet)", flush=True)
+    from .transport import GuardedHttpTools
+
+    # GuardedHttpTools: time limits, a head size limit and a connection cap that uvicorn lacks (transport.py)
     common = dict(host=args.host, port=args.port, log_level="info", access_log=False, server_header=False,
-                  timeout_graceful_shutdown=5, lifespan="on")
+                  timeout_graceful_shutdown=5, lifespan="on", http=GuardedHttpTools)
     if workers == 1:
+        guard_connections(config, service)
         uvicorn.run(create_app(config, service=service), **common)
         return 0
     service.close()
