@@ -7,6 +7,7 @@ anything is refused, so an analyst fixes a spec in one pass.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -33,6 +34,8 @@ __all__ = [
     "OPERATORS",
     "TIME_FIELDS",
     "DERIVED_FIELDS",
+    "MAX_PATTERN_CHARS",
+    "compile_pattern",
 ]
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "matches", "exists")
@@ -59,6 +62,23 @@ NON_NEGATIVE_FIELDS = frozenset({"seconds_on_page", "minutes_on_page", "session_
 FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 # Metadata templates may only name a field: `{page}`; never `{page.__class__}` or format specs.
 TEMPLATE_EXTRAS = frozenset({"minutes", "seconds", "queue", "rule"})
+# A `matches` pattern longer than this is refused: it bounds what compiling a spec's patterns can cost.
+MAX_PATTERN_CHARS = 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A `matches` pattern as every backend evaluates it: ``compile_pattern(p).search(value) is not None``.
+
+    Python's ``re`` with its default flags (Unicode ``\\d``/``\\w``/``\\s``, case-sensitive),
+    so a condition means exactly ``re.search(p, value)``; inline flags such as ``(?i)`` or
+    ``(?a)`` work as in Python. durable_rules never sees the pattern (its ``$mt`` is another
+    dialect): the runtime posts the search's answer as a derived boolean field, the backtest
+    calls the same compiled pattern (one object per pattern, cached here). A value that is not
+    text fails the condition, as a missing one does. Raises ``re.error`` (or ``OverflowError``,
+    ``RecursionError``) for what Python refuses.
+    """
+    return re.compile(pattern)
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,23 +558,21 @@ class _Checker:
         return True
 
     def regex(self, fld: str, value: Any, path: str) -> Condition | None:
-        from .matching.regex import UnsupportedPattern, python_regex, to_durable
-
         if not isinstance(value, str) or not value:
             self.bad(path, f"expected a regular expression string, got {_show(value)}")
+            return None
+        if len(value) > MAX_PATTERN_CHARS:
+            self.bad(path, f"expected a regular expression of at most {MAX_PATTERN_CHARS} characters, got {len(value)}")
             return None
         if not self.operand(fld, value, path, "matches"):
             return None
         try:
-            python_regex(value)
-        except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; ((((...)))) nested ~900 deep
+            compile_pattern(value)
+        except (re.error, OverflowError) as exc:  # a{4294967296} overflows
             self.bad(path, f"not a valid regular expression: {exc}")
             return None
-        try:
-            to_durable(value)
-        except (UnsupportedPattern, RecursionError) as exc:
-            reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            self.bad(path, f"the runtime engine cannot evaluate this pattern exactly like the backtest: {reason}")
+        except RecursionError:  # ((((...)))) nested a few hundred deep
+            self.bad(path, "not a valid regular expression: it is nested too deeply")
             return None
         return Condition(fld, "matches", value)
 

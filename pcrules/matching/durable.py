@@ -12,6 +12,15 @@ Each spec rule is compiled up to three times: ``f`` (as written), ``s``
 (without its score conditions) and ``r`` (without score and time-on-page
 conditions). Which variants fire tells the policy core whether a rule matches,
 would match but for the score, or could match later on this page.
+
+``matches`` never reaches durable_rules' ``$mt`` (a whole-string, Lua-like
+dialect: notes/durable-rules.md #11). Each distinct (field, pattern) of the
+spec is a derived boolean field of the fact, like ``hour`` or ``score``:
+``ViewPlan`` runs ``spec.compile_pattern(pattern).search`` on the field's text
+and posts ``True`` when it finds a match; otherwise (no match, field missing,
+null or not text) the field is left out, and the rule's ``{flag: true}`` test
+fails. The engine still matches every rule; only the string predicate is
+Python's ``re.search``, the very predicate the backtest uses.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ import durable_rules_engine as engine
 
 from ..clock import local_clock, weekday_name
 from ..errors import PcrulesError
-from ..spec import BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec, rule_tz
+from ..spec import (BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec,
+                    compile_pattern, rule_tz)
 from .result import NO_MATCHES, Matches
 
-__all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "untyped_fields"]
+__all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "pattern_flags", "untyped_fields"]
 
 log = logging.getLogger("pcrules.matching")
 KIND = "kind"  # discriminator every rule tests, so the sid's own state fact never matches
@@ -49,6 +59,21 @@ def _key(field: str, zone_index: int = 0) -> str:
     and our `kind`; `hour` and `weekday` get one name per time zone.
     """
     return f"z{zone_index}_{field}" if field in _PER_ZONE else f"f_{field}"
+
+
+def pattern_flags(spec: RuleSpec) -> dict[tuple[str, str], str]:
+    """{(engine-side name of the tested field, pattern): name of its derived boolean}, one per distinct pair.
+
+    The flags are named ``m0``, ``m1``, ...: no clash with ``f_*``, ``z*_*``, ``kind``, ``id`` or ``sid``.
+    """
+    zones = {tz: i for i, tz in enumerate(spec.time_zones)}
+    flags: dict[tuple[str, str], str] = {}
+    for rule in spec.rules:
+        zone = zones[rule_tz(spec, rule)]
+        for cond in rule.conditions():
+            if cond.op == "matches":
+                flags.setdefault((_key(cond.field, zone), cond.value), f"m{len(flags)}")
+    return flags
 
 
 def _engine_number(value: float) -> str:
@@ -116,10 +141,6 @@ def _leaf(cond: Condition, field: str) -> dict:
         return {"$or": [{field: v} for v in value]}
     if op == "not_in":
         return {"$and": [{"$neq": {field: v}} for v in value]}
-    if op == "matches":
-        from .regex import to_durable
-
-        return {"$mt": {field: to_durable(value)}}
     if op == "exists":
         return {"$ex" if value else "$nex": {field: 1}}
     raise AssertionError(op)
@@ -147,6 +168,7 @@ def _uses(rule: Rule, fields: frozenset[str]) -> bool:
 def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
     """The spec as durable_rules JSON: {rule key: {"all": [...], "pri": n}}."""
     zones = {tz: i for i, tz in enumerate(spec.time_zones)}
+    flags = pattern_flags(spec)
     ruleset: dict[str, Any] = {}
     pri = itertools.count(1)
     for index, rule in enumerate(spec.rules):
@@ -155,7 +177,9 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
         def tree(nodes: tuple[Node, ...]) -> list[dict]:
             out = []
             for node in nodes:
-                if isinstance(node, Condition):
+                if isinstance(node, Condition) and node.op == "matches":
+                    out.append({flags[(_key(node.field, zone), node.value)]: True})  # computed by ViewPlan
+                elif isinstance(node, Condition):
                     out.append(_leaf(node, _key(node.field, zone)))
                 else:
                     out.append({"$or": [{"$and": [{KIND: "pv"}, *tree(b)]} for b in node.branches]})
@@ -187,6 +211,8 @@ class ViewPlan:
     out, so every comparison on it is false (as for a missing field) instead
     of durable_rules' JavaScript-like coercion ("301" >= 300). Derived fields
     are computed only when some rule reads them: this runs on every event.
+    So are the ``matches`` flags (see ``pattern_flags``), from the typed view
+    itself: a value that is missing, null or not text fails the condition.
     """
 
     def __init__(self, spec: RuleSpec):
@@ -200,6 +226,8 @@ class ViewPlan:
         zones = {tz: i for i, tz in enumerate(spec.time_zones)}
         self.zones = tuple(sorted({(zones[rule_tz(spec, r)], rule_tz(spec, r)) for r in spec.rules
                                    if any(c.field in _PER_ZONE for c in r.conditions())}))
+        self.patterns = tuple((source, flag, compile_pattern(pattern).search)
+                              for (source, pattern), flag in pattern_flags(spec).items())
 
     def view(self, fields: Mapping[str, Any], score: float | None) -> dict[str, Any]:
         view: dict[str, Any] = {KIND: "pv", "sid": SID}
@@ -219,6 +247,10 @@ class ViewPlan:
             day, minute = local_clock(fields["ts"], tz)
             view[f"z{i}_hour"] = minute // 60
             view[f"z{i}_weekday"] = weekday_name(day)
+        for source, flag, search in self.patterns:
+            text = view.get(source)
+            if isinstance(text, str) and search(text) is not None:
+                view[flag] = True
         return view
 
 

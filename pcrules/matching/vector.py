@@ -14,8 +14,8 @@ field's ``present`` mask); ``exists`` tests exactly that mask. Text columns
 are factorised once (a categorical column is used as it is), so string
 predicates — ``eq``, ``ne``, ``in``, ``not_in`` and ``matches`` — run once per
 distinct value and are spread to the rows by their codes: no per-row Python.
-``matches`` is ``python_regex(p).search`` (``re.ASCII``), as the runtime's
-translated pattern is proved to be.
+``matches`` is ``spec.compile_pattern(p).search``: the very predicate whose
+answer the runtime posts to durable_rules as a derived boolean field.
 
 ``hour`` and ``weekday`` are read in each rule's queue time zone, exactly as
 ``clock.local_clock`` (``datetime.fromtimestamp``, microseconds rounded half
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from ..clock import _zone, local_clock
-from ..spec import BOOL, DAYS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Hours, Node, Rule, RuleSpec, rule_tz
+from ..spec import (BOOL, DAYS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Hours, Node, Rule, RuleSpec,
+                    compile_pattern, rule_tz)
 from .durable import _PER_ZONE, _SCORE, _TIME_AND_SCORE, _drop, _uses, untyped_fields
-from .regex import python_regex
 from .result import NO_MATCHES, Matches
 
 __all__ = ["EventColumns", "Typed", "VectorMatcher", "MatchArrays", "local_clock_arrays", "open_mask"]
@@ -296,7 +296,7 @@ def _compare(typed: Typed, op: str, value: Any) -> np.ndarray:
             wanted = frozenset(value)
             return _lut(codes, (u not in wanted for u in uniques), size)
         if op == "matches":
-            search = python_regex(value).search
+            search = compile_pattern(value).search
             return _lut(codes, (search(u) is not None for u in uniques), size)
         return np.zeros(len(codes), dtype=bool)  # ordering on text: the spec refuses it
     x = typed.values
