@@ -167,7 +167,8 @@ class FullDiskLog:
     reserve = record_decision = record_outcome = record_goal = _refuse
 
     def health(self) -> LogHealth:
-        return LogHealth(ok=True) if self.ok else LogHealth(ok=False, problem="disk full", pending=3, failures=7)
+        return LogHealth(ok=True) if self.ok else LogHealth(ok=False, problem="/srv/pcrules/decisions.sqlite.d: disk "
+                                                                   "full", pending=3, failures=7)
 
     def record_ruleset(self, *args) -> None:
         pass
@@ -200,6 +201,7 @@ def test_a_log_that_cannot_be_written_is_a_503_with_retry_after_and_healthz_says
         h = c.get("/healthz")
         assert h.status_code == 503 and h.json()["status"] == "unavailable"
         assert "decision log" in h.json()["error"] and "disk full" in h.json()["error"]
+        assert "/srv/pcrules" not in h.text  # public: no internal path, as for a store's address
         assert h.json()["log"]["ok"] is False and h.json()["log"]["pending"] == 3
         assert_secured(h.headers, "healthz 503")
         text = c.get("/metrics").text
@@ -297,7 +299,8 @@ def test_slow_clients_are_timed_out_and_shed_and_a_healthy_client_is_still_serve
             s.settimeout(1)
             assert s.recv(4096).startswith(b"HTTP/1.1 408"), "a stalled body was not timed out"
             s.close()
-        timed_out = metric(httpx.get(srv.url + "/metrics").text, 'pcrules_connections_closed_total{reason="head_timeout"}')
+        text = httpx.get(srv.url + "/metrics").text
+        timed_out = metric(text, 'pcrules_connections_closed_total{reason="head_timeout"}')
         # over the cap: 500 more, reconnecting as soon as they are closed; the oldest waiting head makes room
         many = Slowloris(srv.port, 500)
         many.start()
@@ -441,7 +444,8 @@ def test_a_stalled_redis_does_not_stall_the_server(tmp_path: Path):
     stalled = [s for s in seen if s[0] == "stalled"]
     for route in ("/static/pcrules.js", "/healthz"):
         times = sorted(s[3] for s in stalled if s[1] == route)
-        print(f"{route} with Redis stalled: p50 {statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+        print(f"{route} with Redis stalled: p50 {statistics.median(times) * 1000:.0f} ms, "
+              f"max {times[-1] * 1000:.0f} ms")
     observes = [s for s in stalled if s[1] == "/v1/observe"]
     print("observe with Redis stalled:", [(s[2], round(s[3], 2)) for s in observes])
     assert all(s[2] == 200 for s in stalled if s[1] == "/static/pcrules.js")

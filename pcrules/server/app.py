@@ -36,6 +36,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -632,6 +633,20 @@ async def snippet(request: Request) -> Response:
                         headers={"cache-control": "no-cache"})
 
 
+_PATH = re.compile(r"(?<![\w.>])/[^\s:;,'\"]+")
+
+
+def _no_paths(text: str | None, log_path: str | None = None) -> str | None:
+    """`text` without file paths: /healthz is public, and like a store's address a log's path is internal (the
+    server's own log has it). The log's own directory first: its name may hold spaces."""
+    if text is None:
+        return None
+    if log_path:
+        for directory in (Path(log_path).resolve().parent, Path(log_path).parent):
+            text = text.replace(str(directory), "<path>")
+    return _PATH.sub("<path>", text)
+
+
 async def healthz(request: Request) -> Response:
     """200, or 503 naming what fails: the store (a ping) or the decision log. Within HEALTH_WAIT_S either way:
     a stalled dependency is reported as not answering, it does not stall the answer."""
@@ -642,9 +657,11 @@ async def healthz(request: Request) -> Response:
     store_problem, log_health = await asyncio.gather(svc.check_store(), svc.check_log())
     problems = [store_problem] if store_problem else []
     if log_health is not None:
-        out["log"] = asdict(log_health)
+        problem = _no_paths(log_health.problem, svc.config.log_path)
+        out["log"] = {**asdict(log_health), "problem": problem}
         if not log_health.ok:
-            problems.append(f"the decision log is failing: {log_health.problem or 'no reason given'}")
+            _warn_now_and_then("log_health", "healthz: the decision log is failing: %s", log_health.problem)
+            problems.append(f"the decision log is failing: {problem or 'no reason given'}")
     if problems:
         out.update(status="unavailable", error="; ".join(problems))
         return _json(out, 503, {"retry-after": "1"})

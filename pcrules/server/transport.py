@@ -31,7 +31,7 @@ from .app import SECURITY_HEADERS
 __all__ = ["ConnectionLimits", "GuardedHttpTools", "configure", "connection_cap", "DEFAULT_MAX_CONNECTIONS"]
 
 DEFAULT_MAX_CONNECTIONS = 2000
-FD_RESERVE = 128  # descriptors kept for the log, Redis connections, threads' files ... when the cap comes from the limit
+FD_RESERVE = 128  # descriptors left for the log, Redis connections, files ... under a cap taken from the limit
 
 
 def connection_cap(configured: int | None) -> int:
