@@ -13,6 +13,7 @@ __all__ = [
     "OfferClosed",
     "UnknownQueue",
     "LogUnavailable",
+    "StoreUnavailable",
 ]
 
 
@@ -98,3 +99,14 @@ class LogUnavailable(PcrulesError):
         self.path = path
         self.reason = reason
         super().__init__(f"decision log {path} cannot be written ({reason}); nothing was decided")
+
+
+class StoreUnavailable(PcrulesError):
+    """The shared state store cannot be reached (or answered an error); retry later.
+
+    ``outage`` is True when the store as a whole is down (every other call would fail the same way), False
+    for trouble with one session (a lock held elsewhere, a lock lost), where other sessions still go through.
+    """
+
+    code = "store_unavailable"  # type: ignore[assignment]
+    outage = True

@@ -89,7 +89,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .decision import OfferStatus
-from .errors import PcrulesError
+from .errors import PcrulesError, StoreUnavailable
 from .policy import PendingOffer, QueueStatus, SessionState, VisitorState
 from .stores import Evicted, OfferRecord, StaleRead
 
@@ -104,22 +104,18 @@ __all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost", "DataLost"
 log = logging.getLogger("pcrules.redis_store")
 
 
-class StoreUnavailable(PcrulesError):
-    """The shared state store cannot be reached (or answered an error); retry later."""
-
-    code = "store_unavailable"  # type: ignore[assignment]
-
-
 class StoreBusy(StoreUnavailable):
     """A session's lock could not be had in time (another process holds it)."""
 
     code = "store_busy"  # type: ignore[assignment]
+    outage = False
 
 
 class LockLost(StoreUnavailable):
     """The session's lock expired before our writes were committed: they were not applied."""
 
     code = "lock_lost"  # type: ignore[assignment]
+    outage = False
 
 
 class DataLost(StoreUnavailable):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .decision import Decision, OfferStatus, Outcome
 from .decision_log import DecisionLog, LogHealth
-from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, UnknownQueue
+from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
 from .events import Event, check_finite, check_id, check_number, parse_ts, validate_event
 from .matching.durable import DurableMatcher
 from .pseudonym import Pseudonymizer
@@ -242,6 +242,7 @@ class Runtime:
             else:
                 spec, matches, score = found
                 matched.append((i, spec, ev, matches, score))
+        down: StoreUnavailable | None = None  # once the store is out, the rest of the batch fails at once
         with self._lock:
             k = 0
             while k < len(matched):
@@ -254,6 +255,9 @@ class Runtime:
                             break  # an offer of this batch is due by now: write the batch first, then expire it
                         k += 1
                         offer_id = _OneOfferId(self._new_offer_id)
+                        if down is not None:
+                            results[i] = down
+                            continue
                         if self._active[0] is not spec:
                             alone.append(i)
                             continue
@@ -263,6 +267,8 @@ class Runtime:
                             decision, expired = self._attempt(self._observe_lock, spec, ev, matches, score, offer_id)
                         except PcrulesError as exc:
                             results[i] = exc
+                            if isinstance(exc, StoreUnavailable) and exc.outage:
+                                down = exc  # each further try would wait out the same timeouts
                             continue
                         staged.append((i, spec, ev, matches, score, offer_id, decision, expired, ticket))
                         if decision.expires_at is not None:

@@ -317,3 +317,29 @@ def test_clear_keeps_the_marker_that_other_processes_share(tmp_path: Path):
         assert other.ping() and rt.observe(ev("v1", ts=T0 + 1)).action == "offer"
         store.close()
         other.close()
+
+
+def test_a_stalled_redis_fails_a_batch_once_not_once_per_event():
+    """observe_many stops at the first outage: each further event would wait out the same timeouts."""
+    import time
+
+    _need_redis()
+    with RedisServer() as server:
+        store = RedisStore(server.url, socket_timeout_s=0.3, connect_timeout_s=0.3)
+        rt = Runtime(spec_dict([rule("bill", seconds=0)], holdout=0.0), store=store, clock=lambda: T0)
+        assert all(d.action == "offer" for d in rt.observe_many([ev(f"a{i}", seconds=5) for i in range(3)]))
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                rt.observe(ev("one", seconds=5))
+            one = time.monotonic() - start
+            start = time.monotonic()
+            results = rt.observe_many([ev(f"b{i}", seconds=5) for i in range(8)])
+            eight = time.monotonic() - start
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert eight < 2 * one + 0.5, f"8 events took {eight:.2f} s where one took {one:.2f} s"
+        assert rt.observe(ev("after", seconds=5)).action == "offer"  # and it recovers
+        store.close()

@@ -190,6 +190,9 @@ class Service:
             store = RedisStore(config.redis_url, prefix=config.redis_prefix,
                                socket_timeout_s=config.redis_socket_timeout_s,
                                connect_timeout_s=config.redis_connect_timeout_s,
+                               # Every worker checks Redis' persistence when it first reaches it (the parent
+                               # checks too, but a Redis down at start-up is first seen by the workers).
+                               allow_volatile=bool(config.redis_allow_volatile),
                                on_contention=lambda kind: contention.labels(kind).inc())
         else:
             store = MemoryStore()
