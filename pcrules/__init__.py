@@ -4,13 +4,15 @@ The runtime path (``import pcrules``; ``Runtime``) needs only durable_rules and
 PyYAML: it never imports pandas, scikit-learn or the Jupyter stack.
 """
 
-from .decision import Action, Decision, OfferStatus, Outcome, Reason
-from .decision_log import DecisionLog, SQLiteDecisionLog
-from .errors import ErrorCode, InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
-from .runtime import Runtime
-from .scoring.protocol import NullScorer, Scorer
-from .spec import RuleSpec, load_spec
-from .stores import MemoryStore, StateStore
+from ._moved import install as _install_moved_names
+
+_install_moved_names()
+
+from .core.decision import Action, Decision, OfferStatus, Outcome, Reason  # noqa: E402
+from .core.spec import RuleSpec, load_spec  # noqa: E402
+from .errors import ErrorCode, InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue  # noqa: E402
+from .runtime import DecisionLog, MemoryStore, Runtime, SQLiteDecisionLog, StateStore  # noqa: E402
+from .scoring.protocol import NullScorer, Scorer  # noqa: E402
 
 __version__ = "0.1.0"
 

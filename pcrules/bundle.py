@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterator, Mapping
 import yaml
 
 from .errors import PcrulesError, SpecError
-from .spec import RuleSpec, load_spec
+from .core.spec import RuleSpec, load_spec
 
 try:  # POSIX; elsewhere publishers are not serialised against each other
     import fcntl
@@ -687,7 +687,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
 
 def runtime_from_bundle(path: str | os.PathLike, **kwargs: Any) -> Any:
     """A Runtime serving a bundle's ruleset and model (other Runtime arguments pass through)."""
-    from .runtime import Runtime
+    from .runtime.runtime import Runtime
 
     if "scorer" in kwargs:
         raise TypeError("runtime_from_bundle: the scorer comes from the bundle; do not pass one")

@@ -13,7 +13,7 @@ DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.yaml"
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .spec import load_spec
+    from .core.spec import load_spec
 
     try:
         spec = load_spec(Path(args.file))
@@ -31,8 +31,8 @@ def _demo(args: argparse.Namespace) -> int:
     Every input is read and checked before any output is touched; the log is replaced only once the new one
     is complete, and never while a running process has it open."""
     from .errors import LogUnavailable
-    from .sample import SAMPLE_PATH, read_events
-    from .spec import load_spec
+    from .analysis.sample import SAMPLE_PATH, read_events
+    from .core.spec import load_spec
 
     events = Path(args.events) if args.events else SAMPLE_PATH
     try:
@@ -53,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(summary.report())
         else:
             try:
-                from .demo import describe, replay_with_goals, train_and_publish
+                from .analysis.demo import describe, replay_with_goals, train_and_publish
             except ImportError as exc:
                 return _fail(f"the demo trains a model and needs pcrules[analysis] ({exc}); or run with --no-model")
             _check_log_free(log_path)
@@ -74,15 +74,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _check_log_free(log_path: Path) -> None:
     """Refuse before training and publishing, not after, when a running server has the log open."""
-    from .decision_log import refuse_if_open
+    from .runtime.log.sqlite import refuse_if_open
 
     refuse_if_open(log_path)
 
 
 def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, progress: bool) -> Any:
-    from .decision_log import SQLiteDecisionLog, fresh_log
-    from .replay import replay
-    from .runtime import Runtime
+    from .runtime.log.sqlite import SQLiteDecisionLog, fresh_log
+    from .analysis.replay import replay
+    from .runtime.runtime import Runtime
 
     with fresh_log(log_path) as new_path, Runtime(spec, log=SQLiteDecisionLog(new_path)) as runtime:
         return replay(runtime, rows, progress=progress, total=len(rows))
@@ -202,7 +202,7 @@ def _positive_int(text: str) -> int:
 
 def _sample_data(args: argparse.Namespace) -> int:
     try:
-        from .world import generate
+        from .analysis.world import generate
     except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
         print(f"error: sample-data needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
@@ -239,8 +239,8 @@ def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .history import HistoryError, load_offers
-    from .training import train_on_offers, write_model
+    from .analysis.history import HistoryError, load_offers
+    from .scoring.training import train_on_offers, write_model
 
     try:
         offers, report = load_offers(args.offers)
@@ -313,7 +313,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _dashboard(args: argparse.Namespace) -> int:
     try:
-        from .dashboard import serve
+        from .ops.voila import serve
     except ImportError as exc:  # voila / ipywidgets / matplotlib are the `dashboard` extra
         return _fail(f"the dashboard needs pcrules[dashboard] (voila, ipywidgets, matplotlib): {exc}")
     try:
@@ -342,13 +342,13 @@ def _backtest(args: argparse.Namespace) -> int:
     try:
         import pandas as pd
 
-        from .backtest import backtest
+        from .analysis.backtest import backtest
     except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
         print(f"error: backtest needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
     from .bundle import load_bundle
     from .errors import PcrulesError
-    from .history import load_events
+    from .analysis.history import load_events
 
     try:
         bundle = load_bundle(Path(args.bundle))

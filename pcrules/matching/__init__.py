@@ -1,5 +1,5 @@
 """Rule matching backends. ``durable`` serves the runtime one event at a time."""
 
-from .result import Matches
+from ..core.matches import Matches
 
 __all__ = ["Matches"]

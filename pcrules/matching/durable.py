@@ -36,11 +36,11 @@ from typing import Any, Iterable, Mapping
 
 import durable_rules_engine as engine
 
-from ..clock import local_clock, weekday_name
+from ..core.clock import local_clock, weekday_name
 from ..errors import PcrulesError
-from ..spec import (BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec,
+from ..core.spec import (BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec,
                     compile_pattern, rule_tz)
-from .result import NO_MATCHES, Matches
+from ..core.matches import NO_MATCHES, Matches
 
 __all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "pattern_flags", "untyped_fields"]
 

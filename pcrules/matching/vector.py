@@ -33,11 +33,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..clock import _zone, local_clock
-from ..spec import (BOOL, DAYS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Hours, Node, Rule, RuleSpec,
+from ..core.clock import _zone, local_clock
+from ..core.spec import (BOOL, DAYS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Hours, Node, Rule, RuleSpec,
                     compile_pattern, rule_tz)
 from .durable import _PER_ZONE, _SCORE, _TIME_AND_SCORE, _drop, _uses, untyped_fields
-from .result import NO_MATCHES, Matches
+from ..core.matches import NO_MATCHES, Matches
 
 __all__ = ["EventColumns", "Typed", "VectorMatcher", "MatchArrays", "local_clock_arrays", "open_mask"]
 

@@ -52,12 +52,12 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..bundle import BundleError
-from ..decision_log import LogHealth, SQLiteDecisionLog
+from ..runtime.log.sqlite import LogHealth, SQLiteDecisionLog
 from ..errors import (InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError,
                       UnknownQueue)
-from ..runtime import Runtime
-from ..spec import load_spec
-from ..stores import MemoryStore
+from ..runtime.runtime import Runtime
+from ..core.spec import load_spec
+from ..runtime.stores.memory import MemoryStore
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
 from .security import ClientAddress, OperatorAuth, OriginPolicy, RateLimiter
@@ -184,7 +184,7 @@ class Service:
         inner = SQLiteDecisionLog(config.log_path) if config.log_path else None
         store: Any
         if config.redis_url:
-            from ..redis_store import RedisStore
+            from ..runtime.stores.redis import RedisStore
 
             contention = metrics.store_contention
             store = RedisStore(config.redis_url, prefix=config.redis_prefix,

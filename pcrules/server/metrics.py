@@ -8,8 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..decision import Decision, Outcome
-from ..decision_log import LogHealth
+from ..core.decision import Decision, Outcome
+from ..runtime.log.sqlite import LogHealth
 
 __all__ = ["Metrics", "MetricsLog", "CONTENT_TYPE_LATEST"]
 

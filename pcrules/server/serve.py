@@ -51,7 +51,7 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
 def _check_redis(store: Any, allow_volatile: bool) -> tuple[str, bool]:
     """What `pcrules serve` says of its Redis at start-up, and whether that is a warning; VolatileRedis (one line
     naming the URL and the setting to change) when it keeps no append-only file and that was not allowed."""
-    from ..redis_store import VolatileRedis
+    from ..runtime.stores.redis import VolatileRedis
 
     try:
         persistence = store.check_persistence(allow_volatile)

@@ -96,13 +96,13 @@ from .backtest import (
     score_one,
     uplift_figures,
 )
-from .decision import Reason
-from .decision_value import RuleChoice, with_parameters
-from .errors import PcrulesError, SpecError
-from .matching.vector import VectorMatcher, local_clock_arrays, open_mask
-from .policy import _crossings, _time_holds, in_holdout, needs_score
-from .spec import STRING, AnyOf, Condition, RuleSpec, load_spec
-from .uplift import goal_effect
+from ..core.decision import Reason
+from .value import RuleChoice, with_parameters
+from ..errors import PcrulesError, SpecError
+from ..matching.vector import VectorMatcher, local_clock_arrays, open_mask
+from ..core.policy import _crossings, _time_holds, in_holdout, needs_score
+from ..core.spec import STRING, AnyOf, Condition, RuleSpec, load_spec
+from ..stats.uplift import goal_effect
 
 __all__ = [
     "ACTIONS",
@@ -315,7 +315,7 @@ def _typing_varies(spec: RuleSpec) -> bool:
     it with a number or text, ``exists`` means "present with that type". Only fields outside the event
     contract are affected.
     """
-    from .spec import KNOWN_FIELD_TYPES
+    from ..core.spec import KNOWN_FIELD_TYPES
 
     exists: dict[str, set[str]] = {}
     typed: dict[str, set[str]] = {}
@@ -1299,7 +1299,7 @@ class Tuner:
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike, events: pd.DataFrame | EventTable, **kwargs: Any) -> Tuner:
         """A tuner over the current bundle of `bundle_dir` (its ruleset and model), publishing back to it."""
-        from .bundle import load_bundle
+        from ..bundle import load_bundle
 
         bundle = load_bundle(Path(bundle_dir) / "current")
         kwargs.setdefault("model_metrics", dict(bundle.metrics or {}))
@@ -1308,7 +1308,7 @@ class Tuner:
     def _load_current(self) -> None:
         if self.bundle_dir is None:
             return
-        from .bundle import current_version, load_bundle
+        from ..bundle import current_version, load_bundle
 
         try:
             version = current_version(self.bundle_dir)
@@ -1435,7 +1435,7 @@ class Tuner:
         """Validate the tuned ruleset, show its difference from the current one, publish a bundle.
 
         Returns the new bundle's directory, or None (the reason is shown in the widget)."""
-        from .bundle import publish
+        from ..bundle import publish
 
         self.diff_html.value = ""
         try:
@@ -1792,9 +1792,9 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     ``model_path`` (a model JSON file, as ``pcrules train`` writes) override it; otherwise the embedded
     default rules and no model. Publishing goes to `bundle_path`.
     """
-    from .analysis import event_truth, load_history
-    from .bundle import current_version, load_bundle
-    from .scoring import load_scorer
+    from .explore import event_truth, load_history
+    from ..bundle import current_version, load_bundle
+    from ..scoring import load_scorer
 
     notes: list[str] = []
     history = load_history(data_path, columns=columns)
@@ -1810,7 +1810,7 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
         spec = load_spec(Path(rules_path).expanduser())
         notes.append(f"The ruleset comes from {rules_path}.")
     if spec is None:
-        spec = load_spec(Path(__file__).resolve().parent / "default_rules.yaml")
+        spec = load_spec(Path(__file__).resolve().parents[1] / "default_rules.yaml")
         notes.append("The ruleset is the embedded default (pcrules/default_rules.yaml).")
     if model_path not in (None, ""):
         import json
@@ -1819,7 +1819,7 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
         if path.is_file():
             scorer = load_scorer(json.loads(path.read_text(encoding="utf-8")))
             notes.append(f"The model comes from {path}.")
-            from .analysis import metrics_path_for
+            from .explore import metrics_path_for
 
             metrics_file = metrics_path_for(path)
             if metrics_file.is_file():
@@ -1854,7 +1854,7 @@ def expected_value_choice(inputs: TuningInputs, *, value_of_accept: float = 1.0,
     capacity. Returns ``decision_value.Tuned`` (``.choices``, ``.table()``, ``.value``, ``.result`` the
     exact backtest, with the expected uplift when the effects are known).
     """
-    from .decision_value import Economics, tune
+    from .value import Economics, tune
 
     if inputs.scorer is None:
         raise ValueError("the expected-value choice needs a model (its scores are the expected accepts)")
@@ -1903,7 +1903,7 @@ def uplift_side_by_side(sbs: SideBySide, dimension: str = "page") -> pd.DataFram
 
 def plot_side_by_side(sbs: SideBySide) -> Any:
     """Offers and expected accepts by rule, and expected chats per hour of day by queue, for both rulesets."""
-    from .analysis import new_figure
+    from .explore import new_figure
 
     (a, b), (na, nb) = sbs.results, sbs.names
     fig = new_figure(12, 4.2)

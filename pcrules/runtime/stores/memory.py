@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
-from .decision import OfferStatus
-from .policy import QueueStatus, SessionState, VisitorState
+from ...core.decision import OfferStatus
+from ...core.policy import QueueStatus, SessionState, VisitorState
 
 __all__ = ["OfferRecord", "StateStore", "MemoryStore", "Evicted", "StaleRead"]
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .errors import SpecError
+from ..errors import SpecError
 
 __all__ = [
     "Condition",

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from .clock import is_open
 from .decision import Action, Decision, OfferStatus, Reason
 from .events import Event
-from .matching.result import Matches
+from .matches import Matches
 from .spec import TIME_FIELDS, AnyOf, Node, Queue, Rule, RuleSpec
 
 __all__ = [

@@ -47,8 +47,8 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .errors import PcrulesError
-from .events import CONTROL, MAX_ID, MAX_PAGE, MAX_SECONDS, MAX_TEXT, TS_RANGE
+from ..errors import PcrulesError
+from ..core.events import CONTROL, MAX_ID, MAX_PAGE, MAX_SECONDS, MAX_TEXT, TS_RANGE
 
 __all__ = ["HistoryError", "MissingColumns", "Problem", "LoadReport", "Loaded", "load_events", "load_page_views",
            "load_offers", "load_table", "SCHEMAS"]

@@ -51,8 +51,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .decision import OfferStatus, Reason
-from .events import (
+from ..core.decision import OfferStatus, Reason
+from ..core.events import (
     CONTROL,
     FIELD_NAME,
     MAX_EXTRA_FIELDS,
@@ -66,8 +66,8 @@ from .events import (
     Event,
     validate_event,
 )
-from .matching.vector import EventColumns, MatchArrays, Typed, VectorMatcher, open_mask
-from .policy import (
+from ..matching.vector import EventColumns, MatchArrays, Typed, VectorMatcher, open_mask
+from ..core.policy import (
     QueueStatus,
     SessionState,
     VisitorState,
@@ -79,8 +79,8 @@ from .policy import (
     needs_score,
     render_metadata,
 )
-from .spec import BOOL, NUMBER, STRING, RuleSpec, load_spec
-from .uplift import goal_effect
+from ..core.spec import BOOL, NUMBER, STRING, RuleSpec, load_spec
+from ..stats.uplift import goal_effect
 
 __all__ = ["EventTable", "BacktestResult", "backtest", "compare", "batch_scores", "ANSWER_COLUMNS", "ACTIONS",
            "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects", "uplift_figures"]
@@ -287,7 +287,7 @@ class EventTable:
 def _epoch_seconds(column: pd.Series) -> np.ndarray:
     """Event times as epoch seconds, as ``events.parse_ts`` reads them (ISO text without an offset is UTC);
     NaN where the runtime would refuse the value."""
-    from .events import parse_ts
+    from ..core.events import parse_ts
 
     if pd.api.types.is_datetime64_any_dtype(column.dtype):
         stamps = column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC")
@@ -310,7 +310,7 @@ def _no_clock() -> float:
 
 
 def _string_codes(series: pd.Series) -> Typed:
-    from .matching.vector import _string_view
+    from ..matching.vector import _string_view
 
     return _string_view(series)
 
@@ -416,7 +416,7 @@ def _category_keys(table: EventTable, name: str) -> tuple[np.ndarray, np.ndarray
 
 
 def _category_keys_uncached(table: EventTable, name: str) -> tuple[np.ndarray, np.ndarray]:
-    from .scoring.features import category_key
+    from ..scoring.features import category_key
 
     if name not in table.fields:
         return np.full(table.n, -1, dtype=np.int64), np.empty(0, dtype=object)
@@ -439,7 +439,7 @@ def _category_keys_uncached(table: EventTable, name: str) -> tuple[np.ndarray, n
 
 def _compiled_logits(scorer: Any, table: EventTable, rows: np.ndarray) -> np.ndarray:
     """``CompiledScorer.decision_function_one`` for many rows: the same terms, added in the same order."""
-    from .scoring.features import MISSING
+    from ..scoring.features import MISSING
 
     m = len(rows)
     z = np.full(m, scorer.intercept)
@@ -513,8 +513,8 @@ def batch_scores(scorer: Any, table: EventTable, rows: np.ndarray, *, progress: 
     the input's order; any other ``Scorer`` one event at a time. The runtime's guard
     applies: anything but a probability in [0, 1] counts as no score.
     """
-    from .scoring.compiled import CompiledScorer
-    from .scoring.linear import LinearScorer
+    from ..scoring.compiled import CompiledScorer
+    from ..scoring.linear import LinearScorer
 
     rows = np.asarray(rows, dtype=np.int64)
     if scorer is None or not len(rows):
@@ -735,7 +735,7 @@ def uplift_figures(prefix: str, p: np.ndarray | None, gain: np.ndarray | None, l
     and ``{prefix}_uplift_itt``: each eligible visitor's first offer or would-be offer valued as if made,
     over the eligible visitors, the intention-to-treat uplift the decision log's estimate measures. All
     None when `p` or the effects are unknown: not available, never 0."""
-    from .uplift import expected_uplift
+    from ..stats.uplift import expected_uplift
 
     keys = (f"{prefix}_uplift", f"{prefix}_uplift_per_offer", f"{prefix}_uplift_itt")
     if p is None or gain is None or loss is None:
@@ -1452,7 +1452,7 @@ def _metrics(spec: RuleSpec, table: EventTable, judged: _Judged, score: np.ndarr
         acc_h = np.bincount(h_of[pick & (real_kind == _ACCEPT)], minlength=size)[:size]
         queue = spec.queues[name]
         if queue.hours is not None:
-            from .matching.vector import local_clock_arrays
+            from ..matching.vector import local_clock_arrays
 
             wd, minute = local_clock_arrays(hours * 3600.0 + 1800.0, queue.hours.tz)
             open_h = open_mask(queue.hours, wd, minute)

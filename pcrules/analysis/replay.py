@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .decision import Action, OfferStatus
-from .errors import InvalidEvent, OfferClosed, OfferNotFound
-from .runtime import Runtime
+from ..core.decision import Action, OfferStatus
+from ..errors import InvalidEvent, OfferClosed, OfferNotFound
+from ..runtime.runtime import Runtime
 
 __all__ = ["ReplaySummary", "replay"]
 

@@ -13,10 +13,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .bundle import load_bundle, publish
-from .decision_log import SQLiteDecisionLog, fresh_log
+from ..bundle import load_bundle, publish
+from ..runtime.log.sqlite import SQLiteDecisionLog, fresh_log
 from .replay import ReplaySummary, replay
-from .runtime import Runtime
+from ..runtime.runtime import Runtime
 from .sample import SAMPLE_DAYS, SAMPLE_PATH, SAMPLE_SEED, SAMPLE_START, SAMPLE_VISITORS, read_events
 
 __all__ = ["train_and_publish", "replay_with_goals"]
@@ -27,7 +27,7 @@ TRAINING_SEED = SAMPLE_SEED + 1  # history to learn from, not the traffic replay
 
 def train_and_publish(rules: Path, out_dir: Path) -> Path:
     """Generate history, train the acceptance model on its offers, publish rules + model; the bundle's path."""
-    from .training import train_on_offers, write_model
+    from ..scoring.training import train_on_offers, write_model
     from .world import generate
 
     world = generate(visitors=TRAINING_VISITORS, seed=TRAINING_SEED, start=SAMPLE_START, days=SAMPLE_DAYS)

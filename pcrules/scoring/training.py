@@ -22,7 +22,7 @@ def train_on_offers(offers: Any, *, test_size: float = 0.25, seed: int = 0, trut
     """
     import numpy as np
 
-    from .scoring import train_and_evaluate
+    from . import train_and_evaluate
 
     if len(offers) == 0:
         raise ValueError("offers: no rows to train on")

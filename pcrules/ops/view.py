@@ -78,8 +78,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
-from . import uplift as _uplift
-from .errors import PcrulesError
+from ..stats import uplift as _uplift
+from ..errors import PcrulesError
 
 __all__ = [
     "LOG_ENV",
@@ -116,7 +116,7 @@ log = logging.getLogger("pcrules.ops")
 
 LOG_ENV = "PCRULES_DECISION_LOG"
 BUNDLE_ENV = "PCRULES_BUNDLE"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LOG = REPO_ROOT / "var" / "demo" / "decisions.sqlite"
 SUPPORTED_SCHEMA = 1
 
@@ -586,7 +586,7 @@ def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike
                               " ORDER BY id DESC LIMIT 1").fetchone()
     problem = None
     if bundle_path not in (None, ""):
-        from .bundle import load_bundle  # standard library + PyYAML only
+        from ..bundle import load_bundle  # standard library + PyYAML only
 
         try:
             b = load_bundle(bundle_path)

@@ -88,10 +88,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from .decision import OfferStatus
-from .errors import PcrulesError, StoreUnavailable
-from .policy import PendingOffer, QueueStatus, SessionState, VisitorState
-from .stores import Evicted, OfferRecord, StaleRead
+from ...core.decision import OfferStatus
+from ...errors import PcrulesError, StoreUnavailable
+from ...core.policy import PendingOffer, QueueStatus, SessionState, VisitorState
+from .memory import Evicted, OfferRecord, StaleRead
 
 try:
     from hiredis import pack_command as _pack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import Rule
+from .spec import Rule
 
 __all__ = ["Matches", "NO_MATCHES"]
 

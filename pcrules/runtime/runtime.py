@@ -18,16 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .decision import Decision, OfferStatus, Outcome
-from .decision_log import DecisionLog, LogHealth
-from .errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
-from .events import Event, check_finite, check_id, check_number, parse_ts, validate_event
-from .matching.durable import DurableMatcher
+from ..core.decision import Decision, OfferStatus, Outcome
+from .log.sqlite import DecisionLog, LogHealth
+from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
+from ..core.events import Event, check_finite, check_id, check_number, parse_ts, validate_event
+from ..matching.durable import DurableMatcher
 from .pseudonym import Pseudonymizer
-from .policy import QueueStatus, SessionState, VisitorState, answer, decide
-from .scoring.protocol import Scorer
-from .spec import RuleSpec, load_spec
-from .stores import MemoryStore, OfferRecord, StaleRead, StateStore
+from ..core.policy import QueueStatus, SessionState, VisitorState, answer, decide
+from ..scoring.protocol import Scorer
+from ..core.spec import RuleSpec, load_spec
+from .stores.memory import MemoryStore, OfferRecord, StaleRead, StateStore
 
 __all__ = ["Runtime", "DEFAULT_MAX_CLOCK_SKEW_S"]
 
@@ -104,13 +104,13 @@ class Runtime:
     @classmethod
     def from_bundle(cls, path: str | Path, **kwargs: Any) -> "Runtime":
         """A runtime serving a published bundle's ruleset and model (see pcrules.bundle)."""
-        from .bundle import runtime_from_bundle
+        from ..bundle import runtime_from_bundle
 
         return runtime_from_bundle(path, **kwargs)
 
     def reload_bundle(self, path: str | Path) -> Any:
         """Switch to a bundle's ruleset and model; a bundle that fails to load leaves the current one serving."""
-        from .bundle import reload_from_bundle
+        from ..bundle import reload_from_bundle
 
         return reload_from_bundle(self, path)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .errors import SpecError
+from ..errors import SpecError
 
 __all__ = ["Pseudonymizer", "MIN_KEY_BYTES"]
 

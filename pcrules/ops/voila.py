@@ -34,12 +34,12 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any, Mapping
 
-from .ops import BUNDLE_ENV, LOG_ENV
+from .view import BUNDLE_ENV, LOG_ENV
 
 __all__ = ["DASHBOARDS", "NOTEBOOK", "TEMPLATE", "SAFE_SETTINGS", "DashboardServer", "free_port", "voila_command",
            "voila_env", "start", "serve"]
 
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 DASHBOARDS = PACKAGE_PARENT / "dashboards"
 NOTEBOOK = DASHBOARDS / "ops.ipynb"
 JUPYTER_DATA = DASHBOARDS / "jupyter"  # a Jupyter data directory: voila/templates/pcrules-ops

@@ -31,9 +31,9 @@ from itertools import groupby
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
-from .decision import Decision, Outcome
-from .errors import LogUnavailable
-from .log_journal import Journal, Scan, live_writers, orphans, read_records, remove_stale_temporaries
+from ...core.decision import Decision, Outcome
+from ...errors import LogUnavailable
+from .journal import Journal, Scan, live_writers, orphans, read_records, remove_stale_temporaries
 
 __all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "fresh_log",
            "refuse_if_open", "remove_log"]

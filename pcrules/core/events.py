@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from .errors import InvalidEvent
+from ..errors import InvalidEvent
 
 __all__ = ["Event", "validate_event", "parse_ts", "check_id", "check_number", "check_finite", "MAX_EXTRA_FIELDS"]
 

@@ -66,10 +66,10 @@ from .backtest import (
     effect_columns,
     resolve_effects,
 )
-from .matching.vector import VectorMatcher
-from .policy import in_holdout
-from .spec import STRING, Condition, RuleSpec, load_spec, rule_tz
-from .uplift import goal_effect
+from ..matching.vector import VectorMatcher
+from ..core.policy import in_holdout
+from ..core.spec import STRING, Condition, RuleSpec, load_spec, rule_tz
+from ..stats.uplift import goal_effect
 
 __all__ = ["Economics", "OBJECTIVES", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
            "compare_with_fixed_wait", "world_truth", "per_page_spec"]

@@ -103,7 +103,8 @@ def load_history(path: str | Path, *, columns: Mapping[str, Mapping[str, str]] |
     ``columns``: per table (``"events"``, ``"page_views"``, ``"offers"``), our column name -> the file's
     (``{"events": {"visitor_id": "VisitorID"}}``). Raises FileNotFoundError / ``history.MissingColumns``.
     """
-    from . import history, sample
+    from . import history
+    from . import sample
 
     path = Path(path).expanduser()
     columns = dict(columns or {})
@@ -157,7 +158,7 @@ def event_truth(h: History, oracle: bool = False) -> np.ndarray | None:
     """
     if not h.generated:
         return None
-    from .decision_value import world_truth
+    from .value import world_truth
 
     return world_truth(h, oracle=oracle)
 
@@ -338,7 +339,7 @@ def plot_dwell(h: History, pages: Sequence[str] | None = None) -> Any:
 
 def offers_by_page(h: History) -> pd.DataFrame:
     """The legacy policy's offers and answers per page, with the accept rate and its 95 % Wilson interval."""
-    from .uplift import wilson_interval
+    from ..stats.uplift import wilson_interval
 
     if h.offers is None or not len(h.offers):
         return pd.DataFrame(columns=["offers", *_ANSWERS, "accept rate", "low", "high"])
@@ -391,7 +392,7 @@ def _answers(h: History) -> tuple[pd.DataFrame, str]:
 
 def acceptance_by(h: History, column: str = "page") -> pd.DataFrame:
     """Accept rate by `column` (page, device, returning ...) with its 95 % Wilson interval."""
-    from .uplift import wilson_interval
+    from ..stats.uplift import wilson_interval
 
     rows, label = _answers(h)
     accepted = rows["response"].astype(str) == "accept"
@@ -406,7 +407,7 @@ def acceptance_by(h: History, column: str = "page") -> pd.DataFrame:
 
 def acceptance_by_time(h: History, bins: Sequence[float] = TIME_BINS, by: str | None = None) -> pd.DataFrame:
     """Accept rate by time on the page when the offer was made (bins in seconds), optionally per `by`."""
-    from .uplift import wilson_interval
+    from ..stats.uplift import wilson_interval
 
     rows, label = _answers(h)
     edges = np.r_[np.asarray(bins, dtype=float), np.inf]
@@ -488,7 +489,7 @@ def _fit(frame: pd.DataFrame, y: np.ndarray, groups: Any, truth: np.ndarray | No
          **params: Any) -> Trained:
     from sklearn.model_selection import train_test_split
 
-    from .scoring import group_holdout, train_and_evaluate
+    from ..scoring import group_holdout, train_and_evaluate
 
     frame = frame.reset_index(drop=True)
     result = train_and_evaluate(frame, y, groups=groups, p_true=truth, test_size=test_size, seed=seed, **params)
@@ -521,14 +522,14 @@ def metrics_path_for(model_path: str | Path) -> Path:
 
 def save_model(trained: Trained, model_path: str | Path) -> dict:
     """Write the compiled model (JSON, no code) and its held-out metrics beside it; return the metrics."""
-    from .training import write_model
+    from ..scoring.training import write_model
 
     return write_model(trained.result, model_path, metrics_path_for(model_path))
 
 
 def train_shoppers(path: str | Path | None = None, *, test_size: float = 0.25, seed: int = 0) -> Trained:
     """The same model on the real UCI online-shoppers sessions (target: ``Revenue``), stratified split."""
-    from .scoring.realdata import ONLINE_SHOPPERS_FEATURES, TARGET, load_online_shoppers
+    from ..scoring.realdata import ONLINE_SHOPPERS_FEATURES, TARGET, load_online_shoppers
 
     frame, report = load_online_shoppers(path)
     if len(frame) == 0 or frame[TARGET].nunique() < 2:
