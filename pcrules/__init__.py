@@ -14,7 +14,7 @@ from .errors import ErrorCode, InvalidEvent, OfferClosed, OfferNotFound, Pcrules
 from .runtime import DecisionLog, MemoryStore, Runtime, SQLiteDecisionLog, StateStore  # noqa: E402
 from .scoring.protocol import NullScorer, Scorer  # noqa: E402
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "Action",

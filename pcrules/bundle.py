@@ -61,6 +61,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
+from ._version import __version__
 from .errors import PcrulesError, SpecError
 from .core.spec import RuleSpec, load_spec
 
@@ -82,8 +83,6 @@ __all__ = [
     "history",
     "list_versions",
     "clean_staging",
-    "runtime_from_bundle",
-    "reload_from_bundle",
 ]
 
 log = logging.getLogger("pcrules.bundle")
@@ -145,15 +144,13 @@ _stage: Callable[[str], None] = lambda stage: None
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    import pcrules
-
     def dist(name: str) -> str:
         try:
             return md.version(name)
         except md.PackageNotFoundError:
             return "unknown"
 
-    return {"pcrules": str(pcrules.__version__), "python": platform.python_version(),
+    return {"pcrules": __version__, "python": platform.python_version(),
             "durable-rules": dist("durable-rules"), "pyyaml": str(getattr(yaml, "__version__", "unknown"))}
 
 
@@ -680,30 +677,3 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not SHA256.match(entry["sha256"]) \
                 or isinstance(entry.get("bytes"), bool) or not isinstance(entry.get("bytes"), int):
             raise bad(f"files.{name}: expected {{\"sha256\": <64 hex digits>, \"bytes\": <integer>}}")
-
-
-# --------------------------------------------------------------------------- runtime helpers
-
-
-def runtime_from_bundle(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """A Runtime serving a bundle's ruleset and model (other Runtime arguments pass through)."""
-    from .runtime.runtime import Runtime
-
-    if "scorer" in kwargs:
-        raise TypeError("runtime_from_bundle: the scorer comes from the bundle; do not pass one")
-    bundle = load_bundle(path)
-    runtime = Runtime(bundle.spec, scorer=bundle.scorer, **kwargs)
-    log.info("runtime serves bundle %s from %s", bundle.version, bundle.path)
-    return runtime
-
-
-def reload_from_bundle(runtime: Any, path: str | os.PathLike) -> Bundle:
-    """Switch a running Runtime to a bundle's ruleset and model; sessions, offers and cooldowns are kept.
-
-    The bundle is loaded and verified first: when that fails, BundleError is raised and the runtime keeps
-    serving its ruleset and scorer. A rules-only bundle leaves the runtime without a model.
-    """
-    bundle = load_bundle(path)
-    runtime.reload(bundle.spec, scorer=bundle.scorer)  # rules and model swap as one
-    log.info("runtime reloaded bundle %s from %s", bundle.version, bundle.path)
-    return bundle

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pcrules
-from pcrules import OfferStatus, Reason, load_spec
+from pcrules import OfferStatus, Reason, Runtime, load_spec
 from pcrules.bundle import (
     FORMAT_VERSION,
     BundleError,
@@ -25,9 +25,7 @@ from pcrules.bundle import (
     list_versions,
     load_bundle,
     publish,
-    reload_from_bundle,
     rollback,
-    runtime_from_bundle,
 )
 from pcrules.cli import main
 from pcrules.errors import PcrulesError, SpecError
@@ -450,7 +448,7 @@ def test_rollback_without_anything_published(tmp_path):
 def test_score_rule_fires_exactly_where_the_model_passes_the_threshold(out):
     threshold = 0.4
     publish(spec_dict(threshold), MODEL_A, out)
-    rt = runtime_from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
+    rt = Runtime.from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
     # sigmoid(z) = 0.4  <=>  -3 + 0.6 log1p(s) + extras = logit(0.4)
     logit = math.log(threshold / (1 - threshold))
     crossing = {extra: math.expm1((logit + 3.0 - bump) / 0.6)
@@ -475,16 +473,16 @@ def test_score_rule_fires_exactly_where_the_model_passes_the_threshold(out):
 
 def test_rules_only_bundle_means_no_score(out):
     publish(spec_dict(0.0), None, out)
-    rt = runtime_from_bundle(out, clock=lambda: T0)
+    rt = Runtime.from_bundle(out, clock=lambda: T0)
     d = rt.observe(ev("v1"))
     assert d.action == "none" and d.score is None
     with pytest.raises(TypeError, match="scorer comes from the bundle"):
-        runtime_from_bundle(out, scorer=MODEL_A)
+        Runtime.from_bundle(out, scorer=MODEL_A)
 
 
 def test_reload_of_a_newer_bundle_keeps_offers_sessions_and_cooldowns(out):
     v1 = publish(spec_dict(0.4, seconds=300), MODEL_A, out)
-    rt = runtime_from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
+    rt = Runtime.from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
     pending = rt.observe(ev("pending", 301))
     declined = rt.observe(ev("decliner", 301))
     assert pending.action == declined.action == "offer"
@@ -493,7 +491,7 @@ def test_reload_of_a_newer_bundle_keeps_offers_sessions_and_cooldowns(out):
 
     v2_spec = spec_dict(0.6, name="bundled-v2", seconds=300)
     v2 = publish(v2_spec, MODEL_B, out)
-    bundle = reload_from_bundle(rt, out)
+    bundle = rt.reload_bundle(out)
     assert bundle.version == v2.name != v1.name
     assert rt.spec.version == load_spec(v2_spec).version and rt.scorer == MODEL_B
     assert dict(rt.store.sessions()) == sessions
@@ -510,20 +508,20 @@ def test_reload_of_a_newer_bundle_keeps_offers_sessions_and_cooldowns(out):
 @pytest.mark.parametrize("part, old, new", [("rules.yaml", b"gte: 0.6", b"gte: 0.1"), ("model.json", b"0.3", b"0.4")])
 def test_a_failed_reload_keeps_the_last_good_bundle_serving(out, part, old, new):
     publish(spec_dict(0.4), MODEL_A, out)
-    rt = runtime_from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
+    rt = Runtime.from_bundle(out, new_offer_id=ids(), clock=lambda: T0)
     spec, scorer = rt.spec, rt.scorer
     bad = publish(spec_dict(0.6, name="next"), MODEL_B, out)
     flip_one_byte(bad / part, old, new)
 
     with pytest.raises(BundleError, match=rf"{part}: sha256 mismatch"):
-        reload_from_bundle(rt, out)
+        rt.reload_bundle(out)
     assert rt.spec is spec and rt.scorer is scorer
     event = ev("v9", 3000)
     d = rt.observe(event)
     assert d.action == "offer" and d.score == MODEL_A.predict_proba_one(event) and d.ruleset == "bundled"
 
     rollback(out)  # operations roll the pointer back; reloading it is a no-op swap to the same content
-    assert reload_from_bundle(rt, out).spec.version == spec.version
+    assert rt.reload_bundle(out).spec.version == spec.version
 
 
 # --------------------------------------------------------------------------- CLI
@@ -578,7 +576,7 @@ def test_cli_errors_are_one_message_and_exit_1(out, files, tmp_path, capsys):
 
 def test_loading_a_bundle_imports_no_data_science_stack(out, files):
     publish(*files, out)
-    code = ("import sys, pcrules.bundle as b; bd = b.load_bundle(sys.argv[1]); rt = b.runtime_from_bundle(sys.argv[1]);"
+    code = ("import sys, pcrules, pcrules.bundle as b; bd = b.load_bundle(sys.argv[1]); rt = pcrules.Runtime.from_bundle(sys.argv[1]);"
             "bd.scorer.predict_proba_one({'seconds_on_page': 3.0});"
             "print(sorted(m for m in ('pandas', 'numpy', 'sklearn', 'scipy') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -36,7 +36,7 @@ from pcrules.errors import LogUnavailable
 from pcrules.runtime import Runtime
 from pcrules.server import ServerConfig, Service, create_app
 from pcrules.server._procs import REDIS_SERVER, RedisServer, ServeProcess
-from pcrules.server.app import SECURITY_HEADERS
+from pcrules.server.http import SECURITY_HEADERS
 from pcrules.server.metrics import Metrics, MetricsLog
 from pcrules.stores import MemoryStore
 

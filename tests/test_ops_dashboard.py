@@ -54,7 +54,8 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A published bundle of the default rules; the sample replayed through it into a log; goals."""
-    from pcrules.bundle import publish, runtime_from_bundle
+    from pcrules.bundle import publish
+    from pcrules import Runtime
     from pcrules.replay import replay
     from pcrules.sample import read_events
 
@@ -64,7 +65,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (tmp / "rules.yaml").write_text(yaml.safe_dump(rules))
     version = publish(tmp / "rules.yaml", None, tmp / "published", metrics=METRICS)
     log = tmp / "decisions.sqlite"
-    with runtime_from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:
+    with Runtime.from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:
         replay(runtime, read_events())
     # The log writes its tables from a journal in the background: read it once the runtime has closed it.
     with sqlite3.connect(log) as db:
@@ -72,7 +73,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "SELECT visitor_id, MIN(session_id), holdout, MIN(ts) FROM decisions"
             " WHERE action = 'offer' OR holdout = 1 GROUP BY visitor_id, holdout ORDER BY visitor_id").fetchall()
     assert len(eligible) > 600, "the replay's decisions are all in the log"
-    with runtime_from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:  # goals come later
+    with Runtime.from_bundle(tmp / "published", log=SQLiteDecisionLog(log)) as runtime:  # goals come later
         for i, (visitor, session, holdout, first) in enumerate(eligible):
             if i % (4 if holdout else 3) == 0:
                 runtime.record_goal(visitor, session, "bill_paid", ts=first + 300)

@@ -376,7 +376,7 @@ def test_serve_refuses_bad_configuration(tmp_path: Path):
 
 def test_static_files_have_no_inline_script_and_no_html_sinks():
     """What lets a Content-Security-Policy forbid inline script, and keeps visitor text out of the HTML parser."""
-    from pcrules.server.app import STATIC_DIR
+    from pcrules.server.http import STATIC_DIR
 
     files = sorted(p for p in STATIC_DIR.rglob("*") if p.is_file())
     assert {p.name for p in files} >= {"pcrules.js", "pega-standin.js", "csr.js", "csr.html", "bill-payment.html"}

@@ -84,10 +84,26 @@ class Decision:
         return self.reason == Reason.HOLDOUT
 
     def to_dict(self) -> dict:
+        """Every field, a holdout visitor's would-be offer included: for logs, replays and tests."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["metadata"] = dict(self.metadata)
         out["js_call"] = self.js_call
         return out
+
+    def to_public_dict(self, visitor_id: str | None = None) -> dict:
+        """What the visitor's browser is told (the server's answer to an observation): a holdout visitor's
+        would-be offer shows no id, metadata, expiry or call. `visitor_id`: the id as the client sent it, when
+        this decision holds its pseudonym. Built by hand: it is on the hot path."""
+        offer = self.offer_id is not None and self.action == Action.OFFER
+        return {
+            "action": self.action.value, "reason": None if self.reason is None else self.reason.value,
+            "offer_id": self.offer_id if offer else None, "queue": self.queue, "rule": self.rule,
+            "score": self.score, "metadata": dict(self.metadata) if offer else {}, "default_ui": self.default_ui,
+            "expires_at": self.expires_at if offer else None, "recheck_after": self.recheck_after,
+            "js_call": self.js_call if offer else None, "visitor_id": visitor_id or self.visitor_id,
+            "session_id": self.session_id, "ts": self.ts, "ruleset": self.ruleset,
+            "ruleset_version": self.ruleset_version,
+        }
 
 
 @dataclass(frozen=True, slots=True)

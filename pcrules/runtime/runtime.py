@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..bundle import Bundle, load_bundle
 from ..core.decision import Decision, OfferStatus, Outcome
 from .log.sqlite import DecisionLog, LogHealth
 from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
@@ -103,16 +104,25 @@ class Runtime:
 
     @classmethod
     def from_bundle(cls, path: str | Path, **kwargs: Any) -> "Runtime":
-        """A runtime serving a published bundle's ruleset and model (see pcrules.bundle)."""
-        from ..bundle import runtime_from_bundle
+        """A runtime serving a published bundle's ruleset and model (see pcrules.bundle); other Runtime
+        arguments pass through."""
+        if "scorer" in kwargs:
+            raise TypeError("Runtime.from_bundle: the scorer comes from the bundle; do not pass one")
+        bundle = load_bundle(path)
+        runtime = cls(bundle.spec, scorer=bundle.scorer, **kwargs)
+        log.info("runtime serves bundle %s from %s", bundle.version, bundle.path)
+        return runtime
 
-        return runtime_from_bundle(path, **kwargs)
+    def reload_bundle(self, path: str | Path) -> Bundle:
+        """Switch to a bundle's ruleset and model; sessions, offers and cooldowns are kept.
 
-    def reload_bundle(self, path: str | Path) -> Any:
-        """Switch to a bundle's ruleset and model; a bundle that fails to load leaves the current one serving."""
-        from ..bundle import reload_from_bundle
-
-        return reload_from_bundle(self, path)
+        The bundle is loaded and verified first: when that fails, BundleError is raised and the runtime keeps
+        serving its ruleset and scorer. A rules-only bundle leaves the runtime without a model.
+        """
+        bundle = load_bundle(path)
+        self.reload(bundle.spec, scorer=bundle.scorer)  # rules and model swap as one
+        log.info("runtime reloaded bundle %s from %s", bundle.version, bundle.path)
+        return bundle
 
     # ------------------------------------------------------------------ configuration
 

@@ -58,6 +58,8 @@ from ..errors import (InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, 
 from ..runtime.runtime import Runtime
 from ..core.spec import load_spec
 from ..runtime.stores.memory import MemoryStore
+from .http import (STATIC_DIR, ApiError, SecurityHeaders, error_body, json_response, only,  # noqa: F401
+                   read_json)
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
 from .security import ClientAddress, OperatorAuth, OriginPolicy, RateLimiter
@@ -67,56 +69,7 @@ __all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", 
 
 log = logging.getLogger("pcrules.server")
 
-HERE = Path(__file__).resolve().parent
-STATIC_DIR = HERE / "static"
 ANSWERS = ("accept", "decline", "expire")
-
-# Sent with every response. The pages carry no inline script or style, so the policy can forbid both.
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                                 b"frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-    (b"x-frame-options", b"DENY"),
-]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None, *,
-                 headers: dict | None = None, **extra: Any):
-        super().__init__(message)
-        self.status, self.error, self.message, self.field, self.extra = status, error, message, field, extra
-        self.headers = headers
-
-
-def _json(payload: Any, status: int = 200, headers: dict | None = None) -> Response:
-    # json.dumps with its default arguments uses the module's cached encoder: the fastest way in the stdlib.
-    return Response(json.dumps(payload).encode(), status, headers, media_type="application/json")
-
-
-def decision_body(d: Any, visitor_id: str | None = None) -> dict:
-    """What POST /v1/observe answers (built by hand: this is the hot path). `visitor_id`: the id as the client
-    sent it, when the decision holds its pseudonym (which the visitor has no use for)."""
-    offer = d.offer_id is not None and d.action == "offer"
-    return {
-        "action": d.action.value, "reason": None if d.reason is None else d.reason.value,
-        "offer_id": d.offer_id if offer else None, "queue": d.queue, "rule": d.rule, "score": d.score,
-        "metadata": dict(d.metadata) if offer else {}, "default_ui": d.default_ui,
-        "expires_at": d.expires_at if offer else None, "recheck_after": d.recheck_after,
-        "js_call": d.js_call if offer else None,
-        "visitor_id": visitor_id or d.visitor_id, "session_id": d.session_id, "ts": d.ts, "ruleset": d.ruleset,
-        "ruleset_version": d.ruleset_version,
-    }
-
-
-def _error_body(status: int, error: str, message: str, field: str | None = None, **extra: Any) -> dict:
-    out: dict[str, Any] = {"error": error, "message": message}
-    if field is not None:
-        out["field"] = field
-    out.update(extra)
-    return out
-
 
 MAX_BATCH = 128  # observations decided together (about 20-30 ms of work: the wait of the batch's last one)
 CALL_THREADS = 16  # runtime calls other than observations at once (more wait their turn, the loop does not)
@@ -419,73 +372,6 @@ def _warn_now_and_then(key: str, message: str, *args: Any) -> None:
                 *args)
 
 
-# --------------------------------------------------------------------------- request bodies
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ApiError(400, "invalid_body", f"{key}: given twice in one object", field=key)
-            seen.add(key)
-    return out
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
-
-
-async def read_json(request: Request, limit: int, *, required: bool = True) -> dict:
-    """The body as a JSON object, or an ApiError naming what is wrong (413 over `limit` bytes)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not (length.isascii() and length.isdigit()):
-            raise ApiError(400, "invalid_body", "content-length: not a number", field="content-length")
-        if len(length) > 18 or int(length) > limit:  # int() of thousands of digits would raise, not compare
-            raise ApiError(413, "body_too_large", f"body: {length[:20]} bytes, at most {limit} accepted", field="body")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body: over {limit} bytes", field="body")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "invalid_body", "body: expected a JSON object", field="body")
-        return {}
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       f"content-type: expected application/json, got {ctype or 'nothing'}", field="content-type")
-    try:
-        value = _DECODER.decode(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_body", "body: not UTF-8 text", field="body") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_body", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
-                                            f"{exc.colno})", field="body") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_body", f"body: not acceptable JSON ({exc.__class__.__name__}: "
-                                            f"{str(exc)[:100]})", field="body") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "invalid_body", f"body: expected a JSON object, got {type(value).__name__}", field="body")
-    return value
-
-
-def _only(body: dict, allowed: tuple[str, ...]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise ApiError(400, "invalid_body", f"{str(key)[:64]}: unknown field; expected "
-                                                f"{', '.join(allowed) or 'an empty body'}", field=str(key)[:64])
-
-
 def _svc(request: Request) -> Service:
     return request.app.state.service
 
@@ -579,7 +465,7 @@ async def observe(request: Request) -> Response:
     _check_ts(svc, body)
     _limit_visitor(svc, body.get("visitor_id"))
     decision = await svc.observe(body)
-    response = _json(decision_body(decision, body["visitor_id"] if svc.pseudonymised else None))
+    response = json_response(decision.to_public_dict(body["visitor_id"] if svc.pseudonymised else None))
     svc.metrics.latency.observe(time.perf_counter() - start)
     return response
 
@@ -595,7 +481,7 @@ async def answer(request: Request) -> Response:
                        field="answer")
     _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes, required=False)
-    _only(body, (*OWNER, "ts") if svc.config.trust_client_ts else OWNER)
+    only(body, (*OWNER, "ts") if svc.config.trust_client_ts else OWNER)
     for name in OWNER:  # the offer's own visitor and session: anyone else's answer is refused as "not found"
         if name not in body:
             raise ApiError(400, "invalid_body", f"{name}: required: the {name.split('_')[0]}'s id, as sent to "
@@ -605,7 +491,7 @@ async def answer(request: Request) -> Response:
     fn = {"accept": runtime.accept, "decline": runtime.decline, "expire": runtime.expire}[what]
     outcome = await svc.call(functools.partial(fn, request.path_params["offer_id"], _ts(svc, body),
                                                visitor_id=body["visitor_id"], session_id=body["session_id"]))
-    return _json({"offer_id": outcome.offer_id, "status": outcome.status.value, "ts": outcome.ts,
+    return json_response({"offer_id": outcome.offer_id, "status": outcome.status.value, "ts": outcome.ts,
                   "queue": outcome.queue, "rule": outcome.rule})
 
 
@@ -621,14 +507,14 @@ async def goal(request: Request) -> Response:
     svc = _svc(request)
     _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes)
-    _only(body, (*GOAL_FIELDS, "ts") if svc.config.trust_client_ts else GOAL_FIELDS)
+    only(body, (*GOAL_FIELDS, "ts") if svc.config.trust_client_ts else GOAL_FIELDS)
     for name in GOAL_FIELDS[:3]:
         if body.get(name) is None:
             raise ApiError(400, "invalid_body", f"{name}: required", field=name)
     _limit_visitor(svc, body["visitor_id"])
     await svc.call(functools.partial(svc.runtime.record_goal, body["visitor_id"], body["session_id"], body["goal"],
                                      ts=_ts(svc, body), value=body.get("value")), store=False)  # only logged
-    return _json({"recorded": True, "goal": body["goal"]}, 202)
+    return json_response({"recorded": True, "goal": body["goal"]}, 202)
 
 
 async def snippet(request: Request) -> Response:
@@ -667,8 +553,8 @@ async def healthz(request: Request) -> Response:
             problems.append(f"the decision log is failing: {problem or 'no reason given'}")
     if problems:
         out.update(status="unavailable", error="; ".join(problems))
-        return _json(out, 503, {"retry-after": "1"})
-    return _json(out)
+        return json_response(out, 503, {"retry-after": "1"})
+    return json_response(out)
 
 
 # --------------------------------------------------------------------------- operator routes
@@ -677,19 +563,19 @@ async def healthz(request: Request) -> Response:
 async def queue_status(request: Request) -> Response:
     svc = _svc(request)
     body = await read_json(request, svc.config.max_body_bytes, required=False)
-    _only(body, ("agents_available", "estimated_wait_s", "ts") if svc.config.trust_client_ts
+    only(body, ("agents_available", "estimated_wait_s", "ts") if svc.config.trust_client_ts
           else ("agents_available", "estimated_wait_s"))
     status = await svc.call(functools.partial(svc.runtime.update_queue, request.path_params["name"],
                                               agents_available=body.get("agents_available"),
                                               estimated_wait_s=body.get("estimated_wait_s"), ts=_ts(svc, body)))
-    return _json({"queue": request.path_params["name"], **asdict(status)})
+    return json_response({"queue": request.path_params["name"], **asdict(status)})
 
 
 async def reload(request: Request) -> Response:
     svc = _svc(request)
     body = await read_json(request, svc.config.max_body_bytes, required=False)
-    _only(body, ())  # the source is the server's configuration, never a path from the request
-    return _json(await svc.reload("POST /v1/admin/reload"))
+    only(body, ())  # the source is the server's configuration, never a path from the request
+    return json_response(await svc.reload("POST /v1/admin/reload"))
 
 
 async def metrics(request: Request) -> Response:
@@ -729,7 +615,7 @@ def _error_response(request: Request, status: int, error: str, message: str, fie
     svc = getattr(request.app.state, "service", None)
     if svc is not None:
         svc.metrics.errors.labels(str(status), error).inc()
-    return _json(_error_body(status, error, message, field, **extra), status, headers)
+    return json_response(error_body(status, error, message, field, **extra), status, headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -792,25 +678,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_response(request, 500, "internal", "internal error; the server log has the details")
-
-
-class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every HTTP response (pure ASGI: no per-request objects)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 class _App(Starlette):

@@ -19,14 +19,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .app import STATIC_DIR, ApiError, Service, _json, _only, read_json
+from .http import STATIC_DIR, ApiError, json_response, only, read_json
+
+if TYPE_CHECKING:
+    from .app import Service
 
 __all__ = ["DemoPega", "demo_routes", "STATUSES"]
 
@@ -82,7 +85,7 @@ def _demo(request: Request) -> DemoPega:
 
 async def config(request: Request) -> Response:
     spec = request.app.state.service.runtime.spec
-    return _json({"wait_time_s": spec.policy.offer_timeout_s, "queues": list(spec.queues)})
+    return json_response({"wait_time_s": spec.policy.offer_timeout_s, "queues": list(spec.queues)})
 
 
 async def availability(request: Request) -> Response:
@@ -93,7 +96,7 @@ async def availability(request: Request) -> Response:
 
 async def create_work(request: Request) -> Response:
     body = await read_json(request, MAX_BODY)
-    _only(body, ("queue", "metadata"))
+    only(body, ("queue", "metadata"))
     queue = _text("queue", body.get("queue"), 128)
     if queue not in _demo(request).queues():  # as Pega: no work item for a queue it does not have
         raise ApiError(400, "invalid_body", f"queue: no queue {queue[:64]!r}", field="queue")
@@ -113,12 +116,12 @@ async def create_work(request: Request) -> Response:
         clean.append({"Name": _text(f"metadata.pxResults[{i}].Name", pair["Name"]),
                       "Value": _text(f"metadata.pxResults[{i}].Value", pair["Value"])})
     item = _demo(request).create(queue, clean)
-    return _json(item, 201)
+    return json_response(item, 201)
 
 
 async def set_status(request: Request) -> Response:
     body = await read_json(request, MAX_BODY)
-    _only(body, ("status",))
+    only(body, ("status",))
     status = body.get("status")
     if status not in STATUSES[1:]:
         raise ApiError(400, "invalid_body", f"status: expected one of {', '.join(STATUSES[1:])}", field="status")
@@ -128,12 +131,12 @@ async def set_status(request: Request) -> Response:
                        field="status")
     item["status"] = status
     item["updated_at"] = time.time()
-    return _json(item)
+    return json_response(item)
 
 
 async def list_work(request: Request) -> Response:
     demo = _demo(request)
-    return _json({"queues": demo.queues(), "items": list(demo.items)})
+    return json_response({"queues": demo.queues(), "items": list(demo.items)})
 
 
 async def home(request: Request) -> Response:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import SECURITY_HEADERS
+from .http import SECURITY_HEADERS
 
 __all__ = ["ConnectionLimits", "GuardedHttpTools", "configure", "connection_cap", "DEFAULT_MAX_CONNECTIONS"]
 
