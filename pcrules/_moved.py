@@ -59,6 +59,19 @@ class _OldNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                 del self._specs[old]
 
 
+def forward_to(package: str, module: str) -> Any:
+    """A module ``__getattr__`` for `package` that answers with `module`'s names, importing it on first use
+    (a package that was one module keeps its names reachable as they were)."""
+
+    def __getattr__(name: str) -> Any:
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 def install() -> None:
     if not any(isinstance(finder, _OldNames) for finder in sys.meta_path):
         sys.meta_path.insert(0, _OldNames())

@@ -5,16 +5,6 @@ nothing is imported here eagerly. The exploration helpers of notebook 01 (``expl
 here by name, as they were when this was one module.
 """
 
-from __future__ import annotations
+from .._moved import forward_to
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    from importlib import import_module
-
-    explore = import_module(f"{__name__}.explore")
-    try:
-        return getattr(explore, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = forward_to(__name__, "explore")

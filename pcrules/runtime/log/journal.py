@@ -256,39 +256,31 @@ def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
         yield path, fd
 
 
+def _held(path: Path) -> bool | None:
+    """Whether a live process holds `path`'s lock (None: the file is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def live_writers(directory: Path) -> int:
     """Journals a live process holds (it has the log open)."""
-    if not directory.is_dir():
-        return 0
-    held = 0
-    for path in directory.glob(f"*{SUFFIX}"):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            held += 1
-        finally:
-            os.close(fd)
-    return held
+    return sum(1 for path in directory.glob(f"*{SUFFIX}") if _held(path)) if directory.is_dir() else 0
 
 
 def remove_stale_temporaries(directory: Path) -> int:
     """Remove journals a writer died creating (before the rename that publishes them: they hold no record)."""
     removed = 0
     for path in directory.glob(".*.tmp") if directory.is_dir() else ():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its writer is alive and about to rename it
-        finally:
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        removed += 1
+        if _held(path) is False:  # a live writer is about to rename it
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
