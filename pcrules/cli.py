@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import resources
 from .errors import SpecError
 
-DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.yaml"
+DEFAULT_RULES = resources.default_rules()
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -19,10 +19,12 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import resources
+
 __all__ = ["SAMPLE_PATH", "COLUMNS", "SAMPLE_VISITORS", "SAMPLE_SEED", "SAMPLE_DAYS", "SAMPLE_START",
            "generate", "write_sample", "read_events"]
 
-SAMPLE_PATH = Path(__file__).resolve().parents[2] / "data" / "sample_events.csv.gz"
+SAMPLE_PATH = resources.sample_events()  # pcrules/data/sample_events.csv.gz (data/ in a checkout links to it)
 COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed", "session_seconds",
            "device", "returning", "response", "response_delay_s")
 # What the shipped file is: `pcrules.world.generate(visitors=2500, seed=7, start="2025-11-24", days=7).events`.

@@ -1810,7 +1810,8 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
         spec = load_spec(Path(rules_path).expanduser())
         notes.append(f"The ruleset comes from {rules_path}.")
     if spec is None:
-        spec = load_spec(Path(__file__).resolve().parents[1] / "default_rules.yaml")
+        from ..resources import default_rules  # pcrules/default_rules.yaml, package data
+        spec = load_spec(default_rules())
         notes.append("The ruleset is the embedded default (pcrules/default_rules.yaml).")
     if model_path not in (None, ""):
         import json

@@ -116,8 +116,9 @@ log = logging.getLogger("pcrules.ops")
 
 LOG_ENV = "PCRULES_DECISION_LOG"
 BUNDLE_ENV = "PCRULES_BUNDLE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_LOG = REPO_ROOT / "var" / "demo" / "decisions.sqlite"
+# Where `pcrules demo` writes its log by default: relative to the working directory (as on its command line),
+# not to the package, which may be installed anywhere.
+DEFAULT_LOG = Path("var") / "demo" / "decisions.sqlite"
 SUPPORTED_SCHEMA = 1
 
 UPLIFT_WINDOW_S = _uplift.DEFAULT_WINDOW_S  # goals count within a day of the visitor's first eligible decision
@@ -229,7 +230,8 @@ def _zone(tz: str) -> Any:
 
 
 def resolve_log_path(path: str | os.PathLike | None = None) -> Path:
-    """The log to show: ``path``, else ``$PCRULES_DECISION_LOG``, else the demo's log (``var/demo/``)."""
+    """The log to show: ``path``, else ``$PCRULES_DECISION_LOG``, else the demo's log (``var/demo/`` in the
+    working directory)."""
     chosen = path if path not in (None, "") else os.environ.get(LOG_ENV) or DEFAULT_LOG
     return Path(chosen).expanduser()
 

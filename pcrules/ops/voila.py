@@ -14,10 +14,12 @@ background, as the browser tests do) runs Voila with:
   CDN; ``dashboards/jupyter/voila/templates/pcrules-ops`` is ``lab`` without them (put on ``JUPYTER_PATH``);
 * the log (and optionally a published bundle) given to the kernel through ``PCRULES_DECISION_LOG`` /
   ``PCRULES_BUNDLE`` as absolute paths; the kernel can import pcrules (``PYTHONPATH`` gains the directory
-  pcrules is imported from; harmless for an installed pcrules).
+  pcrules is imported from when that is a checkout rather than a site-packages directory).
 
-The same settings are in ``dashboards/voila.json`` for a Voila started by hand in ``dashboards/`` (a test keeps
-the two equal); the command line given here wins over any other Voila config file.
+The notebook, ``voila.json`` and the template are package data (``pcrules/dashboards/``, found through
+:mod:`pcrules.resources`; a checkout's ``dashboards/`` links to them), so an installed wheel serves the dashboard.
+Voila runs in that folder, so the same settings in ``voila.json`` apply to a Voila started by hand in
+``dashboards/`` (a test keeps the two equal); the command line given here wins over any other Voila config file.
 """
 
 from __future__ import annotations
@@ -25,24 +27,32 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Any, Mapping
 
+import pcrules
+
+from .. import resources
 from .view import BUNDLE_ENV, LOG_ENV
 
 __all__ = ["DASHBOARDS", "NOTEBOOK", "TEMPLATE", "SAFE_SETTINGS", "DashboardServer", "free_port", "voila_command",
            "voila_env", "start", "serve"]
 
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-DASHBOARDS = PACKAGE_PARENT / "dashboards"
-NOTEBOOK = DASHBOARDS / "ops.ipynb"
-JUPYTER_DATA = DASHBOARDS / "jupyter"  # a Jupyter data directory: voila/templates/pcrules-ops
+DASHBOARDS = resources.dashboards_dir()  # pcrules/dashboards (package data; dashboards/ in a checkout links to it)
+NOTEBOOK = resources.ops_notebook()
+JUPYTER_DATA = resources.jupyter_data_dir()  # a Jupyter data directory: voila/templates/pcrules-ops
+# The sys.path entry pcrules is imported from, put on the kernel's PYTHONPATH only when it is not a site directory
+# (a checkout or an editable install; a site directory is on the kernel's path already, and first on PYTHONPATH it
+# would come before the standard library).
+IMPORT_ROOT = Path(pcrules.__file__).resolve().parent.parent
 TEMPLATE = "pcrules-ops"
 CULL_IDLE_S = 600
 CULL_INTERVAL_S = 60
@@ -75,6 +85,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_site_dir(path: Path) -> bool:
+    """Whether `path` is one of this interpreter's site-packages directories (where a wheel installs pcrules)."""
+    dirs = [*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"]]
+    return any(Path(d).resolve() == path.resolve() for d in dirs if d)
 
 
 def _arg(cls: str, trait: str, value: Any) -> str:
@@ -112,7 +129,10 @@ def voila_env(log_path: str | os.PathLike, bundle_path: str | os.PathLike | None
     else:
         env.pop(BUNDLE_ENV, None)
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(JUPYTER_DATA), env.get("JUPYTER_PATH", "")) if p)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
+    root = "" if _is_site_dir(IMPORT_ROOT) else str(IMPORT_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
     env.setdefault("MPLBACKEND", "Agg")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -190,8 +210,8 @@ def start(log_path: str | os.PathLike, *, port: int = 0, host: str = "127.0.0.1"
     Call ``wait_ready()`` before opening the URL.
     """
     if not NOTEBOOK.is_file():
-        raise FileNotFoundError(f"{NOTEBOOK}: the dashboard notebook is missing (pcrules dashboards run from a "
-                                f"source checkout or an editable install)")
+        raise FileNotFoundError(f"{NOTEBOOK}: the dashboard notebook is missing from the installed package "
+                                f"(package data pcrules/dashboards/; reinstall pcrules)")
     port = port or free_port(host if _is_loopback(host) else "0.0.0.0")
     cmd = voila_command(port, host=host, base_url=base_url, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s)
     inherit = server_log == "-"

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import resources
 from .features import FeatureSpec, Numeric
 from .model import TrainingResult, train_and_evaluate
 
@@ -49,8 +50,7 @@ __all__ = [
     "train_online_shoppers",
 ]
 
-ONLINE_SHOPPERS_PATH = (Path(__file__).resolve().parents[2] / "data" / "online_shoppers"
-                        / "online_shoppers_intention.csv")
+ONLINE_SHOPPERS_PATH = resources.online_shoppers()  # pcrules/data/online_shoppers/ (data/ links to it)
 ACTIVITY = ("Administrative", "Administrative_Duration", "Informational", "Informational_Duration",
             "ProductRelated", "ProductRelated_Duration", "BounceRates", "ExitRates")
 COUNTS = ("Administrative", "Informational", "ProductRelated")

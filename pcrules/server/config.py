@@ -13,13 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import resources
 from .security import MIN_TOKEN_CHARS, OPERATOR_TOKEN_ENV, VISITOR_ID_KEY_ENV, ClientAddress, check_origin
 
 __all__ = ["ServerConfig", "config_from_env", "security_summary", "CONFIG_ENV", "DEMO_RULES", "DEFAULT_RULES"]
 
-HERE = Path(__file__).resolve().parent
-DEMO_RULES = HERE / "demo_rules.yaml"
-DEFAULT_RULES = HERE.parent / "default_rules.yaml"
+DEMO_RULES = resources.demo_rules()
+DEFAULT_RULES = resources.default_rules()
 CONFIG_ENV = "PCRULES_SERVER_CONFIG"
 
 
