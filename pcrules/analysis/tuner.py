@@ -100,7 +100,7 @@ from ..core.decision import Reason
 from .value import RuleChoice, with_parameters
 from ..errors import PcrulesError, SpecError
 from ..matching.vector import VectorMatcher, local_clock_arrays, open_mask
-from ..core.policy import _crossings, _time_holds, in_holdout, needs_score
+from ..core.policy import crossings as _crossings, time_holds as _time_holds, in_holdout, needs_score
 from ..core.spec import STRING, AnyOf, Condition, RuleSpec, load_spec
 from ..stats.uplift import goal_effect
 

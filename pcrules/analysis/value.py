@@ -57,15 +57,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .backtest import (
-    BacktestResult,
-    EventTable,
-    _queue_blocks,
-    _scores_for,
-    backtest,
-    effect_columns,
-    resolve_effects,
-)
+from .backtest import BacktestResult, backtest
+from .effects import effect_columns, resolve_effects
+from .judge import queue_blocks
+from .scores import scores_for
+from .table import EventTable
 from ..matching.vector import VectorMatcher
 from ..core.policy import in_holdout
 from ..core.spec import STRING, Condition, RuleSpec, load_spec, rule_tz
@@ -253,7 +249,7 @@ class _Model:
                 held[v] = in_holdout(ids[v], share)
         self.counts = ~held[vcode[rows]]  # a holdout visitor's would-be offer is worth nothing and costs nothing
         matcher = VectorMatcher(spec)
-        blocks = _queue_blocks(spec, table, {})
+        blocks = queue_blocks(spec, table, {})
         self.queue_names = list(spec.queues)
         self.capacity = np.array([spec.queues[q].capacity_per_hour if spec.queues[q].capacity_per_hour is not None
                                   else np.inf for q in self.queue_names], dtype=float)
@@ -269,7 +265,7 @@ class _Model:
             want = np.zeros(table.n, dtype=bool)
             if self.base:
                 want[rows[np.any(np.stack(self.base), axis=0)]] = True
-            score = _scores_for(table, spec, scorer, np.flatnonzero(want), False)
+            score = scores_for(table, spec, scorer, np.flatnonzero(want), False)
             self.score = np.nan_to_num(score[rows], nan=-1.0)  # no score: no score condition holds
         seen = np.unique(self.seconds)
         self.waits = np.array(sorted(set(float(w) for w in waits))) if waits is not None else (
@@ -467,7 +463,7 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
         elif probability == "score":
             if scorer is None:
                 raise ValueError("probability='score' needs a scorer")
-            p = _scores_for(table, spec, scorer, np.flatnonzero(table.valid), False)
+            p = scores_for(table, spec, scorer, np.flatnonzero(table.valid), False)
         else:
             raise ValueError(f"probability must be 'score', 'truth' or an array, got {probability!r}")
         label = probability

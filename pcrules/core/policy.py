@@ -45,10 +45,20 @@ __all__ = [
     "render_metadata",
     "next_crossing",
     "needs_score",
+    "crossings",
+    "time_holds",
+    "wait_points",
+    "SESSION_BLOCKS",
+    "QUEUE_BLOCKS",
 ]
 
 HOLDOUT_SALT = b"pcrules-holdout-v1"
 MAX_METADATA_VALUE = 500
+
+# The blocks of step 1 and step 2 of the order of judgement, in the order they are tried: the first that
+# applies is the reason. The array judge (``pcrules.analysis.judge``) takes its order from here.
+SESSION_BLOCKS = (Reason.IN_CHAT, Reason.OFFER_PENDING, Reason.MAX_OFFERS, Reason.COOLDOWN)
+QUEUE_BLOCKS = (Reason.CLOSED, Reason.QUEUE_BUSY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +143,8 @@ def _show(value: Any) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _crossings(rule: Rule) -> tuple[float, ...]:
-    """Seconds on page at which a time condition of `rule` turns from false to true."""
+def crossings(rule: Rule) -> tuple[float, ...]:
+    """Seconds on page at which a time condition of `rule` turns from false to true (sorted)."""
     points = []
     for cond in rule.conditions():
         scale = TIME_FIELDS.get(cond.field)
@@ -149,17 +159,17 @@ def _crossings(rule: Rule) -> tuple[float, ...]:
     return tuple(sorted(points))
 
 
-def _time_holds(nodes: tuple[Node, ...], seconds: float) -> bool:
+def time_holds(nodes: tuple[Node, ...], seconds: float) -> bool:
     """Whether the time-on-page conditions of `nodes` hold at `seconds` (other conditions count as true)."""
     for node in nodes:
         if isinstance(node, AnyOf):
-            if not any(_time_holds(branch, seconds) for branch in node.branches):
+            if not any(time_holds(branch, seconds) for branch in node.branches):
                 return False
             continue
         scale = TIME_FIELDS.get(node.field)
         if scale is None or node.op in ("exists", "matches"):
             continue
-        # Compare seconds with value * scale, the very figure _crossings() produced.
+        # Compare seconds with value * scale, the very figure crossings() produced.
         value = tuple(v * scale for v in node.value) if node.op in ("in", "not_in") else node.value * scale
         if not _COMPARE[node.op](seconds, value):
             return False
@@ -173,6 +183,13 @@ _COMPARE: dict[str, Callable[[float, Any], bool]] = {
 }
 
 
+@lru_cache(maxsize=1024)
+def wait_points(rule: Rule) -> tuple[float, ...]:
+    """The crossing points of `rule` at which all its time conditions hold: the moments on a page when it can
+    start to match (sorted). Waiting for `rule` at ``seconds_on_page`` means waiting for the first one after it."""
+    return tuple(p for p in crossings(rule) if time_holds(rule.when, p))
+
+
 def next_crossing(rule: Rule, seconds_on_page: float) -> float | None:
     """Seconds from now until the earliest moment all of `rule`'s time conditions hold; None if never.
 
@@ -180,8 +197,8 @@ def next_crossing(rule: Rule, seconds_on_page: float) -> float | None:
     `minutes_on_page >= 6` nothing can fire before 360 s, and with an upper
     bound such as `seconds_on_page < 200` past it, waiting cannot help.
     """
-    for point in _crossings(rule):
-        if point > seconds_on_page and _time_holds(rule.when, point):
+    for point in wait_points(rule):
+        if point > seconds_on_page:
             return point - seconds_on_page
     return None
 

@@ -1,0 +1,766 @@
+"""The order of judgement as arrays: candidate rows -> the runtime's decisions, for the backtest and the tuner.
+
+The policy is stated twice and only twice: :mod:`pcrules.core.policy` judges one event (the runtime, and the
+backtest's ``engine="policy"``, the oracle) and this module judges many at once (the backtest's default engine
+and the tuner). The parity tests tie the two: ``tests/test_backtest.py`` (the backtest equals the runtime and
+the pure core, event by event) and ``tests/test_tuning.py`` (the tuner's counts equal the backtest's rows).
+
+The input is what the policy reads, prepared as arrays by the caller:
+
+* :class:`Stretches`: the rows judged (every row some rule could match; any other valid row is
+  ``none/no_rule`` whatever the session's state), grouped by *session stretch* (a session between idle
+  evictions, ``EventTable.stretches``), in time order within each; with each row's time, time on page,
+  visitor, recorded answer;
+* :class:`RuleSets`: per row, sets of rules (one bit per rule, the strongest the lowest bit; :class:`RuleBits`):
+  those that match in full, match but for the score (``score_below``), can match later on this page as time
+  on page grows, and can do so at a moment still ahead (``wait``); and the rules whose queue takes an offer at
+  that moment (open and not busy), and those whose queue is open but busy.
+
+:class:`Verdict` then applies :func:`pcrules.core.policy.decide`'s order:
+
+1. *stateless*: a row where some rule matches in full offers with the strongest one whose queue takes it,
+   else it is ``closed`` / ``queue_busy`` by the strongest full match; a row with no full match waits for the
+   earliest moment a rule can fire (``wait_points``), else is ``score_below`` by the strongest rule that
+   failed only on its score, else ``no_rule``;
+2. *offers* (:func:`offers`): the rows that would offer become offers in time order under the session and
+   visitor policy: one pending offer, ``max_offers_per_session``, the decline cooldown (also across
+   sessions), idle evictions, the holdout (a holdout visitor's would-be offer is never answered). With one
+   offer per session a stretch's offer is its first offering row outside every cooldown, found with whole-
+   array operations; only visitors whose decline can reach another of their stretches are stepped, and with
+   several offers per session every visitor is (:class:`OfferLedger`, the one sequential step);
+3. *stops* (:func:`stops`): every other matched row after an offer of its stretch gets its session block
+   (``in_chat``, ``offer_pending``, ``max_offers``, in ``policy.SESSION_BLOCKS`` order), or ``cooldown``
+   within a cooldown from a delivered decline of its visitor;
+4. the holdout: a holdout visitor's offer is ``none/holdout``.
+
+The verdict is read per row (:meth:`Verdict.per_row`, the backtest's decisions) or counted
+(:meth:`Verdict.counts`, the tuner's figures without a pass over every row).
+
+The recorded answers follow :mod:`pcrules.replay`: the ``response`` and ``response_delay_s`` recorded with the
+event at which an offer is made are played back when the answer comes before the offer's timeout; otherwise
+the offer expires.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..core.decision import Reason
+from ..core.policy import QUEUE_BLOCKS, SESSION_BLOCKS, QueueStatus, wait_points
+from ..core.spec import STRING, Policy, Rule, RuleSpec
+from ..matching.vector import open_mask
+from .table import ACCEPT, DECLINE, NO_ANSWER, EventTable
+
+__all__ = [
+    "ACTIONS",
+    "REASONS",
+    "OUTCOMES",
+    "A_OFFER",
+    "A_WAIT",
+    "A_NONE",
+    "A_REFUSED",
+    "REASON_CODE",
+    "RuleBits",
+    "RuleSets",
+    "Stretches",
+    "Offers",
+    "OfferLedger",
+    "Verdict",
+    "offers",
+    "stops",
+    "rows_in_cooldown",
+    "crossable",
+    "rule_points",
+    "wait_for",
+    "round3",
+    "queue_timeline",
+    "queue_blocks",
+    "queue_status_at",
+    "ranges",
+]
+
+ACTIONS = ("offer", "wait", "none", "refused")
+REASONS = tuple(r.value for r in Reason)
+OUTCOMES = ("accepted", "declined", "expired")
+A_OFFER, A_WAIT, A_NONE, A_REFUSED = range(4)
+REASON_CODE = {r: i for i, r in enumerate(Reason)}
+_NO_RULE, _SCORE_BELOW, _HOLDOUT = REASON_CODE[Reason.NO_RULE], REASON_CODE[Reason.SCORE_BELOW], \
+    REASON_CODE[Reason.HOLDOUT]
+_CLOSED, _BUSY = (REASON_CODE[r] for r in QUEUE_BLOCKS)
+_IN_CHAT, _PENDING, _MAX, _COOLDOWN = (REASON_CODE[r] for r in SESSION_BLOCKS)
+
+
+# ============================================================================================ sets of rules
+
+
+class RuleBits:
+    """Sets of the rules of a spec, one integer per row: rule ``k`` (spec order, strongest first) is bit ``k``.
+
+    Up to 64 rules an unsigned integer (the smallest that holds them); beyond, Python integers (slow, exact).
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.dtype: Any = np.uint8 if k <= 8 else np.uint16 if k <= 16 else np.uint32 if k <= 32 else \
+            np.uint64 if k <= 64 else object
+        self._lut: np.ndarray | None = None
+        if k <= 16:
+            values = np.arange(1, 1 << k, dtype=np.int64)
+            self._lut = np.full(1 << k, -1, dtype=np.int64)
+            self._lut[values] = np.log2(values & -values).astype(np.int64)
+
+    def zeros(self, m: int) -> np.ndarray:
+        return np.zeros(m, dtype=self.dtype)
+
+    def bit(self, k: int) -> Any:
+        return 1 << k if self.dtype is object else self.dtype(1 << k)
+
+    def union(self, rules: Sequence[int]) -> Any:
+        """The set of `rules` (indices) as one value."""
+        value = 0
+        for k in rules:
+            value |= 1 << k
+        return value if self.dtype is object else self.dtype(value)
+
+    def add(self, target: np.ndarray, mask: np.ndarray, k: int) -> None:
+        """Put rule `k` into the sets of `target` where `mask` (one bool per row) holds."""
+        if self.dtype is object:
+            target |= mask.astype(np.int64).astype(object) << k
+        else:
+            target |= mask.view(np.uint8).astype(self.dtype, copy=False) << self.dtype(k)
+
+    def pack(self, matrix: np.ndarray) -> np.ndarray:
+        """A (rules, rows) boolean matrix as one set per row."""
+        k, m = matrix.shape
+        out = self.zeros(m)
+        for j in range(k):
+            self.add(out, np.ascontiguousarray(matrix[j]), j)
+        return out
+
+    def first(self, bits: np.ndarray) -> np.ndarray:
+        """The strongest rule (its index) in each set, -1 for an empty set."""
+        if self._lut is not None:
+            return self._lut[bits]
+        out = np.full(len(bits), -1, dtype=np.int64)
+        for k in range(self.k - 1, -1, -1):
+            out[self.contains(bits, k)] = k
+        return out
+
+    def contains(self, bits: np.ndarray, k: int) -> np.ndarray:
+        """Whether rule `k` is in each set."""
+        if self.dtype is object:
+            return (bits & (1 << k)) != 0
+        return (bits & self.dtype(1 << k)) != 0
+
+    def has(self, bits: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Whether rule ``k[i]`` is in set ``bits[i]``."""
+        if self.dtype is object:
+            return np.array([(int(b) >> int(j)) & 1 == 1 for b, j in zip(bits, k)], dtype=bool)
+        return ((bits >> k.astype(self.dtype)) & self.dtype(1)) != 0
+
+
+@dataclass
+class RuleSets:
+    """Per row judged (positions of a :class:`Stretches`), the sets of rules the order of judgement reads."""
+
+    full: np.ndarray  # match now, in full
+    unscored: np.ndarray  # match but for the score (a score is known and falls short)
+    later: np.ndarray  # can match later on this page, as time on page grows
+    cross: np.ndarray  # of `later`, those with a moment still ahead at which they can match (a reason to wait)
+    open: np.ndarray  # whose queue takes an offer at this row (open, not busy)
+    busy: np.ndarray | None = None  # whose queue is open but busy (None: no queue is ever busy)
+
+
+def rule_points(rule: Rule) -> np.ndarray:
+    """``policy.wait_points`` of `rule` as an array."""
+    return np.array(wait_points(rule), dtype=float)
+
+
+def crossable(rule: Rule, seconds: np.ndarray) -> np.ndarray:
+    """Whether `rule` has a moment ahead on the page, after `seconds` on it, at which its time conditions hold."""
+    points = wait_points(rule)
+    if not points:
+        return np.zeros(len(seconds), dtype=bool)
+    return seconds < points[-1]
+
+
+def wait_for(bits: RuleBits, cross: np.ndarray, seconds: np.ndarray,
+             points: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For rows that wait: (rule, delay) of the earliest moment one of the rules in `cross` can fire, as
+    ``min(policy.next_crossing)`` over them (a tie keeps the stronger rule). `points`: ``rule_points`` per rule."""
+    best = np.full(len(seconds), np.inf)
+    rule = np.full(len(seconds), -1, dtype=np.int64)
+    for k, p in enumerate(points):
+        if not len(p):
+            continue
+        has = bits.contains(cross, k)
+        if not has.any():
+            continue
+        pos = np.searchsorted(p, seconds, side="right")  # the first point > seconds
+        delay = np.where(has & (pos < len(p)), p[np.minimum(pos, len(p) - 1)] - seconds, np.inf)
+        better = delay < best  # strict: a tie keeps the stronger rule, as min() keeps the first
+        best = np.where(better, delay, best)
+        rule = np.where(better, k, rule)
+    return rule, np.where(rule >= 0, best, np.nan)
+
+
+def round3(values: np.ndarray) -> np.ndarray:
+    """Python's round(x, 3) (correctly rounded), for every value: ``recheck_after`` as ``decide`` gives it."""
+    out = np.full(len(values), np.nan)
+    ok = ~np.isnan(values)
+    if ok.any():
+        inverse, uniq = pd.factorize(values[ok])
+        out[ok] = np.array([round(float(v), 3) for v in uniq], dtype=float)[inverse]
+    return out
+
+
+# ============================================================================================ queues
+
+
+def queue_timeline(spec: RuleSpec, status: Any) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """queue -> (update times, agents_available, estimated_wait_s), NaN for not reported; sorted by time.
+
+    `status`: None (no status: no queue is ever busy), a mapping queue -> QueueStatus (or dict) in force
+    throughout, or a DataFrame of updates with columns ts, queue, agents_available, estimated_wait_s.
+    An update applies to events at or after its time (as ``Runtime.update_queue`` called before them).
+    """
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if status is None:
+        return out
+    if isinstance(status, Mapping):
+        rows = []
+        for name, s in status.items():
+            get = s.get if isinstance(s, Mapping) else (lambda k, s=s: getattr(s, k, None))
+            rows.append({"ts": -math.inf, "queue": name, "agents_available": get("agents_available"),
+                         "estimated_wait_s": get("estimated_wait_s")})
+        status = pd.DataFrame(rows, columns=["ts", "queue", "agents_available", "estimated_wait_s"])
+    if not isinstance(status, pd.DataFrame):
+        raise TypeError("queue_status: expected None, a mapping of queue to status, or a DataFrame of updates")
+    unknown = sorted(set(status["queue"].dropna().astype(str)) - set(spec.queues))
+    if unknown:
+        raise ValueError(f"queue_status: unknown queue(s) {', '.join(unknown)} (defined: {', '.join(spec.queues)})")
+    frame = status.reset_index(drop=True)
+    times = pd.to_numeric(frame["ts"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+    def numbers(name: str) -> np.ndarray:
+        if name not in frame.columns:
+            return np.full(len(frame), np.nan)
+        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+    agents, wait = numbers("agents_available"), numbers("estimated_wait_s")
+    order = np.argsort(times, kind="stable")
+    queue_of = frame["queue"].to_numpy(dtype=object)[order]
+    for name in spec.queues:
+        pick = order[queue_of == name]
+        if len(pick):
+            out[name] = (times[pick], agents[pick], wait[pick])
+    return out
+
+
+def queue_blocks(spec: RuleSpec, table: EventTable, timeline: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """queue -> per row: -1 when it takes an offer, else the reason code: ``closed`` (its hours), then
+    ``queue_busy`` (no agent available, or the estimated wait over ``max_wait_s``), as ``policy.decide``."""
+    out = {}
+    ts = table.ts
+    for name, queue in spec.queues.items():
+        code = np.full(table.n, -1, dtype=np.int8)
+        if queue.hours is not None:
+            weekday, minute = table.columns.clock(queue.hours.tz)
+            code[~open_mask(queue.hours, weekday, minute)] = _CLOSED
+        if name in timeline:
+            times, agents, wait = timeline[name]
+            busy_u = (~np.isnan(agents) & (agents <= 0))
+            if queue.max_wait_s is not None:
+                busy_u |= ~np.isnan(wait) & (wait > queue.max_wait_s)
+            idx = np.searchsorted(times, ts, side="right") - 1
+            busy = (idx >= 0) & np.append(busy_u, False)[idx]
+            code[(code < 0) & busy] = _BUSY
+        out[name] = code
+    return out
+
+
+def queue_status_at(timeline: Mapping[str, tuple], t: float) -> dict[str, QueueStatus]:
+    """The queues' status at time `t` as ``Runtime.update_queue`` calls left it (for the pure core)."""
+    out = {}
+    for name, (times, agents, wait) in timeline.items():
+        i = int(np.searchsorted(times, t, side="right")) - 1
+        if i >= 0:
+            a, w = agents[i], wait[i]
+            out[name] = QueueStatus(None if a != a else int(a), None if w != w else float(w), float(times[i]))
+    return out
+
+
+# ============================================================================================ the rows judged
+
+
+class Stretches:
+    """The rows judged, by session stretch, then time: positions ``0..m-1`` over table rows :attr:`rows`.
+
+    `mask`: the table rows to judge (valid rows only). ``holdout``: the policy's holdout share. Call
+    :meth:`index_visitors` once when the same rows are judged many times (the tuner): the rows of a visitor
+    are then found without a pass over all of them.
+    """
+
+    def __init__(self, table: EventTable, mask: np.ndarray, ttl: float, holdout: float):
+        self.table = table
+        self.share = holdout
+        epoch_all, order = table.stretches(ttl)
+        rows = order[mask[order]]
+        self.rows = rows
+        m = self.m = len(rows)
+        self.ts = table.ts[rows]
+        self.sec = table.seconds[rows]
+        self.epoch = epoch_all[rows]
+        vcode, skey, _ = table.keys()
+        self.visitor = vcode[rows]
+        self.session = skey[rows]
+        code, delay = table.answers()
+        self.answer = code[rows]
+        self.delay = delay[rows]
+        starts = np.flatnonzero(np.r_[True, self.epoch[1:] != self.epoch[:-1]]) if m else np.zeros(0, np.int64)
+        lengths = np.diff(np.r_[starts, m])
+        self.end = np.repeat(starts + lengths, lengths)  # one past the last position of each row's stretch
+        self.n_visitors = len(table.columns.view("visitor_id", STRING).uniques) + 1
+        self._by_visitor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def hold(self, pos: np.ndarray) -> np.ndarray:
+        """Whether the visitor of each position is in the holdout group."""
+        if self.share <= 0:
+            return np.zeros(len(pos), dtype=bool)
+        return self.table.holdout(self.visitor[pos], self.share)
+
+    def index_visitors(self) -> None:
+        """Positions by visitor, then time: :meth:`of_visitors` reads only the rows it returns."""
+        if self._by_visitor is None:
+            by_visitor = np.lexsort((self.rows, self.visitor)) if self.m else np.zeros(0, np.int64)
+            sorted_v = self.visitor[by_visitor]
+            codes = np.arange(self.n_visitors)
+            self._by_visitor = (by_visitor, np.searchsorted(sorted_v, codes, side="left"),
+                                np.searchsorted(sorted_v, codes, side="right"))
+
+    def of_visitors(self, visitors: np.ndarray) -> np.ndarray:
+        """The positions of the (distinct) `visitors`, in no particular order."""
+        if self._by_visitor is not None:
+            by_visitor, lo, hi = self._by_visitor
+            return by_visitor[ranges(lo[visitors], hi[visitors])]
+        flagged = np.zeros(self.n_visitors, dtype=bool)
+        flagged[visitors] = True
+        return np.flatnonzero(flagged[self.visitor])
+
+
+# ============================================================================================ offers
+
+
+@dataclass
+class Offers:
+    """Offers and holdout would-be offers, in time order (positions of a :class:`Stretches`)."""
+
+    pos: np.ndarray
+    hold: np.ndarray  # a holdout visitor's would-be offer
+    kind: np.ndarray  # answer code (table.NO_ANSWER / ACCEPT / DECLINE): the recorded answer if before the timeout
+    answered: np.ndarray  # answered at (NaN: not answered, it expires)
+    expires: np.ndarray
+    rule: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the rule that offers
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class OfferLedger:
+    """The session and visitor policy over offering rows taken in time order: the one sequential step.
+
+    in_chat, offer_pending, max_offers and cooldown, with the replay's answer convention (a recorded answer
+    counts if it comes before the offer expires; a holdout visitor's would-be offer is never answered).
+    """
+
+    __slots__ = ("timeout", "cooldown", "max_offers", "sessions", "declines")
+
+    def __init__(self, policy: Any):
+        self.timeout, self.cooldown = policy.offer_timeout_s, policy.decline_cooldown_s
+        self.max_offers = policy.max_offers_per_session
+        self.sessions: dict[int, tuple[int, float, float, int]] = {}  # made, expires, answered at, answer
+        self.declines: dict[int, list[tuple[float, float]]] = {}  # visitor -> (declined at, cooldown until)
+
+    def admit(self, t: float, session: int, visitor: int, code: int, delay: float,
+              hold: Any) -> tuple[float, float, int] | None:
+        """(expires, answered at, answer code) when an offering row at `t` makes an offer, else None."""
+        made = 0
+        state = self.sessions.get(session)
+        if state is not None:
+            made, expires, answered, kind = state
+            if kind == ACCEPT and answered <= t:
+                return None  # in_chat
+            if t < expires and not (kind != NO_ANSWER and answered <= t):
+                return None  # offer_pending
+        if made >= self.max_offers:
+            return None
+        past = self.declines.get(visitor)
+        if past is not None and any(a <= t < until for a, until in past):
+            return None  # cooldown
+        expires = t + self.timeout
+        kind, answered = NO_ANSWER, math.nan
+        if not hold and code != NO_ANSWER and delay == delay and t + delay < expires:
+            kind, answered = code, t + delay
+            if kind == DECLINE:
+                self.declines.setdefault(visitor, []).append((answered, answered + self.cooldown))
+        self.sessions[session] = (made + 1, expires, answered, kind)
+        return expires, answered, kind
+
+
+def offers(st: Stretches, fire_pos: np.ndarray, policy: Policy) -> Offers:
+    """The offers among the rows that would offer (`fire_pos`, positions in order), in time order."""
+    max_offers = policy.max_offers_per_session
+    stats: dict[str, Any] = {"candidate_rows": st.m, "firing_rows": len(fire_pos), "visitors_stepped": 0,
+                             "rows_stepped": 0, "path": "none"}
+    if max_offers <= 0 or not len(fire_pos):
+        empty = np.zeros(0, dtype=np.int64)
+        return Offers(empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int8), np.zeros(0), np.zeros(0),
+                      stats=stats)
+    loop = np.zeros(st.n_visitors, dtype=bool)
+    if max_offers == 1:
+        ep = st.epoch[fire_pos]
+        first = fire_pos[np.r_[True, ep[1:] != ep[:-1]]]  # each stretch's first offering row: its offer,
+        # unless a decline's cooldown covers it. Only a visitor with a declined first offer whose cooldown
+        # reaches their next stretch's first offering row (by time) can be affected: those go row by row.
+        kind, answered = _answer(st, first, st.hold(first), policy)
+        by_visitor = np.lexsort((st.rows[first], st.visitor[first]))
+        f, k, a = first[by_visitor], kind[by_visitor], answered[by_visitor]
+        vis = st.visitor[f]
+        reach = (k[:-1] == DECLINE) & (vis[1:] == vis[:-1]) & (st.ts[f[1:]] < a[:-1] + policy.decline_cooldown_s)
+        loop[vis[:-1][reach]] = True
+        fast = first[~loop[st.visitor[first]]]
+    else:
+        loop[st.visitor[fire_pos]] = True  # several offers per session: every visitor, row by row
+        fast = np.zeros(0, dtype=np.int64)
+    slow = fire_pos[loop[st.visitor[fire_pos]]]
+    stats.update(visitors_stepped=int(loop.sum()), rows_stepped=len(slow),
+                 path="first offering row per stretch" if max_offers == 1 else "row by row")
+    if len(slow) and max_offers == 1:
+        slow = _sequential_first(st, slow, policy)
+    elif len(slow):
+        slow = _sequential(st, slow[np.argsort(st.rows[slow], kind="stable")], policy)
+    pos = np.concatenate([fast, slow])
+    pos = pos[np.argsort(st.rows[pos], kind="stable")]  # time order
+    hold = st.hold(pos)
+    kind, answered = _answer(st, pos, hold, policy)
+    return Offers(pos, hold, kind, answered, st.ts[pos] + policy.offer_timeout_s, stats=stats)
+
+
+def _answer(st: Stretches, pos: np.ndarray, hold: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """(answer code, answered at) of offers at `pos`: the recorded answer if it comes before the timeout."""
+    t = st.ts[pos]
+    d = st.delay[pos]
+    code = st.answer[pos]
+    expires = t + policy.offer_timeout_s
+    with np.errstate(invalid="ignore"):
+        counts = ~hold & (code != NO_ANSWER) & ~np.isnan(d) & (t + d < expires)
+    kind = np.where(counts, code, NO_ANSWER).astype(np.int8)
+    return kind, np.where(counts, t + d, np.nan)
+
+
+def _sequential(st: Stretches, positions: np.ndarray, policy: Policy) -> np.ndarray:
+    """:class:`OfferLedger` over these offering rows (time order): the positions that offer."""
+    ledger = OfferLedger(policy)
+    rows = zip(positions.tolist(), st.ts[positions].tolist(), st.epoch[positions].tolist(),
+               st.visitor[positions].tolist(), st.answer[positions].tolist(), st.delay[positions].tolist(),
+               st.hold(positions).tolist())
+    out = [p for p, t, s, v, code, d, hold in rows if ledger.admit(t, s, v, code, d, hold) is not None]
+    return np.array(out, dtype=np.int64)
+
+
+def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.ndarray:
+    """:func:`_sequential` for one offer per session, a session stretch at a time (positions in order).
+
+    A stretch offers at its first offering row outside every cooldown of its visitor; once it has, its
+    other rows never can. So only each stretch's next candidate is kept, in a heap by time (row order),
+    and a row inside a cooldown jumps to the stretch's first offering row at or after the cooldown's end
+    (every row in between is inside the same cooldown). The rows are taken in time order, as
+    :class:`OfferLedger` takes them, so the declines known at each row are the same.
+    """
+    timeout, cooldown = policy.offer_timeout_s, policy.decline_cooldown_s
+    ep = st.epoch[fire]
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    ends = np.r_[starts[1:], len(fire)]
+    rows = st.rows[fire]
+    times = st.ts[fire]
+    heap = list(zip(rows[starts].tolist(), starts.tolist(), ends.tolist()))
+    heapq.heapify(heap)
+    visitor, code, delay, hold = st.visitor[fire], st.answer[fire], st.delay[fire], st.hold(fire)
+    declines: dict[int, list[tuple[float, float]]] = {}
+    out = []
+    while heap:
+        _, i, end = heapq.heappop(heap)
+        t, v = float(times[i]), int(visitor[i])
+        past = declines.get(v)
+        if past is not None:
+            until = max((u for a, u in past if a <= t < u), default=None)
+            if until is not None:  # in a cooldown: the next candidate is the first row at or after its end
+                j = i + 1 + int(np.searchsorted(times[i + 1:end], until, side="left"))
+                if j < end:
+                    heapq.heappush(heap, (int(rows[j]), j, end))
+                continue
+        out.append(i)
+        d = float(delay[i])
+        if not hold[i] and code[i] == DECLINE and d == d and t + d < t + timeout:
+            declines.setdefault(v, []).append((t + d, t + d + cooldown))
+    return fire[np.array(out, dtype=np.int64)]
+
+
+# ============================================================================================ session and visitor blocks
+
+
+def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """The matched rows a session or visitor block stops, and the block (reason code) of each.
+
+    `matched`: per position, whether some rule matches now, but for its score, or later.
+    """
+    o_pos, o_kind, o_ans, o_exp = made.pos, made.kind, made.answered, made.expires
+    max_offers = policy.max_offers_per_session
+    if max_offers <= 0:  # no offer can ever be made: every matched row is max_offers
+        pos = np.flatnonzero(matched)
+        return pos, np.full(len(pos), _MAX, dtype=np.int64)
+    out_pos, out_reason = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    taken = np.zeros(0, dtype=np.int64)
+    if len(o_pos):
+        # Only rows after the first offer of a session stretch can be blocked by the session.
+        by_pos = np.argsort(o_pos, kind="stable")
+        sp = o_pos[by_pos]
+        ep = st.epoch[sp]
+        head = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])  # first offer of each stretch, in `sp`
+        tail, group = ranges(sp[head] + 1, st.end[sp[head]], groups=True)
+        keep = matched[tail]
+        tail, group = tail[keep], group[keep]
+        if max_offers == 1:  # one offer per stretch: the row's last offer is its stretch's, and count is 1
+            last = by_pos[head[group]]
+            count = np.ones(len(tail), dtype=np.int64)
+        else:
+            upto = np.searchsorted(sp, tail, side="left")
+            count = upto - head[group]
+            last = by_pos[upto - 1]
+        t = st.ts[tail]
+        answered = o_ans[last]
+        kind = o_kind[last]
+        with np.errstate(invalid="ignore"):
+            arrived = (kind != NO_ANSWER) & (answered <= t)
+        held = {  # the session blocks, tried in the pure core's order (policy.SESSION_BLOCKS)
+            Reason.IN_CHAT: arrived & (kind == ACCEPT),
+            Reason.OFFER_PENDING: (t < o_exp[last]) & ~arrived,
+            Reason.MAX_OFFERS: count >= max_offers,
+        }
+        blocks = [r for r in SESSION_BLOCKS if r in held]
+        reason = np.select([held[r] for r in blocks], [REASON_CODE[r] for r in blocks], -1)
+        hit = reason >= 0
+        taken = tail[hit]
+        out_pos.append(taken)
+        out_reason.append(reason[hit])
+    declined = o_kind == DECLINE
+    if declined.any():  # the last session block: cooldown, of rows no other block stops
+        c_pos = _cooldown_rows(st, matched, o_pos[declined], o_ans[declined], taken, policy.decline_cooldown_s)
+        out_pos.append(c_pos)
+        out_reason.append(np.full(len(c_pos), _COOLDOWN, dtype=np.int64))
+    return np.concatenate(out_pos), np.concatenate(out_reason).astype(np.int64)
+
+
+def _cooldown_rows(st: Stretches, matched: np.ndarray, d_pos: np.ndarray, d_at: np.ndarray, taken: np.ndarray,
+                   cooldown: float) -> np.ndarray:
+    """Matched rows, not blocked by their session, of a visitor within a cooldown of a delivered decline."""
+    d_v = st.visitor[d_pos]
+    vs = np.unique(d_v)
+    first_at = np.full(st.n_visitors, np.inf)
+    np.minimum.at(first_at, d_v, d_at)
+    rows = st.of_visitors(vs)
+    rows = rows[matched[rows] & (st.ts[rows] >= first_at[st.visitor[rows]])]  # before any decline: free
+    if len(taken) and len(rows):
+        mask = np.zeros(st.m, dtype=bool)
+        mask[taken] = True
+        rows = rows[~mask[rows]]
+    if not len(rows):
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(rows_in_cooldown(rows, st.visitor, st.ts, d_v, d_at, d_at + cooldown))
+
+
+def rows_in_cooldown(rows: np.ndarray, visitor: np.ndarray, ts: np.ndarray, decline_visitor: np.ndarray,
+                     decline_at: np.ndarray, decline_until: np.ndarray) -> np.ndarray:
+    """Those of `rows` (indices into `visitor` / `ts`) that fall in a cooldown: the latest decline of the same
+    visitor at or before the row (a decline at the same moment is delivered first) ends after it.
+
+    Declines and rows are merged in (visitor, time) order; the latest decline before a row has the largest end,
+    since every decline adds the same cooldown.
+    """
+    v_all = np.concatenate([decline_visitor, visitor[rows]])
+    t_all = np.concatenate([decline_at, ts[rows]])
+    kind = np.concatenate([np.zeros(len(decline_visitor), dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
+    order = np.lexsort((kind, t_all, v_all))
+    is_decline = kind[order] == 0
+    position = np.where(is_decline, np.arange(len(order)), -1)
+    last = np.maximum.accumulate(position)
+    row_slots = np.flatnonzero(~is_decline)
+    last_decline = last[row_slots]
+    source = order[np.maximum(last_decline, 0)]
+    same = (last_decline >= 0) & (v_all[source] == v_all[order[row_slots]])
+    until = np.where(same, decline_until[np.minimum(source, len(decline_until) - 1)], -np.inf)
+    row_ids = rows[order[row_slots] - len(decline_visitor)]
+    return row_ids[ts[row_ids] < until]
+
+
+def ranges(starts: np.ndarray, ends: np.ndarray, groups: bool = False) -> Any:
+    """The concatenation of arange(s, e) for every pair (empty ranges allowed); with ``groups``, also the
+    index of the pair each value comes from."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.maximum(np.asarray(ends, dtype=np.int64) - starts, 0)
+    total = int(lengths.sum())
+    if not total:
+        empty = np.zeros(0, dtype=np.int64)
+        return (empty, empty.copy()) if groups else empty
+    offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    values = offsets + np.arange(total)
+    if groups:
+        return values, np.repeat(np.arange(len(starts)), lengths)
+    return values
+
+
+# ============================================================================================ the verdict
+
+
+class Verdict:
+    """The order of judgement over the rows of `st` (see the module docstring)."""
+
+    def __init__(self, st: Stretches, bits: RuleBits, sets: RuleSets, policy: Policy):
+        self.st, self.bits, self.sets = st, bits, sets
+        full, uns, later, cross = sets.full, sets.unscored, sets.later, sets.cross
+        # -- 1. stateless: what each row would decide if no session or visitor block applied --------------
+        self.fo = fo = full & sets.open
+        self.fire = np.flatnonzero(fo)  # a rule matches in full and its queue takes the offer
+        any_full = full != 0
+        self.qblocked = np.flatnonzero(any_full & (fo == 0))  # full matches, every one's queue closed or busy
+        rest = ~any_full & ((uns | later) != 0)
+        self.n_rest = int(np.count_nonzero(rest))
+        self.waiting = rest & (cross != 0)
+        self.n_wait = int(np.count_nonzero(self.waiting))
+        self.below = np.flatnonzero(rest & ~self.waiting & (uns != 0))
+        self.n_matched = len(self.fire) + len(self.qblocked) + self.n_rest
+        # -- 2. the offers ------------------------------------------------------------------------------------
+        self.offers = offers(st, self.fire, policy)
+        self.offers.rule = bits.first(fo[self.offers.pos])  # the strongest full match whose queue takes it
+        # -- 3. the session and visitor blocks of every other matched row --------------------------------------
+        self.matched = (full | uns | later) != 0
+        self.stop_pos, self.stop_reason = stops(st, self.matched, self.offers, policy)
+        check = np.zeros(st.m, dtype=np.int8)
+        check[self.stop_pos] = 1
+        check[self.offers.pos] += 2
+        if (check[self.offers.pos] != 2).any() or ((check[self.fire] != 1) & (check[self.fire] != 2)).any():
+            raise AssertionError("judge: the sequential and the vectorised session views disagree")
+
+    def _queue_reason(self, rule: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The block of the queue of `rule` at `pos` (full matches whose queue does not take an offer)."""
+        busy = self.sets.busy
+        if busy is None:
+            return np.full(len(pos), _CLOSED, dtype=np.int64)
+        return np.where(self.bits.has(busy[pos], rule), _BUSY, _CLOSED).astype(np.int64)
+
+    def strongest(self, pos: np.ndarray) -> np.ndarray:
+        """The rule a blocked row names: the strongest full match, else later match, else score_below one."""
+        f, lt, u = self.sets.full[pos], self.sets.later[pos], self.sets.unscored[pos]
+        return self.bits.first(np.where(f != 0, f, np.where(lt != 0, lt, u)))
+
+    def per_row(self, points: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(action code, reason code (-1 none), rule (-1 none), recheck_after) of every position.
+
+        `points`: ``rule_points`` of every rule (the moments a waiting row waits for).
+        """
+        m, bits, sets = self.st.m, self.bits, self.sets
+        action = np.full(m, A_NONE, dtype=np.int8)
+        reason = np.full(m, _NO_RULE, dtype=np.int8)
+        rule = np.full(m, -1, dtype=np.int16)
+        recheck = np.full(m, np.nan)
+        f = self.fire
+        action[f] = A_OFFER
+        reason[f] = -1
+        rule[f] = bits.first(self.fo[f])
+        q = self.qblocked
+        first_full = bits.first(sets.full[q])
+        rule[q] = first_full
+        reason[q] = self._queue_reason(first_full, q)
+        w = np.flatnonzero(self.waiting)
+        w_rule, delay = wait_for(bits, sets.cross[w], self.st.sec[w], points)
+        action[w] = A_WAIT
+        reason[w] = -1
+        rule[w] = w_rule
+        recheck[w] = round3(delay)
+        b = self.below
+        rule[b] = bits.first(sets.unscored[b])
+        reason[b] = _SCORE_BELOW
+        s = self.stop_pos
+        action[s] = A_NONE
+        reason[s] = self.stop_reason
+        rule[s] = self.strongest(s)
+        recheck[s] = np.nan
+        held = self.offers.pos[self.offers.hold]
+        action[held] = A_NONE
+        reason[held] = _HOLDOUT
+        return action, reason, rule, recheck
+
+    def counts(self, valid_events: int, refused: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Without a pass over every row: (reasons by rule: (rules, REASONS) counts of the rows that name a rule
+        and a reason, reason totals over every row, action totals over every row: `valid_events` rows judged
+        (the rows not in :attr:`st` are ``none/no_rule``) and `refused` rows)."""
+        bits, sets = self.bits, self.sets
+        s_pos, s_reason = self.stop_pos, self.stop_reason
+        # the stateless judgement of the stopped rows, to take out of the counts
+        f, u, c, fos = sets.full[s_pos], sets.unscored[s_pos], sets.cross[s_pos], self.fo[s_pos]
+        cls = np.where(fos != 0, 0, np.where(f != 0, 1, np.where(c != 0, 2, np.where(u != 0, 3, 4))))
+        k0, n_reasons = bits.k, len(REASONS)
+        grid = np.zeros((k0, n_reasons), dtype=np.int64)
+
+        def add(rule: np.ndarray, code: np.ndarray | int, sign: int = 1) -> None:
+            if len(rule):
+                flat = rule * n_reasons + code
+                grid[:] += sign * np.bincount(flat, minlength=k0 * n_reasons).reshape(k0, n_reasons)
+
+        q = self.qblocked
+        if len(q):
+            first_full = bits.first(sets.full[q])
+            add(first_full, self._queue_reason(first_full, q))
+        if len(self.below):
+            add(bits.first(sets.unscored[self.below]), _SCORE_BELOW)
+        stopped_q = s_pos[cls == 1]
+        if len(stopped_q):
+            first_full = bits.first(f[cls == 1])
+            add(first_full, self._queue_reason(first_full, stopped_q), -1)
+        add(bits.first(u[cls == 3]), _SCORE_BELOW, -1)
+        if len(s_pos):
+            add(self.strongest(s_pos), s_reason)
+        s_wait = int((cls == 2).sum())
+        s_nothing = int((cls == 4).sum())
+        n_nothing = self.n_rest - self.n_wait - len(self.below)  # matched rows that neither wait nor fall short
+        reasons = grid.sum(axis=0)
+        reasons[_NO_RULE] = (valid_events - self.n_matched) + (n_nothing - s_nothing)
+        n_hold = int(self.offers.hold.sum())
+        reasons[_HOLDOUT] = n_hold
+        n_offers = len(self.offers.pos) - n_hold
+        waits = self.n_wait - s_wait
+        actions = {"offer": n_offers, "wait": waits, "none": valid_events - n_offers - waits, "refused": refused}
+        return grid, reasons, actions
+
+
+# ============================================================================================ per table row
+
+
+@dataclass
+class Judged:
+    """What was decided, per row of an :class:`EventTable` (time order): the backtest's decisions, from either
+    engine (this module's :class:`Verdict`, or the pure core row by row)."""
+
+    action: np.ndarray  # int8 codes into ACTIONS
+    reason: np.ndarray  # int8 codes into REASONS, -1 none
+    rule: np.ndarray  # int16 rule index (spec order), -1 none
+    recheck: np.ndarray  # float, NaN unless wait
+    offer_rows: np.ndarray  # rows of offers and would-be offers, in order
+    offer_holdout: np.ndarray  # bool per offer row
+    offer_ids: list[str | None]
+    metadata: dict[int, dict[str, str]] | None = None
+    answers: tuple[np.ndarray, ...] = ()  # per offer: answered at, answer code, expires at
