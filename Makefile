@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-quick bench clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test
 	$(PY) -m pytest
+
+# The suite without the browser, notebook, slow and fault-injection tests: under 2 minutes on 2 cores.
+QUICK := not browser and not notebook and not slow and not faults
+test-quick: $(VENV)/.test
+	$(PY) -m pytest -m "$(QUICK)"
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_runtime.py

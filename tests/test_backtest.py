@@ -28,7 +28,6 @@ from pcrules.backtest import EventTable, backtest, batch_scores, compare
 from pcrules.cli import DEFAULT_RULES
 from pcrules.replay import replay
 from pcrules.scoring import LinearScorer
-from pcrules.world import generate
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -101,11 +100,11 @@ def assert_same_decisions(log: ListLog, result: Any, *, scores: bool = True, met
 
 
 @pytest.fixture(scope="module")
-def model() -> Any:
+def model(worlds: Any) -> Any:
     """An AcceptanceModel trained on a small world's would-be answers (the pipeline) and its compiled scorer."""
     from pcrules.scoring import AcceptanceModel
 
-    train = generate(visitors=1500, seed=11).events
+    train = worlds(visitors=1500, seed=11).events
     fitted = AcceptanceModel().fit(train.drop(columns=["response", "response_delay_s"]),
                                    (train["response"] == "accept").to_numpy())
     return fitted
@@ -177,8 +176,9 @@ def _updates(events: pd.DataFrame, seed: int, n: int = 400) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- parity
 
 
-def test_world_parity_over_100k_events_both_engines(model: Any) -> None:
-    world = generate(visitors=7000, seed=5, days=3)
+@pytest.mark.slow
+def test_world_parity_over_100k_events_both_engines(worlds: Any, model: Any) -> None:
+    world = worlds(visitors=7000, seed=5, days=3)
     events = _decorate(world.events, 0)
     assert len(events) >= 100_000
     assert events["response"].notna().sum() > 10_000  # recorded answers to play back
@@ -287,6 +287,7 @@ def random_specs(draw: st.DrawFn) -> dict:
     return {"name": "random", "policy": policy, "queues": queues, "rules": rules}
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(spec_dict=random_specs(), events=streams(), busy=st.booleans())
 def test_random_specs_and_streams_equal_the_runtime(spec_dict: dict, events: pd.DataFrame, busy: bool) -> None:
@@ -309,8 +310,8 @@ def test_random_specs_and_streams_equal_the_runtime(spec_dict: dict, events: pd.
 # --------------------------------------------------------------------------------------------- the result
 
 
-def test_input_order_is_kept_and_refused_rows_stand_aside() -> None:
-    world = generate(visitors=300, seed=2)
+def test_input_order_is_kept_and_refused_rows_stand_aside(worlds: Any) -> None:
+    world = worlds(visitors=300, seed=2)
     events = world.events.copy()
     events.loc[5, "seconds_on_page"] = -1.0  # the runtime refuses it
     events.loc[9, "page"] = None
@@ -327,8 +328,8 @@ def test_input_order_is_kept_and_refused_rows_stand_aside() -> None:
     assert a.metrics["refused"] == 2 and a.metrics["offers"] == summary.offers
 
 
-def test_metrics_queue_load_summary_and_compare(model: Any) -> None:
-    world = generate(visitors=800, seed=4)
+def test_metrics_queue_load_summary_and_compare(worlds: Any, model: Any) -> None:
+    world = worlds(visitors=800, seed=4)
     scorer = model.compile()
     base = load_spec(DEFAULT_RULES)
     a = backtest(base, world.events, scorer)
@@ -355,8 +356,8 @@ def test_metrics_queue_load_summary_and_compare(model: Any) -> None:
     assert side.loc["expected_accepts", "tighter"] == pytest.approx(b.offers.loc[~b.offers["holdout"], "score"].sum())
 
 
-def test_scores_equal_the_runtime_scorer_to_1e_9(model: Any) -> None:
-    events = generate(visitors=400, seed=8).events
+def test_scores_equal_the_runtime_scorer_to_1e_9(worlds: Any, model: Any) -> None:
+    events = worlds(visitors=400, seed=8).events
     table = EventTable(events)
     rows = np.arange(table.n)
     compiled = model.compile()
@@ -375,13 +376,13 @@ def test_scores_equal_the_runtime_scorer_to_1e_9(model: Any) -> None:
     assert np.abs(batch_scores(Wrapped(), table, rows[:200]) - one[:200]).max() == 0.0
 
 
-def test_no_progress_output_by_default(capsys: Any) -> None:
-    events = generate(visitors=100, seed=1).events
+def test_no_progress_output_by_default(worlds: Any, capsys: Any) -> None:
+    events = worlds(visitors=100, seed=1).events
     backtest(load_spec(DEFAULT_RULES), events)
     assert capsys.readouterr().err == ""
 
 
-def test_cli_backtest_prints_the_summary_and_writes_decisions(tmp_path: Any, model: Any, capsys: Any) -> None:
+def test_cli_backtest_prints_the_summary_and_writes_decisions(worlds: Any, tmp_path: Any, model: Any, capsys: Any) -> None:
     from pcrules.bundle import publish
     from pcrules.cli import main
 
@@ -390,7 +391,7 @@ def test_cli_backtest_prints_the_summary_and_writes_decisions(tmp_path: Any, mod
     source["rules"] = [dict(source["rules"][0], when={**source["rules"][0]["when"], "score": {"gte": 0.05}}),
                        *source["rules"][1:]]
     publish(source, model.compile(), tmp_path / "published")
-    world = generate(visitors=300, seed=6)
+    world = worlds(visitors=300, seed=6)
     world.write(tmp_path / "world")
     out = tmp_path / "decisions.parquet"
     code = main(["backtest", "--bundle", str(tmp_path / "published"), "--events",
@@ -406,7 +407,7 @@ def test_cli_backtest_prints_the_summary_and_writes_decisions(tmp_path: Any, mod
 # --------------------------------------------------------------------------------------------- decision quality
 
 
-def test_tuning_beats_the_untuned_rules_and_fixed_wait_is_a_baseline(model: Any) -> None:
+def test_tuning_beats_the_untuned_rules_and_fixed_wait_is_a_baseline(worlds: Any, model: Any) -> None:
     from pcrules.decision_value import (
         Economics,
         RuleChoice,
@@ -418,7 +419,7 @@ def test_tuning_beats_the_untuned_rules_and_fixed_wait_is_a_baseline(model: Any)
         world_truth,
     )
 
-    world = generate(visitors=1500, seed=22)
+    world = worlds(visitors=1500, seed=22)
     truth = world_truth(world)
     table = EventTable(world.events)
     spec = per_page_spec()
@@ -452,10 +453,10 @@ UPLIFT_KEYS = ("expected_uplift", "expected_uplift_per_offer", "expected_uplift_
                "true_expected_uplift_per_offer", "true_expected_uplift_itt")
 
 
-def test_expected_uplift_from_effects_in_every_form_or_not_available(model: Any) -> None:
+def test_expected_uplift_from_effects_in_every_form_or_not_available(worlds: Any, model: Any) -> None:
     from pcrules.world import event_effects
 
-    world = generate(visitors=1200, seed=12)
+    world = worlds(visitors=1200, seed=12)
     effects = event_effects(world)
     truth = effects["p_accept"].to_numpy()
     scorer = model.compile()
@@ -528,13 +529,13 @@ def test_expected_uplift_from_effects_in_every_form_or_not_available(model: Any)
     (lambda ev: np.array(["0.1"] * (len(ev) - 1) + ["lots"]), "1 value.s. are not, e.g. 'lots'"),
     (lambda ev: np.ones(len(ev), dtype=bool), "gain_if_accepted must be"),  # a flag is not a change of a rate
 ])
-def test_bad_effects_are_refused_naming_the_field(effects: Any, message: str) -> None:
-    events = generate(visitors=200, seed=2).events
+def test_bad_effects_are_refused_naming_the_field(worlds: Any, effects: Any, message: str) -> None:
+    events = worlds(visitors=200, seed=2).events
     with pytest.raises(ValueError, match=message):
         backtest(DEFAULT_RULES, events, None, truth=np.full(len(events), 0.1), effects=effects)
 
 
-def test_expected_uplift_matches_the_worlds_goals_within_sampling_error() -> None:
+def test_expected_uplift_matches_the_worlds_goals_within_sampling_error(worlds: Any) -> None:
     """The reported figures against the world (pcrules.world, a separate code path):
 
     * the true ITT per eligible visitor against ``true_uplift(answers="expected")``, an exact expectation
@@ -548,7 +549,7 @@ def test_expected_uplift_matches_the_worlds_goals_within_sampling_error() -> Non
     from pcrules.world import GOALS, draw_goals, event_effects, true_uplift
 
     strong = GOALS.scaled(lift=3.0, cost=10.0)
-    world = generate(visitors=20000, seed=41)
+    world = worlds(visitors=20000, seed=41)
     effects = event_effects(world, strong)
     result = backtest(DEFAULT_RULES, world.events, None, truth=effects["p_accept"].to_numpy(), effects=effects)
     m = result.metrics

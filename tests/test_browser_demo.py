@@ -16,6 +16,8 @@ import pytest
 
 from browser import Watch, chromium, demo_server, state
 
+pytestmark = pytest.mark.browser
+
 WAIT_S = 3  # the Bill Payment rule's time on page
 TOKEN = "browser-test-operator-token"  # the operator routes (here: /metrics) need it
 PAYLOAD = "<img src=x onerror=\"alert('xss-img')\"><script>alert('xss-script')</script><b>bold</b> & 'q'"

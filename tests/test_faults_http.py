@@ -403,6 +403,7 @@ def test_clients_hanging_up_mid_body_are_counted_not_logged(tmp_path: Path):
 # --------------------------------------------------------------------------- item 8: a stalled Redis
 
 
+@pytest.mark.redis
 def test_a_stalled_redis_does_not_stall_the_server(tmp_path: Path):
     if not Path(REDIS_SERVER).exists():
         pytest.fail(f"redis-server is needed and was not found at {REDIS_SERVER}: apt-get install -y redis-server",

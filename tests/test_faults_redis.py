@@ -27,7 +27,7 @@ from pcrules import Runtime
 from pcrules.redis_store import DataLost, RedisStore, StoreUnavailable, VolatileRedis, persistence_verdict
 from pcrules.server._procs import PACKAGE_ROOT, REDIS_SERVER, VOLATILE, RedisServer, ServeProcess, free_port
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.redis]
 
 TOKEN = "faults-redis-operator-token"
 ALWAYS = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")

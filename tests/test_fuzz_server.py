@@ -152,6 +152,7 @@ def check(client: TestClient, method: str, path: str, head: dict, body: bytes | 
     assert TOKEN not in r.text  # never echoed
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx_and_the_server_still_answers(client: TestClient):
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

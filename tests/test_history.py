@@ -14,7 +14,6 @@ from pcrules.events import validate_event
 from pcrules.history import (
     HistoryError, LoadReport, MissingColumns, load_events, load_offers, load_page_views,
 )
-from pcrules.world import generate
 
 MAPPING = {"ts": "Time", "visitor_id": "Visitor", "session_id": "Session", "page": "Page",
            "seconds_on_page": "Secs", "pages_viewed": "PV", "session_seconds": "SessSecs", "device": "Dev",
@@ -246,8 +245,8 @@ def test_offers_and_page_views(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv.gz"])
-def test_a_written_world_loads_back_clean_and_valid(tmp_path, fmt):
-    world = generate(visitors=150, seed=9)
+def test_a_written_world_loads_back_clean_and_valid(worlds, tmp_path, fmt):
+    world = worlds(visitors=150, seed=9)
     paths = world.write(tmp_path, format=fmt)
     events, report = load_events(paths["events"])
     assert report.ok and report.problems == [] and len(events) == len(world.events)

@@ -91,11 +91,10 @@ def text_of(nb: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pcrules.world import generate
+def world_dir(worlds: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("history") / "world"
-    generate(visitors=900, seed=11, days=7).write(out, format="csv.gz")
+    worlds(visitors=900, seed=11, days=7).write(out, format="csv.gz")
     return out
 
 
@@ -190,6 +189,7 @@ def test_analysis_functions(tmp_path: Path, world_dir: Path) -> None:
 # --------------------------------------------------------------------------- executing them
 
 
+@pytest.mark.notebook
 def test_explore_notebook(world_dir: Path) -> None:
     for data in (SAMPLE, world_dir):
         nb = run(NOTEBOOKS / "01_explore_history.ipynb", {"data_path": str(data)})
@@ -201,6 +201,7 @@ def test_explore_notebook(world_dir: Path) -> None:
         assert "generated world: ground truth known" in text_of(nb)
 
 
+@pytest.mark.notebook
 def test_train_notebook(tmp_path: Path) -> None:
     model = tmp_path / "model.json"
     nb = run(NOTEBOOKS / "02_train_model.ipynb", {"data_path": str(SAMPLE), "model_path": str(model)})
@@ -215,6 +216,7 @@ def test_train_notebook(tmp_path: Path) -> None:
     assert auc and float(auc.group(2)) > 0.85
 
 
+@pytest.mark.notebook
 def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
     from pcrules import analysis
     from pcrules.bundle import current_version, load_bundle
@@ -248,16 +250,15 @@ def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def app(worlds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A bundle (default rules, a model) and history; Voila serving dashboards/triggers.ipynb on a free port."""
     import subprocess
 
     from pcrules import analysis, dashboard
     from pcrules.bundle import publish
-    from pcrules.world import generate
 
     tmp = tmp_path_factory.mktemp("triggers-app")
-    world = generate(visitors=600, seed=5, days=7)
+    world = worlds(visitors=600, seed=5, days=7)
     world.write(tmp / "world", format="csv.gz")
     h = analysis.load_history(tmp / "world")
     model = analysis.train_model(h).model.compile()
@@ -279,6 +280,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         server.stop()
 
 
+@pytest.mark.notebook
+@pytest.mark.browser
 def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 

@@ -29,7 +29,7 @@ from pcrules import SQLiteDecisionLog, dashboard, load_spec
 from pcrules.uplift import MIN_PER_ARM
 from pcrules.uplift import estimate as uplift_estimate
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.browser, pytest.mark.notebook, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -30,6 +30,8 @@ from pcrules.policy import QueueStatus, SessionState, VisitorState
 from pcrules.redis_store import LockLost, RedisStore, StoreBusy, StoreUnavailable
 from pcrules.server._procs import REDIS_SERVER, RedisServer, ServeProcess
 
+pytestmark = pytest.mark.redis
+
 TOKEN = "redis-test-operator-token"  # the operator routes (here /metrics) need one
 
 
@@ -39,11 +41,7 @@ def _need_redis() -> None:
                     f"apt-get install -y redis-server (.ci/run does), or set PCRULES_REDIS_SERVER", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    _need_redis()
-    with RedisServer() as server:
-        yield server
+# redis_server: one redis-server for the session (tests/conftest.py)
 
 
 _prefixes = itertools.count()
@@ -548,6 +546,7 @@ def _offers_logged(*logs: Path) -> list[str]:
     return rows
 
 
+@pytest.mark.slow
 def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_server, tmp_path: Path):
     rules = _rules(tmp_path)
     url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a database of its own
@@ -672,6 +671,7 @@ def test_requests_that_arrive_together_share_one_write_to_redis(redis_server, tm
     assert metric('bucket{le="128.0"}') == metric("count") >= 3  # none more than MAX_BATCH (128) at once
 
 
+@pytest.mark.slow
 def test_serve_with_two_worker_processes_on_one_port(redis_server, tmp_path: Path):
     url = redis_server.url.rsplit("/", 1)[0] + "/4"
     with ServeProcess(["--rules", str(_rules(tmp_path)), "--redis", url, "--workers", "2"],

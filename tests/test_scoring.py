@@ -444,6 +444,7 @@ def _truth(mod, frame):
                                                   frame["returning"], frame["pages_viewed"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table", ["events", "offers"])
 def test_world_model_is_within_002_of_the_oracle_on_held_out_visitors(world, table):
     """`events`: every observation with its would-be answer (what the runtime scores); `offers`: only what the

@@ -20,6 +20,8 @@ import pytest
 
 from browser import Watch, chromium, demo_server, state
 
+pytestmark = pytest.mark.browser
+
 HOSTILE = [
     "<img src=x onerror=alert('img')>",
     "</script><script>alert('script')</script>",

@@ -7,11 +7,11 @@ import json
 from pcrules import Runtime
 from pcrules.cli import DEFAULT_RULES, main
 from pcrules.scoring import load_scorer
-from pcrules.world import generate, true_accept_probability
+from pcrules.world import true_accept_probability
 
 
-def test_train_publish_and_serve(tmp_path, capsys):
-    world = generate(visitors=6000, seed=5)
+def test_train_publish_and_serve(worlds, tmp_path, capsys):
+    world = worlds(visitors=6000, seed=5)
     offers_path = tmp_path / "offers.parquet"
     world.offers.to_parquet(offers_path)
     model_path, metrics_path = tmp_path / "model.json", tmp_path / "metrics.json"
@@ -43,11 +43,11 @@ def test_train_publish_and_serve(tmp_path, capsys):
     assert runtime.observe(event).action in ("offer", "wait", "none")
 
 
-def test_train_refuses_unusable_history(tmp_path, capsys):
+def test_train_refuses_unusable_history(worlds, tmp_path, capsys):
     missing = tmp_path / "nope.parquet"
     assert main(["train", "--offers", str(missing), "--out", str(tmp_path / "m.json")]) == 1
     assert "error:" in capsys.readouterr().err
-    world = generate(visitors=200, seed=1)
+    world = worlds(visitors=200, seed=1)
     same = world.offers.assign(response="none")
     same.to_parquet(tmp_path / "same.parquet")
     assert main(["train", "--offers", str(tmp_path / "same.parquet"), "--out", str(tmp_path / "m.json")]) == 1

@@ -36,7 +36,6 @@ from pcrules.tuning import (
     ruleset_diff,
     side_by_side,
 )
-from pcrules.world import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RULES = ROOT / "pcrules" / "default_rules.yaml"
@@ -52,8 +51,8 @@ PER_RULE_FLOATS = ("expected_accepts", "true_expected", "expected_uplift", "true
 
 
 @pytest.fixture(scope="module")
-def world() -> Any:
-    return generate(visitors=1500, seed=21, days=7)
+def world(worlds: Any) -> Any:
+    return worlds(visitors=1500, seed=21, days=7)
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +321,7 @@ def test_the_widget_shows_the_backtest(table: EventTable, scorer: Any, truth: np
     assert len(tuner.timings) == n + 1
 
 
+@pytest.mark.slow
 def test_publish_writes_a_bundle_the_runtime_reproduces(tmp_path: Path, world: Any, scorer: Any) -> None:
     from pcrules.bundle import load_bundle, publish
     from pcrules.replay import replay
@@ -450,6 +450,7 @@ def test_reset_and_apply_choices(world: Any, scorer: Any) -> None:
     assert tuner.read_settings().rules == tuner.model.initial.rules and tuner.result.metrics["offers"] == first
 
 
+@pytest.mark.slow
 def test_notebook_helpers(tmp_path: Path, world: Any, scorer: Any) -> None:
     from pcrules import analysis
     from pcrules.bundle import publish
@@ -507,12 +508,12 @@ def test_notebook_helpers(tmp_path: Path, world: Any, scorer: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def targeting_world() -> dict[str, Any]:
+def targeting_world(worlds: Any) -> dict[str, Any]:
     """A world where targeting matters: an accepted chat helps a struggling visitor far more (pcrules.world)."""
     from pcrules.decision_value import per_page_spec, world_truth
     from pcrules.world import event_effects
 
-    world = generate(visitors=2000, seed=31)
+    world = worlds(visitors=2000, seed=31)
     effects = event_effects(world)
     return {"world": world, "effects": effects, "truth": effects["p_accept"].to_numpy(),
             "oracle": world_truth(world, oracle=True), "table": EventTable(world.events), "spec": per_page_spec()}

@@ -111,10 +111,10 @@ def runs(tmp_path_factory) -> list[Run]:
 
 
 @pytest.fixture(scope="module")
-def one(tmp_path_factory):
+def one(worlds, tmp_path_factory):
     """One replayed world with the strong model's goals, for the estimator's details."""
     base = tmp_path_factory.mktemp("one")
-    world = generate(visitors=VISITORS, seed=101, days=3)
+    world = worlds(visitors=VISITORS, seed=101, days=3)
     path = base / "log.sqlite"
     replay_world(world, path)
     decisions = read_eligible(path)
@@ -130,6 +130,7 @@ def table(path: Path, name: str) -> pd.DataFrame:
 # ------------------------------------------------------------------ the pipeline on generated worlds
 
 
+@pytest.mark.slow
 def test_interval_covers_the_true_itt_in_at_least_17_of_20_worlds(runs):
     for name in ("strong", "documented"):
         covered = [r.report[name].overall.covers(r.truth[name].itt) for r in runs]
@@ -151,6 +152,7 @@ def test_interval_covers_the_true_itt_in_at_least_17_of_20_worlds(runs):
     assert not any(e.significant and e.estimate > 0 for e in strong)
 
 
+@pytest.mark.slow
 def test_pooled_over_the_worlds_the_strong_effect_is_found_and_covered(runs):
     nt = sum(r.report["strong"].overall.n_treated for r in runs)
     nc = sum(r.report["strong"].overall.n_control for r in runs)
@@ -163,6 +165,7 @@ def test_pooled_over_the_worlds_the_strong_effect_is_found_and_covered(runs):
     assert pooled.significant and pooled.status == "negative" and pooled.covers(truth)
 
 
+@pytest.mark.slow
 def test_with_no_true_effect_the_estimate_is_rarely_significant(runs):
     assert all(r.truth["none"].itt == 0.0 for r in runs)
     significant = [r.seed for r in runs if r.report["none"].overall.significant]
@@ -171,6 +174,7 @@ def test_with_no_true_effect_the_estimate_is_rarely_significant(runs):
     assert len(significant) <= 3
 
 
+@pytest.mark.slow
 def test_per_rule_page_and_queue_estimates_add_up_and_the_truth_matches(runs):
     for r in runs[:5]:
         report, truth = r.report["strong"], r.truth["strong"]
@@ -460,8 +464,8 @@ def test_expected_uplift_arithmetic():
         expected_uplift(np.array([0.2, 0.3]), np.array([0.5, 0.5, 0.5]))
 
 
-def test_expected_uplift_from_the_world_agrees_with_the_true_expected_itt():
-    world = generate(visitors=10_000, seed=5)
+def test_expected_uplift_from_the_world_agrees_with_the_true_expected_itt(worlds):
+    world = worlds(visitors=10_000, seed=5)
     offers = world.offers  # the legacy policy
     for model in (GOALS, STRONG):
         truth = true_uplift(world, offers, model, answers="expected")

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def world():
-    return generate(visitors=20_000, seed=11)  # ~300k events, under a second
+def world(worlds):
+    return worlds(visitors=20_000, seed=11)  # ~300k events, under a second
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +255,8 @@ def test_events_validate_through_the_runtime_door(world):
         assert event.ts == row["ts"] and event.fields["returning"] is row["returning"]
 
 
-def test_replay_of_a_small_world_through_the_default_ruleset(tmp_path):
-    small = generate(visitors=600, seed=3)
+def test_replay_of_a_small_world_through_the_default_ruleset(worlds, tmp_path):
+    small = worlds(visitors=600, seed=3)
     path = tmp_path / "events.csv.gz"
     write_csv_gz(small.events, path)
     rows = list(read_events(path))
@@ -274,8 +274,8 @@ def test_replay_of_a_small_world_through_the_default_ruleset(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv.gz"])
-def test_write_and_read_back(tmp_path, fmt):
-    small = generate(visitors=120, seed=4)
+def test_write_and_read_back(worlds, tmp_path, fmt):
+    small = worlds(visitors=120, seed=4)
     paths = small.write(tmp_path / "w", format=fmt)
     assert sorted(paths) == ["events", "offers", "page_views"] and all(p.exists() for p in paths.values())
     back = read_world(tmp_path / "w")
@@ -382,8 +382,8 @@ def test_offers_change_goal_rates_as_documented(world):
 
 
 @pytest.fixture(scope="module")
-def mid():
-    return generate(visitors=4000, seed=12)
+def mid(worlds):
+    return worlds(visitors=4000, seed=12)
 
 
 def test_true_uplift_definitions(world, mid):
