@@ -1,0 +1,587 @@
+"""Queries over the decision log for operations: filters, offer counts and cubes, uplift, recent decisions and
+the live ruleset, aggregated in SQL (never the whole log in memory). The dashboard (:mod:`.view`) shows them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import quote
+
+from ..stats import uplift as _uplift
+from ..errors import PcrulesError
+
+__all__ = [
+    "LOG_ENV",
+    "BUNDLE_ENV",
+    "DEFAULT_LOG",
+    "LogNotReadable",
+    "FilterError",
+    "Filters",
+    "LogInfo",
+    "OfferCounts",
+    "OfferCube",
+    "offer_cube",
+    "Uplift",
+    "LiveRuleset",
+    "open_log",
+    "log_info",
+    "choices",
+    "offer_counts",
+    "offers_by",
+    "offers_per_hour",
+    "decisions_by_reason",
+    "chats_per_hour_by_queue",
+    "uplift",
+    "recent_decisions",
+    "live_ruleset",
+    "time_filters",
+    "resolve_log_path",
+    "describe_conditions",
+]
+
+log = logging.getLogger("pcrules.ops")
+
+LOG_ENV = "PCRULES_DECISION_LOG"
+BUNDLE_ENV = "PCRULES_BUNDLE"
+# Where `pcrules demo` writes its log by default: relative to the working directory (as on its command line),
+# not to the package, which may be installed anywhere.
+DEFAULT_LOG = Path("var") / "demo" / "decisions.sqlite"
+SUPPORTED_SCHEMA = 1
+
+UPLIFT_WINDOW_S = _uplift.DEFAULT_WINDOW_S  # goals count within a day of the visitor's first eligible decision
+UPLIFT_POWER = 0.8
+
+STATUSES = ("accepted", "declined", "expired")
+TIME_RANGES = (("All time", "all"), ("Last hour", "1h"), ("Last 24 hours", "24h"), ("Last 7 days", "7d"),
+               ("Custom dates", "custom"))
+RANGE_SECONDS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+BREAKDOWN_LIMIT = 15
+MAX_PAGE_CHOICES = 200  # a site with thousands of page names: the busiest ones in the page filter
+CHOICE_WINDOW = 100_000  # the filters offer the queues and pages of the latest decisions
+MAX_TEXT = 200  # filter values longer than any page name the runtime accepts are refused
+
+
+class FilterError(ValueError):
+    """The filters chosen make no sense (dates reversed, ...); shown as a note, the last numbers stay."""
+
+
+class LogNotReadable(PcrulesError):
+    """The decision log cannot be shown; the message says why and what to do, for a person to read."""
+
+    def __init__(self, message: str, *, kind: str):
+        super().__init__(message)
+        self.kind = kind  # missing | empty | unreadable | not_a_log | newer
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the dashboard shows: decisions with ``start <= ts < end`` (epoch s; None: open), in ``queue`` and
+    on ``page`` (None: all). Validated here because the values come from a browser."""
+
+    start: float | None = None
+    end: float | None = None
+    queue: str | None = None
+    page: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{name}: expected epoch seconds, got {value!r}")
+        for name in ("queue", "page"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT):
+                raise ValueError(f"{name}: expected a name of 1..{MAX_TEXT} characters, got {value!r}")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError("the time range starts after it ends")
+
+    def where(self, alias: str = "d") -> tuple[str, list[Any]]:
+        """SQL conditions (joined with AND, "1" when none) and their parameters, for table ``alias``."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.start is not None:
+            clauses.append(f"{alias}.ts >= ?")
+            params.append(float(self.start))
+        if self.end is not None:
+            clauses.append(f"{alias}.ts < ?")
+            params.append(float(self.end))
+        if self.queue is not None:
+            clauses.append(f"{alias}.queue = ?")
+            params.append(self.queue)
+        if self.page is not None:
+            clauses.append(f"{alias}.page = ?")
+            params.append(self.page)
+        return (" AND ".join(clauses) or "1"), params
+
+
+def time_filters(choice: str, last_ts: float | None, *, start_day: date | None = None,
+                 end_day: date | None = None, tz: str = "UTC") -> tuple[float | None, float | None]:
+    """(start, end) of a time-range choice: ``all``; ``1h``/``24h``/``7d`` ending at the log's latest decision
+    (``last_ts``, inclusive); ``custom``: from the start of ``start_day`` to the end of ``end_day`` in ``tz``."""
+    if choice == "all":
+        return None, None
+    if choice in RANGE_SECONDS:
+        if last_ts is None:
+            return None, None
+        return last_ts - RANGE_SECONDS[choice], None
+    if choice == "custom":
+        zone = _zone(tz)
+        if start_day is None or end_day is None:
+            raise ValueError("choose both dates of the custom range")
+        if not isinstance(start_day, date) or not isinstance(end_day, date):
+            raise ValueError("the custom range needs two dates")
+        if start_day > end_day:
+            raise ValueError("the custom range starts after it ends")
+        start = datetime.combine(start_day, datetime.min.time(), zone).timestamp()
+        end = datetime.combine(end_day + timedelta(days=1), datetime.min.time(), zone).timestamp()
+        return start, end
+    raise ValueError(f"unknown time range {choice!r}")
+
+
+def _zone(tz: str) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if tz in ("UTC", "utc", "Z"):
+        return timezone.utc
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {tz!r}") from None
+
+
+# --------------------------------------------------------------------------- opening the log
+
+
+def resolve_log_path(path: str | os.PathLike | None = None) -> Path:
+    """The log to show: ``path``, else ``$PCRULES_DECISION_LOG``, else the demo's log (``var/demo/`` in the
+    working directory)."""
+    chosen = path if path not in (None, "") else os.environ.get(LOG_ENV) or DEFAULT_LOG
+    return Path(chosen).expanduser()
+
+
+@contextlib.contextmanager
+def open_log(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a decision log, checked; :class:`LogNotReadable` with a readable reason.
+
+    Read-only (``mode=ro`` and ``query_only``): the dashboard can never change the log, and it reads a log
+    that a runtime is writing (WAL mode) without blocking it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LogNotReadable(
+            f"There is no decision log at {p}. Point the dashboard at one with {LOG_ENV}=/path/to/decisions.sqlite "
+            f"(`pcrules dashboard --log PATH`), or run `make demo` to make the demo's log.", kind="missing")
+    if not p.is_file():
+        raise LogNotReadable(f"{p} is not a file; {LOG_ENV} must name the decision log's SQLite file.",
+                             kind="unreadable")
+    if p.stat().st_size == 0:
+        raise LogNotReadable(f"The decision log {p} is empty: no decisions have been logged yet. "
+                             f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise LogNotReadable(f"Cannot open the decision log {p}: {exc}.", kind="unreadable") from None
+    try:
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise LogNotReadable(f"{p} is not a readable SQLite decision log ({exc}).", kind="unreadable") from None
+        if not tables:
+            raise LogNotReadable(f"The decision log {p} is empty: no decisions have been logged yet. "
+                                 f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
+        missing = {"decisions", "outcomes", "goals", "rulesets"} - tables
+        if missing:
+            raise LogNotReadable(f"{p} is a SQLite file but not a pcrules decision log (no table "
+                                 f"{', '.join(sorted(missing))}).", kind="not_a_log")
+        if version > SUPPORTED_SCHEMA:
+            raise LogNotReadable(f"The decision log {p} has schema version {version}, written by a newer pcrules; "
+                                 f"this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.", kind="newer")
+        yield conn
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class LogInfo:
+    decisions: int
+    first_ts: float | None
+    last_ts: float | None
+
+
+def log_info(conn: sqlite3.Connection) -> LogInfo:
+    """How many decisions the whole log holds and the event times of the first and the last."""
+    n, first, last = conn.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM decisions").fetchone()
+    return LogInfo(int(n), first, last)
+
+
+def choices(conn: sqlite3.Connection, spec_queues: Sequence[str] = (), max_pages: int = MAX_PAGE_CHOICES,
+            window: int = CHOICE_WINDOW) -> tuple[list[str], list[str]]:
+    """(queues, pages) for the filters: the live ruleset's queues, and the queues and the busiest pages (at most
+    ``max_pages``, in name order) of the latest ``window`` decisions: a bounded read however long the log."""
+    totals: dict[str, int] = {}
+    queues = set(spec_queues)
+    for page, queue, n in conn.execute(
+            "SELECT page, queue, COUNT(*) FROM (SELECT page, queue FROM decisions ORDER BY id DESC LIMIT ?)"
+            " GROUP BY page, queue", (int(window),)):
+        totals[str(page)] = totals.get(str(page), 0) + n
+        if queue is not None:
+            queues.add(queue)
+    pages = sorted(totals, key=lambda p: (-totals[p], p))[:max_pages]
+    return sorted(queues), sorted(pages)
+
+
+@dataclass(frozen=True)
+class OfferCounts:
+    offers: int = 0
+    accepted: int = 0
+    declined: int = 0
+    expired: int = 0
+
+    @property
+    def ended(self) -> int:
+        return self.accepted + self.declined + self.expired
+
+    @property
+    def pending(self) -> int:
+        return self.offers - self.ended
+
+    @property
+    def chats_started(self) -> int:
+        return self.accepted
+
+    def rate(self, status: str) -> float | None:
+        """Share of ended offers with this status; None before any offer has ended."""
+        return getattr(self, status) / self.ended if self.ended else None
+
+
+_STATUS_FIELD = {"accepted": 1, "declined": 2, "expired": 3}
+
+
+def _add(cells: Any) -> OfferCounts:
+    """Sum cube cells (..., status, n) into counts; an offer without an outcome is pending."""
+    totals = [0, 0, 0, 0]
+    for *_, status, n in cells:
+        totals[0] += n
+        if status in _STATUS_FIELD:
+            totals[_STATUS_FIELD[status]] += n
+    return OfferCounts(*totals)
+
+
+@dataclass(frozen=True)
+class OfferCube:
+    """Offers of a selection counted by (UTC hour, page, rule, queue, outcome status or None while pending):
+    one GROUP BY over the offers (through the log's partial index on ``offer_id``) from which every offer
+    tile and chart is summed. At most one cell per hour, page, rule, queue and status."""
+
+    cells: tuple[tuple[float, str, str, str, str | None, int], ...] = ()
+
+    def total(self) -> OfferCounts:
+        return _add(self.cells)
+
+    def by(self, column: str) -> list[tuple[str, OfferCounts]]:
+        """Counts by ``page``, ``rule`` or ``queue``, most offers first (ties by name)."""
+        index = {"page": 1, "rule": 2, "queue": 3}.get(column)
+        if index is None:
+            raise ValueError(f"cannot break offers down by {column!r}")
+        groups: dict[str, list] = {}
+        for cell in self.cells:
+            groups.setdefault(str(cell[index]), []).append(cell)
+        rows = [(key, _add(cells)) for key, cells in groups.items()]
+        return sorted(rows, key=lambda kv: (-kv[1].offers, kv[0]))
+
+    def per_hour(self) -> list[tuple[float, OfferCounts]]:
+        """(start of the UTC hour, counts) for every hour with an offer, by the time the offer was made."""
+        groups: dict[float, list] = {}
+        for cell in self.cells:
+            groups.setdefault(cell[0], []).append(cell)
+        return [(hour, _add(groups[hour])) for hour in sorted(groups)]
+
+    def chats_per_hour_by_queue(self) -> dict[str, list[tuple[float, int]]]:
+        """Chats started (accepted offers) per UTC hour of the offer, per queue; hours without one are absent."""
+        out: dict[str, dict[float, int]] = {}
+        for hour, _, _, queue, status, n in self.cells:
+            if status == "accepted":
+                per_hour = out.setdefault(queue, {})
+                per_hour[hour] = per_hour.get(hour, 0) + n
+        return {q: sorted(hours.items()) for q, hours in sorted(out.items())}
+
+
+def offer_cube(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCube:
+    """The offers of the selection with their outcomes, grouped in SQL (see :class:`OfferCube`)."""
+    where, params = f.where("d")
+    rows = conn.execute(
+        "SELECT CAST(d.ts / 3600 AS INTEGER) AS hour, d.page, d.rule, d.queue, o.status, COUNT(*)"
+        " FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
+        f" WHERE d.offer_id IS NOT NULL AND d.action = 'offer' AND {where}"
+        " GROUP BY hour, d.page, d.rule, d.queue, o.status", params).fetchall()
+    return OfferCube(tuple((h * 3600.0, str(p), str(r), str(q), st, int(n)) for h, p, r, q, st, n in rows))
+
+
+def offer_counts(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCounts:
+    """Offers in the selection and how many of them were accepted, declined and expired."""
+    return offer_cube(conn, f).total()
+
+
+def offers_by(conn: sqlite3.Connection, column: str, f: Filters = Filters(),
+              limit: int = BREAKDOWN_LIMIT) -> tuple[list[tuple[str, OfferCounts]], int]:
+    """Offer counts by ``page``, ``rule`` or ``queue``, most offers first (at most ``limit``), and how many
+    distinct values there are in all."""
+    if column not in ("page", "rule", "queue"):
+        raise ValueError(f"cannot break offers down by {column!r}")
+    rows = offer_cube(conn, f).by(column)
+    return rows[:limit], len(rows)
+
+
+def offers_per_hour(conn: sqlite3.Connection, f: Filters = Filters()) -> list[tuple[float, OfferCounts]]:
+    """(start of the UTC hour, counts) for every hour with an offer, by the time the offer was made."""
+    return offer_cube(conn, f).per_hour()
+
+
+def chats_per_hour_by_queue(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, list[tuple[float, int]]]:
+    """Chats started (accepted offers) per UTC hour of the offer, per queue; hours without a chat are absent."""
+    return offer_cube(conn, f).chats_per_hour_by_queue()
+
+
+def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, int]:
+    """Decisions in the selection by action, and ``none`` decisions by reason: keys ``offer``, ``wait``,
+    ``none``, and ``none:<reason>``."""
+    where, params = f.where("d")
+    out: dict[str, int] = {}
+    for action, reason, n in conn.execute(
+            f"SELECT d.action, d.reason, COUNT(*) FROM decisions d WHERE {where} GROUP BY d.action, d.reason", params):
+        out[action] = out.get(action, 0) + n
+        if action == "none":
+            out[f"none:{reason}"] = n
+    return out
+
+
+@dataclass(frozen=True)
+class Uplift:
+    """Intention-to-treat uplift of the goal rate: offered minus withheld (holdout) eligible visitors, as
+    :func:`pcrules.uplift.estimate` judges it (:attr:`result`). ``estimate`` and ``interval`` are None until
+    there is enough data (:attr:`enough`); :attr:`result` has the figures so far."""
+
+    offered: int
+    offered_converted: int
+    withheld: int
+    withheld_converted: int
+    goal: str | None = None
+    mde: float | None = None  # the smallest uplift worth detecting (absolute), for the sample size
+    min_per_arm: int = _uplift.MIN_PER_ARM
+    window_s: float = UPLIFT_WINDOW_S
+
+    @property
+    def result(self) -> _uplift.UpliftEstimate:
+        return _uplift.estimate(self.offered_converted, self.offered, self.withheld_converted, self.withheld,
+                                min_per_arm=self.min_per_arm, mde=self.mde, target_power=UPLIFT_POWER)
+
+    @property
+    def offered_rate(self) -> float | None:
+        return self.offered_converted / self.offered if self.offered else None
+
+    @property
+    def withheld_rate(self) -> float | None:
+        return self.withheld_converted / self.withheld if self.withheld else None
+
+    @property
+    def status(self) -> str:
+        """``UpliftEstimate.status``: not_enough_data, positive, negative or inconclusive."""
+        return self.result.status
+
+    @property
+    def enough(self) -> bool:
+        return self.result.enough_data
+
+    def still_needed(self) -> tuple[int, int]:
+        """More (offered, withheld) visitors each group needs before the estimate counts: ``min_per_arm``, or
+        :func:`pcrules.uplift.sample_size` for ``mde`` at the observed withheld rate and group sizes, whichever
+        is more. (0, 0) when the sizes are enough (a group may still lack visitors with or without a goal)."""
+        r = self.result
+        need_o = need_w = self.min_per_arm
+        if r.needed is not None:
+            need_o, need_w = max(need_o, r.needed.treated), max(need_w, r.needed.control)
+        return max(0, need_o - self.offered), max(0, need_w - self.withheld)
+
+    def detectable(self) -> float | None:
+        """The smallest uplift these groups detect with 80 % power at the withheld group's rate."""
+        p = self.withheld_rate
+        if p is None or not self.offered:
+            return None
+        return _uplift.detectable_uplift(p, self.offered, self.withheld, target_power=UPLIFT_POWER)
+
+    @property
+    def missing(self) -> str:
+        """What is lacking for an estimate ('' when there is enough)."""
+        if self.enough:
+            return ""
+        more_o, more_w = self.still_needed()
+        needs = []
+        if more_o:
+            needs.append(f"{more_o:,} more offered")
+        if more_w:
+            needs.append(f"{more_w:,} more withheld")
+        target = f"to detect {100 * self.mde:g} pp" if self.mde else f"for {self.min_per_arm:,} in each group"
+        text = f"needs {' and '.join(needs)} visitors {target}" if needs else ""
+        few = [name for name, x, n in (("offered", self.offered_converted, self.offered),
+                                       ("withheld", self.withheld_converted, self.withheld))
+               if n and min(x, n - x) < _uplift.MIN_EVENTS]
+        if few:
+            lack = f"{_uplift.MIN_EVENTS} visitors with and without a goal among the {' and the '.join(few)}"
+            text = f"{text}; needs {lack}" if text else f"needs {lack}"
+        return text
+
+    @property
+    def estimate(self) -> float | None:
+        return self.result.estimate if self.enough else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        r = self.result
+        return (r.ci_low, r.ci_high) if self.enough else None  # type: ignore[return-value]
+
+
+def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None, *, mde: float | None = None,
+           window_s: float = UPLIFT_WINDOW_S) -> Uplift:
+    """The intention-to-treat estimate described in the module docstring: :func:`pcrules.uplift.unit_counts`
+    (one SQL query, a few rows per rule x page x queue x group), then the selection's rows added up."""
+    rows = _uplift.unit_counts(conn, window_s=window_s, goals=goal, since=f.start, until=f.end)
+    counts = {0: [0, 0], 1: [0, 0]}
+    for _rule, page, queue, holdout, n, converted in rows:
+        if (f.queue is None or queue == f.queue) and (f.page is None or page == f.page):
+            counts[int(bool(holdout))][0] += n
+            counts[int(bool(holdout))][1] += converted
+    return Uplift(counts[0][0], counts[0][1], counts[1][0], counts[1][1], goal, mde, window_s=window_s)
+
+
+RECENT_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule", "queue",
+                  "score", "status")
+
+
+def recent_decisions(conn: sqlite3.Connection, f: Filters = Filters(), limit: int = 25) -> list[dict[str, Any]]:
+    """The latest ``limit`` decisions of the selection (by event time), with the outcome of offers."""
+    limit = max(1, min(int(limit), 500))
+    where, params = f.where("d")
+    rows = conn.execute(
+        "SELECT d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.reason, d.rule, d.queue,"
+        " d.score, o.status FROM decisions d LEFT JOIN outcomes o ON d.offer_id IS NOT NULL AND o.offer_id = d.offer_id"
+        f" WHERE {where} ORDER BY d.ts DESC, d.id DESC LIMIT ?", [*params, limit]).fetchall()
+    return [dict(zip(RECENT_COLUMNS, row, strict=True)) for row in rows]
+
+
+# --------------------------------------------------------------------------- the live ruleset / bundle
+
+
+@dataclass(frozen=True)
+class LiveRuleset:
+    """What serves: the published bundle when one is configured, and the ruleset last activated in the log."""
+
+    source: str  # "bundle" | "log" | "none"
+    spec: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the rule spec (as written)
+    name: str | None = None
+    version: str | None = None
+    bundle_version: str | None = None
+    created: str | None = None  # bundle publish time (ISO), or the log's activation time
+    model: str | None = None
+    metrics: Mapping[str, Any] | None = None
+    bundle_problem: str | None = None  # a bundle was configured but could not be loaded
+    log_ruleset: tuple[str, str] | None = None  # (name, version) of the latest decision in the log
+
+    @property
+    def capacities(self) -> dict[str, float]:
+        queues = self.spec.get("queues") or {}
+        return {str(q): float(c["capacity_per_hour"]) for q, c in queues.items()
+                if isinstance(c, Mapping) and isinstance(c.get("capacity_per_hour"), (int, float))}
+
+
+def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike | None = None) -> LiveRuleset:
+    """The bundle at ``bundle_path`` (a publish directory or a version), verified; without one (or when it
+    does not load) the ruleset last activated in the log."""
+    log_ruleset = None
+    latest = None
+    if conn is not None:
+        row = conn.execute("SELECT ruleset, ruleset_version FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+        log_ruleset = (row[0], row[1]) if row else None
+        latest = conn.execute("SELECT name, version, activated_at, spec FROM rulesets"
+                              " ORDER BY id DESC LIMIT 1").fetchone()
+    problem = None
+    if bundle_path not in (None, ""):
+        from ..bundle import load_bundle  # standard library + PyYAML only
+
+        try:
+            b = load_bundle(bundle_path)
+            m = b.manifest
+            return LiveRuleset("bundle", dict(b.spec.source), b.spec.name, b.spec.version, b.version,
+                               m.get("created"), (m.get("model") or {}).get("kind"), m.get("metrics"), None,
+                               log_ruleset)
+        except (PcrulesError, OSError) as exc:
+            problem = str(exc)
+    if latest is not None:
+        try:
+            spec = json.loads(latest[3])
+        except ValueError:
+            spec = {}
+        created = datetime.fromtimestamp(latest[2], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return LiveRuleset("log", spec if isinstance(spec, dict) else {}, latest[0], latest[1], None, created,
+                           None, None, problem, log_ruleset)
+    return LiveRuleset("none", {}, bundle_problem=problem, log_ruleset=log_ruleset)
+
+
+_OPS = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤", "in": "in", "not_in": "not in",
+        "matches": "matches"}
+
+
+def describe_conditions(when: Any) -> str:
+    """A rule's ``when`` as one line: ``page = Checkout and seconds_on_page ≥ 90``."""
+    if not isinstance(when, Mapping):
+        return ""
+    parts = []
+    for fld, cond in when.items():
+        if fld == "any_of" and isinstance(cond, list):
+            alternatives = [describe_conditions(c) for c in cond]
+            parts.append("(" + " or ".join(f"{a}" for a in alternatives if a) + ")")
+        elif isinstance(cond, Mapping):
+            for op, value in cond.items():
+                if op == "exists":
+                    parts.append(f"{fld} {'present' if value else 'absent'}")
+                elif op == "matches":
+                    parts.append(f"{fld} matches /{value}/")
+                else:
+                    parts.append(f"{fld} {_OPS.get(op, op)} {_show(value)}")
+        else:
+            parts.append(f"{fld} = {_show(cond)}")
+    return " and ".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(metrics, Mapping):
+        out: list[tuple[str, Any]] = []
+        for key, value in metrics.items():
+            out += _flatten(value, f"{prefix}{key}.")
+        return out
+    return [(prefix[:-1], metrics)]
