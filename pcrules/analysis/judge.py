@@ -551,8 +551,10 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
             Reason.OFFER_PENDING: (t < o_exp[last]) & ~arrived,
             Reason.MAX_OFFERS: count >= max_offers,
         }
-        blocks = [r for r in SESSION_BLOCKS if r in held]
-        reason = np.select([held[r] for r in blocks], [REASON_CODE[r] for r in blocks], -1)
+        reason = np.full(len(tail), -1, dtype=np.int64)
+        for r in reversed(SESSION_BLOCKS):  # the first block that applies is the reason
+            if r in held:
+                reason = np.where(held[r], REASON_CODE[r], reason)
         hit = reason >= 0
         taken = tail[hit]
         out_pos.append(taken)
@@ -655,11 +657,11 @@ class Verdict:
         if (check[self.offers.pos] != 2).any() or ((check[self.fire] != 1) & (check[self.fire] != 2)).any():
             raise AssertionError("judge: the sequential and the vectorised session views disagree")
 
-    def _queue_reason(self, rule: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def _queue_reason(self, rule: np.ndarray, pos: np.ndarray) -> np.ndarray | int:
         """The block of the queue of `rule` at `pos` (full matches whose queue does not take an offer)."""
         busy = self.sets.busy
         if busy is None:
-            return np.full(len(pos), _CLOSED, dtype=np.int64)
+            return _CLOSED
         return np.where(self.bits.has(busy[pos], rule), _BUSY, _CLOSED).astype(np.int64)
 
     def strongest(self, pos: np.ndarray) -> np.ndarray:
@@ -717,9 +719,12 @@ class Verdict:
         grid = np.zeros((k0, n_reasons), dtype=np.int64)
 
         def add(rule: np.ndarray, code: np.ndarray | int, sign: int = 1) -> None:
-            if len(rule):
-                flat = rule * n_reasons + code
-                grid[:] += sign * np.bincount(flat, minlength=k0 * n_reasons).reshape(k0, n_reasons)
+            if not len(rule):
+                return
+            if isinstance(code, int):
+                grid[:, code] += sign * np.bincount(rule, minlength=k0)
+            else:
+                grid[:] += sign * np.bincount(rule * n_reasons + code, minlength=k0 * n_reasons).reshape(k0, n_reasons)
 
         q = self.qblocked
         if len(q):

@@ -1,0 +1,249 @@
+"""Notebook 3 and the Voila app of the trigger tuner: the inputs of tuning, the expected-value choice, the current
+and the tuned ruleset side by side, and :func:`dashboard` (``dashboards/triggers.ipynb``)."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..core.spec import RuleSpec, load_spec
+from .table import EventTable
+from .tuner import BUNDLE_ENV, EVENTS_ENV
+from .tuner_widget import Tuner, note_html, sentence_reason
+
+__all__ = ["TuningInputs", "SideBySide", "load_for_tuning", "expected_value_choice", "side_by_side",
+           "uplift_side_by_side", "plot_side_by_side", "dashboard"]
+
+log = logging.getLogger("pcrules.tuning")
+
+
+@dataclass
+class TuningInputs:
+    """What tuning needs: the current ruleset and model, the history (as an EventTable) and its truth."""
+
+    spec: RuleSpec
+    scorer: Any
+    history: Any  # analysis.History
+    table: EventTable
+    truth: np.ndarray | None  # true P(accept) per event (input order), on a generated world
+    bundle_dir: Path | None
+    bundle_version: str | None
+    model_metrics: dict[str, Any]
+    notes: list[str]
+    effects: Any = None  # what an offer at each event does to the goal probability (a generated world's truth)
+
+    def summary(self) -> str:
+        lines = [f"ruleset {self.spec.name} {self.spec.version} ({len(self.spec.rules)} rules, "
+                 f"{len(self.spec.queues)} queues); "
+                 + ("a model" if self.scorer is not None else "no model")
+                 + (f"; bundle {self.bundle_version} in {self.bundle_dir}" if self.bundle_version else ""),
+                 self.history.summary()]
+        return "\n".join(lines + self.notes)
+
+    def tuner(self, **kwargs: Any) -> Tuner:
+        """A :class:`Tuner` over these inputs, publishing to their bundle folder."""
+        kwargs.setdefault("bundle_dir", self.bundle_dir)
+        kwargs.setdefault("model_metrics", self.model_metrics)
+        return Tuner(self.spec, self.table, self.scorer, truth=self.truth, effects=self.effects, **kwargs)
+
+
+def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None, *,
+                    rules_path: str | os.PathLike | None = None, model_path: str | os.PathLike | None = None,
+                    columns: Mapping[str, Mapping[str, str]] | None = None) -> TuningInputs:
+    """The history at `data_path` (see ``analysis.load_history``) and the ruleset and model to tune.
+
+    The ruleset and model come from the current bundle of `bundle_path` when there is one; ``rules_path`` /
+    ``model_path`` (a model JSON file, as ``pcrules train`` writes) override it; otherwise the embedded
+    default rules and no model. Publishing goes to `bundle_path`.
+    """
+    from .explore import event_truth, load_history
+    from ..bundle import current_version, load_bundle
+    from ..scoring import load_scorer
+
+    notes: list[str] = []
+    history = load_history(data_path, columns=columns)
+    bundle_dir = Path(bundle_path).expanduser() if bundle_path not in (None, "") else None
+    spec, scorer, version, metrics = None, None, None, {}
+    if bundle_dir is not None and bundle_dir.exists() and current_version(bundle_dir) is not None:
+        bundle = load_bundle(bundle_dir / "current")
+        spec, scorer, version, metrics = bundle.spec, bundle.scorer, bundle.version, dict(bundle.metrics or {})
+        notes.append(f"The current bundle {version} gives the ruleset and the model.")
+    elif bundle_dir is not None:
+        notes.append(f"There is no bundle in {bundle_dir} yet: Publish will create the first one.")
+    if rules_path not in (None, ""):
+        spec = load_spec(Path(rules_path).expanduser())
+        notes.append(f"The ruleset comes from {rules_path}.")
+    if spec is None:
+        from ..resources import default_rules  # pcrules/default_rules.yaml, package data
+        spec = load_spec(default_rules())
+        notes.append("The ruleset is the embedded default (pcrules/default_rules.yaml).")
+    if model_path not in (None, ""):
+        import json
+
+        path = Path(model_path).expanduser()
+        if path.is_file():
+            scorer = load_scorer(json.loads(path.read_text(encoding="utf-8")))
+            notes.append(f"The model comes from {path}.")
+            from .explore import metrics_path_for
+
+            metrics_file = metrics_path_for(path)
+            if metrics_file.is_file():
+                metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        else:
+            notes.append(f"There is no model file at {path}.")
+    if scorer is None:
+        notes.append("No model: rules cannot use a score threshold, and expected accepts are not known.")
+    truth = event_truth(history)
+    effects = None
+    if history.generated:
+        from .world import event_effects
+
+        effects = event_effects(history)[["gain_if_accepted", "loss_if_not_accepted"]]
+        notes.append("A generated world: the expected uplift (extra goals) uses its known effect of an offer.")
+    else:
+        notes.append("Real history: the effect of an offer on the goals is not known, so the expected uplift is "
+                     "not available (backtest(effects=...) takes an assumption).")
+    table = EventTable(history.events)
+    return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes, effects)
+
+
+def expected_value_choice(inputs: TuningInputs, *, value_of_accept: float = 1.0, cost_of_offer: float = 0.03,
+                          respect_capacity: bool = True, spec: RuleSpec | None = None, objective: str = "accepts",
+                          value_of_goal: float = 1.0) -> Any:
+    """``decision_value.tune``: per rule, the wait and score threshold that maximise expected value.
+
+    ``objective`` (``decision_value.OBJECTIVES``): ``"accepts"``: value = ``value_of_accept`` x expected
+    accepted chats - ``cost_of_offer`` x offers; ``"uplift"``: the expected extra goals the offers cause
+    (needs the inputs' effects: a generated world); ``"value"``: ``value_of_goal`` x extra goals +
+    ``value_of_accept`` x accepts - ``cost_of_offer`` x offers. Every queue's busiest hour stays within its
+    capacity. Returns ``decision_value.Tuned`` (``.choices``, ``.table()``, ``.value``, ``.result`` the
+    exact backtest, with the expected uplift when the effects are known).
+    """
+    from .value import Economics, tune
+
+    if inputs.scorer is None:
+        raise ValueError("the expected-value choice needs a model (its scores are the expected accepts)")
+    return tune(spec or inputs.spec, inputs.table, inputs.scorer,
+                economics=Economics(value_of_accept, cost_of_offer, respect_capacity, value_of_goal),
+                truth=inputs.truth, effects=inputs.effects, objective=objective)
+
+
+@dataclass
+class SideBySide:
+    """Two rulesets backtested on the same history: the results and the comparison table."""
+
+    names: tuple[str, str]
+    results: tuple[Any, Any]  # backtest.BacktestResult
+    table: pd.DataFrame
+
+
+def side_by_side(current: RuleSpec, tuned: RuleSpec, inputs: TuningInputs,
+                 names: tuple[str, str] = ("current", "tuned")) -> SideBySide:
+    """The exact backtest of both rulesets and ``backtest.compare`` of the two."""
+    from .backtest import backtest, compare
+
+    a = backtest(current, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
+    b = backtest(tuned, inputs.table, inputs.scorer, truth=inputs.truth, effects=inputs.effects)
+    return SideBySide(names, (a, b), compare(a, b, names))
+
+
+def uplift_side_by_side(sbs: SideBySide, dimension: str = "page") -> pd.DataFrame | str:
+    """Expected uplift of both rulesets by ``rule``, ``page`` or ``queue`` (``BacktestResult.uplift_by``): offers and
+    expected extra goals of each, by the true P(accept) on a generated world (else the model's). When the effects
+    of an offer are not known (real history), a sentence saying so instead of a table."""
+    (a, b), (na, nb) = sbs.results, sbs.names
+    probability = "truth" if a.metrics.get("true_expected_uplift") is not None else "model"
+    try:
+        left, right = a.uplift_by(dimension, probability), b.uplift_by(dimension, probability)
+    except ValueError as exc:
+        reason = sentence_reason(exc)
+        return reason[:1].upper() + reason[1:] + "."
+    out = pd.DataFrame({f"offers ({na})": left["offers"], f"offers ({nb})": right["offers"],
+                        f"extra goals ({na})": left["expected_uplift"], f"extra goals ({nb})": right["expected_uplift"]})
+    out = out.fillna(0.0)
+    out["change"] = out[f"extra goals ({nb})"] - out[f"extra goals ({na})"]
+    out.attrs["probability"] = probability
+    return out.rename_axis(dimension)
+
+
+def plot_side_by_side(sbs: SideBySide) -> Any:
+    """Offers and expected accepts by rule, and expected chats per hour of day by queue, for both rulesets."""
+    from .explore import new_figure
+
+    (a, b), (na, nb) = sbs.results, sbs.names
+    fig = new_figure(12, 4.2)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    rules = list(dict.fromkeys([*a.per_rule.index, *b.per_rule.index]))
+    y = np.arange(len(rules))
+    for offset, res, name, color in ((-0.2, a, na, "#9db7d5"), (0.2, b, nb, "#1f4e8c")):
+        per = res.per_rule.reindex(rules).fillna(0)
+        ax1.barh(y + offset, per["offers"], height=0.4, color=color, label=name)
+        col = "true_expected" if "true_expected" in per.columns else "expected_accepts" \
+            if "expected_accepts" in per.columns else "accepted"
+        ax2.barh(y + offset, per[col], height=0.4, color=color, label=name)
+        ax2.set_xlabel({"true_expected": "true expected accepts", "expected_accepts": "expected accepts (model)",
+                        "accepted": "accepted (recorded)"}[col])
+    for ax in (ax1, ax2):
+        ax.set_yticks(y, rules, fontsize=8)
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    ax1.set_xlabel("offers")
+    ax1.set_title("Offers by rule", fontsize=10)
+    ax2.set_title("Expected accepts by rule", fontsize=10)
+    for res, name, ls in ((a, na, "--"), (b, nb, "-")):
+        qh = res.queue_hours
+        if not len(qh):
+            continue
+        value = "expected_chats" if qh["expected_chats"].notna().any() else "accepted"
+        profile = qh.assign(h=qh["hour"].dt.hour).groupby(["queue", "h"])[value].mean().unstack(0)
+        for i, queue in enumerate(profile.columns):
+            ax3.plot(profile.index, profile[queue], ls=ls, color=f"C{i}", label=f"{queue} ({name})")
+    ax3.set_xlabel("hour of day (UTC)")
+    ax3.set_ylabel("mean per hour")
+    ax3.set_title("Expected chats per queue and hour of day", fontsize=10)
+    ax3.legend(fontsize=7, ncol=2)
+    ax3.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def dashboard(data_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None, *,
+              title: str = "Trigger tuner") -> Any:
+    """The tuner as a Voila app (``dashboards/triggers.ipynb``): history from `data_path` (``$PCRULES_EVENTS``),
+    ruleset and model from the current bundle of `bundle_path` (``$PCRULES_BUNDLE``), Publish back to it.
+
+    A problem (no data, a bundle that does not load) is shown as a sentence, never a traceback.
+    """
+    import ipywidgets as w
+
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    data = data_path if data_path not in (None, "") else os.environ.get(EVENTS_ENV)
+    bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV)
+    if not data:
+        from .sample import SAMPLE_PATH
+
+        data = SAMPLE_PATH
+    try:
+        inputs = load_for_tuning(data, bundle or None)
+        tuner = inputs.tuner(title=title)
+    except Exception as exc:
+        log.exception("tuner dashboard: could not start")
+        where = f" (history {data}, bundle {bundle or 'none'})"
+        box = w.HTML(note_html(html.escape(f"The tuner could not start: {sentence_reason(exc)}{where}. Set "
+                                           f"{EVENTS_ENV} to an events file or a folder of history, and {BUNDLE_ENV} "
+                                           "to a published bundle folder.", quote=True), error=True))
+        box.add_class("pcrules-message")
+        return box
+    if inputs.notes:
+        tuner.root.children = (w.HTML("<div class='pcrules-notes' style='font-size:12px;color:#555'>"
+                                      + "<br>".join(html.escape(n, quote=True) for n in inputs.notes) + "</div>"),
+                               *tuner.root.children)
+    return tuner

@@ -1,0 +1,680 @@
+"""The trigger tuner's widget: sliders, toggles and capacity fields over a tuner model.
+
+The model is :class:`pcrules.analysis.tuner.TriggerModel`.
+
+A results panel and a queue-load chart (matplotlib, rendered to a PNG: works offline and in Voila) redrawn on
+every change; a Publish button that validates the tuned ruleset, shows its difference from the current one
+and publishes a bundle. Every error reaches the person as a sentence in the widget, never as a traceback.
+The figures are the model's (the exact backtest of the tuned ruleset); see :mod:`pcrules.analysis.tuner`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import difflib
+import html
+import io
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..core.decision import Reason
+from ..core.spec import RuleSpec
+from ..errors import SpecError
+from .figures import BLOCK_REASONS
+from .judge import ACTIONS
+from .table import EventTable
+from .tuner import (
+    InvalidSetting,
+    RuleSetting,
+    Settings,
+    TriggerModel,
+    TunerResult,
+    parse_capacity,
+    tunable_knobs,
+)
+from .value import RuleChoice
+
+__all__ = ["Tuner", "ruleset_diff", "spec_text", "sentence_reason", "note_html"]
+
+log = logging.getLogger("pcrules.tuning")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):,.{digits}f}"
+
+
+def _uplift_text(goals: float | None, itt: float | None) -> str:
+    """Expected extra goals and the ITT per eligible visitor, or "not available" (never a 0 that means nothing)."""
+    if goals is None:
+        return '<span class="pcrules-na" title="no effects of an offer on the goals are known">not available</span>'
+    return f"{goals:+,.1f}" + ("" if itt is None else f' <span style="font-size:11px">({100 * itt:+.2f} pp ITT)</span>')
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100.0 * value:.1f} %"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe plain Python (for bundle metrics)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _knobs_text(s: RuleSetting, tunable: bool) -> str:
+    if not s.on:
+        return "off"
+    if not tunable:
+        return "on (as written)"
+    text = f"wait {_fmt(s.wait_s, 0) if float(s.wait_s).is_integer() else _fmt(s.wait_s, 3)} s"
+    return text + (f", score ≥ {s.threshold:g}" if s.uses_score else ", no score condition")
+
+
+def spec_text(spec: RuleSpec) -> str:
+    """A ruleset as YAML with sorted keys (what the diff compares: key order is no change)."""
+    return yaml.safe_dump(_plain(dict(spec.source)), sort_keys=True, allow_unicode=True, default_flow_style=False)
+
+
+def ruleset_diff(current: RuleSpec, tuned: RuleSpec) -> str:
+    """A unified diff of two rulesets' YAML (sorted keys); empty when they are the same."""
+    a, b = spec_text(current).splitlines(keepends=True), spec_text(tuned).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(a, b, fromfile=f"current ({current.name} {current.version})",
+                                        tofile=f"tuned ({tuned.name} {tuned.version})"))
+
+
+class Tuner:
+    """The interactive tuner over a :class:`TriggerModel` (see the module docstring).
+
+    ``bundle_dir``: where Publish writes bundles (``published/``); its current
+    bundle, when there is one, is what the diff compares with. ``current``:
+    the ruleset to compare with otherwise (default: ``spec``). The widget is
+    ``.root``; a notebook displays the Tuner itself.
+
+    Tests and scripts drive it without a browser: set ``controls[rule]["wait"].value``
+    (or call :meth:`set`), read :attr:`result`, call :meth:`on_publish`.
+    """
+
+    def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
+                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None,
+                 bundle_dir: str | os.PathLike | None = None, current: RuleSpec | None = None,
+                 model_metrics: Mapping[str, Any] | None = None, chart: bool = True, title: str | None = None,
+                 model: TriggerModel | None = None):
+        import ipywidgets as w
+
+        self.w = w
+        self.model = model if model is not None else TriggerModel(spec, events, scorer, truth=truth, effects=effects)
+        self.spec = self.model.spec
+        self.scorer = self.model.scorer
+        self.bundle_dir = Path(bundle_dir).expanduser() if bundle_dir not in (None, "") else None
+        self.current = current or self.spec
+        self.current_version: str | None = None
+        self.model_metrics = dict(model_metrics or {})
+        self.result: TunerResult | None = None
+        self.last_error: str | None = None
+        self.published: list[Path] = []
+        self.timings: collections.deque[float] = collections.deque(maxlen=1000)  # seconds per refresh
+        self._hold = 0
+        self._chart_on = chart
+        self._figure: dict[str, Any] | None = None
+        self.chart_draws = 0  # full draws of the chart's axes (the rest only redraw its lines)
+        self._load_current()
+
+        init = self.model.initial
+        style = {"description_width": "initial"}
+        waits = [s.wait_s for n, s in init.rules.items() if self.model.tunable[n]]
+        wait_max = float(max([900.0] + [math.ceil(x / 60.0) * 60.0 for x in waits]))
+        scores = self.model.score[self.model.present]
+        top = float(np.quantile(scores, 0.995)) if len(scores) else 0.5
+        thresholds = [s.threshold for s in init.rules.values() if s.threshold]
+        thr_max = min(1.0, max([0.05, math.ceil(top * 1.25 * 20) / 20.0] + [math.ceil(t * 20) / 20.0 for t in thresholds]))
+        self.controls: dict[str, dict[str, Any]] = {}
+        rows = []
+        for rule in self.spec.rules:
+            s = init.rules[rule.name]
+            tunable = self.model.tunable[rule.name]
+            on = w.Checkbox(value=True, description=rule.name, indent=False, layout=w.Layout(width="210px"))
+            wait = w.FloatSlider(value=s.wait_s if tunable else 0.0, min=0.0, max=wait_max, step=5.0,
+                                 description="wait (s)", readout_format=".0f", continuous_update=False,
+                                 disabled=not tunable, style=style, layout=w.Layout(width="330px"))
+            threshold = w.FloatSlider(value=s.threshold or 0.0, min=0.0, max=thr_max, step=0.001,
+                                      description="score ≥", readout_format=".3f", continuous_update=False,
+                                      disabled=not tunable or self.scorer is None, style=style,
+                                      layout=w.Layout(width="330px"))
+            info = w.HTML(f'<span class="pcrules-rule-info">queue {_esc(rule.queue)}'
+                          + ("" if tunable else " · kept as written (only on/off)")
+                          + ("" if self.scorer is not None or not tunable else " · no model: no score threshold")
+                          + "</span>")
+            for key, widget in (("on", on), ("wait", wait), ("threshold", threshold)):
+                widget.add_class(f"pcrules-{key}")
+                widget.add_class(f"pcrules-rule-{_css(rule.name)}-{key}")
+                widget.observe(self.on_change, names="value")
+            self.controls[rule.name] = {"on": on, "wait": wait, "threshold": threshold}
+            rows.append(w.HBox([on, wait, threshold, info], layout=w.Layout(align_items="center",
+                                                                             flex_flow="row wrap")))
+        self.capacity: dict[str, Any] = {}
+        caps = []
+        for q in self.model.queue_names:
+            cap = init.capacities[q]
+            text = w.Text(value="" if cap is None else _fmt_number(cap), description=f"{q} capacity / h",
+                          placeholder="none", continuous_update=False, style=style, layout=w.Layout(width="230px"))
+            text.add_class("pcrules-capacity")
+            text.add_class(f"pcrules-capacity-{_css(q)}")
+            text.observe(self.on_change, names="value")
+            self.capacity[q] = text
+            caps.append(text)
+        self.name = w.Text(value=self.spec.name, description="Ruleset name", continuous_update=False, style=style,
+                           layout=w.Layout(width="330px"))
+        self.name.add_class("pcrules-name")
+        self.publish_button = w.Button(description="Publish", icon="upload", button_style="primary",
+                                       tooltip="Validate the tuned ruleset, show what changes, publish a bundle")
+        self.publish_button.add_class("pcrules-publish")
+        self.publish_button.on_click(self.on_publish)
+        self.reset_button = w.Button(description="Reset", icon="undo", tooltip="Back to the current ruleset")
+        self.reset_button.add_class("pcrules-reset")
+        self.reset_button.on_click(self.on_reset)
+        self.message = w.HTML()
+        self.message.add_class("pcrules-message")
+        self.metrics_html = w.HTML()
+        self.metrics_html.add_class("pcrules-metrics")
+        self.chart = w.Image(format="png", layout=w.Layout(width="100%", max_width="900px", height="auto"))
+        self.chart.add_class("pcrules-chart")
+        self.diff_html = w.HTML()
+        self.diff_html.add_class("pcrules-diff")
+        header = w.HTML(self._header_html(title))
+        header.add_class("pcrules-header")
+        self.root = w.VBox([
+            header,
+            w.HTML('<b>Rules</b> — wait: seconds on the page before the rule may fire; score ≥: the model\'s '
+                   'P(accept) it needs (0: none)'),
+            *rows,
+            w.HTML("<b>Queues</b> — capacity: chats the queue's agents can take per hour"),
+            w.HBox(caps, layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.name, self.publish_button, self.reset_button], layout=w.Layout(align_items="center")),
+            self.message,
+            self.metrics_html,
+            self.chart,
+            self.diff_html,
+        ])
+        self.root.add_class("pcrules-tuner")
+        self.refresh()
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:  # a notebook displays the Tuner as its widget
+        return self.root._repr_mimebundle_(**kwargs)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike, events: pd.DataFrame | EventTable, **kwargs: Any) -> Tuner:
+        """A tuner over the current bundle of `bundle_dir` (its ruleset and model), publishing back to it."""
+        from ..bundle import load_bundle
+
+        bundle = load_bundle(Path(bundle_dir) / "current")
+        kwargs.setdefault("model_metrics", dict(bundle.metrics or {}))
+        return cls(bundle.spec, events, bundle.scorer, bundle_dir=bundle_dir, current=bundle.spec, **kwargs)
+
+    def _load_current(self) -> None:
+        if self.bundle_dir is None:
+            return
+        from ..bundle import current_version, load_bundle
+
+        try:
+            version = current_version(self.bundle_dir)
+            if version is None:
+                return
+            bundle = load_bundle(self.bundle_dir / "current")
+        except Exception as exc:  # the diff falls back to the ruleset the tuner started from
+            log.warning("tuner: the current bundle of %s could not be read: %s", self.bundle_dir, exc)
+            return
+        self.current = bundle.spec
+        self.current_version = bundle.version
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Change several knobs and recompute once, at the end."""
+        self._hold += 1
+        try:
+            yield
+        finally:
+            self._hold -= 1
+            if not self._hold:
+                self.refresh()
+
+    def set(self, rule: str | None = None, *, on: bool | None = None, wait_s: float | None = None,
+            threshold: float | None = None, capacity: Mapping[str, Any] | None = None) -> TunerResult | None:
+        """Set knobs as a person would (through the widgets) and recompute once."""
+        with self.hold():
+            if rule is not None:
+                if rule not in self.controls:
+                    raise KeyError(rule)
+                c = self.controls[rule]
+                if on is not None:
+                    c["on"].value = on
+                if wait_s is not None:
+                    c["wait"].value = wait_s
+                if threshold is not None:
+                    c["threshold"].value = threshold
+            for q, value in (capacity or {}).items():
+                self.capacity[q].value = "" if value is None else str(value)
+        return self.result
+
+    def apply(self, settings: Settings | Sequence[RuleChoice]) -> TunerResult | None:
+        """Put the knobs at `settings` (or at ``decision_value`` choices) and recompute once."""
+        if not isinstance(settings, Settings):
+            settings = self.model.settings_from(settings, self.settings_or_initial())
+        with self.hold():
+            for name, s in settings.rules.items():
+                c = self.controls[name]
+                c["on"].value = bool(s.on)
+                if self.model.tunable[name]:
+                    wait, threshold = float(s.wait_s), float(s.threshold or 0.0)
+                    if wait > c["wait"].max:  # widen the slider rather than clamp the value
+                        c["wait"].max = float(math.ceil(wait / 60.0) * 60.0)
+                    if threshold > c["threshold"].max:
+                        c["threshold"].max = min(1.0, math.ceil(threshold * 20.0) / 20.0)
+                    c["wait"].value = wait
+                    c["threshold"].value = threshold
+            for q, cap in settings.capacities.items():
+                self.capacity[q].value = "" if cap is None else _fmt_number(cap)
+        return self.result
+
+    def settings_or_initial(self) -> Settings:
+        try:
+            return self.read_settings()
+        except InvalidSetting:
+            return self.model.initial
+
+    def read_settings(self) -> Settings:
+        """The knobs as the widgets hold them, validated in the kernel (widget values are user input)."""
+        rules = {}
+        for name, c in self.controls.items():
+            threshold = c["threshold"].value
+            rules[name] = RuleSetting(c["on"].value, c["wait"].value, threshold if threshold else None)
+        caps = {q: parse_capacity(text.value, q) for q, text in self.capacity.items()}
+        name = self.name.value
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidSetting("The ruleset needs a name.")
+        return self.model.check(Settings(rules, caps, name.strip()))
+
+    # -- handlers -------------------------------------------------------------------------------------------
+    def on_change(self, change: Any = None) -> None:
+        """A knob moved: recompute and redraw (the widgets' observer)."""
+        if self._hold:
+            return
+        self.refresh()
+
+    def refresh(self) -> TunerResult | None:
+        import time
+
+        started = time.perf_counter()
+        try:
+            settings = self.read_settings()
+            result = self.model.evaluate(settings)
+        except InvalidSetting as exc:
+            self._error(str(exc))
+            return None
+        except Exception as exc:  # never a traceback in the widget
+            log.exception("tuner: recompute failed")
+            self._error(f"The figures could not be recomputed ({sentence_reason(exc)}).")
+            return None
+        self.result = result
+        self.last_error = None
+        self.message.value = ""
+        self.metrics_html.value = self.metrics_text(result)
+        if self._chart_on:
+            try:
+                self.chart.value = self.chart_png(result)
+            except Exception as exc:
+                log.exception("tuner: chart failed")
+                self._error(f"The queue chart could not be drawn ({sentence_reason(exc)}).")
+        self.timings.append(time.perf_counter() - started)
+        return result
+
+    def on_reset(self, button: Any = None) -> None:
+        try:
+            self.name.value = self.spec.name
+            self.apply(self.model.initial)
+            self.diff_html.value = ""
+        except Exception as exc:
+            log.exception("tuner: reset failed")
+            self._error(f"The knobs could not be reset ({sentence_reason(exc)}).")
+
+    def on_publish(self, button: Any = None) -> Path | None:
+        """Validate the tuned ruleset, show its difference from the current one, publish a bundle.
+
+        Returns the new bundle's directory, or None (the reason is shown in the widget)."""
+        from ..bundle import publish
+
+        self.diff_html.value = ""
+        try:
+            settings = self.read_settings()
+            tuned = self.model.spec_for(settings)
+        except InvalidSetting as exc:
+            return self._error(f"Nothing was published: {exc}")
+        except SpecError as exc:
+            return self._error("Nothing was published: the tuned ruleset is not valid — "
+                               + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
+        except Exception as exc:
+            log.exception("tuner: validation failed")
+            return self._error(f"Nothing was published: the tuned ruleset could not be built ({sentence_reason(exc)}).")
+        self.diff_html.value = self.diff_text(tuned, settings)
+        if self.bundle_dir is None:
+            return self._error("Nothing was published: the tuner has no bundle folder to publish to "
+                               "(start it with bundle_dir=..., or set PCRULES_BUNDLE for the dashboard).")
+        model = None
+        if self.scorer is not None:
+            if not hasattr(self.scorer, "to_dict"):
+                return self._error("Nothing was published: the scores come from an array, not from a model "
+                                   "that can be published with the ruleset.")
+            model = self.scorer
+        if tuned.version == self.current.version and tuned.name == self.current.name and \
+                self.current_version is not None:
+            self.message.value = note_html(f"The tuned ruleset is the same as the current one ({_esc(tuned.name)} "
+                                       f"{_esc(tuned.version)}): nothing to publish.")
+            return None
+        try:
+            result = self.result if self.result is not None and self.result.settings == settings else \
+                self.model.evaluate(settings)
+            metrics = dict(self.model_metrics)
+            metrics["tuning"] = _plain({
+                "from_ruleset": {"name": self.current.name, "version": self.current.version},
+                "bundle_before": self.current_version,
+                "backtest": {k: result.metrics[k] for k in ("events", "sessions", "offers", "expected_accepts",
+                                                            "expected_accept_rate", "holdout", "accepted",
+                                                            "declined", "expired")},
+                "queues": result.metrics["queues"],
+            })
+            path = publish(tuned, model, self.bundle_dir, metrics=metrics)
+        except SpecError as exc:
+            return self._error("Nothing was published: the tuned ruleset is not valid — "
+                               + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
+        except Exception as exc:  # BundleError, OSError (a folder that cannot be written) ...
+            log.exception("tuner: publish failed")
+            return self._error(f"Publishing failed, nothing was published: {sentence_reason(exc)}.")
+        self.published.append(path)
+        before = self.current
+        self.current, self.current_version = tuned, path.name
+        self.message.value = note_html(f"Published ruleset {_esc(tuned.name)} (version {_esc(tuned.version)}) as "
+                                   f"bundle {_esc(path.name)} in {_esc(self.bundle_dir)}; it is now current "
+                                   f"(it replaced {_esc(before.name)} {_esc(before.version)}).", ok=True)
+        return path
+
+    def _error(self, text: str) -> None:
+        self.last_error = text
+        self.message.value = note_html(_esc(text), error=True)
+
+    # -- rendering ----------------------------------------------------------------------------------------
+    def _header_html(self, title: str | None) -> str:
+        m = self.model
+        ts = m.table.ts
+        span = ""
+        if m.table.n:
+            lo, hi = pd.to_datetime([np.nanmin(ts), np.nanmax(ts)], unit="s", utc=True)
+            span = f", {lo:%Y-%m-%d} to {hi:%Y-%m-%d} (UTC)"
+        model = "a model" if self.scorer is not None else "no model (score thresholds are off)"
+        return (f'<div class="pcrules-title"><b>{_esc(title or "Trigger tuner")}</b> — ruleset '
+                f"<code>{_esc(self.spec.name)}</code> {_esc(self.spec.version)}"
+                + (f", bundle <code>{_esc(self.current_version)}</code>" if self.current_version else "")
+                + f"; backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}; {model}.</div>")
+
+    def metrics_text(self, r: TunerResult) -> str:
+        """The results panel (HTML): headline figures, by rule, by queue, blocked reasons."""
+        m = r.metrics
+
+        def cell(key: str, value: str, label: str) -> str:
+            return (f'<div class="pcrules-figure"><div class="pcrules-figure-label">{_esc(label)}</div>'
+                    f'<div class="pcrules-figure-value" data-metric="{_esc(key)}">{value}</div></div>')
+
+        head = [
+            cell("offers", _fmt(m["offers"]), "offers"),
+            cell("expected_accepts", _fmt(m["expected_accepts"]), "expected accepts (model)"),
+            cell("expected_accept_rate", _pct(m["expected_accept_rate"]), "expected accept rate"),
+            cell("accepted", _fmt(m["accepted"]), "accepted (recorded answers)"),
+            cell("recorded_accept_rate", _pct(m["recorded_accept_rate"]), "recorded accept rate"),
+            cell("holdout", _fmt(m["holdout"]), "holdout (withheld)"),
+            cell("offer_rate_per_session", _pct(m["offer_rate_per_session"]), "sessions offered"),
+        ]
+        if "true_expected_accepts" in m:
+            head.insert(3, cell("true_expected_accepts", _fmt(m["true_expected_accepts"]), "true expected accepts"))
+        head.append(cell("expected_uplift", _uplift_text(m.get("expected_uplift"), m.get("expected_uplift_itt")),
+                         "expected uplift (model): extra goals"))
+        if m.get("true_expected_accepts") is not None:
+            head.append(cell("true_expected_uplift", _uplift_text(m.get("true_expected_uplift"),
+                                                                  m.get("true_expected_uplift_itt")),
+                             "true expected uplift: extra goals"))
+        style = ("<style>.pcrules-figures{display:flex;flex-wrap:wrap;gap:6px 14px;margin:4px 0}"
+                 ".pcrules-figure{border:1px solid #ddd;border-radius:4px;padding:3px 8px;min-width:110px}"
+                 ".pcrules-figure-label{font-size:11px;color:#555}.pcrules-figure-value{font-size:18px}"
+                 ".pcrules-table{border-collapse:collapse;font-size:12px;margin:4px 0}"
+                 ".pcrules-table td,.pcrules-table th{border-bottom:1px solid #eee;padding:1px 7px;text-align:right}"
+                 ".pcrules-table td:first-child,.pcrules-table th:first-child{text-align:left}"
+                 ".pcrules-over{color:#b00020;font-weight:bold}</style>")
+        parts = [style, f'<div class="pcrules-figures">{"".join(head)}</div>']
+        # by rule
+        per = r.per_rule_counts
+        cols = [("offers", "offers"), ("expected_accepts", "exp. accepts"), ("expected_uplift", "exp. uplift"),
+                ("accepted", "accepted"),
+                ("declined", "declined"), ("expired", "expired"), ("holdout", "holdout")]
+        cols += [(x.value, x.value.replace("_", " ")) for x in BLOCK_REASONS if x != Reason.QUEUE_BUSY]
+        rows_html = []
+        for i, name in enumerate(r.rules):
+            cells = "".join(f'<td data-rule="{_esc(name)}" data-col="{c}">'
+                            f'{_fmt(per[c][i]) if c in per else "–"}</td>' for c, _ in cols)
+            rows_html.append(f"<tr><td>{_esc(name)}</td>{cells}</tr>")
+        off = [n for n in self.model.rule_names if n not in r.rules]
+        parts.append('<div><b>By rule</b> (blocked: where the rule matched but the session, the visitor, the queue '
+                     'or the score held it back)</div>'
+                     '<table class="pcrules-table pcrules-by-rule"><tr><th>rule</th>'
+                     + "".join(f"<th>{_esc(label)}</th>" for _, label in cols) + "</tr>" + "".join(rows_html)
+                     + "</table>" + (f"<div>switched off: {_esc(', '.join(off))}</div>" if off else ""))
+        # by queue
+        q_rows = []
+        for name, q in m["queues"].items():
+            over = q["hours_over_capacity"]
+            cls = ' class="pcrules-over"' if over else ""
+            q_rows.append(f'<tr><td>{_esc(name)}</td><td data-queue="{_esc(name)}" data-col="offers_per_hour">'
+                          f'{_fmt(q["offers_per_hour"], 2)}</td><td>{_fmt(q["peak_offers_per_hour"])}</td>'
+                          f'<td data-queue="{_esc(name)}" data-col="expected_chats_per_hour">'
+                          f'{_fmt(q["expected_chats_per_hour"], 2)}</td><td>{_fmt(q["peak_expected_chats"], 1)}</td>'
+                          f'<td>{_fmt(q["capacity_per_hour"], 0) if q["capacity_per_hour"] is not None else "none"}</td>'
+                          f'<td{cls} data-queue="{_esc(name)}" data-col="hours_over_capacity">{_fmt(over)}</td>'
+                          f'<td>{_pct(q["utilisation"])}</td></tr>')
+        parts.append("<div><b>By queue</b> (per hour: averages over opening hours; peak: the busiest hour)</div>"
+                     '<table class="pcrules-table pcrules-by-queue"><tr><th>queue</th><th>offers/h</th>'
+                     "<th>peak offers</th><th>exp. chats/h</th><th>peak chats</th><th>capacity/h</th>"
+                     "<th>hours over capacity</th><th>utilisation</th></tr>" + "".join(q_rows) + "</table>")
+        # reasons
+        reasons = m["reasons"]
+        shown = [(k, reasons.get(k, 0)) for k in (*[x.value for x in BLOCK_REASONS], "holdout", "no_rule")]
+        acts = m["actions"]
+        parts.append("<div><b>Decisions</b>: "
+                     + ", ".join(f'{_esc(a)} <span data-action="{_esc(a)}">{acts[a]:,}</span>' for a in ACTIONS)
+                     + "; <b>no-offer reasons</b>: "
+                     + ", ".join(f'{_esc(k.replace("_", " "))} <span data-reason="{_esc(k)}">{v:,}</span>'
+                                 for k, v in shown)
+                     + f'. <span class="pcrules-timing">Recomputed in {r.seconds * 1000:.0f} ms.</span></div>')
+        return "".join(parts)
+
+    def chart_png(self, r: TunerResult) -> bytes:
+        """Offers and expected chats per queue and hour against each queue's capacity (PNG).
+
+        The axes, ticks and labels are drawn once (and again only when a line outgrows its axis); a change
+        redraws just the lines over that background (blitting), so the chart keeps up with the sliders.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from PIL import Image
+
+        n_q = len(r.queues)
+        has_expected = r.metrics["expected_accepts"] is not None
+        values = []
+        for qi, name in enumerate(r.queues):
+            o = r.offers_h[qi].astype(float)
+            c = r.chats_h[qi] if has_expected else r.accepted_h[qi].astype(float)
+            cap = r.metrics["queues"][name]["capacity_per_hour"]
+            values.append((o, c, cap, max(float(o.max(initial=0.0)), float(np.nanmax(c, initial=0.0)),
+                                          float(cap or 0.0), 1.0)))
+        key = (n_q, len(r.hours), has_expected)
+        if self._figure is None or self._figure["key"] != key:
+            fig = Figure(figsize=(9.0, 1.1 + 1.3 * n_q), dpi=80)
+            canvas = FigureCanvasAgg(fig)
+            axes = fig.subplots(n_q, 1, sharex=True, squeeze=False)[:, 0]
+            x = np.arange(len(r.hours), dtype=float)  # hours since the first; days labelled below
+            days = np.flatnonzero(r.hours % 24 == 0)
+            labels = [f"{d:%a %d %b}" for d in pd.to_datetime(r.hours[days] * 3600, unit="s", utc=True)]
+            step = max(1, int(math.ceil(len(days) / 10)))
+            artists = []
+            for ax, name, (o, c, cap, top) in zip(axes, r.queues, values):
+                offers, = ax.step(x, o, where="post", color="#9db7d5", lw=1.0, label="offers", animated=True)
+                chats, = ax.step(x, c, where="post", color="#1f4e8c", lw=1.4, animated=True,
+                                 label="expected chats" if has_expected else "accepted (recorded answers)")
+                line = ax.axhline(cap or 0.0, color="#b00020", ls="--", lw=1.0, label="capacity", animated=True)
+                ax.set_xlim(0.0, max(float(len(x)), 1.0))
+                ax.set_xticks(days[::step].astype(float), labels[::step])
+                ax.set_ylabel(f"{name}\nper hour", fontsize=9)
+                ax.tick_params(labelsize=8)
+                ax.grid(alpha=0.25)
+                artists.append((ax, offers, chats, line))
+            axes[-1].set_xlabel("day (UTC)", fontsize=8)
+            axes[0].legend(handles=[artists[0][1], artists[0][2], artists[0][3]], loc="upper right", fontsize=8,
+                           ncol=3, frameon=False)
+            axes[0].set_title("Per queue and hour: offers and expected chats against capacity", fontsize=10)
+            height = 1.1 + 1.3 * n_q  # inches; fixed margins (tight_layout would draw the figure twice)
+            fig.subplots_adjust(left=0.085, right=0.99, top=1.0 - 0.4 / height, bottom=0.55 / height, hspace=0.25)
+            self._figure = {"key": key, "fig": fig, "canvas": canvas, "artists": artists, "ylim": None,
+                            "backgrounds": {}}
+        f = self._figure
+        # The axes (ticks, labels) are drawn once per set of y limits and kept; a limit changes only when a
+        # line outgrows its axis or shrinks far below it, to a tidy value: few full draws, each kept.
+        old = f["ylim"]
+        if old is None or any(top > y or top < y / 5.0 for (_, _, _, top), y in zip(values, old)):
+            ylim = tuple(_nice_ceiling(top * 1.5) for (_, _, _, top) in values)
+        else:
+            ylim = old
+        if ylim != old or ylim not in f["backgrounds"]:
+            f["ylim"] = ylim
+            background = f["backgrounds"].get(ylim)
+            if background is None:
+                for (ax, *_), y in zip(f["artists"], ylim):
+                    ax.set_ylim(0.0, y)
+                f["canvas"].draw()
+                self.chart_draws += 1
+                if len(f["backgrounds"]) > 32:
+                    f["backgrounds"].clear()
+                background = f["backgrounds"][ylim] = f["canvas"].copy_from_bbox(f["fig"].bbox)
+            else:
+                for (ax, *_), y in zip(f["artists"], ylim):
+                    ax.set_ylim(0.0, y)  # the lines are drawn in these data limits
+            f["background"] = background
+        f = self._figure
+        canvas = f["canvas"]
+        canvas.restore_region(f["background"])
+        for (ax, offers, chats, line), (o, c, cap, _) in zip(f["artists"], values):
+            offers.set_ydata(o)
+            chats.set_ydata(c)
+            line.set_visible(cap is not None)
+            if cap is not None:
+                line.set_ydata([cap, cap])
+            ax.draw_artist(offers)
+            ax.draw_artist(chats)
+            if cap is not None:
+                ax.draw_artist(line)
+        width, height = canvas.get_width_height()
+        image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    def diff_text(self, tuned: RuleSpec, settings: Settings) -> str:
+        """What publishing would change (HTML): the knobs, rule by rule, and the YAML diff."""
+        current_knobs = _knobs_of(self.current, self.model)
+        rows = []
+        for name in self.model.rule_names:
+            before = current_knobs.get(name, "absent")
+            after = _knobs_text(settings.rules[name], self.model.tunable[name])
+            mark = "" if before == after else ' style="background:#fff3c4"'
+            rows.append(f"<tr{mark}><td>{_esc(name)}</td><td>{_esc(before)}</td><td>{_esc(after)}</td></tr>")
+        for q in self.model.queue_names:
+            qb = self.current.queues.get(q)
+            before = "absent" if qb is None else ("none" if qb.capacity_per_hour is None else
+                                                  _fmt_number(qb.capacity_per_hour))
+            cap = settings.capacities[q]
+            after = "none" if cap is None else _fmt_number(cap)
+            mark = "" if before == after else ' style="background:#fff3c4"'
+            rows.append(f"<tr{mark}><td>queue {_esc(q)} capacity/h</td><td>{_esc(before)}</td>"
+                        f"<td>{_esc(after)}</td></tr>")
+        text = ruleset_diff(self.current, tuned)
+        body = _esc(text) if text else "(no change in the ruleset's text)"
+        return ('<div><b>Current → tuned</b></div><table class="pcrules-table pcrules-knobs"><tr><th>rule</th>'
+                "<th>current</th><th>tuned</th></tr>" + "".join(rows) + "</table>"
+                f'<pre class="pcrules-yaml-diff" style="font-size:11px;max-height:320px;overflow:auto">{body}</pre>')
+
+
+def _nice_ceiling(x: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above `x` (a tidy axis limit)."""
+    if x <= 0 or not math.isfinite(x):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(x))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if m * power >= x - 1e-12:
+            return m * power
+    return 10.0 * power
+
+
+def _knobs_of(spec: RuleSpec, model: TriggerModel) -> dict[str, str]:
+    out = {}
+    for rule in spec.rules:
+        knobs = tunable_knobs(rule)
+        tunable = model.tunable.get(rule.name, knobs is not None) and knobs is not None
+        s = RuleSetting(True, knobs[0], knobs[1]) if knobs is not None else RuleSetting(True, math.nan, None)
+        out[rule.name] = _knobs_text(s, tunable)
+    for name in model.rule_names:
+        out.setdefault(name, "off")
+    return out
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{float(x):g}"
+
+
+def _css(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name).lower()
+
+
+def sentence_reason(exc: BaseException) -> str:
+    """An exception as part of a sentence: its message (first line), not its traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rstrip(".")
+
+
+def _sentence_part(problem: str) -> str:
+    return problem.strip().rstrip(".")
+
+
+def note_html(text: str, error: bool = False, ok: bool = False) -> str:
+    color = "#b00020" if error else "#1b5e20" if ok else "#333"
+    role = ' role="alert"' if error else ""
+    cls = "pcrules-error" if error else "pcrules-ok" if ok else "pcrules-note"
+    return f'<div class="{cls}"{role} style="color:{color};margin:4px 0">{text}</div>'
+
