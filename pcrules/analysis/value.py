@@ -59,12 +59,12 @@ import pandas as pd
 
 from .backtest import BacktestResult, backtest
 from .effects import effect_columns, resolve_effects
+from .figures import hour_buckets, hour_index
 from .judge import queue_blocks
 from .scores import scores_for
 from .table import EventTable
 from ..matching.vector import VectorMatcher
-from ..core.policy import in_holdout
-from ..core.spec import STRING, Condition, RuleSpec, load_spec, rule_tz
+from ..core.spec import Condition, RuleSpec, load_spec, rule_tz
 from ..stats.uplift import goal_effect
 
 __all__ = ["Economics", "OBJECTIVES", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
@@ -238,16 +238,11 @@ class _Model:
                                  f"probability, e.g. pcrules.world.event_effects(world))")
             gain, loss = effects.at(rows)
             self.w = self.w + b * goal_effect(self.p, gain, loss)
-        hour = np.floor(table.ts[rows] / 3600.0).astype(np.int64)
-        self.hour = hour - hour.min(initial=0)
-        self.n_hours = int(self.hour.max(initial=0)) + 1
-        share = spec.policy.holdout
-        ids = table.columns.view("visitor_id", STRING).uniques
-        held = np.zeros(len(ids) + 1, dtype=bool)
-        if share > 0:
-            for v in np.unique(vcode[rows]).tolist():
-                held[v] = in_holdout(ids[v], share)
-        self.counts = ~held[vcode[rows]]  # a holdout visitor's would-be offer is worth nothing and costs nothing
+        hours = hour_buckets(table.ts[rows])  # the backtest's hour buckets (capacity is per clock hour)
+        self.hour = hour_index(table.ts[rows], hours)
+        self.n_hours = len(hours)
+        # A holdout visitor's would-be offer is worth nothing and costs nothing.
+        self.counts = ~table.holdout(vcode[rows], spec.policy.holdout)
         matcher = VectorMatcher(spec)
         blocks = queue_blocks(spec, table, {})
         self.queue_names = list(spec.queues)
