@@ -137,8 +137,8 @@ def uplift_objectives(visitors: int, seed: int) -> None:
           f"accepts: value 1 per accepted chat, cost 0.03 per offer; uplift: expected extra goals")
     without = len(draw_goals(world, world.offers.iloc[:0]))
     header = (f"{'P(accept)':<10} {'objective':<9} {'offers':>7} {'true acc.':>9} {'exp. uplift':>11} "
-              f"{'true uplift':>11} {'ITT (bt)':>9} {'ITT (world)':>11} {'world extra':>11} {'realised':>9} {'± sd':>6} "
-              f"{'s':>5}")
+              f"{'true uplift':>11} {'ITT (bt)':>9} {'ITT (world)':>11} {'world extra':>11} {'realised':>9} "
+              f"{'± sd':>6} {'s':>5}")
     print(header)
     for kind, probability in (("model", scorer), ("perfect", oracle), ("truth", truth)):
         for objective, economics in (("accepts", Economics(1.0, 0.03)), ("uplift", Economics())):
@@ -157,9 +157,9 @@ def uplift_objectives(visitors: int, seed: int) -> None:
                   f"{100 * m['true_expected_uplift_itt']:>+8.3f}% {100 * true.itt:>+10.3f}% "
                   f"{true.itt * true.n_visitors:>+11,.1f} {realised:>+9,} {sd:>6.1f} {seconds:>5.1f}")
     print("exp. uplift: extra goals by the P(accept) the search used; true uplift: by the true P(accept) (both the\n"
-          "backtest's, sum over offers); ITT: per eligible visitor, the backtest's (first offers) and the world's exact\n"
-          "one; world extra: the world's extra converting visitors (ITT x eligible); realised: goals the world draws\n"
-          "with the offers minus without (common random numbers), whose sd is given.")
+          "backtest's, sum over offers); ITT: per eligible visitor, the backtest's (first offers) and the world's "
+          "exact\none; world extra: the world's extra converting visitors (ITT x eligible); realised: goals the "
+          "world draws\nwith the offers minus without (common random numbers), whose sd is given.")
 
 
 def main() -> None:

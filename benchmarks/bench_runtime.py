@@ -37,12 +37,14 @@ SPEC = {
     "rules": [
         {"name": "checkout", "priority": 30, "when": {"page": "Checkout", "seconds_on_page": {"gte": 90}},
          "offer": {"queue": "Sales", "metadata": {"Page Name": "{page}", "Time spent on page": "{minutes} mins"}}},
-        {"name": "bill", "priority": 20, "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 150}, "score": {"gte": 0.05}},
+        {"name": "bill", "priority": 20,
+         "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 150}, "score": {"gte": 0.05}},
          "offer": {"queue": "Billing", "metadata": {"Page Name": "{page}", "Time spent on page": "{minutes} mins"}}},
-        {"name": "plans", "priority": 10, "when": {"page": {"in": ["Plans", "Roaming"]}, "seconds_on_page": {"gte": 180},
-                                                    "pages_viewed": {"gte": 3}},
+        {"name": "plans", "priority": 10,
+         "when": {"page": {"in": ["Plans", "Roaming"]}, "seconds_on_page": {"gte": 180}, "pages_viewed": {"gte": 3}},
          "offer": {"queue": "Sales", "metadata": {"Page Name": "{page}"}}},
-        {"name": "help", "priority": 5, "when": {"page": {"in": ["Support", "FAQ", "Contact"]}, "seconds_on_page": {"gte": 120}},
+        {"name": "help", "priority": 5,
+         "when": {"page": {"in": ["Support", "FAQ", "Contact"]}, "seconds_on_page": {"gte": 120}},
          "offer": {"queue": "Support", "metadata": {"Page Name": "{page}"}}},
     ],
 }
@@ -203,13 +205,15 @@ def main() -> None:
         print(f"  durable_rules Host.post() (bare):           {b:>10,.0f} events/s  ({1e6 / b:6.1f} us/event)")
         print(f"  Runtime.observe() (validate+state+score+log): {o:>8,.0f} events/s  ({1e6 / o:6.1f} us/event)")
         print(f"  cost ratio observe / bare post: {b / o:.2f}x   (target <= 3x)")
-        print(f"  observe latency p50 {q[49]:.1f} us, p99 {q[98]:.1f} us, max {max(all_latencies):.1f} us   (target p99 <= 1000 us)")
+        print(f"  observe latency p50 {q[49]:.1f} us, p99 {q[98]:.1f} us, max {max(all_latencies):.1f} us   "
+              f"(target p99 <= 1000 us)")
         bare_p50 = statistics.median(bare_post_latencies(spec, events))
         print(f"  bare post latency p50 {bare_p50:.1f} us; p50 ratio observe / bare post: {q[49] / bare_p50:.2f}x")
         parts = breakdown(spec, events, Path(tmp) / "breakdown.sqlite")
         print("  observe by stage (median us, in context): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
         if args.visitors:
-            print(f"many visitors (one event each, 1/s event time, idle TTL {spec.policy.session_idle_ttl_s:.0f} s, log on):")
+            print(f"many visitors (one event each, 1/s event time, idle TTL {spec.policy.session_idle_ttl_s:.0f} s, "
+                  f"log on):")
             many_visitors(spec, args.visitors, Path(tmp) / "many.sqlite")
 
 

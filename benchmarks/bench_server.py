@@ -100,7 +100,7 @@ class Result:
     actions: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
 
-    def add(self, other: "Result") -> None:
+    def add(self, other: Result) -> None:
         self.latencies += other.latencies
         for k, v in other.statuses.items():
             self.statuses[k] = self.statuses.get(k, 0) + v
@@ -250,7 +250,8 @@ def run_scenario(name: str, targets: list[tuple[str, int]], pids: list[int], bod
     sticky = args.routing == "sticky"
     if workers > 1:
         name += f", {args.routing} routing"
-    _run(closed_loop(targets, bodies, 8, 1.0, classify=False, sticky=sticky))  # warm up: code paths, connections, caches
+    # warm up: code paths, connections, caches
+    _run(closed_loop(targets, bodies, 8, 1.0, classify=False, sticky=sticky))
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
     closed = _run(closed_loop(targets, bodies, args.connections, args.seconds, sticky=sticky))
     cpu = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0)

@@ -76,7 +76,8 @@ def main() -> None:
     scorer = train_on_offers(world.offers).model.compile()
     table = EventTable(world.events)
     print(f"world: {len(world.events):,} events, {world.events['session_id'].nunique():,} sessions, "
-          f"{args.visitors:,} visitors; model trained on {len(world.offers):,} offers ({time.perf_counter() - t:.1f} s)")
+          f"{args.visitors:,} visitors; model trained on {len(world.offers):,} offers "
+          f"({time.perf_counter() - t:.1f} s)")
 
     truth = effects = None
     if args.uplift:
@@ -98,7 +99,7 @@ def main() -> None:
     eval_wall, eval_cpu, refresh_wall, refresh_cpu = [], [], [], []
     checked = []
     offers: list[int] = []
-    for i, (target, kind, value) in enumerate(sequence):
+    for target, kind, value in sequence:
         widget = tuner.capacity[target] if kind == "capacity" else tuner.controls[target][kind]
         if widget.value == value:
             continue  # not a change: the widget would not even call the tuner

@@ -54,16 +54,20 @@ import platform
 import re
 import secrets
 import shutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ._version import __version__
-from .errors import PcrulesError, SpecError
 from .core.spec import RuleSpec, load_spec
+from .errors import PcrulesError, SpecError
+
+if TYPE_CHECKING:
+    from .scoring.protocol import Scorer
 
 try:  # POSIX; elsewhere publishers are not serialised against each other
     import fcntl
@@ -119,7 +123,7 @@ class Bundle:
     path: Path  # the version directory (symlinks resolved)
     version: str
     spec: RuleSpec
-    scorer: Any | None  # a Scorer, or None for a rules-only bundle
+    scorer: Scorer | None  # None for a rules-only bundle
     manifest: Mapping[str, Any] = field(repr=False)
 
     @property
@@ -134,8 +138,12 @@ class RollbackResult:
     previous: str  # what was current before the rollback
 
 
+def _no_stage(stage: str) -> None:
+    pass
+
+
 # Test hook: called with a stage name as publishing proceeds (tests kill the process there).
-_stage: Callable[[str], None] = lambda stage: None
+_stage: Callable[[str], None] = _no_stage
 
 
 # --------------------------------------------------------------------------- versions of things
@@ -259,23 +267,26 @@ def _rules_text(rules: RuleSpec | str | os.PathLike | Mapping[str, Any]) -> tupl
         path: Path | None = None
         if isinstance(rules, os.PathLike):
             path = Path(rules)
-        elif "\n" not in rules:
-            try:
-                if rules.endswith((".yaml", ".yml", ".json")) or Path(rules).is_file():
-                    path = Path(rules)
-            except (OSError, ValueError):
-                path = None
-        if path is None:
-            return rules, load_spec(rules)
+        else:
+            if "\n" not in rules:
+                try:
+                    if rules.endswith((".yaml", ".yml", ".json")) or Path(rules).is_file():
+                        path = Path(rules)
+                except (OSError, ValueError):
+                    path = None
+            if path is None:
+                return rules, load_spec(rules)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError([f"(file): cannot read {path}: {getattr(exc, 'strerror', None) or exc}"], str(path)) from None
+            problem = f"(file): cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+            raise SpecError([problem], str(path)) from None
         try:
             return text, load_spec(text if "\n" in text else text + "\n")
         except SpecError as exc:
             raise SpecError(list(exc.problems), str(path)) from None
-    raise SpecError([f"(spec): expected a file path, a YAML string, a mapping or a RuleSpec, got {type(rules).__name__}"])
+    raise SpecError([f"(spec): expected a file path, a YAML string, a mapping or a RuleSpec, "
+                     f"got {type(rules).__name__}"])
 
 
 def _dump_spec(source: Mapping[str, Any]) -> str:
@@ -307,24 +318,15 @@ def _model_data(model: Any) -> tuple[dict, str]:
     return data, origin
 
 
-def _scorer_from_data(data: Mapping[str, Any], what: str) -> Any:
+def _scorer_from_data(data: Mapping[str, Any], what: str) -> Scorer:
     """Load a scorer from its JSON dict (never code) and check that it scores the probe event."""
     kind = data.get("kind")
     if not isinstance(kind, str) or not kind:
         raise BundleError(f"{what}: the model has no 'kind' (expected the output of a scorer's to_dict())")
-    try:
-        try:
-            from .scoring import load_scorer  # the registry of model kinds, when present
-        except ImportError:
-            load_scorer = None
-        if load_scorer is not None:
-            scorer = load_scorer(data)
-        elif kind == "linear":
-            from .scoring.linear import LinearScorer
+    from .scoring import load_scorer  # the registry of model kinds (plain Python: no numpy)
 
-            scorer = LinearScorer.from_dict(data)
-        else:
-            raise ValueError(f"unknown model kind {kind!r}")
+    try:
+        scorer = load_scorer(data)
     except BundleError:
         raise
     except Exception as exc:  # whatever a from_dict raises on bad data (KeyError, TypeError, ValueError, ...)
@@ -333,7 +335,7 @@ def _scorer_from_data(data: Mapping[str, Any], what: str) -> Any:
     return scorer
 
 
-def _probe(scorer: Any, what: str) -> float:
+def _probe(scorer: Scorer, what: str) -> float:
     try:
         raw = scorer.predict_proba_one(dict(PROBE_EVENT))
     except Exception as exc:
@@ -387,7 +389,7 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
     (out / VERSIONS).mkdir(exist_ok=True)
     with _locked(out):
         clean_staging(out, _locked_already=True)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         version = _free_version(out, f"{now:%Y%m%dT%H%M%SZ}-{content[:10]}")
         manifest = {
             "format": FORMAT,
@@ -404,8 +406,8 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
         staging = out / f"{STAGING_PREFIX}{version}-{os.getpid()}"
         staging.mkdir()
         try:
-            for name, data in parts.items():
-                _write_durable(staging / name, data)
+            for name, part in parts.items():
+                _write_durable(staging / name, part)
                 _stage(f"wrote {name}")
             _write_durable(staging / MANIFEST_FILE,
                            (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
@@ -413,7 +415,8 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
             _fsync_dir(staging)
             check = load_bundle(staging, _staging=True)  # what a reader will get, verified before it is visible
             if check.spec.version != spec.version or (
-                    expected_probe is not None and _probe(check.scorer, MODEL_FILE) != expected_probe):
+                    expected_probe is not None
+                    and (check.scorer is None or _probe(check.scorer, MODEL_FILE) != expected_probe)):
                 raise BundleError(f"{staging}: the written bundle does not load back to what was published")
             final = out / VERSIONS / version
             os.rename(staging, final)  # the version appears complete, or not at all
@@ -674,6 +677,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     for name, entry in files.items():
         if name not in PARTS:
             raise bad(f"files: unexpected part {name!r}; a bundle holds only {', '.join(PARTS)}")
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not SHA256.match(entry["sha256"]) \
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
+                or not SHA256.match(entry["sha256"]) \
                 or isinstance(entry.get("bytes"), bool) or not isinstance(entry.get("bytes"), int):
             raise bad(f"files.{name}: expected {{\"sha256\": <64 hex digits>, \"bytes\": <integer>}}")

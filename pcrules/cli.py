@@ -31,9 +31,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     Every input is read and checked before any output is touched; the log is replaced only once the new one
     is complete, and never while a running process has it open."""
-    from .errors import LogUnavailable
     from .analysis.sample import SAMPLE_PATH, read_events
     from .core.spec import load_spec
+    from .errors import LogUnavailable
 
     events = Path(args.events) if args.events else SAMPLE_PATH
     try:
@@ -81,8 +81,8 @@ def _check_log_free(log_path: Path) -> None:
 
 
 def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, progress: bool) -> Any:
-    from .runtime.log.sqlite import SQLiteDecisionLog, fresh_log
     from .analysis.replay import replay
+    from .runtime.log.sqlite import SQLiteDecisionLog, fresh_log
     from .runtime.runtime import Runtime
 
     with fresh_log(log_path) as new_path, Runtime(spec, log=SQLiteDecisionLog(new_path)) as runtime:
@@ -92,7 +92,7 @@ def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, pr
 # --------------------------------------------------------------------------- bundles: publish, rollback, bundle-info
 
 
-def _fail(exc: BaseException) -> int:
+def _fail(exc: BaseException | str) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1
 
@@ -347,9 +347,9 @@ def _backtest(args: argparse.Namespace) -> int:
     except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
         print(f"error: backtest needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
+    from .analysis.history import load_events
     from .bundle import load_bundle
     from .errors import PcrulesError
-    from .analysis.history import load_events
 
     try:
         bundle = load_bundle(Path(args.bundle))

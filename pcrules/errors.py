@@ -24,6 +24,10 @@ class ErrorCode(StrEnum):
     OFFER_CLOSED = "offer_closed"
     UNKNOWN_QUEUE = "unknown_queue"
     LOG_UNAVAILABLE = "log_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
+    STORE_BUSY = "store_busy"
+    LOCK_LOST = "lock_lost"
+    STORE_VOLATILE = "store_volatile"
 
 
 class PcrulesError(Exception):
@@ -108,5 +112,5 @@ class StoreUnavailable(PcrulesError):
     for trouble with one session (a lock held elsewhere, a lock lost), where other sessions still go through.
     """
 
-    code = "store_unavailable"  # type: ignore[assignment]
+    code = ErrorCode.STORE_UNAVAILABLE
     outage = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pcrules import Runtime, load_spec
 
 def utc(text: str) -> float:
     """Epoch seconds of a naive ISO time read as UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 T0 = utc("2026-01-05T12:00:00")  # Monday; 13:00 CET

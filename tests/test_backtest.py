@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pcrules.decision_log import MemoryDecisionLog
 from pcrules import Runtime, load_spec
 from pcrules.backtest import EventTable, backtest, batch_scores, compare
 from pcrules.cli import DEFAULT_RULES
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules.replay import replay
 from pcrules.scoring import LinearScorer
 
@@ -382,7 +383,8 @@ def test_no_progress_output_by_default(worlds: Any, capsys: Any) -> None:
     assert capsys.readouterr().err == ""
 
 
-def test_cli_backtest_prints_the_summary_and_writes_decisions(worlds: Any, tmp_path: Any, model: Any, capsys: Any) -> None:
+def test_cli_backtest_prints_the_summary_and_writes_decisions(worlds: Any, tmp_path: Any, model: Any,
+                                                              capsys: Any) -> None:
     from pcrules.bundle import publish
     from pcrules.cli import main
 
@@ -494,7 +496,8 @@ def test_expected_uplift_from_effects_in_every_form_or_not_available(worlds: Any
     assert set(a.uplift_by("page").index) == set(real["page"])
     assert "extra goals" in a.summary() and "ITT" in a.summary()
     side = compare(plain, a)
-    assert math.isnan(side.loc["expected_uplift"].iloc[0]) and side.loc["expected_uplift"].iloc[1] == m["expected_uplift"]
+    assert math.isnan(side.loc["expected_uplift"].iloc[0])
+    assert side.loc["expected_uplift"].iloc[1] == m["expected_uplift"]
 
     # The same effects as event columns, and as a function of the events: the same figures.
     with_columns = events.assign(gain=shuffled["gain_if_accepted"], loss=shuffled["loss_if_not_accepted"])

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from pcrules.errors import PcrulesError, SpecError
 from pcrules.scoring import LinearScorer
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 1, 5, 12, tzinfo=timezone.utc).timestamp()  # a Monday
+T0 = datetime(2026, 1, 5, 12, tzinfo=UTC).timestamp()  # a Monday
 
 # P(accept) = sigmoid(-3 + 0.6 * log1p(seconds_on_page) + 0.4 [mobile] + 0.5 [returning])
 MODEL_A = LinearScorer(-3.0, {"seconds_on_page": 0.6}, {"device": {"mobile": 0.4}}, {"returning": 0.5})
@@ -258,14 +258,17 @@ def test_missing_manifest_is_refused(out):
     (lambda m: m.update(format_version=2), r"unknown bundle format version 2 \(written by a newer pcrules\)"),
     (lambda m: m.update(format_version="1"), r"format_version: expected an integer"),
     (lambda m: m.update(format="zip"), r"not a pcrules bundle"),
-    (lambda m: m["libraries"].update(pcrules="7.0.1"), r"written with pcrules 7\.0\.1, incompatible with the installed"),
+    (lambda m: m["libraries"].update(pcrules="7.0.1"),
+     r"written with pcrules 7\.0\.1, incompatible with the installed"),
     (lambda m: m["libraries"].pop("pcrules"), r"libraries\.pcrules: required"),
     (lambda m: m["libraries"].update({"durable-rules": "3.0.0"}), r"written with durable-rules 3\.0\.0, incompatible"),
     (lambda m: m.pop("ruleset"), r"required field 'ruleset' is missing"),
     (lambda m: m.pop("files"), r"required field 'files' is missing"),
-    (lambda m: m["files"].update({"../../etc/passwd": m["files"]["rules.yaml"]}), r"unexpected part '\.\./\.\./etc/passwd'"),
+    (lambda m: m["files"].update({"../../etc/passwd": m["files"]["rules.yaml"]}),
+     r"unexpected part '\.\./\.\./etc/passwd'"),
     (lambda m: m["files"]["rules.yaml"].update(sha256="zz"), r"files\.rules\.yaml: expected"),
-    (lambda m: m["ruleset"].update(version="0123456789ab"), r"rules\.yaml: is ruleset 'bundled' version .* manifest names"),
+    (lambda m: m["ruleset"].update(version="0123456789ab"),
+     r"rules\.yaml: is ruleset 'bundled' version .* manifest names"),
     (lambda m: m.update(bundle_version="20990101T000000Z-ffffffffff"), r"does not match its directory"),
 ])
 def test_bad_manifest_is_refused_with_the_reason(out, change, message):
@@ -429,7 +432,8 @@ def test_rollback_refuses_a_broken_previous_version_and_keeps_current(out):
     old = publish(spec_dict(0.4), MODEL_A, out)
     new = publish(spec_dict(0.5), MODEL_A, out)
     flip_one_byte(old / "model.json", b"0.6", b"0.7")
-    with pytest.raises(BundleError, match=rf"cannot roll back to {old.name}: .*model\.json: sha256 mismatch.*stays current"):
+    with pytest.raises(BundleError,
+                       match=rf"cannot roll back to {old.name}: .*model\.json: sha256 mismatch.*stays current"):
         rollback(out)
     assert current_version(out) == new.name and load_bundle(out).version == new.name
 
@@ -455,7 +459,8 @@ def test_score_rule_fires_exactly_where_the_model_passes_the_threshold(out):
                 for extra, bump in (("desktop", 0.0), ("mobile", 0.4), ("returning", 0.5))}
     offers = refusals = 0
     for n, (extra, s_star) in enumerate(crossing.items()):
-        fields = {"desktop": {"device": "desktop"}, "mobile": {"device": "mobile"}, "returning": {"returning": True}}[extra]
+        fields = {"desktop": {"device": "desktop"}, "mobile": {"device": "mobile"},
+                  "returning": {"returning": True}}[extra]
         for k, seconds in enumerate((0.0, s_star * 0.5, s_star - 0.01, s_star * (1 - 1e-9), s_star * (1 + 1e-9),
                                      s_star + 0.01, s_star * 2, 10_000.0)):
             event = ev(f"v{n}-{k}", seconds, **fields)
@@ -576,7 +581,8 @@ def test_cli_errors_are_one_message_and_exit_1(out, files, tmp_path, capsys):
 
 def test_loading_a_bundle_imports_no_data_science_stack(out, files):
     publish(*files, out)
-    code = ("import sys, pcrules, pcrules.bundle as b; bd = b.load_bundle(sys.argv[1]); rt = pcrules.Runtime.from_bundle(sys.argv[1]);"
+    code = ("import sys, pcrules, pcrules.bundle as b; bd = b.load_bundle(sys.argv[1]); "
+            "rt = pcrules.Runtime.from_bundle(sys.argv[1]);"
             "bd.scorer.predict_proba_one({'seconds_on_page': 3.0});"
             "print(sorted(m for m in ('pandas', 'numpy', 'sklearn', 'scipy') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

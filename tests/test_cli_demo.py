@@ -89,8 +89,8 @@ def test_demo_command_runs_end_to_end(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pcrules", "demo", "--log", str(log_path)],
                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
-    for heading in ("events replayed", "offers", "accepted", "declined", "expired", "no-offer reasons", "offers by queue",
-                    "goals reported", "AUC"):
+    for heading in ("events replayed", "offers", "accepted", "declined", "expired", "no-offer reasons",
+                    "offers by queue", "goals reported", "AUC"):
         assert heading in run.stdout
     assert log_path.exists()
     # The model-only rule fires: the replay went through the published bundle's scorer.

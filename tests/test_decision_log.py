@@ -11,7 +11,6 @@ import sys
 import time
 
 import pcrules
-
 from helpers import T0, ev, make_runtime, rule
 from pcrules import Action, SQLiteDecisionLog
 from pcrules.decision_log import SCHEMA_VERSION
@@ -54,8 +53,8 @@ while True:
 
 def test_every_decision_printed_before_sigkill_is_in_the_database(tmp_path):
     path = tmp_path / "decisions.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": ROOT}, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, text=True)
     printed = []
     deadline = time.monotonic() + 60
     try:
@@ -108,7 +107,8 @@ def test_decision_rows_hold_what_was_decided(tmp_path):
         rulesets = db.execute("SELECT name, version, spec FROM rulesets").fetchall()
     assert [r["action"] for r in rows] == ["offer", "wait", "none"]
     o, w, n = rows
-    assert (o["visitor_id"], o["session_id"], o["page"], o["seconds_on_page"], o["ts"]) == ("v1", "s1", "Bill Payment", 301, T0)
+    assert (o["visitor_id"], o["session_id"], o["page"], o["seconds_on_page"], o["ts"]) == (
+        "v1", "s1", "Bill Payment", 301, T0)
     assert (o["reason"], o["rule"], o["queue"], o["offer_id"], o["holdout"], o["expires_at"]) == (
         None, "bill", "Billing", offer.offer_id, 0, T0 + 60)
     assert json.loads(o["metadata"]) == {"Page Name": "Bill Payment", "Time spent on page": "5 mins"}

@@ -132,7 +132,8 @@ def test_exists_false_and_true():
     rt = make_runtime([rule("nocart", seconds=None, cart_items={"exists": False}, priority=5),
                        rule("cart", page="Cart", seconds=None, cart_items={"exists": True}, priority=5),
                        # only an absence test and no other condition: once matched the sid's own state fact
-                       rule("bare", page=None, seconds=None, coupon_code={"exists": False}, queue="Billing", priority=1)])
+                       rule("bare", page=None, seconds=None, coupon_code={"exists": False}, queue="Billing",
+                            priority=1)])
     d = rt.observe(ev(session="a"))
     assert (d.action, d.rule) == (Action.OFFER, "nocart")
     assert rt.observe(ev(session="b", cart_items=3)).rule == "bare"  # nocart fails; bare still holds
@@ -195,10 +196,10 @@ def test_reload_many_times_does_not_leak():
 
 
 def test_dropped_runtimes_free_their_rulesets():
-    for i in range(30):
+    for _ in range(30):
         make_runtime([rule(f"r{j}", seconds=100 + j, priority=j) for j in range(10)]).observe(ev())
     start = _rss()
-    for i in range(300):
+    for _ in range(300):
         make_runtime([rule(f"r{j}", seconds=100 + j, priority=j) for j in range(10)]).observe(ev())  # never closed
     grown = _rss() - start
     assert grown < 4 * 2**20, grown
@@ -232,8 +233,8 @@ def test_matchers_free_cleanly_whatever_was_posted(tmp_path):
 
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
-    out = subprocess.run([sys.executable, "-c", FREE_CHILD, tests_dir], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": root})
+    out = subprocess.run([sys.executable, "-c", FREE_CHILD, tests_dir], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert out.stdout.strip() == "freed"
     assert "could not delete" not in out.stderr, out.stderr[-2000:]

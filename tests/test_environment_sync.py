@@ -27,7 +27,7 @@ def _parse(requirement: str) -> tuple[str, str | None]:
 def pyproject_requirements() -> dict[str, str | None]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for name, extra in project.get("optional-dependencies", {}).items():
+    for extra in project.get("optional-dependencies", {}).values():
         reqs += [r for r in extra if not r.startswith("pcrules")]
     return dict(_parse(r) for r in reqs)
 

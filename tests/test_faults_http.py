@@ -77,7 +77,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         try:
             while chunk := s.recv(65536):
                 out += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
         return out
 

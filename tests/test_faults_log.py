@@ -16,8 +16,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -305,7 +305,7 @@ def test_sigkill_during_recovery_of_a_damaged_journal_repeats_and_loses_nothing(
     path.write_bytes(bytes(data))
     rng = random.Random(11)
     kills = 0
-    for attempt in range(6):
+    for _ in range(6):
         proc = subprocess.Popen([sys.executable, "-c", RECOVER_CHILD, str(log_path)], stdout=subprocess.PIPE,
                                 env={**os.environ, "PYTHONPATH": ROOT}, text=True)
         assert proc.stdout.readline() == "ready\n"

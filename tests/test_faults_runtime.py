@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from helpers import Clock, T0, counter_ids, rule, spec_dict
+from helpers import T0, Clock, counter_ids, rule, spec_dict
 from pcrules import InvalidEvent, Runtime, load_spec
 from pcrules.runtime import DEFAULT_MAX_CLOCK_SKEW_S
 from pcrules.server import ServerConfig, create_app

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import T0, Clock
-from pcrules.server import ServerConfig, create_app
 # TestClient as test_server imports it (without Starlette's httpx2 warning)
 from test_server import AUTH, TOKEN, TestClient, event, refused, write_rules
+
+from helpers import T0, Clock
+from pcrules.server import ServerConfig, create_app
 
 
 @pytest.fixture

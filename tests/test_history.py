@@ -12,7 +12,12 @@ import pytest
 from pcrules import PcrulesError
 from pcrules.events import validate_event
 from pcrules.history import (
-    HistoryError, LoadReport, MissingColumns, load_events, load_offers, load_page_views,
+    HistoryError,
+    LoadReport,
+    MissingColumns,
+    load_events,
+    load_offers,
+    load_page_views,
 )
 
 MAPPING = {"ts": "Time", "visitor_id": "Visitor", "session_id": "Session", "page": "Page",

@@ -178,7 +178,8 @@ def test_runtime_and_backtest_decide_alike_on_matches_rules() -> None:
     frame = pd.DataFrame.from_records(events)
     for how in ("fast", "policy"):
         d = backtest(spec, frame, engine=how).decisions  # one row per event, in the input's order
-        got = [(a, None if r is None or r != r else r) for a, r in zip(d["action"].astype(str), d["rule"].astype(object))]
+        got = [(a, None if r is None or r != r else r)
+               for a, r in zip(d["action"].astype(str), d["rule"].astype(object))]
         assert got == live, how
 
 

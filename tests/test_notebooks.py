@@ -60,7 +60,8 @@ def run(path: Path, params: dict[str, Any], timeout: int = 300) -> Any:
     from nbclient import NotebookClient
 
     nb = inject(nbformat.read(path, as_version=4), params)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
     # the kernel inherits this process's environment: PYTHONPATH for pcrules, Agg for matplotlib
     saved = dict(os.environ)
     os.environ.update(_kernel_env())
@@ -122,7 +123,8 @@ def test_notebooks_are_thin() -> None:
     for path in COMMITTED:
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
-                assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), f"{path.name}: logic belongs in pcrules"
+                assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), \
+                    f"{path.name}: logic belongs in pcrules"
 
 
 # --------------------------------------------------------------------------- the functions they call
@@ -149,7 +151,8 @@ def test_analysis_functions(tmp_path: Path, world_dir: Path) -> None:
     by_time = analysis.acceptance_by_time(h)
     assert by_time["offers"].sum() == len(world.offers)
     assert by_time["accepted"].sum() == (world.offers["response"] == "accept").sum()
-    for fig in (analysis.plot_sessions(h), analysis.plot_dwell(h), analysis.plot_offers(h), analysis.plot_acceptance(h)):
+    for fig in (analysis.plot_sessions(h), analysis.plot_dwell(h), analysis.plot_offers(h),
+                analysis.plot_acceptance(h)):
         assert fig.axes and fig._repr_png_()[:4] == b"\x89PNG"
 
     # real history: events only, other column names, a bad row; page views derived, answers from the events

@@ -338,9 +338,8 @@ def test_the_log_is_opened_read_only(small_log: Path) -> None:
 
 def test_reading_a_log_while_the_runtime_writes_it(tmp_path: Path) -> None:
     """WAL mode: the dashboard's read-only connection sees committed decisions while the writer is open."""
-    from pcrules import Runtime, load_spec
-
     from helpers import spec_dict
+    from pcrules import Runtime, load_spec
 
     path = tmp_path / "live.sqlite"
     with Runtime(load_spec(spec_dict()), log=SQLiteDecisionLog(path)) as runtime:
@@ -398,7 +397,8 @@ def test_dashboard_widgets_show_the_queries(small_log: Path) -> None:
     assert (_value(d, "offers"), _value(d, "accept_rate"), _value(d, "expiry_rate"), _value(d, "chats_started")) == (
         "5", "0.500000", "0.250000", "2")
     assert 'data-state="insufficient"' in d.tiles["uplift"].value and "Not enough data yet" in d.tiles["uplift"].value
-    assert 'data-needed-offered="95"' in d.tiles["uplift"].value and 'data-needed-withheld="99"' in d.tiles["uplift"].value
+    assert 'data-needed-offered="95"' in d.tiles["uplift"].value
+    assert 'data-needed-withheld="99"' in d.tiles["uplift"].value
     assert "so far −60.0 pp (95 % CI" in d.tiles["uplift"].value
     assert all(bytes(img.value).startswith(b"\x89PNG") for img in d.chart_images.values())
     assert [v for _, v in d.queue.options] == ["", "Billing", "Sales", "Support"]

@@ -5,8 +5,9 @@ The log is the shipped sample replayed through a published bundle of the default
 holdout, plus goals for a third of the offered and a quarter of the withheld visitors (so the uplift tile
 has an estimate for all queues and "not enough data yet" for a single one). Every number the tiles show is
 checked against SQL run here, directly on the log (the uplift tile: the eligible visitors and their goals
-counted here, then pcrules.uplift.estimate on those counts); then the filters are changed and checked again. Every request the page makes is
-recorded: none may leave 127.0.0.1. Screenshots and Voila's log go to test-artifacts/ (git-ignored).
+counted here, then pcrules.uplift.estimate on those counts); then the filters are changed and checked again.
+Every request the page makes is recorded: none may leave 127.0.0.1. Screenshots and Voila's log go to
+test-artifacts/ (git-ignored).
 
 These tests are never skipped: without Chromium they fail and say how to install it.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -54,8 +56,8 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A published bundle of the default rules; the sample replayed through it into a log; goals."""
-    from pcrules.bundle import publish
     from pcrules import Runtime
+    from pcrules.bundle import publish
     from pcrules.replay import replay
     from pcrules.sample import read_events
 
@@ -296,8 +298,8 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     time_range.select_option(label="Custom dates")
     page.locator(".pcrules-filter-from input").fill("2025-11-26")
     page.locator(".pcrules-filter-to input").fill("2025-11-27")
-    start = datetime(2025, 11, 26, tzinfo=timezone.utc).timestamp()
-    end = datetime(2025, 11, 28, tzinfo=timezone.utc).timestamp()
+    start = datetime(2025, 11, 26, tzinfo=UTC).timestamp()
+    end = datetime(2025, 11, 28, tzinfo=UTC).timestamp()
     two_days = expected(log, "ts >= ? AND ts < ?", (start, end))
     assert 0 < two_days["offers"] < everything["offers"]
     check_tiles(page, two_days)

@@ -15,9 +15,7 @@ import sys
 import pytest
 
 import pcrules
-
-from helpers import (AMS_HOURS, T0, FixedScorer, RaisingScorer, ev, holdout_ids, make_runtime, not_holdout, rule,
-                     utc)
+from helpers import AMS_HOURS, T0, FixedScorer, RaisingScorer, ev, holdout_ids, make_runtime, not_holdout, rule, utc
 from pcrules import Action, Reason, SQLiteDecisionLog
 from pcrules.policy import in_holdout, next_crossing
 from pcrules.spec import load_spec
@@ -40,7 +38,8 @@ def test_offer_carries_everything_the_browser_needs():
     assert d.offer_id == "o1" and d.queue == "Billing" and d.rule == "bill" and d.default_ui is True
     assert d.metadata == {"Page Name": "Bill Payment", "Time spent on page": "5 mins"}
     assert d.expires_at == T0 + 60
-    assert d.js_call == 'pega.chat.proactiveChat.offer("Billing", {"Page Name": "Bill Payment", "Time spent on page": "5 mins"}, true);'
+    assert d.js_call == ('pega.chat.proactiveChat.offer("Billing", '
+                         '{"Page Name": "Bill Payment", "Time spent on page": "5 mins"}, true);')
 
 
 def test_no_rule_for_a_page_no_rule_mentions():
@@ -247,7 +246,8 @@ def test_holdout_visitor_gets_none_holdout_logged_and_occupying_the_session(tmp_
         rows = db.execute("SELECT action, reason, holdout, rule, queue, offer_id, expires_at, metadata FROM decisions"
                           " WHERE visitor_id = ? ORDER BY id", (hv,)).fetchall()
         outcomes = db.execute("SELECT count(*) FROM outcomes WHERE visitor_id = ?", (hv,)).fetchone()[0]
-    assert rows[0] == ("none", "holdout", 1, "bill", "Billing", None, T0 + 60, json.dumps({"Page Name": "Bill Payment"}))
+    assert rows[0] == ("none", "holdout", 1, "bill", "Billing", None, T0 + 60,
+                       json.dumps({"Page Name": "Bill Payment"}))
     assert [r[2] for r in rows] == [1, 0, 1, 0]
     assert outcomes == 0  # would-be offers have no outcome
 

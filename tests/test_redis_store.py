@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from helpers import T0, counter_ids, rule, spec_dict
-from pcrules.decision_log import MemoryDecisionLog
 from pcrules import InvalidEvent, OfferClosed, OfferNotFound, Runtime, load_spec
 from pcrules.decision import OfferStatus
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules.policy import QueueStatus, SessionState, VisitorState
 from pcrules.redis_store import LockLost, RedisStore, StoreBusy, StoreUnavailable
 from pcrules.server._procs import REDIS_SERVER, RedisServer, ServeProcess

@@ -10,10 +10,18 @@ import sys
 import pytest
 
 import pcrules
-
 from helpers import T0, ev, make_runtime, row_counts, rule, snapshot
-from pcrules import (Action, InvalidEvent, OfferClosed, OfferNotFound, OfferStatus, PcrulesError, Reason,
-                     SQLiteDecisionLog, UnknownQueue)
+from pcrules import (
+    Action,
+    InvalidEvent,
+    OfferClosed,
+    OfferNotFound,
+    OfferStatus,
+    PcrulesError,
+    Reason,
+    SQLiteDecisionLog,
+    UnknownQueue,
+)
 
 # the directory holding the pcrules under test, for subprocesses
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
@@ -71,7 +79,8 @@ def test_answer_just_in_time(logged):
     rt, path = logged
     d = rt.observe(ev(seconds=301, ts=T0))
     out = rt.accept(d.offer_id, ts=T0 + 59.999)
-    assert (out.status, out.ts, out.rule, out.queue, out.offered_at) == (OfferStatus.ACCEPTED, T0 + 59.999, "bill", "Billing", T0)
+    assert (out.status, out.ts, out.rule, out.queue, out.offered_at) == (
+        OfferStatus.ACCEPTED, T0 + 59.999, "bill", "Billing", T0)
     assert outcomes(rt, path) == [(d.offer_id, "accepted", T0 + 59.999)]
 
 
@@ -269,7 +278,7 @@ print("HEAVY", heavy)
 import numpy  # the check above would have seen it: the stand-in (or the real one) is importable
 assert "numpy" in sys.modules
 """
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from helpers import T0, ev, holdout_ids, make_runtime, not_holdout, row_counts, snapshot, spec_dict
-from pcrules import Action, OfferNotFound, OfferStatus, Reason, Runtime, SQLiteDecisionLog, SpecError
+from pcrules import Action, OfferNotFound, OfferStatus, Reason, Runtime, SpecError, SQLiteDecisionLog
 from pcrules.pseudonym import Pseudonymizer
 from pcrules.spec import load_spec
 

@@ -9,12 +9,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import numpy as np  # noqa: E402  (the analysis extra is part of the test install: no silent skip)
 import pandas as pd  # noqa: E402
+import pytest
 import sklearn  # noqa: E402,F401
-
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from sklearn.base import clone  # noqa: E402

@@ -28,8 +28,7 @@ with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its TestCli
 from helpers import Clock, rule, spec_dict
 from pcrules.redis_store import StoreUnavailable
 from pcrules.runtime import Runtime
-from pcrules.server import ServerConfig, Service, create_app
-from pcrules.server import security
+from pcrules.server import ServerConfig, Service, create_app, security
 from pcrules.server.config import config_from_env, security_summary
 from pcrules.server.metrics import Metrics, MetricsLog
 from pcrules.server.security import ClientAddress, OperatorAuth, RateLimiter, check_origin

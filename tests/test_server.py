@@ -22,11 +22,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its TestClient; httpx works the same here
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from helpers import Clock, T0, rule, spec_dict
+from helpers import T0, Clock, rule, spec_dict
 from pcrules.server import ServerConfig, create_app
 from pcrules.server._procs import ServeProcess
 
@@ -122,7 +123,8 @@ def test_accept_decline_expire_and_their_refusals(client: TestClient, clock: Clo
     refused(client.post(f"/v1/offers/{offer['offer_id']}/accept", json={"visitor_id": "v1"}), 400, "session_id")
 
     declined = client.post("/v1/observe", json=event(visitor="v2")).json()
-    assert client.post(f"/v1/offers/{declined['offer_id']}/decline", json=owner(declined)).json()["status"] == "declined"
+    answer = client.post(f"/v1/offers/{declined['offer_id']}/decline", json=owner(declined))
+    assert answer.json()["status"] == "declined"
     clock.t += 5
     d = client.post("/v1/observe", json=event(visitor="v2", session="another")).json()
     assert (d["action"], d["reason"]) == ("none", "cooldown")

@@ -40,7 +40,8 @@ def base() -> dict:
         "rules": [
             {"name": "bill", "priority": 10,
              "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 300}},
-             "offer": {"queue": "Billing", "metadata": {"Page Name": "{page}", "Time spent on page": "{minutes} mins"}}},
+             "offer": {"queue": "Billing",
+                       "metadata": {"Page Name": "{page}", "Time spent on page": "{minutes} mins"}}},
             {"name": "plans", "priority": 5,
              "when": {"page": {"in": ["Plans", "Roaming"]}, "pages_viewed": {"gte": 3}},
              "offer": {"queue": "Sales"}},
@@ -224,7 +225,8 @@ CASES = [
     ("rules[0].when.page", {"gt": "A"}, "rules[0].when.page.gt", "expected a number"),
     ("rules[0].when.seconds_on_page", {"gte": "five"}, "rules[0].when.seconds_on_page.gte",
      'expected a number >= 0, got "five"'),
-    ("rules[0].when.seconds_on_page", {"gte": True}, "rules[0].when.seconds_on_page.gte", "expected a number >= 0, got true"),
+    ("rules[0].when.seconds_on_page", {"gte": True}, "rules[0].when.seconds_on_page.gte",
+     "expected a number >= 0, got true"),
     ("rules[0].when.seconds_on_page", {"eq": "300"}, "rules[0].when.seconds_on_page.eq", "expected a number"),
     ("rules[0].when.seconds_on_page", {"gte": math.nan}, "rules[0].when.seconds_on_page.gte", "got NaN"),
     ("rules[0].when.seconds_on_page", {"gte": math.inf}, "rules[0].when.seconds_on_page.gte", "got Infinity"),
@@ -236,7 +238,8 @@ CASES = [
     ("rules[0].when.any_of", [], "rules[0].when.any_of", "non-empty list"),
     ("rules[0].when.any_of", {"page": "A"}, "rules[0].when.any_of", "non-empty list"),
     ("rules[0].when.any_of", [{"page": "A"}, {}], "rules[0].when.any_of[1]", "non-empty mapping"),
-    ("rules[0].when.any_of", [{"page": "A"}, {"page": {"gt": "B"}}], "rules[0].when.any_of[1].page.gt", "expected a number"),
+    ("rules[0].when.any_of", [{"page": "A"}, {"page": {"gt": "B"}}], "rules[0].when.any_of[1].page.gt",
+     "expected a number"),
     ("rules[0].when.any_of", [{"any_of": [{"seconds_on_page": {"lt": -1}}]}],
      "rules[0].when.any_of[0].any_of[0].seconds_on_page.lt", "expected a number >= 0"),
     ("rules[0].offer", "Billing", "rules[0].offer", "expected a mapping"),
@@ -253,7 +256,8 @@ CASES = [
     ("policy.max_offers_per_session", 1.5, "policy.max_offers_per_session", "expected an integer >= 0"),
     ("queues.Billing.max_wait_s", -1, "queues.Billing.max_wait_s", "expected a number >= 0, got -1"),
     ("queues.Billing.capacity_per_hour", -40, "queues.Billing.capacity_per_hour", "expected a number >= 0"),
-    ("rules[0].when.seconds_on_page", {"gte": -1}, "rules[0].when.seconds_on_page.gte", "expected a number >= 0, got -1"),
+    ("rules[0].when.seconds_on_page", {"gte": -1}, "rules[0].when.seconds_on_page.gte",
+     "expected a number >= 0, got -1"),
     ("rules[0].when.minutes_on_page", {"lt": -0.5}, "rules[0].when.minutes_on_page.lt", "expected a number >= 0"),
     ("rules[0].when.session_seconds", {"gt": -1}, "rules[0].when.session_seconds.gt", "expected a number >= 0"),
     ("rules[0].when.pages_viewed", {"in": [3, -1]}, "rules[0].when.pages_viewed.in[1]", "expected a number >= 0"),
@@ -478,7 +482,8 @@ def test_a_key_written_twice_in_yaml_is_refused_with_its_line_instead_of_silentl
         "      seconds_on_page: {lte: 100}\n"
         "    offer: {queue: Billing}\n"
     )
-    assert problems_of(text) == ['(file): line 7: duplicate key "seconds_on_page" (YAML would silently keep only the last one)']
+    assert problems_of(text) == [
+        '(file): line 7: duplicate key "seconds_on_page" (YAML would silently keep only the last one)']
 
 
 def test_yaml_merge_keys_may_be_overridden_without_a_duplicate_complaint():
@@ -669,7 +674,8 @@ def test_matches_refuses_what_is_not_a_regex(pattern, fragment):
     r"(a)\1", r"(?<=Bill)Pay", r"Bill(?=Pay)", r"\bBill", "(?i)bill", "cart|basket", r"\d{3}", "[Cc]heckout",
 ])
 def test_matches_accepts_every_pattern_python_compiles(pattern):
-    # No durable_rules dialect to fit any more: the runtime evaluates the pattern with Python's re (tests/test_matches.py).
+    # No durable_rules dialect to fit any more: the runtime evaluates the pattern with Python's re
+    # (tests/test_matches.py).
     spec = load_spec(changed("rules[0].when.page", {"matches": pattern}))
     assert Condition("page", "matches", pattern) in spec.rules[0].when
 
@@ -685,8 +691,8 @@ def test_matches_on_a_number_field_is_a_type_problem():
 def test_the_shipped_default_rules_load_and_compile():
     spec = load_spec(DEFAULT_RULES)
     assert spec.name == "default"
-    assert [r.name for r in spec.rules] == ["checkout-hesitation", "bill-payment-stuck", "plans-comparison", "help-seeker",
-                                          "likely-to-accept"]
+    assert [r.name for r in spec.rules] == ["checkout-hesitation", "bill-payment-stuck", "plans-comparison",
+                                          "help-seeker", "likely-to-accept"]
     assert set(spec.queues) == {"Billing", "Sales", "Support"}
     assert spec.policy.holdout == 0.1 and spec.policy.offer_timeout_s == 60.0
     assert load_spec(DEFAULT_RULES).version == spec.version

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pcrules.decision_log import MemoryDecisionLog
 from pcrules import Runtime, load_spec
 from pcrules.backtest import EventTable, backtest
+from pcrules.decision_log import MemoryDecisionLog
 from pcrules.tuning import (
     InvalidSetting,
     RuleSetting,
@@ -481,7 +481,8 @@ def test_notebook_helpers(tmp_path: Path, world: Any, scorer: Any) -> None:
     for side, result in zip(("current", "tuned"), sbs.results):
         assert by_page[f"extra goals ({side})"].sum() == pytest.approx(result.metrics["true_expected_uplift"])
         assert by_page[f"offers ({side})"].sum() == result.metrics["offers"]
-    assert sbs.table.loc["true_expected_uplift", "tuned"] == pytest.approx(sbs.results[1].metrics["true_expected_uplift"])
+    assert sbs.table.loc["true_expected_uplift", "tuned"] == pytest.approx(
+        sbs.results[1].metrics["true_expected_uplift"])
     best = expected_value_choice(inputs, objective="uplift")
     assert best.objective == "uplift" and best.value["value"] == pytest.approx(best.result.metrics["expected_uplift"])
     # real history (events only): not available, said in a sentence, never a 0

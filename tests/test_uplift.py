@@ -22,9 +22,22 @@ from pcrules import InvalidEvent, Runtime, SQLiteDecisionLog, load_spec
 from pcrules.policy import in_holdout
 from pcrules.replay import replay
 from pcrules.uplift import (
-    MIN_PER_ARM, SampleSize, UpliftEstimate, detectable_uplift, estimate, expected_uplift, goal_effect,
-    newcombe_interval, power,
-    read_eligible, sample_size, unit_counts, uplift_from_log, uplift_from_units, uplift_report, units_from_frames,
+    MIN_PER_ARM,
+    SampleSize,
+    UpliftEstimate,
+    detectable_uplift,
+    estimate,
+    expected_uplift,
+    goal_effect,
+    newcombe_interval,
+    power,
+    read_eligible,
+    sample_size,
+    unit_counts,
+    units_from_frames,
+    uplift_from_log,
+    uplift_from_units,
+    uplift_report,
     wilson_interval,
 )
 from pcrules.world import GOALS, NO_EFFECT, draw_goals, generate, offer_effects, report_goals, true_uplift
@@ -452,11 +465,13 @@ def test_expected_uplift_arithmetic():
     # numpy arrays take the vectorised path (backtests, the tuner): the same figures
     rng = np.random.default_rng(0)
     p, g, lo = rng.random(1000), rng.random(1000) * 0.3, rng.random(1000) * 0.02
-    exact, fast = expected_uplift(p.tolist(), g.tolist(), lo.tolist(), eligible=700), expected_uplift(p, g, lo, eligible=700)
+    exact = expected_uplift(p.tolist(), g.tolist(), lo.tolist(), eligible=700)
+    fast = expected_uplift(p, g, lo, eligible=700)
     assert (fast.offers, fast.eligible) == (exact.offers, exact.eligible) == (1000, 700)
     for field_name in ("expected_accepts", "expected_goals", "uplift"):
         assert getattr(fast, field_name) == pytest.approx(getattr(exact, field_name), rel=1e-12)
-    assert np.allclose(goal_effect(p, g, lo), p * g - (1 - p) * lo) and goal_effect(0.5, 0.2, 0.1) == pytest.approx(0.05)
+    assert np.allclose(goal_effect(p, g, lo), p * g - (1 - p) * lo)
+    assert goal_effect(0.5, 0.2, 0.1) == pytest.approx(0.05)
     assert expected_uplift(np.array([0.2, 0.4]), 0.5).expected_goals == pytest.approx(0.3)
     with pytest.raises(ValueError, match="p_accept"):
         expected_uplift(np.array([0.2, np.nan]), 0.5)

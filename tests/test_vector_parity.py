@@ -12,7 +12,7 @@ changes and midnight.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -220,7 +220,7 @@ def test_hour_and_weekday_are_read_in_the_rules_queue_time_zone() -> None:
                                                "U": {}},
                       "rules": [{"name": "ist", "when": {"hour": 5, "weekday": "mon"}, "offer": {"queue": "A"}},
                                 {"name": "utc", "when": {"hour": 0, "weekday": "mon"}, "offer": {"queue": "U"}}]})
-    ts = datetime(2026, 1, 5, 0, 30, tzinfo=timezone.utc).timestamp()  # 06:00 in Kolkata, 00:30 UTC
+    ts = datetime(2026, 1, 5, 0, 30, tzinfo=UTC).timestamp()  # 06:00 in Kolkata, 00:30 UTC
     ev = {"visitor_id": "v", "session_id": "s", "page": "p", "seconds_on_page": 1.0, "ts": ts}
     got = [r.name for r in match_records(spec, [ev])[0].full]
     assert got == ["utc"]

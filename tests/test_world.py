@@ -18,10 +18,33 @@ from pcrules.events import validate_event
 from pcrules.replay import replay
 from pcrules.sample import read_events
 from pcrules.world import (
-    DEVICES, EVENT_COLUMNS, GOAL_BASE, GOAL_NAMES, GOALS, LEGACY_COOLDOWN_S, LEGACY_HOURS, LEGACY_TIMEOUT_S,
-    LEGACY_WAITS, NO_EFFECT, OFFER_COLUMNS, PAGE_GOAL, PAGE_VIEW_COLUMNS, PAGES, RECHECKS, SESSION_GOAL_COLUMNS,
-    SITE_UTC_OFFSET_S, GoalModel, draw_goals, generate, needs_help_probability, read_world, session_goals,
-    time_multiplier, true_accept_probability, true_uplift, write_csv_gz,
+    DEVICES,
+    EVENT_COLUMNS,
+    GOAL_BASE,
+    GOAL_NAMES,
+    GOALS,
+    LEGACY_COOLDOWN_S,
+    LEGACY_HOURS,
+    LEGACY_TIMEOUT_S,
+    LEGACY_WAITS,
+    NO_EFFECT,
+    OFFER_COLUMNS,
+    PAGE_GOAL,
+    PAGE_VIEW_COLUMNS,
+    PAGES,
+    RECHECKS,
+    SESSION_GOAL_COLUMNS,
+    SITE_UTC_OFFSET_S,
+    GoalModel,
+    draw_goals,
+    generate,
+    needs_help_probability,
+    read_world,
+    session_goals,
+    time_multiplier,
+    true_accept_probability,
+    true_uplift,
+    write_csv_gz,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping
+from typing import Any
 
 __all__ = ["Action", "Reason", "OfferStatus", "Decision", "Outcome", "js_offer_call"]
 
@@ -83,14 +84,14 @@ class Decision:
     def holdout(self) -> bool:
         return self.reason == Reason.HOLDOUT
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Every field, a holdout visitor's would-be offer included: for logs, replays and tests."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["metadata"] = dict(self.metadata)
         out["js_call"] = self.js_call
         return out
 
-    def to_public_dict(self, visitor_id: str | None = None) -> dict:
+    def to_public_dict(self, visitor_id: str | None = None) -> dict[str, Any]:
         """What the visitor's browser is told (the server's answer to an observation): a holdout visitor's
         would-be offer shows no id, metadata, expiry or call. `visitor_id`: the id as the client sent it, when
         this decision holds its pseudonym. Built by hand: it is on the hot path."""

@@ -10,9 +10,10 @@ import math
 import numbers
 import re
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from ..errors import InvalidEvent
 
@@ -43,7 +44,8 @@ class Event:
     seconds_on_page: float
     ts: float
     fields: Mapping[str, Any]  # every non-null scalar field, required ones included, ts as epoch seconds
-    # The id the holdout group is drawn from when it is not visitor_id (pseudonymised runtimes keep the raw one's group).
+    # The id the holdout group is drawn from when it is not visitor_id (pseudonymised runtimes keep the raw one's
+    # group).
     holdout_unit: str | None = None
 
 
@@ -71,7 +73,7 @@ def _finite(name: str, value: Any) -> int | float:
     except (OverflowError, ValueError):
         finite = False
     if not finite:
-        shown = (f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+        shown = (f"an integer of {int(int(value).bit_length() * 0.30103) + 1} digits"
                  if isinstance(value, numbers.Integral) and abs(int(value)) > 10**40 else str(value)[:40])
         raise InvalidEvent(name, f"expected a finite number, got {shown}")
     return plain
@@ -84,10 +86,10 @@ def _number(name: str, value: Any, *, upper: float = sys.float_info.max) -> floa
             return float(value)
     if not _is_number(value):
         raise InvalidEvent(name, f"expected a number, got {type(value).__name__}")
-    value = float(_finite(name, value))
-    if value < 0 or value > upper:
-        raise InvalidEvent(name, f"expected a number between 0 and {upper:g}, got {value:g}")
-    return value
+    number = float(_finite(name, value))
+    if number < 0 or number > upper:
+        raise InvalidEvent(name, f"expected a number between 0 and {upper:g}, got {number:g}")
+    return number
 
 
 def check_id(name: str, value: Any) -> str:
@@ -112,7 +114,7 @@ def parse_ts(value: Any, name: str = "ts") -> float:
         try:
             moment = datetime.fromisoformat(value.strip())
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
+                moment = moment.replace(tzinfo=UTC)
             value = moment.timestamp()
         except (ValueError, OverflowError):
             raise InvalidEvent(name, f"expected epoch seconds or ISO-8601 text, got {value[:40]!r}") from None
@@ -127,7 +129,8 @@ def validate_event(raw: Any, clock: Callable[[], float]) -> Event:
         if raw.get(name) is None:
             raise InvalidEvent(name, "required")
     if len(raw) > len(REQUIRED) + 1 + MAX_EXTRA_FIELDS:
-        raise InvalidEvent("event", f"too many fields ({len(raw)}; at most {MAX_EXTRA_FIELDS} besides the required ones)")
+        raise InvalidEvent("event",
+                           f"too many fields ({len(raw)}; at most {MAX_EXTRA_FIELDS} besides the required ones)")
     visitor_id, session_id, page = raw["visitor_id"], raw["session_id"], raw["page"]
     if not (visitor_id.__class__ is str and session_id.__class__ is str and page.__class__ is str
             and 0 < len(visitor_id) <= MAX_ID and 0 < len(session_id) <= MAX_ID and 0 < len(page) <= MAX_PAGE

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import html
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .clock import is_open
 from .decision import Action, Decision, OfferStatus, Reason
@@ -113,7 +114,8 @@ def in_holdout(visitor_id: str, share: float) -> bool:
 def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
     """The offer's metadata: text templates filled from the event, safe to show as HTML."""
     seconds = fields.get("seconds_on_page", 0.0)
-    values = _Values(fields, minutes=str(int(seconds // 60)), seconds=str(int(seconds)), queue=rule.queue, rule=rule.name)
+    values = _Values(fields, minutes=str(int(seconds // 60)), seconds=str(int(seconds)), queue=rule.queue,
+                     rule=rule.name)
     out = {}
     for key, template in rule.metadata:
         text = template.format_map(values)
@@ -122,7 +124,7 @@ def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-class _Values(dict):
+class _Values(dict[str, str]):
     """Template values, shown as text on demand; a field the event lacks renders as empty text."""
 
     def __init__(self, fields: Mapping[str, Any], **extras: str):
@@ -226,7 +228,8 @@ def _queue_block(queue: Queue, status: QueueStatus | None, ts: float) -> Reason 
         return None
     if status.agents_available is not None and status.agents_available <= 0:
         return Reason.QUEUE_BUSY
-    if queue.max_wait_s is not None and status.estimated_wait_s is not None and status.estimated_wait_s > queue.max_wait_s:
+    wait = status.estimated_wait_s
+    if queue.max_wait_s is not None and wait is not None and wait > queue.max_wait_s:
         return Reason.QUEUE_BUSY
     return None
 

@@ -13,9 +13,10 @@ import json
 import math
 import re
 import string
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -92,7 +93,7 @@ class Condition:
 class AnyOf:
     """True when every condition of at least one branch holds."""
 
-    branches: tuple[tuple["Node", ...], ...]
+    branches: tuple[tuple[Node, ...], ...]
 
 
 Node = Condition | AnyOf
@@ -204,9 +205,9 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.duplicates: list[str] = []
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
-            seen: set = set()
+            seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue  # `<<: *anchor` may legitimately be overridden by later keys
@@ -269,7 +270,10 @@ def spec_version(raw: Mapping[str, Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, (Mapping, *LIST)) else type(value).__name__
+    if isinstance(value, (Mapping, *LIST)):
+        text = type(value).__name__
+    else:
+        text = json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -301,7 +305,8 @@ class _Checker:
     def bad(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
-    def mapping(self, value: Any, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict | None:
+    def mapping(self, value: Any, path: str, allowed: Iterable[str],
+                required: Iterable[str] = ()) -> dict[str, Any] | None:
         if not isinstance(value, Mapping):
             self.bad(path or "(spec)", f"expected a mapping, got {_show(value)}")
             return None
@@ -331,7 +336,8 @@ class _Checker:
     # -- top level ------------------------------------------------------------------
 
     def spec(self, raw: Any) -> RuleSpec | None:
-        top = self.mapping(raw, "", ("name", "version", "description", "policy", "queues", "rules"), ("name", "queues", "rules"))
+        top = self.mapping(raw, "", ("name", "version", "description", "policy", "queues", "rules"),
+                           ("name", "queues", "rules"))
         if top is None:
             return None
         name = top.get("name")
@@ -339,7 +345,8 @@ class _Checker:
             self.bad("name", f"expected a name of letters, digits, '-' or '_' (1..64), got {_show(name)}")
         version = top.get("version")
         # `version` is the author's label only: it is part of the content, so bumping it changes the hash.
-        if version is not None and not (isinstance(version, (str, int)) and not isinstance(version, bool) and str(version)):
+        if version is not None and not (isinstance(version, (str, int)) and not isinstance(version, bool)
+                                        and str(version)):
             self.bad("version", f"expected a string, got {_show(version)}")
         self.text(top, "description", "description")
         # An empty `policy:` (every line commented out) means the defaults, like an empty queue body.
@@ -348,6 +355,7 @@ class _Checker:
         rules = self.rules(top.get("rules"), queues, present="rules" in top)
         if self.problems:
             return None
+        assert isinstance(name, str)  # required, and checked above
         field_types = {f: t for f, (t, _) in self.field_types.items()}
         ordered = tuple(sorted(rules, key=lambda r: (-r.priority, r.order)))
         # Always the content hash (never the author's label): the decision log keys every decision by it,
@@ -358,7 +366,7 @@ class _Checker:
             policy=policy, queues=queues, rules=ordered, field_types=field_types, source=copy.deepcopy(dict(raw)),
         )
 
-    def text(self, body: Mapping, key: str, path: str) -> None:
+    def text(self, body: Mapping[str, Any], key: str, path: str) -> None:
         if key in body and not isinstance(body[key], str):
             self.bad(path, f"expected a string, got {_show(body[key])}")
 
@@ -368,8 +376,10 @@ class _Checker:
         values = {
             "max_offers_per_session": self.number(p.get("max_offers_per_session", defaults.max_offers_per_session),
                                                   "policy.max_offers_per_session", integer=True),
-            "decline_cooldown_s": self.number(p.get("decline_cooldown_s", defaults.decline_cooldown_s), "policy.decline_cooldown_s"),
-            "offer_timeout_s": self.number(p.get("offer_timeout_s", defaults.offer_timeout_s), "policy.offer_timeout_s", strict=True),
+            "decline_cooldown_s": self.number(p.get("decline_cooldown_s", defaults.decline_cooldown_s),
+                                              "policy.decline_cooldown_s"),
+            "offer_timeout_s": self.number(p.get("offer_timeout_s", defaults.offer_timeout_s), "policy.offer_timeout_s",
+                                           strict=True),
             "holdout": self.number(p.get("holdout", defaults.holdout), "policy.holdout", below=1.0),
             "session_idle_ttl_s": self.number(p.get("session_idle_ttl_s", defaults.session_idle_ttl_s),
                                               "policy.session_idle_ttl_s", strict=True),
@@ -382,7 +392,8 @@ class _Checker:
         out: dict[str, Queue] = {}
         if not isinstance(raw, Mapping) or not raw:
             if present:  # `queues:` left empty is a problem too; a missing key is already reported as required
-                self.bad("queues", f"expected a mapping of queue name to settings with at least one queue, got {_show(raw)}")
+                self.bad("queues",
+                         f"expected a mapping of queue name to settings with at least one queue, got {_show(raw)}")
             return out
         self.declared_queues = {name for name in raw if isinstance(name, str)}
         for name, body in raw.items():
@@ -394,7 +405,8 @@ class _Checker:
             if q is None:
                 continue
             max_wait = self.number(q["max_wait_s"], f"{path}.max_wait_s") if "max_wait_s" in q else None
-            capacity = self.number(q["capacity_per_hour"], f"{path}.capacity_per_hour") if "capacity_per_hour" in q else None
+            capacity = (self.number(q["capacity_per_hour"], f"{path}.capacity_per_hour")
+                        if "capacity_per_hour" in q else None)
             hours = self.hours(q["hours"], f"{path}.hours") if "hours" in q else None
             out[name] = Queue(name, max_wait, capacity, hours)
         return out
@@ -457,13 +469,15 @@ class _Checker:
         seen: dict[str, int] = {}
         for i, body in enumerate(raw):
             path = f"rules[{i}]"
-            r = self.mapping(body, path, ("name", "description", "priority", "when", "offer"), ("name", "when", "offer"))
+            r = self.mapping(body, path, ("name", "description", "priority", "when", "offer"),
+                             ("name", "when", "offer"))
             if r is None:
                 continue
             name = r.get("name")
             if "name" in r:
                 if not isinstance(name, str) or not name.strip() or len(name) > 128:
-                    self.bad(f"{path}.name", f"expected a non-empty string of at most 128 characters, got {_show(name)}")
+                    self.bad(f"{path}.name",
+                             f"expected a non-empty string of at most 128 characters, got {_show(name)}")
                 elif name in seen:
                     self.bad(f"{path}.name", f"duplicate rule name {name!r} (also rules[{seen[name]}])")
                 else:
@@ -576,7 +590,8 @@ class _Checker:
             return None
         return Condition(fld, "matches", value)
 
-    def offer(self, raw: Any, path: str, queues: Mapping[str, Queue]) -> tuple[str, bool, tuple[tuple[str, str], ...]] | None:
+    def offer(self, raw: Any, path: str,
+              queues: Mapping[str, Queue]) -> tuple[str, bool, tuple[tuple[str, str], ...]] | None:
         o = self.mapping(raw, path, ("queue", "default_ui", "metadata"), ("queue",))
         if o is None:
             return None
@@ -587,7 +602,8 @@ class _Checker:
             # A missing or broken queue section (or queue) is reported once where it is written;
             # repeating it for every rule that names the queue would bury that one real problem.
             if self.declared_queues is not None and not (isinstance(queue, str) and queue in self.declared_queues):
-                self.bad(f"{path}.queue", f"unknown queue {_show(queue)} (defined: {', '.join(map(str, queues)) or 'none'})")
+                defined = ", ".join(map(str, queues)) or "none"
+                self.bad(f"{path}.queue", f"unknown queue {_show(queue)} (defined: {defined})")
         default_ui = o.get("default_ui", True)
         if not isinstance(default_ui, bool):
             self.bad(f"{path}.default_ui", f"expected true or false, got {_show(default_ui)}")
@@ -611,7 +627,8 @@ class _Checker:
                     ok = False
                 else:
                     pairs.append((key, template))
-        return (queue, default_ui, tuple(pairs)) if ok else None
+        # (a missing queue is already reported as required)
+        return (queue, default_ui, tuple(pairs)) if ok and isinstance(queue, str) else None
 
 
 def _template_problem(template: str) -> str | None:
@@ -623,5 +640,6 @@ def _template_problem(template: str) -> str | None:
         if fld is None:
             continue
         if not FIELD_NAME.match(fld) or spec or conversion:
-            return f"placeholder {{{fld}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} must be a plain field name such as {{page}}"
+            shown = f"{fld}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
+            return f"placeholder {{{shown}}} must be a plain field name such as {{page}}"
     return None

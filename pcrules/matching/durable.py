@@ -27,20 +27,33 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import logging
+import re
 import threading
 import uuid
 import weakref
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import durable_rules_engine as engine
 
 from ..core.clock import local_clock, weekday_name
-from ..errors import PcrulesError
-from ..core.spec import (BOOL, DERIVED_FIELDS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Node, Rule, RuleSpec,
-                    compile_pattern, rule_tz)
 from ..core.matches import NO_MATCHES, Matches
+from ..core.spec import (
+    BOOL,
+    DERIVED_FIELDS,
+    NUMBER,
+    STRING,
+    TIME_FIELDS,
+    AnyOf,
+    Condition,
+    Node,
+    Rule,
+    RuleSpec,
+    compile_pattern,
+    rule_tz,
+)
+from ..errors import PcrulesError
 
 __all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "pattern_flags", "untyped_fields"]
 
@@ -104,8 +117,9 @@ _EXPONENT = re.compile(r"\de[-+]")
 
 def _fact_encoder() -> Any:
     """json.dumps(fact, ensure_ascii=False), built once: dumps() builds a new encoder on every call with that flag."""
-    from json.encoder import c_make_encoder, encode_basestring
+    from json.encoder import encode_basestring
 
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # CPython's C encoder (not in the stubs)
     if c_make_encoder is None:  # a Python without the C accelerator
         encode = json.JSONEncoder(ensure_ascii=False).encode
         return encode
@@ -146,8 +160,9 @@ def _leaf(cond: Condition, field: str) -> dict:
     raise AssertionError(op)
 
 
-def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...] | None:
-    """The conjunction without conditions on `fields`; None when it became always-true inside an any_of."""
+def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...]:
+    """The conjunction without conditions on `fields`; an any_of with a branch left empty is always true, and
+    is dropped."""
     out: list[Node] = []
     for node in nodes:
         if isinstance(node, Condition):
@@ -157,7 +172,7 @@ def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...] | N
         branches = [_drop(b, fields) for b in node.branches]
         if any(b == () for b in branches):
             continue  # a branch with nothing left is always true, and so is the any_of
-        out.append(AnyOf(tuple(b for b in branches if b is not None)))
+        out.append(AnyOf(tuple(branches)))
     return tuple(out)
 
 
@@ -174,15 +189,15 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
     for index, rule in enumerate(spec.rules):
         zone = zones[rule_tz(spec, rule)]
 
-        def tree(nodes: tuple[Node, ...]) -> list[dict]:
-            out = []
+        def tree(nodes: tuple[Node, ...], zone: int) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
             for node in nodes:
                 if isinstance(node, Condition) and node.op == "matches":
                     out.append({flags[(_key(node.field, zone), node.value)]: True})  # computed by ViewPlan
                 elif isinstance(node, Condition):
                     out.append(_leaf(node, _key(node.field, zone)))
                 else:
-                    out.append({"$or": [{"$and": [{KIND: "pv"}, *tree(b)]} for b in node.branches]})
+                    out.append({"$or": [{"$and": [{KIND: "pv"}, *tree(b, zone)]} for b in node.branches]})
             return out
 
         variants = [("f", rule.when)]
@@ -191,7 +206,7 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
         if _uses(rule, frozenset(TIME_FIELDS)):
             variants.append(("r", _drop(rule.when, _TIME_AND_SCORE)))
         for tag, nodes in variants:
-            ruleset[f"{tag}{index}"] = {"all": [{"m": {"$and": [{KIND: "pv"}, *tree(nodes)]}}], "pri": next(pri)}
+            ruleset[f"{tag}{index}"] = {"all": [{"m": {"$and": [{KIND: "pv"}, *tree(nodes, zone)]}}], "pri": next(pri)}
     return ruleset
 
 
@@ -333,7 +348,9 @@ class DurableMatcher:
         keys = self.fired(self._plan.view(fields, score))
         if not keys:
             return NO_MATCHES
-        full, unscored, later = [], [], []
+        full: list[Rule] = []
+        unscored: list[Rule] = []
+        later: list[Rule] = []
         # A rule fires once per satisfied any_of branch: count it once.
         for _, tag, rule in sorted(self._rules[key] for key in set(keys)):
             (full if tag == "f" else unscored if tag == "s" else later).append(rule)

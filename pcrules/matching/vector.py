@@ -26,22 +26,37 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..core.clock import _zone, local_clock
-from ..core.spec import (BOOL, DAYS, NUMBER, STRING, TIME_FIELDS, AnyOf, Condition, Hours, Node, Rule, RuleSpec,
-                    compile_pattern, rule_tz)
-from .durable import _PER_ZONE, _SCORE, _TIME_AND_SCORE, _drop, _uses, untyped_fields
 from ..core.matches import NO_MATCHES, Matches
+from ..core.spec import (
+    BOOL,
+    DAYS,
+    NUMBER,
+    STRING,
+    TIME_FIELDS,
+    AnyOf,
+    Condition,
+    Hours,
+    Node,
+    Rule,
+    RuleSpec,
+    compile_pattern,
+    rule_tz,
+)
+from .durable import _PER_ZONE, _SCORE, _TIME_AND_SCORE, _drop, _uses, untyped_fields
 
 __all__ = ["EventColumns", "Typed", "VectorMatcher", "MatchArrays", "local_clock_arrays", "open_mask"]
 
 _DAYS = np.array(DAYS, dtype=object)
+_OBJECT = np.dtype(object)  # a column of Python objects (compared as a dtype, not a type)
 _BUCKET_S = 900  # UTC offsets are looked up per 15 minutes; a bucket holding a transition is resolved per row
 
 
@@ -86,6 +101,7 @@ def _number_view(series: pd.Series) -> Typed:
     n = len(series)
     if isinstance(dtype, pd.CategoricalDtype):
         inner = _number_view(pd.Series(dtype.categories))
+        assert inner.values is not None  # a number view has values
         codes = series.cat.codes.to_numpy()
         return Typed(NUMBER, np.append(inner.present, False)[codes], np.append(inner.values, np.nan)[codes])
     if pd.api.types.is_bool_dtype(dtype):
@@ -106,6 +122,7 @@ def _bool_view(series: pd.Series) -> Typed:
     n = len(series)
     if isinstance(dtype, pd.CategoricalDtype):
         inner = _bool_view(pd.Series(dtype.categories, dtype=object))
+        assert inner.values is not None  # a boolean view has values
         codes = series.cat.codes.to_numpy()
         return Typed(BOOL, np.append(inner.present, False)[codes], np.append(inner.values, False)[codes])
     if dtype == np.bool_:
@@ -113,7 +130,7 @@ def _bool_view(series: pd.Series) -> Typed:
     if pd.api.types.is_bool_dtype(dtype):  # the nullable "boolean"
         present = ~_nulls(series)
         return Typed(BOOL, present, series.to_numpy(dtype=bool, na_value=False))
-    if dtype != object:
+    if dtype != _OBJECT:
         return Typed(BOOL, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
     objects = series.to_numpy(dtype=object)
     present = np.fromiter((_is_bool(v) for v in objects), dtype=bool, count=n)
@@ -133,7 +150,7 @@ def _string_view(series: pd.Series) -> Typed:
     if isinstance(dtype, pd.CategoricalDtype):
         codes = series.cat.codes.to_numpy().astype(np.int64)
         uniques = np.asarray(dtype.categories, dtype=object)
-    elif _is_text_dtype(dtype) or dtype == object:
+    elif _is_text_dtype(dtype) or dtype == _OBJECT:
         codes, uniq = pd.factorize(series, use_na_sentinel=True)
         codes = np.asarray(codes, dtype=np.int64)
         uniques = np.asarray(uniq, dtype=object)
@@ -284,6 +301,7 @@ def _compare(typed: Typed, op: str, value: Any) -> np.ndarray:
         return present.copy() if value else ~present
     if typed.kind == STRING:
         uniques, codes = typed.uniques, typed.codes
+        assert uniques is not None and codes is not None  # a text view has both
         size = len(uniques)
         if op == "eq":
             return _lut(codes, (u == value for u in uniques), size)
@@ -300,6 +318,7 @@ def _compare(typed: Typed, op: str, value: Any) -> np.ndarray:
             return _lut(codes, (search(u) is not None for u in uniques), size)
         return np.zeros(len(codes), dtype=bool)  # ordering on text: the spec refuses it
     x = typed.values
+    assert x is not None  # a number or boolean view (an untyped field is tested only by `exists`, above)
     if op == "eq":
         hit = x == value
     elif op == "ne":
@@ -338,7 +357,7 @@ class MatchArrays:
         """Rows that some rule matches now, but for its score, or later: the rows that are not plainly `no_rule`."""
         if not len(self.rules):
             return np.zeros(self.full.shape[1], dtype=bool)
-        return self.full.any(axis=0) | self.unscored.any(axis=0) | self.later.any(axis=0)
+        return np.asarray(self.full.any(axis=0) | self.unscored.any(axis=0) | self.later.any(axis=0))
 
     def matches(self, i: int) -> Matches:
         full = tuple(r for k, r in enumerate(self.rules) if self.full[k, i])
@@ -448,6 +467,7 @@ class VectorMatcher:
         later = np.zeros((k_rules, n), dtype=bool)
         for k in range(k_rules):
             f = self.variant(cols, k, "f", scored)
+            assert f is not None  # every rule has its full variant
             full[k] = f
             s = self.variant(cols, k, "s", scored)
             if s is not None:

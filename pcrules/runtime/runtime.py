@@ -13,33 +13,44 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Final, Literal
 
 from ..bundle import Bundle, load_bundle
 from ..core.decision import Decision, OfferStatus, Outcome
-from .log.sqlite import DecisionLog, LogHealth
-from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
 from ..core.events import Event, check_finite, check_id, check_number, parse_ts, validate_event
-from ..matching.durable import DurableMatcher
-from .pseudonym import Pseudonymizer
 from ..core.policy import QueueStatus, SessionState, VisitorState, answer, decide
-from ..scoring.protocol import Scorer
 from ..core.spec import RuleSpec, load_spec
+from ..errors import InvalidEvent, OfferClosed, OfferNotFound, PcrulesError, StoreUnavailable, UnknownQueue
+from ..matching.durable import DurableMatcher
+from ..scoring.protocol import Scorer
+from .log.sqlite import DecisionLog, LogHealth
+from .pseudonym import Pseudonymizer
 from .stores.memory import MemoryStore, OfferRecord, StaleRead, StateStore
 
 __all__ = ["Runtime", "DEFAULT_MAX_CLOCK_SKEW_S"]
 
 DEFAULT_MAX_CLOCK_SKEW_S = 300.0  # how far ahead of the runtime's clock an event may be dated
 MAX_AGENTS = 1_000_000
-_AUTO: Any = object()
+
+
+class _Default(Enum):
+    """Sentinels for arguments whose default is not a value: AUTO (max_clock_skew_s), KEEP (reload's scorer)."""
+
+    AUTO = "auto"
+    KEEP = "keep"
+
+
+_AUTO: Final = _Default.AUTO
+_KEEP: Final = _Default.KEEP  # reload(): keep the current scorer
 
 log = logging.getLogger("pcrules.runtime")
 _NEW_SESSION = SessionState()
 _NEW_VISITOR = VisitorState()
-_KEEP = object()  # reload(): keep the current scorer
 _NO_LOCK = nullcontext()
 
 
@@ -53,7 +64,8 @@ class _OneOfferId:
     __slots__ = ("_draw", "_id")
 
     def __init__(self, draw: Callable[[], str]) -> None:
-        self._draw, self._id = draw, None
+        self._draw = draw
+        self._id: str | None = None
 
     def __call__(self) -> str:
         if self._id is None:
@@ -72,7 +84,7 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         new_offer_id: Callable[[], str] = _new_offer_id,
         visitor_id_key: bytes | str | None = None,
-        max_clock_skew_s: float | None | object = _AUTO,
+        max_clock_skew_s: float | None | Literal[_Default.AUTO] = _AUTO,
     ):
         spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         self._log = log
@@ -103,7 +115,7 @@ class Runtime:
             self._log.record_ruleset(spec.name, spec.version, dict(spec.source), clock())
 
     @classmethod
-    def from_bundle(cls, path: str | Path, **kwargs: Any) -> "Runtime":
+    def from_bundle(cls, path: str | Path, **kwargs: Any) -> Runtime:
         """A runtime serving a published bundle's ruleset and model (see pcrules.bundle); other Runtime
         arguments pass through."""
         if "scorer" in kwargs:
@@ -138,7 +150,8 @@ class Runtime:
     def scorer(self) -> Scorer | None:
         return self._active[2]
 
-    def reload(self, spec: RuleSpec | str | Path | Mapping[str, Any], *, scorer: Any = _KEEP) -> RuleSpec:
+    def reload(self, spec: RuleSpec | str | Path | Mapping[str, Any], *,
+               scorer: Scorer | None | Literal[_Default.KEEP] = _KEEP) -> RuleSpec:
         """Switch to a new ruleset (and model, when `scorer` is given; None removes it).
 
         Sessions, offers and cooldowns are kept. On any error the current ruleset stays active and the error is raised.
@@ -174,7 +187,7 @@ class Runtime:
         if self._log is not None:
             self._log.close()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -348,7 +361,7 @@ class Runtime:
             step = decide(spec, ev, session, visitor, matches, store.queue_status(), score, new_offer_id)
             decision = step.decision
             expired = None
-            if step.expired is not None and not step.expired.holdout:
+            if step.expired is not None and step.expired.offer_id is not None:  # not a holdout's would-be offer
                 # Housekeeping normally closed it already; a store that forgot it (or closed it) must not
                 # crash observe.
                 record = store.offer(step.expired.offer_id)
@@ -446,7 +459,8 @@ class Runtime:
             # not in the log, so the caller's retry cannot log it twice.
             self._record(outcome)
             if late:
-                raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, answer came at {when:.3f})")
+                raise OfferClosed(offer_id, f"{OfferStatus.EXPIRED.value} (at {record.expires_at:.3f}, "
+                                            f"answer came at {when:.3f})")
             return outcome
 
     def _finish(self, spec: RuleSpec, record: OfferRecord, status: OfferStatus, ts: float) -> Outcome:
@@ -477,8 +491,9 @@ class Runtime:
             raise UnknownQueue(str(name)[:128], list(self.spec.queues))
         if agents_available is not None and (isinstance(agents_available, bool) or not isinstance(agents_available, int)
                                              or not 0 <= agents_available <= MAX_AGENTS):
-            raise InvalidEvent("agents_available", f"expected an integer from 0 to {MAX_AGENTS}, got "
-                                                   f"{str(agents_available)[:40] if isinstance(agents_available, (int, float)) else type(agents_available).__name__}")
+            shown = (str(agents_available)[:40] if isinstance(agents_available, (int, float))
+                     else type(agents_available).__name__)
+            raise InvalidEvent("agents_available", f"expected an integer from 0 to {MAX_AGENTS}, got {shown}")
         wait = None if estimated_wait_s is None else check_number("estimated_wait_s", estimated_wait_s)
         when = self._when(ts)
         status = QueueStatus(agents_available, wait, when)

@@ -10,7 +10,8 @@ runtime that loads a published model never import them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .compiled import CompiledScorer
 from .features import DEFAULT_EVENT_FEATURES, FeatureSpec, Numeric, event_features

@@ -17,7 +17,8 @@ part is wrong.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .features import FeatureSpec, category_key, number_value
 
@@ -144,7 +145,7 @@ class CompiledScorer:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompiledScorer":
+    def from_dict(cls, data: Mapping[str, Any]) -> CompiledScorer:
         """Rebuild from ``to_dict()`` output, checking every part (a ``ValueError`` names the bad one)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"model: expected an object, got {type(data).__name__}")

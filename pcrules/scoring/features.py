@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "MISSING",
@@ -183,11 +184,11 @@ class Numeric:
             out["upper"] = self.upper
         return out
 
-    def with_range(self, lower: float | None, upper: float | None) -> "Numeric":
+    def with_range(self, lower: float | None, upper: float | None) -> Numeric:
         return Numeric(self.field, self.transform, self.knots, self.utc_offset_hours, lower, upper)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Numeric":
+    def from_dict(cls, data: Mapping[str, Any]) -> Numeric:
         unknown = set(data) - {"field", "transform", "knots", "utc_offset_hours", "lower", "upper"}
         if unknown:
             raise ValueError(f"numeric {data.get('field')!r}: unknown keys {sorted(unknown)}")
@@ -234,11 +235,11 @@ class FeatureSpec:
         return {"categorical": list(self.categorical), "numeric": [n.to_dict() for n in self.numeric]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
         return cls(tuple(data.get("categorical", ())), tuple(Numeric.from_dict(n) for n in data.get("numeric", ())))
 
     @classmethod
-    def coerce(cls, spec: "FeatureSpec | Mapping[str, Any] | None") -> "FeatureSpec":
+    def coerce(cls, spec: FeatureSpec | Mapping[str, Any] | None) -> FeatureSpec:
         if spec is None:
             return DEFAULT_EVENT_FEATURES
         if isinstance(spec, FeatureSpec):

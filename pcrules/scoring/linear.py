@@ -6,8 +6,9 @@ Its parameters are plain numbers (JSON-safe), so a published model cannot run co
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["LinearScorer"]
 
@@ -26,7 +27,9 @@ class LinearScorer:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
                 z += weight * math.log1p(value)
         for name, table in self.categorical.items():
-            z += table.get(fields.get(name), 0.0)
+            value = fields.get(name)
+            if isinstance(value, str):  # the categories are text; anything else weighs 0
+                z += table.get(value, 0.0)
         for name, weight in self.flags.items():
             if fields.get(name) is True:
                 z += weight
@@ -40,7 +43,7 @@ class LinearScorer:
                 "categorical": {k: dict(v) for k, v in self.categorical.items()}, "flags": dict(self.flags)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LinearScorer":
+    def from_dict(cls, data: Mapping[str, Any]) -> LinearScorer:
         if data.get("kind") != "linear":
             raise ValueError(f"kind: expected 'linear', got {data.get('kind')!r}")
         return cls(float(data["intercept"]), {k: float(v) for k, v in data.get("numeric", {}).items()},

@@ -23,8 +23,9 @@ never does (``pcrules.scoring`` loads it lazily).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -133,7 +134,7 @@ class EventFeatures(TransformerMixin, BaseEstimator):
     def __init__(self, features: FeatureSpec | Mapping[str, Any] | None = None):
         self.features = features
 
-    def fit(self, X: Any, y: Any = None) -> "EventFeatures":
+    def fit(self, X: Any, y: Any = None) -> EventFeatures:
         self.spec_ = FeatureSpec.coerce(self.features)
         return self
 
@@ -184,7 +185,7 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
                                        class_weight=self.class_weight)),
         ])
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "AcceptanceModel":
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> AcceptanceModel:
         frame = as_frame(X)
         target = np.asarray(y)
         if target.ndim != 1 or len(target) != len(frame):
@@ -202,7 +203,7 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
         self.classes_ = pipeline.classes_
         self.n_train_ = len(frame)
         self.base_rate_ = float(np.mean(target == self.classes_[1]))
-        self._compiled = None
+        self._compiled: CompiledScorer | None = None
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -273,7 +274,7 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
         """The compiled model as plain JSON; ``pcrules.scoring.load_scorer`` reads it back."""
         return self.compile().to_dict()
 
-    def report(self, X: Any, y: Any, p_true: Any = None, bins: int = 10) -> "TrainingReport":
+    def report(self, X: Any, y: Any, p_true: Any = None, bins: int = 10) -> TrainingReport:
         """The training report of this model on rows ``X`` with labels ``y`` (and true probabilities if known)."""
         p = self.predict_proba(X)[:, 1]
         return evaluate(np.asarray(y) == self.classes_[1], p, p_true, bins=bins)

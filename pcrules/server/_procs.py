@@ -16,8 +16,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import IO
 
 __all__ = ["free_port", "RedisServer", "PERSISTENT", "VOLATILE", "ServeProcess", "REDIS_SERVER", "wait_http"]
 
@@ -103,7 +104,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", *self.persistence,
              "--dir", self._dir, "--daemonize", "no", "--loglevel", "warning"],
@@ -115,7 +116,7 @@ class RedisServer:
         _stop(self.proc, signal.SIGTERM)
         self.proc = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -147,7 +148,7 @@ class ServeProcess:
         self.env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
-        self._out = None
+        self._out: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -158,11 +159,12 @@ class ServeProcess:
         """The operator routes' header (empty without a token)."""
         return {"Authorization": f"Bearer {self.operator_token}"} if self.operator_token else {}
 
-    def start(self, timeout: float = 30.0) -> "ServeProcess":
-        self._out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+    def start(self, timeout: float = 30.0) -> ServeProcess:
+        self._out = open(self.log_file, "ab") if self.log_file else None
         self.proc = subprocess.Popen([self.python, "-m", "pcrules", "serve", "--host", "127.0.0.1",
                                       "--port", str(self.port), *self.args],
-                                     env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=self._out if self._out is not None else subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
         wait_http(self.url + "/healthz", timeout, self.proc)
         return self
 
@@ -173,10 +175,10 @@ class ServeProcess:
     def stop(self) -> None:
         _stop(self.proc, signal.SIGINT)  # uvicorn's Ctrl-C: a graceful shutdown that closes the decision log
         self.proc = None
-        if self._out not in (None, subprocess.DEVNULL):
+        if self._out is not None:
             self._out.close()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

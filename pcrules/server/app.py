@@ -33,16 +33,16 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
-import json
 import logging
 import math
 import re
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -52,15 +52,13 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..bundle import BundleError
-from ..runtime.log.sqlite import LogHealth, SQLiteDecisionLog
-from ..errors import (InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError,
-                      UnknownQueue)
-from ..runtime.runtime import Runtime
 from ..core.spec import load_spec
+from ..errors import InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
+from ..runtime.log.sqlite import LogHealth, SQLiteDecisionLog
+from ..runtime.runtime import Runtime
 from ..runtime.stores.memory import MemoryStore
-from .http import (STATIC_DIR, ApiError, SecurityHeaders, error_body, json_response, only,  # noqa: F401
-                   read_json)
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
+from .http import STATIC_DIR, ApiError, SecurityHeaders, error_body, json_response, only, read_json  # noqa: F401
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
 from .security import ClientAddress, OperatorAuth, OriginPolicy, RateLimiter
 
@@ -132,7 +130,7 @@ class Service:
         self.proxy_hint_given = False
 
     @classmethod
-    def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> "Service":
+    def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> Service:
         metrics = Metrics()
         inner = SQLiteDecisionLog(config.log_path) if config.log_path else None
         store: Any
@@ -283,7 +281,7 @@ class Service:
             return STORE_TROUBLE["store_unavailable"]
         try:
             await asyncio.wait_for(asyncio.shield(pinging), HEALTH_WAIT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"the shared state store (Redis) did not answer within {HEALTH_WAIT_S} s"
         except Exception as exc:
             code = str(getattr(exc, "code", "error"))
@@ -295,7 +293,7 @@ class Service:
         """The decision log's state (None without a log), read off the loop: it may touch a failing disk."""
         try:
             health = await asyncio.wait_for(asyncio.shield(self._check("log")), HEALTH_WAIT_S)  # type: ignore[arg-type]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             health = LogHealth(ok=False, problem=f"its state could not be read within {HEALTH_WAIT_S} s")
         except Exception as exc:
             log.exception("decision log health")
@@ -704,7 +702,7 @@ def create_app(config: ServerConfig | None = None, *, service: Service | None = 
         routes += demo_routes()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+    async def lifespan(app: Starlette):
         loop = asyncio.get_running_loop()
         hup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):

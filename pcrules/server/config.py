@@ -126,9 +126,11 @@ def config_from_env(config: ServerConfig | None = None, environ: Any = None) -> 
     if config is None:
         raw = env.get(CONFIG_ENV)
         config = ServerConfig(**json.loads(raw)) if raw else ServerConfig()
-    secrets = {name: env.get(var) for name, var in (("operator_token", OPERATOR_TOKEN_ENV),
-                                                   ("visitor_id_key", VISITOR_ID_KEY_ENV)) if env.get(var)}
-    return replace(config, **secrets) if secrets else config
+    token = env.get(OPERATOR_TOKEN_ENV) or config.operator_token
+    key = env.get(VISITOR_ID_KEY_ENV) or config.visitor_id_key
+    if token is config.operator_token and key is config.visitor_id_key:
+        return config
+    return replace(config, operator_token=token, visitor_id_key=key)
 
 
 def security_summary(config: ServerConfig) -> list[str]:

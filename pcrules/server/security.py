@@ -20,7 +20,8 @@ import json
 import math
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["OperatorAuth", "RateLimiter", "ClientAddress", "OriginPolicy", "check_origin", "MIN_TOKEN_CHARS",
@@ -135,9 +136,11 @@ def _address_key(host: str) -> str:
         addr = ipaddress.ip_address(host)
     except ValueError:
         return host[:64]
-    if addr.version == 6 and addr.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))  # one subscriber holds a whole /64
-    return str(addr.ipv4_mapped or addr)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{addr}/64", strict=False))  # one subscriber holds a whole /64
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 class ClientAddress:
@@ -155,7 +158,7 @@ class ClientAddress:
             return False
         return any(addr in net for net in self.proxies)
 
-    def __call__(self, scope: dict) -> str:
+    def __call__(self, scope: Mapping[str, Any]) -> str:
         client = scope.get("client")
         host = client[0] if client else ""
         if self.proxies and self._trusted(host):

@@ -35,7 +35,8 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
         base.pop("rules", None)
         base.pop("bundle", None)
     given = {"rules": args.rules, "bundle": args.bundle, "redis_url": args.redis, "log_path": args.log,
-             "cors_origins": getattr(args, "cors_origins", None), "trusted_proxies": getattr(args, "trusted_proxies", None),
+             "cors_origins": getattr(args, "cors_origins", None),
+             "trusted_proxies": getattr(args, "trusted_proxies", None),
              "metrics_public": getattr(args, "metrics_public", None),
              "redis_allow_volatile": getattr(args, "allow_volatile_redis", None)}
     base.update({k: v for k, v in given.items() if v is not None})

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import resource
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -52,7 +53,7 @@ class ConnectionLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
-    def from_config(cls, config: Any) -> "ConnectionLimits":
+    def from_config(cls, config: Any) -> ConnectionLimits:
         return cls(config.head_timeout_s, config.body_timeout_s, config.max_head_bytes,
                    connection_cap(config.max_connections))
 
@@ -60,20 +61,26 @@ class ConnectionLimits:
 # Module state, set by configure() in each server process before uvicorn makes a connection (uvicorn builds the
 # protocol from its class alone; a worker process configures itself in app_from_env).
 _limits = ConnectionLimits()
-_on_close: Callable[[str], None] = lambda reason: None
+
+
+def _ignore_close(reason: str) -> None:
+    pass
+
+
+_on_close: Callable[[str], None] = _ignore_close
 
 
 def configure(limits: ConnectionLimits, on_close: Callable[[str], None] | None = None) -> None:
     """The limits of every connection made from now on; `on_close(reason)` is told of each one closed here."""
     global _limits, _on_close
     _limits = limits
-    _on_close = on_close or (lambda reason: None)
+    _on_close = on_close or _ignore_close
 
 
 class GuardedHttpTools(HttpToolsProtocol):
     # The connections waiting for a request head, longest waiting first: the ones shed at the cap. Class-wide:
     # one server per process.
-    _waiting: "OrderedDict[GuardedHttpTools, None]" = OrderedDict()
+    _waiting: OrderedDict[GuardedHttpTools, None] = OrderedDict()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,7 +92,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     # ------------------------------------------------------------------ connection
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._await_head()
         if len(self.connections) > self._limits.max_connections:

@@ -57,10 +57,11 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "DEFAULT_WINDOW_S", "MIN_PER_ARM", "MIN_EVENTS",
@@ -434,7 +435,7 @@ def uplift_report(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequen
     parts: dict[str, dict[str, UpliftEstimate]] = {}
     for i, dim in enumerate(DIMENSIONS):
         keys = sorted({r[i] for r in rows}, key=lambda v: (v is None, v or ""))
-        parts[dim] = {("" if k is None else k): _fold((r for r in rows if r[i] == k), k, **kw) for k in keys}
+        parts[dim] = {("" if k is None else str(k)): _fold((r for r in rows if r[i] == k), k, **kw) for k in keys}
     return UpliftReport(_fold(rows, None, **kw), parts["rule"], parts["page"], parts["queue"])
 
 
@@ -495,11 +496,12 @@ def uplift_from_units(treated: Any, converted: Any = None, *, by: Any = None, al
     c = np.asarray(converted, dtype=bool)
     if t.shape != c.shape or t.ndim != 1:
         raise ValueError(f"treated and converted must be 1-d and of one length, got {t.shape} and {c.shape}")
-    kw = dict(alpha=alpha, min_per_arm=min_per_arm, min_events=min_events, mde=mde, target_power=target_power)
 
     def one(mask: Any) -> UpliftEstimate:
         tm, cm = t[mask], c[mask]
-        return estimate(int((cm & tm).sum()), int(tm.sum()), int((cm & ~tm).sum()), int((~tm).sum()), **kw)
+        return estimate(int((cm & tm).sum()), int(tm.sum()), int((cm & ~tm).sum()), int((~tm).sum()),
+                        alpha=alpha, min_per_arm=min_per_arm, min_events=min_events, mde=mde,
+                        target_power=target_power)
 
     if by is None:
         return one(slice(None))

@@ -38,9 +38,10 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["Journal", "Scan", "scan", "read_records", "orphans", "remove_stale_temporaries", "SUFFIX", "MAGIC"]
 

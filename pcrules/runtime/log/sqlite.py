@@ -19,24 +19,25 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import os
 import shutil
-import logging
 import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ...core.decision import Decision, Outcome
 from ...errors import LogUnavailable
 from .journal import Journal, Scan, live_writers, orphans, read_records, remove_stale_temporaries
 
-__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION", "fresh_log",
-           "refuse_if_open", "remove_log"]
+__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION",
+           "fresh_log", "refuse_if_open", "remove_log"]
 
 log = logging.getLogger("pcrules.decision_log")
 
@@ -142,7 +143,7 @@ class DecisionLog(Protocol):
     def record_decision(self, decision: Decision) -> None: ...
     def record_outcome(self, outcome: Outcome) -> None: ...
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None: ...
-    def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None: ...
+    def record_ruleset(self, name: str, version: str, spec: dict[str, Any], ts: float) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -154,7 +155,7 @@ class MemoryDecisionLog:
         self.decisions: list[Decision] = []
         self.outcomes: list[Outcome] = []
         self.goals: list[tuple[str, str, str, float, float | None]] = []
-        self.rulesets: list[tuple[str, str, dict, float]] = []
+        self.rulesets: list[tuple[str, str, dict[str, Any], float]] = []
 
     def reserve(self) -> None:
         pass
@@ -171,7 +172,7 @@ class MemoryDecisionLog:
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
         self.goals.append((visitor_id, session_id, goal, ts, value))
 
-    def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None:
+    def record_ruleset(self, name: str, version: str, spec: dict[str, Any], ts: float) -> None:
         self.rulesets.append((name, version, spec, ts))
 
     def flush(self) -> None:
@@ -243,7 +244,7 @@ def _multi_insert(table: int, rows: int) -> str:
     return f"{head} VALUES {','.join([values] * rows)}"
 
 
-def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple]]) -> None:
+def _insert(db: sqlite3.Connection, records: list[tuple[int, tuple[Any, ...]]]) -> None:
     """Consecutive records of one table, many rows per INSERT; the order within each table is kept.
 
     Not executemany: the sqlite3 module releases the GIL around every statement step, and on a busy
@@ -270,7 +271,7 @@ def _room(journal: Journal) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def _well_formed(record: tuple) -> bool:
+def _well_formed(record: tuple[Any, ...]) -> bool:
     """A journal record the tables can take: (table, row) with the table's number of columns."""
     return (isinstance(record, tuple) and len(record) == 2 and record[0] in _COLUMNS
             and isinstance(record[1], tuple) and len(record[1]) == _COLUMNS[record[0]])
@@ -288,7 +289,7 @@ class _Sink:
         self.lock = threading.Lock()          # journal + pending: held for microseconds by every record_*
         self.flush_lock = threading.Lock()    # one flush at a time
         self.rotate_bytes = rotate_bytes
-        self.pending: list[tuple[int, tuple]] = []
+        self.pending: list[tuple[int, tuple[Any, ...]]] = []
         self.oldest = 0.0  # monotonic time of the oldest pending record
         self.retired: list[tuple[Journal, int]] = []  # rotated out, removed once committed (with their size)
         self.batch_rows = batch_rows
@@ -325,7 +326,8 @@ class _Sink:
         remove_stale_temporaries(self.directory)
         for journal_path, fd in orphans(self.directory):
             try:
-                row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?", (journal_path.name,)).fetchone()
+                row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?",
+                                      (journal_path.name,)).fetchone()
                 found = read_records(journal_path, row[0] if row else 0, accept=_well_formed)
                 self._commit(found.records, [(journal_path.name, found.end)])
                 if found.clean:
@@ -352,7 +354,7 @@ class _Sink:
                   self.path, journal_path.name, len(found.records), found.skipped_bytes, len(found.damaged), first,
                   " (an old-format journal cannot be read past damage)" if found.legacy else "", target)
 
-    def _commit(self, records: list[tuple[int, tuple]], progress: list[tuple[str, int]]) -> None:
+    def _commit(self, records: list[tuple[int, tuple[Any, ...]]], progress: list[tuple[str, int]]) -> None:
         """The records and how far their journals are ingested, in one transaction: a crash repeats nothing."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -406,7 +408,7 @@ class _Sink:
         finally:
             self.flush_lock.release()
 
-    def append(self, table: int, row: tuple) -> None:
+    def append(self, table: int, row: tuple[Any, ...]) -> None:
         with self.lock:
             if self.journal is None:
                 raise RuntimeError(f"decision log {self.path} is closed")
@@ -577,7 +579,7 @@ class SQLiteDecisionLog:
     def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
         self._append(GOAL, (ts, visitor_id, session_id, goal, value, time.time()))
 
-    def record_ruleset(self, name: str, version: str, spec: dict, ts: float) -> None:
+    def record_ruleset(self, name: str, version: str, spec: dict[str, Any], ts: float) -> None:
         self._append(RULESET, (name, version, ts, json.dumps(spec, default=str, ensure_ascii=False)))
 
     def flush(self) -> None:

@@ -79,8 +79,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -89,12 +90,15 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ...core.decision import OfferStatus
-from ...errors import PcrulesError, StoreUnavailable
 from ...core.policy import PendingOffer, QueueStatus, SessionState, VisitorState
+from ...errors import ErrorCode, StoreUnavailable
 from .memory import Evicted, OfferRecord, StaleRead
 
+_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
-    from hiredis import pack_command as _pack
+    from hiredis import pack_command as _pack_command
+
+    _pack = _pack_command
 except ImportError:  # hiredis is in the server extra; redis-py works without it
     _pack = None
 
@@ -107,14 +111,14 @@ log = logging.getLogger("pcrules.redis_store")
 class StoreBusy(StoreUnavailable):
     """A session's lock could not be had in time (another process holds it)."""
 
-    code = "store_busy"  # type: ignore[assignment]
+    code = ErrorCode.STORE_BUSY
     outage = False
 
 
 class LockLost(StoreUnavailable):
     """The session's lock expired before our writes were committed: they were not applied."""
 
-    code = "lock_lost"  # type: ignore[assignment]
+    code = ErrorCode.LOCK_LOST
     outage = False
 
 
@@ -129,7 +133,7 @@ class DataLost(StoreUnavailable):
 class VolatileRedis(StoreUnavailable):
     """Redis keeps no append-only file synced at least every second: a crash or restart would forget caps."""
 
-    code = "store_volatile"  # type: ignore[assignment]
+    code = ErrorCode.STORE_VOLATILE
 
 
 # The state marker: every script's last key is ``<prefix>epoch`` and its last argument the value this process
@@ -394,14 +398,14 @@ class _Batch:
     __slots__ = ("pending", "written")
 
     def __init__(self) -> None:
-        self.pending: list[tuple] = []  # (held, keys, args, session written, cooldown written)
+        self.pending: list[tuple[Any, ...]] = []  # (held, keys, args, session written, cooldown written)
         self.written: list[bool] = []
 
 
 class _SessionLock:
     __slots__ = ("_store", "_visitor_id", "_session_id", "_held", "_optimistic")
 
-    def __init__(self, store: "RedisStore", visitor_id: str, session_id: str, optimistic: bool = False) -> None:
+    def __init__(self, store: RedisStore, visitor_id: str, session_id: str, optimistic: bool = False) -> None:
         self._store, self._visitor_id, self._session_id = store, visitor_id, session_id
         self._optimistic = optimistic
         self._held: _Held | None = None
@@ -499,7 +503,7 @@ class RedisStore:
         return f"{self.prefix}v:{visitor_id}"
 
     def _current(self, key: str) -> _Held | None:
-        held = getattr(self._local, "held", None)
+        held: _Held | None = getattr(self._local, "held", None)
         return held if held is not None and held.key == key else None
 
     # ------------------------------------------------------------------ the hot path: a thread's own connection
@@ -584,7 +588,7 @@ class RedisStore:
 
     def _acquire(self, visitor_id: str, session_id: str, optimistic: bool = False) -> _Held:
         key = self._session_key(visitor_id, session_id)
-        outer = getattr(self._local, "held", None)
+        outer: _Held | None = getattr(self._local, "held", None)
         if outer is not None:
             if outer.key == key and not optimistic and outer.token:
                 outer.depth += 1
@@ -678,7 +682,7 @@ class RedisStore:
     # ------------------------------------------------------------------ observations committed together
 
     @contextmanager
-    def batch(self) -> Iterator["_Batch"]:
+    def batch(self) -> Iterator[_Batch]:
         """Observations committed inside (observe_lock) are sent together when it ends: one write, one round trip.
 
         The yielded batch's ``written[k]`` then says whether its ``k``-th staged commit was applied; one that
@@ -693,7 +697,7 @@ class RedisStore:
             self._local.batch = None
         batch.written = self._send(batch.pending)
 
-    def _send(self, pending: list[tuple]) -> list[bool]:
+    def _send(self, pending: list[tuple[Any, ...]]) -> list[bool]:
         if not pending:
             return []
         try:
@@ -767,7 +771,7 @@ class RedisStore:
         return _load_session(self._call("get", key))
 
     def visitor(self, visitor_id: str) -> VisitorState | None:
-        held = getattr(self._local, "held", None)
+        held: _Held | None = getattr(self._local, "held", None)
         if held is not None and held.visitor_id == visitor_id:
             return held.visitor
         return _load_visitor(self._call("get", self._visitor_key(visitor_id)))
@@ -785,7 +789,7 @@ class RedisStore:
         self._write(args)
 
     def offer(self, offer_id: str) -> OfferRecord | None:
-        held = getattr(self._local, "held", None)
+        held: _Held | None = getattr(self._local, "held", None)
         if held is not None and offer_id in held.offers:
             return held.offers[offer_id]
         record = _load_offer(self._call("get", self._offer_prefix + offer_id))
@@ -794,7 +798,7 @@ class RedisStore:
         return record
 
     def save_offer(self, record: OfferRecord) -> None:
-        held = getattr(self._local, "held", None)
+        held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             held.offers[record.offer_id] = record
             return
@@ -828,7 +832,7 @@ class RedisStore:
         return []  # sessions, cooldowns and offers expire in Redis; open offers are closed by due_offers
 
     def queue_status(self) -> dict[str, QueueStatus]:
-        held = getattr(self._local, "held", None)
+        held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             return held.queues
         return _load_queues([x for kv in self._call("hgetall", self._queue_key).items() for x in kv])
@@ -912,10 +916,11 @@ class RedisStore:
             lost = self._lost_since is not None
             mine = f"{int(time.time())}:{os.urandom(8).hex()}"
             try:
-                current = (self._redis.get(self._epoch_key) if lost
-                           else self._adopt_script(keys=[self._epoch_key], args=[mine]))
+                reply: Any = (self._redis.get(self._epoch_key) if lost
+                              else self._adopt_script(keys=[self._epoch_key], args=[mine]))
             except redis.RedisError as exc:
                 raise (_unavailable(exc) if _is_outage(exc) else exc) from None
+            current: str | None = reply  # the client decodes replies (decode_responses=True): text
             if current is None:
                 raise DataLost(self._lost_message())
             if lost:
