@@ -14,7 +14,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..matching.durable import DurableMatcher
 from ..scoring.protocol import Scorer
 from .log.sqlite import DecisionLog, LogHealth
 from .pseudonym import Pseudonymizer
-from .stores.memory import MemoryStore, OfferRecord, StaleRead, StateStore
+from .stores.memory import MemoryStore, OfferRecord, SharedStore, StaleRead, StateStore
 
 __all__ = ["Runtime", "DEFAULT_MAX_CLOCK_SKEW_S"]
 
@@ -51,7 +50,6 @@ _KEEP: Final = _Default.KEEP  # reload(): keep the current scorer
 log = logging.getLogger("pcrules.runtime")
 _NEW_SESSION = SessionState()
 _NEW_VISITOR = VisitorState()
-_NO_LOCK = nullcontext()
 
 
 def _new_offer_id() -> str:
@@ -90,8 +88,8 @@ class Runtime:
         self._log = log
         self._store: StateStore = store if store is not None else MemoryStore()
         # Exclusive across processes for a store they share (Redis); a no-op for a store without one.
-        self._session_lock = getattr(self._store, "session_lock", None) or (lambda visitor_id, session_id: _NO_LOCK)
-        self._observe_lock = getattr(self._store, "observe_lock", None) or self._session_lock
+        self._session_lock = self._store.session_lock
+        self._observe_lock = self._store.observe_lock
         self._clock = clock
         # Event time drives expiries and idle eviction for everyone: one event dated far ahead would expire
         # every offer and forget every session. A live runtime (on the wall clock) refuses an event, answer, goal
@@ -178,9 +176,7 @@ class Runtime:
     def flush(self) -> None:
         """Make everything logged so far readable in the decision log's file (it is already crash-safe)."""
         if self._log is not None:
-            flush = getattr(self._log, "flush", None)
-            if flush is not None:
-                flush()
+            self._log.flush()
 
     def close(self) -> None:
         self._active[1].close()
@@ -247,9 +243,9 @@ class Runtime:
         all of them) this is cheaper than one `observe` each; a server hands it the requests that arrived
         together. Events of one session are decided in order. Other stores observe them one by one.
         """
-        batch = getattr(self._store, "batch", None)
-        if batch is None:
+        if not isinstance(self._store, SharedStore):
             return [_result_or_error(self.observe, event) for event in events]
+        batch = self._store.batch
         results: list[Decision | PcrulesError | None] = [None] * len(events)
         matched, alone = [], []  # alone: the ruleset was replaced meanwhile; observed again on its own
         for i, event in enumerate(events):

@@ -56,7 +56,7 @@ from ..core.spec import load_spec
 from ..errors import InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
 from ..runtime.log.sqlite import LogHealth, SQLiteDecisionLog
 from ..runtime.runtime import Runtime
-from ..runtime.stores.memory import MemoryStore
+from ..runtime.stores.memory import MemoryStore, SharedStore
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
 from .http import STATIC_DIR, ApiError, SecurityHeaders, error_body, json_response, only, read_json  # noqa: F401
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
@@ -100,8 +100,8 @@ class Service:
         self.started = time.time()
         self._reload_lock = asyncio.Lock()
         store = runtime.store
-        self.store_kind = "redis" if hasattr(store, "ping") else ("memory" if isinstance(store, MemoryStore)
-                                                                  else type(store).__name__)
+        self.store_kind = "redis" if isinstance(store, SharedStore) else ("memory" if isinstance(store, MemoryStore)
+                                                                         else type(store).__name__)
         self.offload = bool(config.offload)
         # The runtime never runs on the event loop: a stalled Redis or disk would stall every connection, static
         # files and /healthz included. Observations that arrive together are decided together, one batch at a
@@ -163,9 +163,7 @@ class Service:
         return service
 
     def _configure_store(self) -> None:
-        configure = getattr(self.runtime.store, "configure", None)
-        if configure is not None:
-            configure(session_ttl_s=self.runtime.spec.policy.session_idle_ttl_s)
+        self.runtime.store.configure(session_ttl_s=self.runtime.spec.policy.session_idle_ttl_s)
 
     async def call(self, fn: Callable[..., Any], *args: Any, store: bool = True) -> Any:
         """fn(*args) on a worker thread; `store`: it needs the state store (refused at once while that is down)."""
@@ -204,8 +202,9 @@ class Service:
         done.add_done_callback(functools.partial(self._decided, batch))
 
     def _decide(self, bodies: list[dict]) -> list[Any]:
-        """On the batcher thread: each body's decision, or its error."""
-        if not hasattr(self.runtime.store, "batch"):  # decided one by one anyway: a failure stays the request's own
+        """On the batcher thread: each body's decision, or its error (one by one on a local store: a failure
+        stays the request's own)."""
+        if not isinstance(self.runtime.store, SharedStore):
             return [_outcome(self.runtime.observe, body) for body in bodies]
         try:
             return self.runtime.observe_many(bodies)
@@ -254,9 +253,7 @@ class Service:
     def _check(self, what: str) -> asyncio.Future | None:
         """Ping the store ("store") or read the log's health ("log") on a checker thread, one of each at a time:
         callers meanwhile share its answer. None when there is nothing to check."""
-        fn = getattr(self.runtime.store, "ping", None) if what == "store" else self.runtime.log_health
-        if fn is None:
-            return None
+        fn = self.runtime.store.ping if what == "store" else self.runtime.log_health
         loop = asyncio.get_running_loop()
         running = self._checks.get(what)
         if running is None or running.done() or running.get_loop() is not loop:
@@ -343,9 +340,7 @@ class Service:
         self._callers.shutdown(wait=True)
         self._checker.shutdown(wait=False)
         self.runtime.close()
-        close = getattr(self.runtime.store, "close", None)
-        if close is not None:
-            close()
+        self.runtime.store.close()
 
 
 def _retrieved(done: asyncio.Future) -> None:

@@ -12,12 +12,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ...core.decision import OfferStatus
 from ...core.policy import QueueStatus, SessionState, VisitorState
 
-__all__ = ["OfferRecord", "StateStore", "MemoryStore", "Evicted", "StaleRead"]
+__all__ = ["OfferRecord", "StateStore", "SharedStore", "MemoryStore", "Evicted", "StaleRead"]
 
 SessionKey = tuple[str, str]
 _NO_LOCK: AbstractContextManager[None] = nullcontext()
@@ -75,11 +75,32 @@ class StateStore(Protocol):
         defer the writes made under it to its release (the Redis store applies them there, atomically); a
         process-local store needs nothing beyond the runtime's own lock. The runtime never holds two at once.
 
-        A shared store may also offer ``observe_lock(visitor_id, session_id)`` (optional, not part of this
-        protocol's check): the same, except that it may serve reads from its own cache and check them when it
-        is left, writing nothing and raising :class:`StaleRead` if any had changed. The runtime takes it for
-        observations, whose every side effect outside the store waits until it has been left.
         """
+        ...
+
+    def observe_lock(self, visitor_id: str, session_id: str) -> AbstractContextManager[None]:
+        """What the runtime holds around an observation's read-decide-write: ``session_lock``, except that a
+        shared store may serve reads from its own cache and check them when it is left, writing nothing and
+        raising :class:`StaleRead` if any had changed (every side effect outside the store waits until then)."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the store answers; StoreUnavailable otherwise (the server's /healthz asks)."""
+        ...
+
+    def configure(self, *, session_ttl_s: float | None = None) -> None:
+        """Settings from the active ruleset (how long an idle session is kept)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedStore(StateStore, Protocol):
+    """A store several processes share (Redis): it can also commit the observations of a batch together."""
+
+    def batch(self) -> AbstractContextManager[Any]:
+        """Writes made inside it are sent together when it ends; ``.pending`` / ``.written`` say which landed."""
         ...
 
 
@@ -170,6 +191,17 @@ class MemoryStore:
     def session_lock(self, visitor_id: str, session_id: str) -> AbstractContextManager[None]:
         """A no-op: one process, and the runtime's own lock already serialises read-decide-write."""
         return _NO_LOCK
+
+    observe_lock = session_lock
+
+    def ping(self) -> bool:
+        return True
+
+    def configure(self, *, session_ttl_s: float | None = None) -> None:
+        """Nothing to keep: the runtime passes the ruleset's idle TTL with every eviction."""
+
+    def close(self) -> None:
+        pass
 
     def queue_status(self) -> dict[str, QueueStatus]:
         return self._queues
