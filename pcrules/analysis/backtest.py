@@ -118,19 +118,16 @@ def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score:
     rows = st.rows
     cross = bits.pack(np.stack([later_m[j, rows] & crossable(r, st.sec) for j, r in enumerate(rules)])
                       if k else np.zeros((0, st.m), dtype=bool))
+    del later_m
     q = qblock[:, rows]
-    busy_code = REASON_CODE[Reason.QUEUE_BUSY]
+    busy = q == REASON_CODE[Reason.QUEUE_BUSY]
     sets = RuleSets(full[rows], unscored[rows], later[rows], cross, bits.pack(q < 0),
-                    bits.pack(q == busy_code) if (q == busy_code).any() else None)
+                    bits.pack(busy) if busy.any() else None)
+    del q, busy, full, unscored, later, matched
     verdict = Verdict(st, bits, sets, spec.policy)
     if bar is not None:
         bar.update()
-    n = table.n
-    action = np.full(n, A_NONE, dtype=np.int8)
-    reason = np.full(n, REASON_CODE[Reason.NO_RULE], dtype=np.int8)
-    rule = np.full(n, -1, dtype=np.int16)
-    recheck = np.full(n, np.nan)
-    action[rows], reason[rows], rule[rows], recheck[rows] = verdict.per_row([rule_points(r) for r in rules])
+    action, reason, rule, recheck = verdict.per_row([rule_points(r) for r in rules])
     made = verdict.offers
     o_rows = rows[made.pos]
     offer_ids = [None if h else new_offer_id() for h in made.hold.tolist()]

@@ -151,7 +151,7 @@ def figures(offers: OfferFacts, *, events: int, valid_events: int, sessions: int
     per_rule: dict[str, np.ndarray] = {}
     per_rule["offers"] = np.bincount(rule_of, minlength=k0)[shown]
     per_rule["holdout"] = np.bincount(rule[hold], minlength=k0)[shown]
-    p_real = np.nan_to_num(offers.p[real]) if expected is not None else None
+    p_real = None if offers.p is None else np.nan_to_num(offers.p[real])
     if p_real is not None:
         per_rule["expected_accepts"] = np.bincount(rule_of, weights=p_real, minlength=k0)[shown]
     if offers.truth is not None:

@@ -317,17 +317,27 @@ class Stretches:
         self.ts = table.ts[rows]
         self.sec = table.seconds[rows]
         self.epoch = epoch_all[rows]
-        vcode, skey, _ = table.keys()
+        vcode, _, _ = table.keys()
         self.visitor = vcode[rows]
-        self.session = skey[rows]
-        code, delay = table.answers()
-        self.answer = code[rows]
-        self.delay = delay[rows]
-        starts = np.flatnonzero(np.r_[True, self.epoch[1:] != self.epoch[:-1]]) if m else np.zeros(0, np.int64)
-        lengths = np.diff(np.r_[starts, m])
-        self.end = np.repeat(starts + lengths, lengths)  # one past the last position of each row's stretch
+        # The first position of each stretch (what is needed per row is read at a few positions only).
+        self.starts = np.flatnonzero(np.r_[True, self.epoch[1:] != self.epoch[:-1]]) if m else np.zeros(0, np.int64)
         self.n_visitors = len(table.columns.view("visitor_id", STRING).uniques) + 1
         self._by_visitor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def end(self, pos: np.ndarray) -> np.ndarray:
+        """One past the last position of the stretch of each position."""
+        after = np.searchsorted(self.starts, pos, side="right")
+        return np.append(self.starts, self.m)[after]
+
+    def session(self, pos: np.ndarray) -> np.ndarray:
+        """The session code of each position."""
+        return self.table.keys()[1][self.rows[pos]]
+
+    def answers(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded answer (``EventTable.answers``: code, delay) at each position."""
+        code, delay = self.table.answers()
+        rows = self.rows[pos]
+        return code[rows], delay[rows]
 
     def hold(self, pos: np.ndarray) -> np.ndarray:
         """Whether the visitor of each position is in the holdout group."""
@@ -453,8 +463,7 @@ def offers(st: Stretches, fire_pos: np.ndarray, policy: Policy) -> Offers:
 def _answer(st: Stretches, pos: np.ndarray, hold: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
     """(answer code, answered at) of offers at `pos`: the recorded answer if it comes before the timeout."""
     t = st.ts[pos]
-    d = st.delay[pos]
-    code = st.answer[pos]
+    code, d = st.answers(pos)
     expires = t + policy.offer_timeout_s
     with np.errstate(invalid="ignore"):
         counts = ~hold & (code != NO_ANSWER) & ~np.isnan(d) & (t + d < expires)
@@ -465,9 +474,9 @@ def _answer(st: Stretches, pos: np.ndarray, hold: np.ndarray, policy: Policy) ->
 def _sequential(st: Stretches, positions: np.ndarray, policy: Policy) -> np.ndarray:
     """:class:`OfferLedger` over these offering rows (time order): the positions that offer."""
     ledger = OfferLedger(policy)
+    code, delay = st.answers(positions)
     rows = zip(positions.tolist(), st.ts[positions].tolist(), st.epoch[positions].tolist(),
-               st.visitor[positions].tolist(), st.answer[positions].tolist(), st.delay[positions].tolist(),
-               st.hold(positions).tolist())
+               st.visitor[positions].tolist(), code.tolist(), delay.tolist(), st.hold(positions).tolist())
     out = [p for p, t, s, v, code, d, hold in rows if ledger.admit(t, s, v, code, d, hold) is not None]
     return np.array(out, dtype=np.int64)
 
@@ -489,7 +498,8 @@ def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.nda
     times = st.ts[fire]
     heap = list(zip(rows[starts].tolist(), starts.tolist(), ends.tolist()))
     heapq.heapify(heap)
-    visitor, code, delay, hold = st.visitor[fire], st.answer[fire], st.delay[fire], st.hold(fire)
+    visitor, hold = st.visitor[fire], st.hold(fire)
+    code, delay = st.answers(fire)
     declines: dict[int, list[tuple[float, float]]] = {}
     out = []
     while heap:
@@ -531,7 +541,7 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
         sp = o_pos[by_pos]
         ep = st.epoch[sp]
         head = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])  # first offer of each stretch, in `sp`
-        tail, group = ranges(sp[head] + 1, st.end[sp[head]], groups=True)
+        tail, group = ranges(sp[head] + 1, st.end(sp[head]), groups=True)
         keep = matched[tail]
         tail, group = tail[keep], group[keep]
         if max_offers == 1:  # one offer per stretch: the row's last offer is its stretch's, and count is 1
@@ -670,38 +680,40 @@ class Verdict:
         return self.bits.first(np.where(f != 0, f, np.where(lt != 0, lt, u)))
 
     def per_row(self, points: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(action code, reason code (-1 none), rule (-1 none), recheck_after) of every position.
+        """(action code, reason code (-1 none), rule (-1 none), recheck_after) of every row of the table (rows
+        not judged: ``none/no_rule``).
 
         `points`: ``rule_points`` of every rule (the moments a waiting row waits for).
         """
-        m, bits, sets = self.st.m, self.bits, self.sets
-        action = np.full(m, A_NONE, dtype=np.int8)
-        reason = np.full(m, _NO_RULE, dtype=np.int8)
-        rule = np.full(m, -1, dtype=np.int16)
-        recheck = np.full(m, np.nan)
+        st, bits, sets = self.st, self.bits, self.sets
+        rows, n = st.rows, st.table.n
+        action = np.full(n, A_NONE, dtype=np.int8)
+        reason = np.full(n, _NO_RULE, dtype=np.int8)
+        rule = np.full(n, -1, dtype=np.int16)
+        recheck = np.full(n, np.nan)
         f = self.fire
-        action[f] = A_OFFER
-        reason[f] = -1
-        rule[f] = bits.first(self.fo[f])
+        action[rows[f]] = A_OFFER
+        reason[rows[f]] = -1
+        rule[rows[f]] = bits.first(self.fo[f])
         q = self.qblocked
         first_full = bits.first(sets.full[q])
-        rule[q] = first_full
-        reason[q] = self._queue_reason(first_full, q)
+        rule[rows[q]] = first_full
+        reason[rows[q]] = self._queue_reason(first_full, q)
         w = np.flatnonzero(self.waiting)
-        w_rule, delay = wait_for(bits, sets.cross[w], self.st.sec[w], points)
-        action[w] = A_WAIT
-        reason[w] = -1
-        rule[w] = w_rule
-        recheck[w] = round3(delay)
+        w_rule, delay = wait_for(bits, sets.cross[w], st.sec[w], points)
+        action[rows[w]] = A_WAIT
+        reason[rows[w]] = -1
+        rule[rows[w]] = w_rule
+        recheck[rows[w]] = round3(delay)
         b = self.below
-        rule[b] = bits.first(sets.unscored[b])
-        reason[b] = _SCORE_BELOW
-        s = self.stop_pos
-        action[s] = A_NONE
-        reason[s] = self.stop_reason
-        rule[s] = self.strongest(s)
-        recheck[s] = np.nan
-        held = self.offers.pos[self.offers.hold]
+        rule[rows[b]] = bits.first(sets.unscored[b])
+        reason[rows[b]] = _SCORE_BELOW
+        stopped = rows[self.stop_pos]
+        action[stopped] = A_NONE
+        reason[stopped] = self.stop_reason
+        rule[stopped] = self.strongest(self.stop_pos)
+        recheck[stopped] = np.nan
+        held = rows[self.offers.pos[self.offers.hold]]
         action[held] = A_NONE
         reason[held] = _HOLDOUT
         return action, reason, rule, recheck

@@ -180,7 +180,7 @@ def score_one(scorer: Any, fields: Mapping[str, Any]) -> float:
 def score_thresholds(spec: RuleSpec, rules: Iterable[str] | None = None) -> np.ndarray:
     """The distinct values the score is compared with in `spec` (only in the rules named, if given), sorted."""
     names = None if rules is None else set(rules)
-    values = []
+    values: list[float] = []
     for rule in spec.rules:
         if names is not None and rule.name not in names:
             continue

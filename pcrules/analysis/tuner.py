@@ -717,7 +717,7 @@ class TriggerModel:
         made = verdict.offers
         pos = made.pos
         st = self.stretches
-        facts = OfferFacts(made.rule, made.hold, made.kind, st.visitor[pos], st.session[pos], self.hour[pos],
+        facts = OfferFacts(made.rule, made.hold, made.kind, st.visitor[pos], st.session(pos), self.hour[pos],
                            self.score[pos] if self.scorer is not None else None,
                            None if self.truth is None else self.truth[pos],
                            None if self.gain is None else self.gain[pos], None if self.loss is None else self.loss[pos])
