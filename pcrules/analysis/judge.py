@@ -532,8 +532,8 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
     max_offers = policy.max_offers_per_session
     if max_offers <= 0:  # no offer can ever be made: every matched row is max_offers
         pos = np.flatnonzero(matched)
-        return pos, np.full(len(pos), _MAX, dtype=np.int64)
-    out_pos, out_reason = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        return pos, np.full(len(pos), _MAX, dtype=np.int8)
+    out_pos, out_reason = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int8)]
     taken = np.zeros(0, dtype=np.int64)
     if len(o_pos):
         # Only rows after the first offer of a session stretch can be blocked by the session.
@@ -544,27 +544,26 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
         tail, group = ranges(sp[head] + 1, st.end(sp[head]), groups=True)
         keep = matched[tail]
         tail, group = tail[keep], group[keep]
-        if max_offers == 1:  # one offer per stretch: the row's last offer is its stretch's, and count is 1
+        if max_offers == 1:  # one offer per stretch: the row's last offer is its stretch's, and it is the one
             last = by_pos[head[group]]
-            count = np.ones(len(tail), dtype=np.int64)
+            too_many = np.ones(len(tail), dtype=bool)
         else:
             upto = np.searchsorted(sp, tail, side="left")
-            count = upto - head[group]
+            too_many = upto - head[group] >= max_offers
             last = by_pos[upto - 1]
         t = st.ts[tail]
-        answered = o_ans[last]
         kind = o_kind[last]
         with np.errstate(invalid="ignore"):
-            arrived = (kind != NO_ANSWER) & (answered <= t)
+            arrived = (kind != NO_ANSWER) & (o_ans[last] <= t)
         held = {  # the session blocks, tried in the pure core's order (policy.SESSION_BLOCKS)
             Reason.IN_CHAT: arrived & (kind == ACCEPT),
             Reason.OFFER_PENDING: (t < o_exp[last]) & ~arrived,
-            Reason.MAX_OFFERS: count >= max_offers,
+            Reason.MAX_OFFERS: too_many,
         }
-        reason = np.full(len(tail), -1, dtype=np.int64)
+        reason = np.full(len(tail), -1, dtype=np.int8)
         for r in reversed(SESSION_BLOCKS):  # the first block that applies is the reason
             if r in held:
-                reason = np.where(held[r], REASON_CODE[r], reason)
+                reason = np.where(held[r], np.int8(REASON_CODE[r]), reason)
         hit = reason >= 0
         taken = tail[hit]
         out_pos.append(taken)
@@ -573,8 +572,8 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
     if declined.any():  # the last session block: cooldown, of rows no other block stops
         c_pos = _cooldown_rows(st, matched, o_pos[declined], o_ans[declined], taken, policy.decline_cooldown_s)
         out_pos.append(c_pos)
-        out_reason.append(np.full(len(c_pos), _COOLDOWN, dtype=np.int64))
-    return np.concatenate(out_pos), np.concatenate(out_reason).astype(np.int64)
+        out_reason.append(np.full(len(c_pos), _COOLDOWN, dtype=np.int8))
+    return np.concatenate(out_pos), np.concatenate(out_reason)
 
 
 def _cooldown_rows(st: Stretches, matched: np.ndarray, d_pos: np.ndarray, d_at: np.ndarray, taken: np.ndarray,
@@ -724,9 +723,13 @@ class Verdict:
         (the rows not in :attr:`st` are ``none/no_rule``) and `refused` rows)."""
         bits, sets = self.bits, self.sets
         s_pos, s_reason = self.stop_pos, self.stop_reason
-        # the stateless judgement of the stopped rows, to take out of the counts
-        f, u, c, fos = sets.full[s_pos], sets.unscored[s_pos], sets.cross[s_pos], self.fo[s_pos]
-        cls = np.where(fos != 0, 0, np.where(f != 0, 1, np.where(c != 0, 2, np.where(u != 0, 3, 4))))
+        # the stateless judgement of the stopped rows, to take out of the counts: would offer, queue blocked,
+        # wait, score_below, nothing
+        f, u = sets.full[s_pos], sets.unscored[s_pos]
+        rest = (f == 0) & (self.fo[s_pos] == 0)
+        queue_blocked = (f != 0) & (self.fo[s_pos] == 0)
+        waits = rest & (sets.cross[s_pos] != 0)
+        below = rest & ~waits & (u != 0)
         k0, n_reasons = bits.k, len(REASONS)
         grid = np.zeros((k0, n_reasons), dtype=np.int64)
 
@@ -744,15 +747,15 @@ class Verdict:
             add(first_full, self._queue_reason(first_full, q))
         if len(self.below):
             add(bits.first(sets.unscored[self.below]), _SCORE_BELOW)
-        stopped_q = s_pos[cls == 1]
+        stopped_q = s_pos[queue_blocked]
         if len(stopped_q):
-            first_full = bits.first(f[cls == 1])
+            first_full = bits.first(f[queue_blocked])
             add(first_full, self._queue_reason(first_full, stopped_q), -1)
-        add(bits.first(u[cls == 3]), _SCORE_BELOW, -1)
+        add(bits.first(u[below]), _SCORE_BELOW, -1)
         if len(s_pos):
-            add(self.strongest(s_pos), s_reason)
-        s_wait = int((cls == 2).sum())
-        s_nothing = int((cls == 4).sum())
+            add(self.strongest(s_pos), s_reason.astype(np.int64))
+        s_wait = int(np.count_nonzero(waits))
+        s_nothing = int(np.count_nonzero(rest)) - s_wait - int(np.count_nonzero(below))
         n_nothing = self.n_rest - self.n_wait - len(self.below)  # matched rows that neither wait nor fall short
         reasons = grid.sum(axis=0)
         reasons[_NO_RULE] = (valid_events - self.n_matched) + (n_nothing - s_nothing)
