@@ -48,7 +48,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PcrulesError
-from ..core.events import CONTROL, MAX_ID, MAX_PAGE, MAX_SECONDS, MAX_TEXT, TS_RANGE
+from ..core.events import CONTRACT, CONTROL, EXTRA
+
+# The limits come from the event contract's one table (core.events.CONTRACT), like validate_event's.
+_ID_CHARS = int(CONTRACT["visitor_id"].hi)
+_PAGE_CHARS = int(CONTRACT["page"].hi)
+_TEXT_CHARS = int(EXTRA.hi)
+_TS_LO, _TS_HI = CONTRACT["ts"].lo, CONTRACT["ts"].hi
+_MAX_DURATION = CONTRACT["seconds_on_page"].hi
 
 __all__ = ["HistoryError", "MissingColumns", "Problem", "LoadReport", "Loaded", "load_events", "load_page_views",
            "load_offers", "load_table", "SCHEMAS"]
@@ -463,13 +470,13 @@ def _check_number(checker: _Checker, col: Column, raw: Any, *, ts: bool = False)
     checker.flag(bad, col, "wrong_type", lambda x: f"{_shown(x)} is not {kind}", raw)
     ok = ~missing & ~bad
     if ts:
-        out = ok & ((v < TS_RANGE[0]) | (v > TS_RANGE[1]))
+        out = ok & ((v < _TS_LO) | (v > _TS_HI))
         checker.flag(out, col, "out_of_range", lambda x: f"{_shown(x)} is not between 1970 and 2100", raw)
         return np.where(ok & ~out, v, np.nan)
     negative = ok & (v < 0)
     checker.flag(negative, col, "negative", lambda x: f"negative duration {_shown(x)}", raw)
-    huge = ok & (v > MAX_SECONDS)
-    checker.flag(huge, col, "out_of_range", lambda x: f"{_shown(x)} s is more than {MAX_SECONDS:g} s", raw)
+    huge = ok & (v > _MAX_DURATION)
+    checker.flag(huge, col, "out_of_range", lambda x: f"{_shown(x)} s is more than {_MAX_DURATION:g} s", raw)
     return np.where(ok & ~negative & ~huge, v, np.nan)
 
 
@@ -564,11 +571,11 @@ def load_table(path: str | os.PathLike[str], table: str, columns: Mapping[str, s
             continue
         raw = raw_columns[used[col.name]]
         if col.kind == "id":
-            out[col.name] = _check_text(checker, col, raw, MAX_ID)
+            out[col.name] = _check_text(checker, col, raw, _ID_CHARS)
         elif col.kind == "page":
-            out[col.name] = _check_text(checker, col, raw, MAX_PAGE)
+            out[col.name] = _check_text(checker, col, raw, _PAGE_CHARS)
         elif col.kind == "text":
-            out[col.name] = _check_text(checker, col, raw, MAX_TEXT)
+            out[col.name] = _check_text(checker, col, raw, _TEXT_CHARS)
         elif col.kind == "ts":
             out[col.name] = _check_number(checker, col, raw, ts=True)
         elif col.kind == "duration":

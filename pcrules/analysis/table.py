@@ -17,16 +17,13 @@ import numpy as np
 import pandas as pd
 
 from ..core.events import (
+    CONTRACT,
     CONTROL,
+    EXTRA,
     FIELD_NAME,
     MAX_EXTRA_FIELDS,
-    MAX_ID,
-    MAX_PAGE,
-    MAX_SECONDS,
     MAX_TEXT,
     REQUIRED,
-    TS_RANGE,
-    TYPED,
     Event,
     validate_event,
 )
@@ -322,22 +319,20 @@ def _check_events(table: EventTable) -> tuple[np.ndarray, dict[int, str]]:
         with np.errstate(invalid="ignore"):
             flag(typed.present & ~((x >= lo) & (x <= hi)), field, f"expected a number between {lo:g} and {hi:g}")
 
-    text("visitor_id", 1, MAX_ID, True)
-    text("session_id", 1, MAX_ID, True)
-    text("page", 1, MAX_PAGE, True)
-    number("seconds_on_page", 0.0, MAX_SECONDS, True)
-    number("ts", TS_RANGE[0], TS_RANGE[1], True)
+    for name, rule in CONTRACT.items():  # the event contract's own table (core.events)
+        if name in REQUIRED or name == "ts":  # a history always has ts: the backtest's clock is the events'
+            (text if rule.kind == "text" else number)(name, rule.lo, rule.hi, True)
     for name in table.fields:
         if name in REQUIRED or name == "ts":
             continue
-        kind = TYPED.get(name)
+        rule = CONTRACT.get(name)
         series = frame[name]
         null = series.isna().to_numpy(dtype=bool, na_value=True)
-        if kind == "number":
-            number(name, 0.0, math.inf, False)
-        elif kind == "string":
-            text(name, 0, MAX_TEXT, False)
-        elif kind == "bool":
+        if rule is not None and rule.kind == "number":
+            number(name, rule.lo, rule.hi, False)
+        elif rule is not None and rule.kind == "text":
+            text(name, int(rule.lo), int(rule.hi), False)
+        elif rule is not None:  # bool
             flag(~null & ~cols.view(name, BOOL).present, name, "expected a bool")
         else:  # any scalar: text within limits, a finite number, a boolean
             dtype = series.dtype
@@ -348,7 +343,7 @@ def _check_events(table: EventTable) -> tuple[np.ndarray, dict[int, str]]:
                 flag(np.isinf(x), name, "expected a finite number")
                 continue
             typed = cols.view(name, STRING)
-            good = _good_text(typed.uniques, 0, MAX_TEXT)
+            good = _good_text(typed.uniques, int(EXTRA.lo), int(EXTRA.hi))
             if good is not None:
                 flag(~good[typed.codes], name, f"expected at most {MAX_TEXT} characters without control characters")
             other = ~null & ~typed.present

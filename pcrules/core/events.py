@@ -13,11 +13,13 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 from ..errors import InvalidEvent
 
-__all__ = ["Event", "validate_event", "parse_ts", "check_id", "check_number", "check_finite", "MAX_EXTRA_FIELDS"]
+__all__ = ["Event", "FieldRule", "CONTRACT", "EXTRA", "validate_event", "parse_ts", "check_id", "check_number",
+           "check_finite", "MAX_EXTRA_FIELDS"]
 
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # C0 and C1 control characters, DEL, and lone surrogates: a lone surrogate cannot be encoded as UTF-8,
@@ -29,11 +31,38 @@ MAX_TEXT = 1000
 MAX_EXTRA_FIELDS = 64
 MAX_SECONDS = 1e7  # about 115 days on one page: anything longer is a broken clock
 TS_RANGE = (0.0, 4102444800.0)  # 1970 .. 2100
-REQUIRED = ("visitor_id", "session_id", "page", "seconds_on_page")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """One field of the event contract. This table is the one statement of it: ``validate_event`` (one
+    event), the backtest's table check (``pcrules.analysis.table``) and the history loader
+    (``pcrules.analysis.history``) all read their types and limits from it."""
+
+    kind: Literal["text", "number", "bool"]
+    required: bool = False
+    lo: float = 0.0
+    hi: float = sys.float_info.max  # finite: a number too large for a float is refused
+
+
+CONTRACT: Mapping[str, FieldRule] = MappingProxyType({
+    "visitor_id": FieldRule("text", True, 1, MAX_ID),
+    "session_id": FieldRule("text", True, 1, MAX_ID),
+    "page": FieldRule("text", True, 1, MAX_PAGE),
+    "seconds_on_page": FieldRule("number", True, 0.0, MAX_SECONDS),
+    "ts": FieldRule("number", False, *TS_RANGE),  # epoch seconds (or ISO-8601 text); the runtime's clock if absent
+    "pages_viewed": FieldRule("number"),
+    "session_seconds": FieldRule("number"),
+    "device": FieldRule("text", False, 0, MAX_TEXT),
+    "returning": FieldRule("bool"),
+})
+EXTRA = FieldRule("text", False, 0, MAX_TEXT)  # any other field: a scalar; text within these limits
+REQUIRED = tuple(name for name, rule in CONTRACT.items() if rule.required)
 _DONE = frozenset((*REQUIRED, "ts"))
 _GOOD_NAMES: set[str] = set()
-# Optional fields with a type fixed by the contract.
-TYPED = {"pages_viewed": "number", "session_seconds": "number", "returning": "bool", "device": "string"}
+# Optional fields with a type fixed by the contract (the names validate_event's messages use).
+TYPED = {name: {"text": "string", "number": "number", "bool": "bool"}[rule.kind]
+         for name, rule in CONTRACT.items() if name not in _DONE}
 
 
 @dataclass(frozen=True, slots=True)
