@@ -190,6 +190,7 @@ def test_serve_demo_answers_and_stops(installed: Installed) -> None:
     assert str(installed.venv) in out  # the demo ruleset read is the installed package's
 
 
+@pytest.mark.notebook
 def test_dashboard_serves_the_ops_notebook(installed: Installed) -> None:
     installed.pip_install(f"{installed.wheel}[dashboard]")
     log = installed.work / "var" / "demo.sqlite"  # the demo test's log, or missing: the dashboard says so
