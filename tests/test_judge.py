@@ -81,7 +81,8 @@ def _many_rules(n: int, max_offers: int) -> dict[str, Any]:
             when["pages_viewed"] = {"gte": 1 + i % 3}
         rules.append({"name": f"r{i:03d}", "priority": 1000 - i, "when": when,
                       "offer": {"queue": "Day" if i % 2 else "Any"}})
-    return {"name": "many", "policy": {"max_offers_per_session": max_offers, "decline_cooldown_s": 7 * 86400, "holdout": 0.2,
+    return {"name": "many", "policy": {"max_offers_per_session": max_offers, "decline_cooldown_s": 7 * 86400,
+                                       "holdout": 0.2,
                                        "offer_timeout_s": 40, "session_idle_ttl_s": 600},
             "queues": {"Any": {"max_wait_s": 60},
                        "Day": {"hours": {"tz": "Europe/Amsterdam", "start": "09:00", "end": "17:00"}}},

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,8 +84,8 @@ from .judge import (
     crossable,
     queue_blocks,
     queue_timeline,
-    rule_points,
     rows_in_cooldown,
+    rule_points,
 )
 from .reference import judge_one_by_one
 from .scores import batch_scores, progress_bar, score_one, scores_for

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..bundle import load_bundle, publish
 from ..runtime.log.sqlite import SQLiteDecisionLog, fresh_log
-from .replay import ReplaySummary, replay
 from ..runtime.runtime import Runtime
+from .replay import ReplaySummary, replay
 from .sample import SAMPLE_DAYS, SAMPLE_PATH, SAMPLE_SEED, SAMPLE_START, SAMPLE_VISITORS, read_events
 
 __all__ = ["train_and_publish", "replay_with_goals"]
@@ -74,4 +74,4 @@ def describe(bundle: Path) -> str:
     held_out = (b.manifest.get("metrics") or {}).get("held_out", {})
     auc = held_out.get("roc_auc")
     return (f"bundle {b.version}: ruleset {b.spec.name!r} ({len(b.spec.rules)} rules), model "
-            f"{'AUC %.3f on held-out visitors' % auc if auc else 'without metrics'}")
+            f"{f'AUC {auc:.3f} on held-out visitors' if auc else 'without metrics'}")

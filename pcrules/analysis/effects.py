@@ -7,8 +7,9 @@ against an :class:`EventTable` (:func:`resolve_effects`); the figures themselves
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping as _MappingABC
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -103,8 +103,7 @@ def load_history(path: str | Path, *, columns: Mapping[str, Mapping[str, str]] |
     ``columns``: per table (``"events"``, ``"page_views"``, ``"offers"``), our column name -> the file's
     (``{"events": {"visitor_id": "VisitorID"}}``). Raises FileNotFoundError / ``history.MissingColumns``.
     """
-    from . import history
-    from . import sample
+    from . import history, sample
 
     path = Path(path).expanduser()
     columns = dict(columns or {})
@@ -221,7 +220,8 @@ def overview(h: History) -> pd.DataFrame:
         answers = h.offers["response"].astype(str).value_counts()
         n = len(h.offers)
         rows += [("legacy offers", n)]
-        rows += [(label, int(answers.get(a, 0))) for a, label in zip(_ANSWERS, ("  accepted", "  declined", "  no answer (expired)"))]
+        labels = ("  accepted", "  declined", "  no answer (expired)")
+        rows += [(label, int(answers.get(a, 0))) for a, label in zip(_ANSWERS, labels)]
         rows += [("legacy accept rate", f"{answers.get('accept', 0) / max(n, 1):.1%}")]
     if "response" in ev.columns:
         would = ev["response"].astype("string").fillna("none").value_counts()
@@ -369,7 +369,8 @@ def plot_offers(h: History) -> Any:
     y = np.arange(len(table))
     for answer in _ANSWERS:
         values = table[answer].to_numpy(dtype=float)
-        ax.barh(y, values, left=left, color=_COLORS[answer], label={"accept": "accepted", "decline": "declined", "none": "no answer"}[answer])
+        label = {"accept": "accepted", "decline": "declined", "none": "no answer"}[answer]
+        ax.barh(y, values, left=left, color=_COLORS[answer], label=label)
         left += values
     ax.set_yticks(y, table.index.tolist(), fontsize=8)
     ax.invert_yaxis()

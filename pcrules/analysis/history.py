@@ -40,15 +40,16 @@ import gzip
 import io
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ..errors import PcrulesError
 from ..core.events import CONTRACT, CONTROL, EXTRA
+from ..errors import PcrulesError
 
 # The limits come from the event contract's one table (core.events.CONTRACT), like validate_event's.
 _ID_CHARS = int(CONTRACT["visitor_id"].hi)

@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -520,7 +521,7 @@ def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.nda
     return fire[np.array(out, dtype=np.int64)]
 
 
-# ============================================================================================ session and visitor blocks
+# ======================================================================================== session and visitor blocks
 
 
 def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Mapping as _MappingABC
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from ..core.events import Event
 from ..core.policy import SessionState, VisitorState, answer, decide
 from ..core.spec import STRING, RuleSpec
 from ..matching.vector import MatchArrays
-from .judge import ACTIONS, A_NONE, REASON_CODE, Judged, queue_status_at
+from .judge import A_NONE, ACTIONS, REASON_CODE, Judged, queue_status_at
 from .table import ACCEPT, NO_ANSWER, EventTable
 
 __all__ = ["judge_one_by_one"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..core.decision import Action, OfferStatus
 from ..errors import InvalidEvent, OfferClosed, OfferNotFound
@@ -101,7 +102,8 @@ def replay(runtime: Runtime, rows: Iterable[dict[str, Any]], *, progress: bool =
             open_offers[decision.offer_id] = decision.expires_at
             delay = row.get("response_delay_s")
             # An answer slower than the timeout is no answer: the offer has expired by then.
-            if row.get("response") in ("accept", "decline") and delay is not None and event["ts"] + delay < decision.expires_at:
+            answered = row.get("response") in ("accept", "decline") and delay is not None
+            if answered and event["ts"] + delay < decision.expires_at:
                 heapq.heappush(answers, (event["ts"] + delay, n, decision.offer_id, row["response"]))
         if bar is not None:
             bar.update()
@@ -112,7 +114,8 @@ def replay(runtime: Runtime, rows: Iterable[dict[str, Any]], *, progress: bool =
         except (OfferClosed, OfferNotFound):
             pass  # the runtime expired it already, by event time (and may have forgotten its idle session)
     # Every offer ends one way: what was neither accepted nor declined expired.
-    summary.outcomes[OfferStatus.EXPIRED] = summary.offers - summary.outcomes[OfferStatus.ACCEPTED] - summary.outcomes[OfferStatus.DECLINED]
+    closed = summary.outcomes[OfferStatus.ACCEPTED] + summary.outcomes[OfferStatus.DECLINED]
+    summary.outcomes[OfferStatus.EXPIRED] = summary.offers - closed
     summary.seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import resources
 

@@ -10,7 +10,8 @@ a last-bit difference cannot flip a rule.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ def _category_keys_uncached(table: EventTable, name: str) -> tuple[np.ndarray, n
     if isinstance(dtype, pd.StringDtype):  # text or missing: the typed view's codes are the keys
         typed = table.columns.view(name, STRING)
         return typed.codes, typed.uniques
-    if dtype == object:  # mixed values: factorize would merge 1 and True; key every value first
+    if dtype == np.dtype(object):  # mixed values: factorize would merge 1 and True; key every value first
         keys = np.array([category_key(plain(v)) for v in series.to_numpy(dtype=object)], dtype=object)
         codes, uniques = pd.factorize(keys)
     else:

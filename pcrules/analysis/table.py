@@ -11,7 +11,8 @@ Build one and pass it to many backtests (the tuner and value tuning do).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -6,9 +6,10 @@ from __future__ import annotations
 import html
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,9 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     ``model_path`` (a model JSON file, as ``pcrules train`` writes) override it; otherwise the embedded
     default rules and no model. Publishing goes to `bundle_path`.
     """
-    from .explore import event_truth, load_history
     from ..bundle import current_version, load_bundle
     from ..scoring import load_scorer
+    from .explore import event_truth, load_history
 
     notes: list[str] = []
     history = load_history(data_path, columns=columns)
@@ -166,7 +167,8 @@ def uplift_side_by_side(sbs: SideBySide, dimension: str = "page") -> pd.DataFram
         reason = sentence_reason(exc)
         return reason[:1].upper() + reason[1:] + "."
     out = pd.DataFrame({f"offers ({na})": left["offers"], f"offers ({nb})": right["offers"],
-                        f"extra goals ({na})": left["expected_uplift"], f"extra goals ({nb})": right["expected_uplift"]})
+                        f"extra goals ({na})": left["expected_uplift"],
+                        f"extra goals ({nb})": right["expected_uplift"]})
     out = out.fillna(0.0)
     out["change"] = out[f"extra goals ({nb})"] - out[f"extra goals ({na})"]
     out.attrs["probability"] = probability

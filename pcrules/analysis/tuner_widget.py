@@ -149,7 +149,8 @@ class Tuner:
         scores = self.model.score[self.model.present]
         top = float(np.quantile(scores, 0.995)) if len(scores) else 0.5
         thresholds = [s.threshold for s in init.rules.values() if s.threshold]
-        thr_max = min(1.0, max([0.05, math.ceil(top * 1.25 * 20) / 20.0] + [math.ceil(t * 20) / 20.0 for t in thresholds]))
+        steps = [0.05, math.ceil(top * 1.25 * 20) / 20.0] + [math.ceil(t * 20) / 20.0 for t in thresholds]
+        thr_max = min(1.0, max(steps))
         self.controls: dict[str, dict[str, Any]] = {}
         rows = []
         for rule in self.spec.rules:
@@ -497,7 +498,7 @@ class Tuner:
                           f'{_fmt(q["offers_per_hour"], 2)}</td><td>{_fmt(q["peak_offers_per_hour"])}</td>'
                           f'<td data-queue="{_esc(name)}" data-col="expected_chats_per_hour">'
                           f'{_fmt(q["expected_chats_per_hour"], 2)}</td><td>{_fmt(q["peak_expected_chats"], 1)}</td>'
-                          f'<td>{_fmt(q["capacity_per_hour"], 0) if q["capacity_per_hour"] is not None else "none"}</td>'
+                          f'<td>{"none" if q["capacity_per_hour"] is None else _fmt(q["capacity_per_hour"], 0)}</td>'
                           f'<td{cls} data-queue="{_esc(name)}" data-col="hours_over_capacity">{_fmt(over)}</td>'
                           f'<td>{_pct(q["utilisation"])}</td></tr>')
         parts.append("<div><b>By queue</b> (per hour: averages over opening hours; peak: the busiest hour)</div>"
@@ -545,7 +546,7 @@ class Tuner:
             labels = [f"{d:%a %d %b}" for d in pd.to_datetime(r.hours[days] * 3600, unit="s", utc=True)]
             step = max(1, int(math.ceil(len(days) / 10)))
             artists = []
-            for ax, name, (o, c, cap, top) in zip(axes, r.queues, values):
+            for ax, name, (o, c, cap, _top) in zip(axes, r.queues, values):
                 offers, = ax.step(x, o, where="post", color="#9db7d5", lw=1.0, label="offers", animated=True)
                 chats, = ax.step(x, c, where="post", color="#1f4e8c", lw=1.4, animated=True,
                                  label="expected chats" if has_expected else "accepted (recorded answers)")

@@ -51,21 +51,22 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..core.spec import Condition, RuleSpec, load_spec, rule_tz
+from ..matching.vector import VectorMatcher
+from ..stats.uplift import goal_effect
 from .backtest import BacktestResult, backtest
 from .effects import effect_columns, resolve_effects
 from .figures import hour_buckets, hour_index
 from .judge import queue_blocks
 from .scores import scores_for
 from .table import EventTable
-from ..matching.vector import VectorMatcher
-from ..core.spec import Condition, RuleSpec, load_spec, rule_tz
-from ..stats.uplift import goal_effect
 
 __all__ = ["Economics", "OBJECTIVES", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
            "compare_with_fixed_wait", "world_truth", "per_page_spec"]
@@ -196,11 +197,11 @@ class _Totals:
     offers: int
     load: np.ndarray  # (queues, hours): expected chats
 
-    def __sub__(self, other: "_Totals") -> "_Totals":
+    def __sub__(self, other: _Totals) -> _Totals:
         return _Totals(self.accepts - other.accepts, self.worth - other.worth, self.offers - other.offers,
                        self.load - other.load)
 
-    def __add__(self, other: "_Totals") -> "_Totals":
+    def __add__(self, other: _Totals) -> _Totals:
         return _Totals(self.accepts + other.accepts, self.worth + other.worth, self.offers + other.offers,
                        self.load + other.load)
 

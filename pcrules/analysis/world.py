@@ -8,7 +8,8 @@ model can be compared with it. Everything here is seeded and vectorised (numpy/p
     >>> from pcrules.world import generate, true_accept_probability
     >>> world = generate(visitors=5_000, seed=1)
     >>> world.events.columns.tolist()      # exactly what the runtime sees (plus the would-be answer)
-    ['ts', 'visitor_id', 'session_id', 'page', 'seconds_on_page', 'pages_viewed', 'session_seconds', 'device', 'returning', 'response', 'response_delay_s']
+    ['ts', 'visitor_id', 'session_id', 'page', 'seconds_on_page', 'pages_viewed', 'session_seconds', 'device',
+     'returning', 'response', 'response_delay_s']
     >>> float(true_accept_probability("Checkout", 150, "desktop", True, 4))   # doctest: +SKIP
 
 The pieces (each documented where it is defined below):
@@ -48,10 +49,11 @@ import gzip
 import io
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -440,7 +442,7 @@ def _chunk(rng: np.random.Generator, n: int, start_ts: float, days: int) -> dict
     # -- sessions: start moments, sorted within a visitor ----------------------------------------
     S = int(n_sessions.sum())
     s_visitor = np.repeat(np.arange(n), n_sessions)
-    first_day = datetime.fromtimestamp(start_ts + SITE_UTC_OFFSET_S, tz=timezone.utc).weekday()
+    first_day = datetime.fromtimestamp(start_ts + SITE_UTC_OFFSET_S, tz=UTC).weekday()
     day_w = WEEKDAY_TRAFFIC[(first_day + np.arange(days)) % 7]
     day = rng.choice(days, size=S, p=day_w / day_w.sum())
     hour = rng.choice(24, size=S, p=HOURLY_TRAFFIC / HOURLY_TRAFFIC.sum())
@@ -752,11 +754,11 @@ class GoalModel:
         if unknown:
             raise ValueError(f"page_goal names goals without a base rate: {sorted(unknown)}")
 
-    def without_effect(self) -> "GoalModel":
+    def without_effect(self) -> GoalModel:
         """The same goals and base rates; offers (accepted, declined or ignored) change nothing."""
         return self.scaled(0.0, 0.0)
 
-    def scaled(self, lift: float = 1.0, cost: float = 1.0) -> "GoalModel":
+    def scaled(self, lift: float = 1.0, cost: float = 1.0) -> GoalModel:
         """Every accept lift times `lift` (capped at 1) and both annoyance costs times `cost`."""
         def cap(pair: tuple[float, float]) -> tuple[float, float]:
             return (min(pair[0] * lift, 1.0), min(pair[1] * lift, 1.0))

@@ -9,14 +9,15 @@ import logging
 import math
 import os
 import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
-from ..stats import uplift as _uplift
 from ..errors import PcrulesError
+from ..stats import uplift as _uplift
 
 __all__ = [
     "LOG_ENV",
@@ -154,7 +155,7 @@ def _zone(tz: str) -> Any:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     if tz in ("UTC", "utc", "Z"):
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -538,7 +539,7 @@ def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike
             spec = json.loads(latest[3])
         except ValueError:
             spec = {}
-        created = datetime.fromtimestamp(latest[2], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created = datetime.fromtimestamp(latest[2], UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return LiveRuleset("log", spec if isinstance(spec, dict) else {}, latest[0], latest[1], None, created,
                            None, None, problem, log_ruleset)
     return LiveRuleset("none", {}, bundle_problem=problem, log_ruleset=log_ruleset)

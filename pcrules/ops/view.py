@@ -70,17 +70,40 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
+from typing import Any
 
 from . import queries
-from .queries import (BREAKDOWN_LIMIT, BUNDLE_ENV, TIME_RANGES, FilterError, Filters, LiveRuleset, LogInfo,
-                      LogNotReadable, OfferCounts, Uplift, _flatten, _show, _zone, choices, decisions_by_reason,
-                      describe_conditions, live_ruleset, log, log_info, offer_cube, open_log, recent_decisions,
-                      resolve_log_path, time_filters, uplift)
+from .queries import (
+    BREAKDOWN_LIMIT,
+    BUNDLE_ENV,
+    TIME_RANGES,
+    FilterError,
+    Filters,
+    LiveRuleset,
+    LogInfo,
+    LogNotReadable,
+    OfferCounts,
+    Uplift,
+    _flatten,
+    _show,
+    _zone,
+    choices,
+    decisions_by_reason,
+    describe_conditions,
+    live_ruleset,
+    log,
+    log_info,
+    offer_cube,
+    open_log,
+    recent_decisions,
+    resolve_log_path,
+    time_filters,
+    uplift,
+)
 
 LogUnavailable = LogNotReadable  # its name before pcrules.errors.LogUnavailable (a log that cannot be written)
 
@@ -219,7 +242,7 @@ class Dashboard:
             self.zone = _zone(tz)
             self.tz = tz
         except ValueError:
-            self.zone, self.tz = timezone.utc, "UTC"
+            self.zone, self.tz = UTC, "UTC"
         self.recent_rows = max(1, min(int(recent_rows), 500))
         self.goal = goal or None
         self.mde = None if mde in (None, 0) else float(mde)  # type: ignore[arg-type]
@@ -695,7 +718,7 @@ def _note(text: str) -> str:
 
 def dashboard(log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
               *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None,
-              mde: float | None = None) -> "Dashboard":
+              mde: float | None = None) -> Dashboard:
     """The dashboard (what ``dashboards/ops.ipynb`` displays; it displays as its widget, ``.root``).
     ``log_path`` / ``bundle_path``: None reads ``$PCRULES_DECISION_LOG`` / ``$PCRULES_BUNDLE`` (the demo's log
     when unset). ``goal``: the goal the uplift tile counts (None: any); ``mde``: the smallest uplift worth

@@ -35,8 +35,9 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 import pcrules
 
@@ -151,7 +152,7 @@ class DashboardServer:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_ready(self, timeout: float = 60.0) -> "DashboardServer":
+    def wait_ready(self, timeout: float = 60.0) -> DashboardServer:
         """Wait until Voila answers (its static files; fetching the page would start a kernel)."""
         deadline = time.monotonic() + timeout
         probe = f"{self.url}voila/static/voila.js"
@@ -192,7 +193,7 @@ class DashboardServer:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "DashboardServer":
+    def __enter__(self) -> DashboardServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

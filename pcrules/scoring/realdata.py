@@ -142,7 +142,7 @@ def load_online_shoppers(path: str | Path | None = None) -> tuple[pd.DataFrame, 
     """
     path = Path(path) if path is not None else ONLINE_SHOPPERS_PATH
     report = LoadReport(str(path))
-    with open(path, "r", encoding="utf-8", errors="replace", newline="") as handle:
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
         text = handle.read()
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
