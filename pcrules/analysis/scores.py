@@ -61,11 +61,11 @@ def _compiled_logits(scorer: Any, table: EventTable, rows: np.ndarray) -> np.nda
 
     m = len(rows)
     z = np.full(m, scorer.intercept)
-    for name, weights in scorer._cat:
+    for name, weights in scorer.categorical_terms:
         codes, keys = _category_keys(table, name)
         lut = np.array([weights.get(k, 0.0) for k in keys] + [weights.get(MISSING, 0.0)], dtype=float)
         z = z + lut[codes[rows]]
-    for name, code, lower, upper, first, hinges, missing, offset, weights in scorer._num:
+    for name, code, lower, upper, first, hinges, missing, offset, weights in scorer.numeric_terms:
         typed = table.columns.view(name, NUMBER)
         x = typed.values[rows]
         absent = ~typed.present[rows]

@@ -268,9 +268,9 @@ def _no_clock() -> float:
 
 
 def _string_codes(series: pd.Series) -> Typed:
-    from ..matching.vector import _string_view
+    from ..matching.vector import string_view
 
-    return _string_view(series)
+    return string_view(series)
 
 
 def _good_text(uniques: np.ndarray, lo: int, hi: int) -> np.ndarray | None:

@@ -252,7 +252,7 @@ class _Model:
         self.base, self.queue = [], []
         for rule in spec.rules:
             nodes = tuple(n for n in rule.when if not (isinstance(n, Condition) and n.field in _TUNED))
-            base = matcher._all(table.columns, nodes, rule_tz(spec, rule), None)
+            base = matcher.all_conditions(table.columns, nodes, rule_tz(spec, rule), None)
             base &= blocks[rule.queue] < 0  # its queue must be open
             self.base.append(base[rows])
             self.queue.append(self.queue_names.index(rule.queue))

@@ -12,13 +12,13 @@ __all__ = ["local_clock", "is_open"]
 
 
 @lru_cache(maxsize=64)
-def _zone(tz: str) -> ZoneInfo:
+def zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
 def local_clock(ts: float, tz: str) -> tuple[int, int]:
     """(weekday 0=Monday, minute of the day) at epoch second `ts` in `tz`."""
-    moment = datetime.fromtimestamp(ts, _zone(tz))
+    moment = datetime.fromtimestamp(ts, zone(tz))
     return moment.weekday(), moment.hour * 60 + moment.minute
 
 

@@ -60,9 +60,9 @@ __all__ = ["DurableMatcher", "compile_ruleset", "fact_fields", "pattern_flags", 
 log = logging.getLogger("pcrules.matching")
 KIND = "kind"  # discriminator every rule tests, so the sid's own state fact never matches
 SID = "pcrules"
-_SCORE = frozenset({"score"})
-_TIME_AND_SCORE = frozenset(TIME_FIELDS) | _SCORE
-_PER_ZONE = frozenset({"hour", "weekday"})
+SCORE_FIELDS = frozenset({"score"})
+TIME_AND_SCORE_FIELDS = frozenset(TIME_FIELDS) | SCORE_FIELDS
+PER_ZONE = frozenset({"hour", "weekday"})
 
 
 def _key(field: str, zone_index: int = 0) -> str:
@@ -71,7 +71,7 @@ def _key(field: str, zone_index: int = 0) -> str:
     Prefixed, so no event field can collide with the engine's own `id`, `sid`
     and our `kind`; `hour` and `weekday` get one name per time zone.
     """
-    return f"z{zone_index}_{field}" if field in _PER_ZONE else f"f_{field}"
+    return f"z{zone_index}_{field}" if field in PER_ZONE else f"f_{field}"
 
 
 def pattern_flags(spec: RuleSpec) -> dict[tuple[str, str], str]:
@@ -160,7 +160,7 @@ def _leaf(cond: Condition, field: str) -> dict:
     raise AssertionError(op)
 
 
-def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...]:
+def without_fields(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...]:
     """The conjunction without conditions on `fields`; an any_of with a branch left empty is always true, and
     is dropped."""
     out: list[Node] = []
@@ -169,14 +169,14 @@ def _drop(nodes: Iterable[Node], fields: frozenset[str]) -> tuple[Node, ...]:
             if node.field not in fields:
                 out.append(node)
             continue
-        branches = [_drop(b, fields) for b in node.branches]
+        branches = [without_fields(b, fields) for b in node.branches]
         if any(b == () for b in branches):
             continue  # a branch with nothing left is always true, and so is the any_of
         out.append(AnyOf(tuple(branches)))
     return tuple(out)
 
 
-def _uses(rule: Rule, fields: frozenset[str]) -> bool:
+def uses_fields(rule: Rule, fields: frozenset[str]) -> bool:
     return any(c.field in fields for c in rule.conditions())
 
 
@@ -201,10 +201,10 @@ def compile_ruleset(spec: RuleSpec) -> dict[str, Any]:
             return out
 
         variants = [("f", rule.when)]
-        if _uses(rule, _SCORE):
-            variants.append(("s", _drop(rule.when, _SCORE)))
-        if _uses(rule, frozenset(TIME_FIELDS)):
-            variants.append(("r", _drop(rule.when, _TIME_AND_SCORE)))
+        if uses_fields(rule, SCORE_FIELDS):
+            variants.append(("s", without_fields(rule.when, SCORE_FIELDS)))
+        if uses_fields(rule, frozenset(TIME_FIELDS)):
+            variants.append(("r", without_fields(rule.when, TIME_AND_SCORE_FIELDS)))
         for tag, nodes in variants:
             ruleset[f"{tag}{index}"] = {"all": [{"m": {"$and": [{KIND: "pv"}, *tree(nodes, zone)]}}], "pri": next(pri)}
     return ruleset
@@ -240,7 +240,7 @@ class ViewPlan:
         self.minutes = "minutes_on_page" in used
         zones = {tz: i for i, tz in enumerate(spec.time_zones)}
         self.zones = tuple(sorted({(zones[rule_tz(spec, r)], rule_tz(spec, r)) for r in spec.rules
-                                   if any(c.field in _PER_ZONE for c in r.conditions())}))
+                                   if any(c.field in PER_ZONE for c in r.conditions())}))
         self.patterns = tuple((source, flag, compile_pattern(pattern).search)
                               for (source, pattern), flag in pattern_flags(spec).items())
 

@@ -3,7 +3,7 @@
 This is the backtest's twin of :mod:`pcrules.matching.durable`: the same spec,
 the same ``f`` / ``s`` / ``r`` variants of every rule (as written, without its
 score conditions, without score and time-on-page conditions; built by the
-same ``_drop``), and so the same :class:`~pcrules.matching.result.Matches`
+same ``without_fields``), and so the same :class:`~pcrules.matching.result.Matches`
 for every event — only computed for a whole column at once.
 
 The typed view is the runtime's (``durable.ViewPlan``): a field whose value
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.clock import _zone, local_clock
+from ..core.clock import local_clock, zone
 from ..core.matches import NO_MATCHES, Matches
 from ..core.spec import (
     BOOL,
@@ -51,7 +51,7 @@ from ..core.spec import (
     compile_pattern,
     rule_tz,
 )
-from .durable import _PER_ZONE, _SCORE, _TIME_AND_SCORE, _drop, _uses, untyped_fields
+from .durable import PER_ZONE, SCORE_FIELDS, TIME_AND_SCORE_FIELDS, untyped_fields, uses_fields, without_fields
 
 __all__ = ["EventColumns", "Typed", "VectorMatcher", "MatchArrays", "local_clock_arrays", "open_mask"]
 
@@ -144,7 +144,7 @@ def _is_text_dtype(dtype: Any) -> bool:
     return isinstance(dtype, pd.StringDtype)
 
 
-def _string_view(series: pd.Series) -> Typed:
+def string_view(series: pd.Series) -> Typed:
     dtype = series.dtype
     n = len(series)
     if isinstance(dtype, pd.CategoricalDtype):
@@ -171,14 +171,14 @@ def _untyped_view(series: pd.Series) -> Typed:
     return Typed(None, ~_nulls(series))
 
 
-_VIEWS = {NUMBER: _number_view, STRING: _string_view, BOOL: _bool_view, None: _untyped_view}
+_VIEWS = {NUMBER: _number_view, STRING: string_view, BOOL: _bool_view, None: _untyped_view}
 
 
 # --------------------------------------------------------------------------------------------- local time
 
 
 def _utc_offset(ts: float, tz: str) -> int:
-    offset = datetime.fromtimestamp(ts, _zone(tz)).utcoffset()
+    offset = datetime.fromtimestamp(ts, zone(tz)).utcoffset()
     return int(offset.total_seconds()) if offset is not None else 0
 
 
@@ -380,14 +380,14 @@ class VectorMatcher:
         self._zone: list[tuple[int, str]] = []
         for rule in spec.rules:
             variants = {"f": rule.when}
-            if _uses(rule, _SCORE):
-                variants["s"] = _drop(rule.when, _SCORE)
-            if _uses(rule, frozenset(TIME_FIELDS)):
-                variants["r"] = _drop(rule.when, _TIME_AND_SCORE)
+            if uses_fields(rule, SCORE_FIELDS):
+                variants["s"] = without_fields(rule.when, SCORE_FIELDS)
+            if uses_fields(rule, frozenset(TIME_FIELDS)):
+                variants["r"] = without_fields(rule.when, TIME_AND_SCORE_FIELDS)
             self._variants.append(variants)
             tz = rule_tz(spec, rule)
             self._zone.append((zones[tz], tz))
-        self.uses_score = tuple(_uses(r, _SCORE) for r in spec.rules)
+        self.uses_score = tuple(uses_fields(r, SCORE_FIELDS) for r in spec.rules)
 
     # -- one condition, one rule ------------------------------------------------------------------------------
     def _kind(self, field: str) -> str | None:
@@ -404,7 +404,7 @@ class VectorMatcher:
         if field == "minutes_on_page":
             seconds = cols.seconds
             return Typed(NUMBER, ~np.isnan(seconds), seconds / 60.0)
-        if field in _PER_ZONE:
+        if field in PER_ZONE:
             weekday, minute = cols.clock(tz)
             if field == "hour":
                 return Typed(NUMBER, np.ones(n, dtype=bool), (minute // 60).astype(float))
@@ -414,14 +414,14 @@ class VectorMatcher:
     def _leaf(self, cols: EventColumns, cond: Condition, tz: str, score: Typed | None) -> np.ndarray:
         if cond.field == "score":  # depends on the scores passed in: never cached
             return _compare(self._typed(cols, "score", tz, score), cond.op, cond.value)
-        key = (self._kind(cond.field), tz if cond.field in _PER_ZONE else None, cond.field, cond.op,
+        key = (self._kind(cond.field), tz if cond.field in PER_ZONE else None, cond.field, cond.op,
                _value_key(cond.value))
         hit = cols._leaves.get(key)
         if hit is None:
             hit = cols._leaves[key] = _compare(self._typed(cols, cond.field, tz, score), cond.op, cond.value)
         return hit
 
-    def _all(self, cols: EventColumns, nodes: tuple[Node, ...], tz: str, score: Typed | None) -> np.ndarray:
+    def all_conditions(self, cols: EventColumns, nodes: tuple[Node, ...], tz: str, score: Typed | None) -> np.ndarray:
         out = np.ones(cols.n, dtype=bool)
         for node in nodes:
             if isinstance(node, Condition):
@@ -433,13 +433,13 @@ class VectorMatcher:
     def _any(self, cols: EventColumns, node: AnyOf, tz: str, score: Typed | None) -> np.ndarray:
         out = np.zeros(cols.n, dtype=bool)
         for branch in node.branches:
-            out |= self._all(cols, branch, tz, score)
+            out |= self.all_conditions(cols, branch, tz, score)
         return out
 
     def variant(self, cols: EventColumns, k: int, tag: str, score: Typed | None = None) -> np.ndarray | None:
         """Rows satisfying variant `tag` (f, s or r) of rule `k`; None when the rule has no such variant."""
         nodes = self._variants[k].get(tag)
-        return None if nodes is None else self._all(cols, nodes, self._zone[k][1], score)
+        return None if nodes is None else self.all_conditions(cols, nodes, self._zone[k][1], score)
 
     # -- every rule -----------------------------------------------------------------------------------------
     def needs_score(self, cols: EventColumns) -> np.ndarray:

@@ -138,7 +138,7 @@ def time_filters(choice: str, last_ts: float | None, *, start_day: date | None =
             return None, None
         return last_ts - RANGE_SECONDS[choice], None
     if choice == "custom":
-        zone = _zone(tz)
+        zone = zone_of(tz)
         if start_day is None or end_day is None:
             raise ValueError("choose both dates of the custom range")
         if not isinstance(start_day, date) or not isinstance(end_day, date):
@@ -151,7 +151,7 @@ def time_filters(choice: str, last_ts: float | None, *, start_day: date | None =
     raise ValueError(f"unknown time range {choice!r}")
 
 
-def _zone(tz: str) -> Any:
+def zone_of(tz: str) -> Any:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     if tz in ("UTC", "utc", "Z"):
@@ -565,24 +565,24 @@ def describe_conditions(when: Any) -> str:
                 elif op == "matches":
                     parts.append(f"{fld} matches /{value}/")
                 else:
-                    parts.append(f"{fld} {_OPS.get(op, op)} {_show(value)}")
+                    parts.append(f"{fld} {_OPS.get(op, op)} {show_value(value)}")
         else:
-            parts.append(f"{fld} = {_show(cond)}")
+            parts.append(f"{fld} = {show_value(cond)}")
     return " and ".join(parts)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def flatten_metrics(metrics: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(metrics, Mapping):
         out: list[tuple[str, Any]] = []
         for key, value in metrics.items():
-            out += _flatten(value, f"{prefix}{key}.")
+            out += flatten_metrics(value, f"{prefix}{key}.")
         return out
     return [(prefix[:-1], metrics)]

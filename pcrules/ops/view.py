@@ -88,12 +88,10 @@ from .queries import (
     LogNotReadable,
     OfferCounts,
     Uplift,
-    _flatten,
-    _show,
-    _zone,
     choices,
     decisions_by_reason,
     describe_conditions,
+    flatten_metrics,
     live_ruleset,
     log,
     log_info,
@@ -101,8 +99,10 @@ from .queries import (
     open_log,
     recent_decisions,
     resolve_log_path,
+    show_value,
     time_filters,
     uplift,
+    zone_of,
 )
 
 LogUnavailable = LogNotReadable  # its name before pcrules.errors.LogUnavailable (a log that cannot be written)
@@ -239,7 +239,7 @@ class Dashboard:
         bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV) or None
         self.bundle_path = Path(bundle).expanduser() if bundle else None
         try:
-            self.zone = _zone(tz)
+            self.zone = zone_of(tz)
             self.tz = tz
         except ValueError:
             self.zone, self.tz = UTC, "UTC"
@@ -633,14 +633,14 @@ class Dashboard:
                                  f"{live.log_ruleset[1]}, not this one"))
         policy = live.spec.get("policy") or {}
         if policy:
-            rows.append(("Policy", ", ".join(f"{k} {_show(v)}" for k, v in policy.items())))
+            rows.append(("Policy", ", ".join(f"{k} {show_value(v)}" for k, v in policy.items())))
         out = [f'<div data-source="{_esc(live.source)}" data-version="{_esc(live.bundle_version or live.version)}">',
                '<table class="pcrules-table pcrules-bundle-info">']
         out += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows]
         out.append("</table>")
         if live.metrics:
             out.append('<div class="pcrules-section">Model metrics</div><table class="pcrules-table pcrules-metrics">')
-            out += [f"<tr><th>{_esc(k)}</th><td>{_esc(_metric(v))}</td></tr>" for k, v in _flatten(live.metrics)]
+            out += [f"<tr><th>{_esc(k)}</th><td>{_esc(_metric(v))}</td></tr>" for k, v in flatten_metrics(live.metrics)]
             out.append("</table>")
         elif live.source == "bundle":
             out.append('<div class="pcrules-sub">No model metrics in the manifest.</div>')

@@ -55,7 +55,7 @@ class CompiledScorer:
     that apply).
     """
 
-    __slots__ = ("features", "intercept", "categorical", "numeric", "meta", "_cat", "_num")
+    __slots__ = ("features", "intercept", "categorical", "numeric", "meta", "categorical_terms", "numeric_terms")
 
     def __init__(self, features: FeatureSpec, intercept: float,
                  categorical: Mapping[str, Mapping[str, float]],
@@ -77,8 +77,8 @@ class CompiledScorer:
         # The hot path's tuples: (field, table) and (field, code, lower, upper, first weight, hinges as
         # (cut point, weight), missing weight, offset seconds, all weights).
         inf = float("inf")
-        self._cat = tuple((name, self.categorical[name]) for name in features.categorical)
-        self._num = tuple(
+        self.categorical_terms = tuple((name, self.categorical[name]) for name in features.categorical)
+        self.numeric_terms = tuple(
             (spec.field, _CODES[spec.transform], -inf if spec.lower is None else spec.lower,
              inf if spec.upper is None else spec.upper, weights[0], tuple(zip(spec.cut_points, weights[1:])),
              missing, spec.utc_offset_hours * 3600.0, weights)
@@ -90,12 +90,12 @@ class CompiledScorer:
         """The logit of P(accept) for one event's fields."""
         z = self.intercept
         get = fields.get
-        for name, table in self._cat:
+        for name, table in self.categorical_terms:
             value = get(name)
             if type(value) is not str:
                 value = category_key(value)
             z += table.get(value, 0.0)
-        for name, code, lower, upper, first, hinges, missing, offset, weights in self._num:
+        for name, code, lower, upper, first, hinges, missing, offset, weights in self.numeric_terms:
             value = get(name)
             x = value if type(value) is float and value - value == 0.0 else number_value(value)
             if x is None or (code == 0 and x < 0.0):
@@ -123,7 +123,7 @@ class CompiledScorer:
     def explain_one(self, fields: Mapping[str, Any]) -> dict[str, float]:
         """Each field's contribution to the logit (``intercept`` included): why an event scored what it did."""
         out = {"intercept": self.intercept}
-        for name, table in self._cat:
+        for name, table in self.categorical_terms:
             out[name] = table.get(category_key(fields.get(name)), 0.0)
         for spec, (weights, missing) in zip(self.features.numeric, self.numeric):
             basis = spec.basis(fields.get(spec.field))
