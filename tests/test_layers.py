@@ -172,3 +172,14 @@ def test_import_pcrules_and_the_runtime_path_import_no_data_science_or_jupyter_s
         heavy = sorted({m.split(".")[0] for m in loaded} & set(HEAVY)
                        | {m.split(".")[0] for m in loaded if m.startswith("jupyter")})
         assert not heavy, f"{stage} imported {heavy}"
+
+
+def test_no_private_name_crosses_a_module():
+    """`from pcrules.x import _name` anywhere in the package would couple one module to another's insides."""
+    crossing = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("pcrules")):
+                crossing += [f"{name}: {alias.name}" for alias in node.names
+                             if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not crossing, crossing
