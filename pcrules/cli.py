@@ -191,6 +191,27 @@ def _add_bundle_commands(commands: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- sample-data: the synthetic world
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value}")
+    return value
+
+
+def _busy(host: str, port: int) -> str | None:
+    """Why nothing can listen on host:port right now (None: it can), checked before any banner is printed."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Voila bind
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -281,6 +302,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: pcrules serve needs the server dependencies: pip install 'pcrules[server]' ({exc})",
               file=sys.stderr)
         return 1
+    busy = _busy(args.host, args.port)
+    if busy:  # one line, before the banner (uvicorn would print it all, then fail)
+        return _fail(busy)
     return serve_main(args)
 
 
@@ -292,7 +316,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--rules", help="serve a rule spec YAML (default: the embedded one; with --demo the demo's)")
     srv.add_argument("--demo", action="store_true", help="also serve the demo site, Pega stand-in and CSR console")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    srv.add_argument("--port", type=_positive_int, default=8765, help="port (default 8765)")
+    srv.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
     srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db)")
     srv.add_argument("--log", metavar="PATH", help="SQLite decision log to append to (default: none)")
     srv.add_argument("--workers", type=_positive_int, default=1, help="worker processes (more than 1 needs --redis)")
@@ -317,6 +341,9 @@ def _dashboard(args: argparse.Namespace) -> int:
         from .ops.voila import serve
     except ImportError as exc:  # voila / ipywidgets / matplotlib are the `dashboard` extra
         return _fail(f"the dashboard needs pcrules[dashboard] (voila, ipywidgets, matplotlib): {exc}")
+    busy = _busy(args.host, args.port)
+    if busy:  # Voila would move to the next port while we print this one
+        return _fail(busy)
     try:
         return serve(Path(args.log), port=args.port, host=args.host, bundle_path=args.bundle,
                      base_url=args.base_url, cull_idle_s=args.cull_idle)
@@ -328,7 +355,7 @@ def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     dash = commands.add_parser("dashboard", help="serve the Voila ops dashboard on a decision log (127.0.0.1)")
     dash.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log (default: the demo's)")
     dash.add_argument("--bundle", help="publish directory or bundle to show as the live bundle (default: none)")
-    dash.add_argument("--port", type=_positive_int, default=8866, help="port (default 8866)")
+    dash.add_argument("--port", type=_port, default=8866, help="port (default 8866)")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
     dash.add_argument("--base-url", default="/", help="URL prefix behind a proxy, e.g. /ops/ (default /)")
     dash.add_argument("--cull-idle", type=_positive_int, default=600,
