@@ -34,6 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .analysis.sample import SAMPLE_PATH, read_events
     from .core.spec import load_spec
     from .errors import LogUnavailable
+    from .runtime.log.sqlite import refuse_if_open
 
     events = Path(args.events) if args.events else SAMPLE_PATH
     try:
@@ -57,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
                 from .analysis.demo import describe, replay_with_goals, train_and_publish
             except ImportError as exc:
                 return _fail(f"the demo trains a model and needs pcrules[analysis] ({exc}); or run with --no-model")
-            _check_log_free(log_path)
+            refuse_if_open(log_path)  # before training and publishing, not after
             out_dir = log_path.parent
             print("pcrules demo: generating history, training the acceptance model, publishing a bundle ...")
             bundle = train_and_publish(Path(args.rules), out_dir)
@@ -71,13 +72,6 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail(exc)
     print(f"decision log: {log_path}")
     return 0
-
-
-def _check_log_free(log_path: Path) -> None:
-    """Refuse before training and publishing, not after, when a running server has the log open."""
-    from .runtime.log.sqlite import refuse_if_open
-
-    refuse_if_open(log_path)
 
 
 def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, progress: bool) -> Any:

@@ -30,7 +30,6 @@ that meets a bad frame (a torn write, flipped bytes) skips to the next
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import marshal
@@ -53,7 +52,8 @@ _MAX_PAYLOAD = 64 << 20           # a "length" beyond this is damage, not a reco
 _RESERVE_CHUNK = 1 << 20          # disk space reserved at a time
 _FALLOC_FL_KEEP_SIZE = 1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols (libc among them): find_library would fork ldconfig on every import.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
