@@ -77,8 +77,9 @@ def assert_same_decisions(log: ListLog, result: Any, *, scores: bool = True, met
     d = result.decisions
     d = d[d["action"] != "refused"]
     assert len(d) == len(log.decisions)
-    cols = {c: d[c].astype(object).tolist() for c in ("action", "reason", "rule", "queue", "offer_id")}
-    recheck, expires, score = (d[c].to_numpy(dtype=float) for c in ("recheck_after", "expires_at", "score"))
+    cols = {c: d[c].astype(object).tolist() for c in ("action", "reason", "rule", "queue", "offer_id", "explored")}
+    recheck, expires, score, chance = (d[c].to_numpy(dtype=float) for c in ("recheck_after", "expires_at", "score",
+                                                                            "propensity"))
     meta = d["metadata"].tolist() if metadata else None
     bad = []
     for i, dec in enumerate(log.decisions):
@@ -87,6 +88,11 @@ def assert_same_decisions(log: ListLog, result: Any, *, scores: bool = True, met
         want = (dec.action.value, None if dec.reason is None else dec.reason.value, dec.rule, dec.queue,
                 dec.offer_id, dec.recheck_after, dec.expires_at)
         ok = got == want
+        if dec.expires_at is not None:  # an offer or would-be offer: the exploration flag and its propensity
+            ok &= cols["explored"][i] == dec.explored and dec.propensity is not None
+            ok &= dec.propensity is not None and math.isclose(chance[i], dec.propensity, rel_tol=1e-12, abs_tol=1e-15)
+        else:
+            ok &= math.isnan(chance[i]) and not cols["explored"][i]
         if scores and not math.isnan(score[i]):
             ok &= dec.score is not None and abs(score[i] - dec.score) <= 1e-9
         if metadata and dec.expires_at is not None:
@@ -206,6 +212,29 @@ def test_world_parity_over_100k_events_both_engines(worlds: Any, model: Any) -> 
     assert_same_decisions(log, backtest(spec, events, scorer, queue_status=updates))
 
 
+@pytest.mark.slow
+def test_exploration_parity_over_100k_events_both_engines(worlds: Any, model: Any) -> None:
+    """A fifth of the sessions explore: the runtime, the array judge and the pure core agree on every decision,
+    which sessions explore and every offer's propensity."""
+    world = worlds(visitors=7000, seed=5, days=3)
+    events = _decorate(world.events, 0)
+    spec = load_spec({**PARITY_SPEC, "policy": {**PARITY_SPEC["policy"], "explore": {
+        "share": 0.2, "waits": [0, 15, 45, 60, 120, 300, 600], "weights": [1, 2, 1, 2, 2, 1, 1]}}})
+    scorer = model.compile()
+    updates = _updates(events, 1)
+    log, summary = run_runtime(spec, events, scorer, updates)
+    offers = [d for d in log.decisions if d.expires_at is not None]
+    explored = [d for d in offers if d.explored]
+    assert len(explored) > 300 and len(offers) - len(explored) > 1_000
+    # explored offers come at moments the rules as written would not choose, with small propensities
+    assert sum(d.propensity < 0.2 for d in explored) > 0.5 * len(explored)
+    assert all(0.0 < d.propensity <= 1.0 for d in offers)
+    for engine in ("fast", "policy"):
+        result = backtest(spec, events, scorer, queue_status=updates, engine=engine, scores="all", metadata=True)
+        assert assert_same_decisions(log, result, metadata=True) == len(events)
+        assert int(result.decisions["explored"].sum()) == len(explored)
+
+
 def test_default_rules_parity_on_the_shipped_sample() -> None:
     from pcrules.sample import SAMPLE_PATH
 
@@ -285,6 +314,11 @@ def random_specs(draw: st.DrawFn) -> dict:
               "offer_timeout_s": timeout,
               "holdout": draw(st.sampled_from([0.0, 0.5])),
               "session_idle_ttl_s": draw(st.sampled_from([timeout, 100.0, 1800.0]))}
+    if draw(st.booleans()):  # exploration: random waits, some off the observation grid, uneven weights
+        waits = draw(st.lists(st.sampled_from(SECONDS + [45.0, 200.0, 1000.0]), min_size=1, max_size=5, unique=True))
+        policy["explore"] = {"share": draw(st.sampled_from([0.2, 0.49])), "waits": waits,
+                             "weights": draw(st.lists(st.sampled_from([0.5, 1.0, 3.0]), min_size=len(waits),
+                                                      max_size=len(waits)))}
     return {"name": "random", "policy": policy, "queues": queues, "rules": rules}
 
 
@@ -302,6 +336,7 @@ def test_random_specs_and_streams_equal_the_runtime(spec_dict: dict, events: pd.
         if count:
             event(f"reason {reason}")
     event(f"offers {'0' if not summary.offers else '1' if summary.offers == 1 else '2+'}")
+    event(f"explored offers {min(sum(d.explored for d in log.decisions), 2)}")
     for engine in ("fast", "policy"):
         result = backtest(spec, events, SCORER, queue_status=updates, engine=engine, scores="all", metadata=True)
         assert_same_decisions(log, result, metadata=True)

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
 
 DECISION_COLUMNS = ["id", "ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason", "rule",
                     "queue", "score", "offer_id", "holdout", "expires_at", "recheck_after", "metadata", "ruleset",
-                    "ruleset_version", "logged_at"]
+                    "ruleset_version", "logged_at", "explored", "propensity"]
 OUTCOME_COLUMNS = ["id", "offer_id", "status", "ts", "visitor_id", "session_id", "rule", "queue", "offered_at",
                    "ruleset", "ruleset_version", "logged_at"]
 GOAL_COLUMNS = ["id", "ts", "visitor_id", "session_id", "goal", "value", "logged_at"]
@@ -85,7 +85,7 @@ def test_wal_mode_and_schema_as_documented(tmp_path):
     log.close()
     with sqlite3.connect(tmp_path / "log.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert columns(db, "decisions") == DECISION_COLUMNS
         assert columns(db, "outcomes") == OUTCOME_COLUMNS
         assert columns(db, "goals") == GOAL_COLUMNS
@@ -320,3 +320,29 @@ def test_a_journal_its_writer_died_creating_is_removed_and_a_live_ones_kept(tmp_
         log.close()
     finally:
         os.close(fd)
+
+
+def test_a_version_1_log_and_journal_are_upgraded_in_place(tmp_path):
+    """A log written before exploration (schema 1): its rows keep their values, gain explored=0 and a NULL
+    propensity, and a version-1 journal left by a stopped process is still moved into the tables."""
+    from pcrules.runtime.log import sqlite as sqlite_log
+
+    path = tmp_path / "old.sqlite"
+    import re
+
+    v1_schema = re.sub(r"logged_at       REAL NOT NULL,.*?\n(\s*propensity[^\n]*\n)", "logged_at REAL NOT NULL\n",
+                       sqlite_log.SCHEMA, flags=re.S)
+    assert "explored" not in v1_schema.split("CREATE TABLE IF NOT EXISTS outcomes")[0]
+    with sqlite3.connect(path) as db:
+        db.executescript(v1_schema)
+        db.execute("PRAGMA user_version=1")
+        db.execute("INSERT INTO decisions (ts, visitor_id, session_id, page, seconds_on_page, action, holdout, ruleset,"
+                   " ruleset_version, logged_at) VALUES (1, 'v', 's', 'Home', 0, 'none', 0, 'r', '1', 2)")
+    SQLiteDecisionLog(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert columns(db, "decisions") == DECISION_COLUMNS
+        assert db.execute("SELECT visitor_id, explored, propensity FROM decisions").fetchall() == [("v", 0, None)]
+    old = (sqlite_log.DECISION, (3.0, "v2", "s2", "Home", 0.0, "none", "no_rule", None, None, None, None, 0, None, None,
+                                 None, "r", "1", 4.0))
+    assert sqlite_log._well_formed(old) and sqlite_log._current(old)[1][-2:] == (0, None)

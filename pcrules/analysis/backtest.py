@@ -75,6 +75,7 @@ from .judge import (
     OUTCOMES,
     REASON_CODE,
     REASONS,
+    Exploration,
     Judged,
     OfferLedger,
     RuleBits,
@@ -125,7 +126,9 @@ def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score:
     sets = RuleSets(full[rows], unscored[rows], later[rows], cross, bits.pack(q < 0),
                     bits.pack(busy) if busy.any() else None)
     del q, busy, full, unscored, later, matched
-    verdict = Verdict(st, bits, sets, spec.policy)
+    explore = spec.policy.explore
+    exploration = None if explore is None else Exploration(explore, st, sets)
+    verdict = Verdict(st, bits, sets if exploration is None else exploration.sets(), spec.policy)
     if bar is not None:
         bar.update()
     action, reason, rule, recheck = verdict.per_row([rule_points(r) for r in rules])
@@ -134,6 +137,9 @@ def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score:
     offer_ids = [None if h else new_offer_id() for h in made.hold.tolist()]
     judged = Judged(action, reason, rule, recheck, o_rows, made.hold, offer_ids,
                     answers=(made.answered, made.kind, made.expires))
+    if exploration is not None:
+        exploration.waits(bits, action, rule, recheck)
+        judged.offer_explored, judged.offer_propensity = exploration.propensity(verdict)
     if metadata:
         judged.metadata = {j: render_metadata(rules[int(rule[j])], event.fields)
                            for j, event in zip(o_rows.tolist(), table.events(o_rows), strict=True)}
@@ -426,6 +432,11 @@ def _decisions(spec: RuleSpec, table: EventTable, judged: Judged, score: np.ndar
         offer_id[rows] = np.array(judged.offer_ids, dtype=object)
     holdout = np.zeros(n, dtype=bool)
     holdout[rows[judged.offer_holdout]] = True
+    explored = np.zeros(n, dtype=bool)
+    propensity = np.full(n, np.nan)
+    propensity[rows] = 1.0 if judged.offer_propensity is None else judged.offer_propensity
+    if judged.offer_explored is not None:
+        explored[rows] = judged.offer_explored
     answered, kind, expires = judged.answers
     expires_at = np.full(n, np.nan)
     expires_at[rows] = expires
@@ -444,6 +455,8 @@ def _decisions(spec: RuleSpec, table: EventTable, judged: Judged, score: np.ndar
         "score": score,
         "offer_id": pd.Series(offer_id, dtype=object, copy=False),
         "holdout": holdout,
+        "explored": explored,
+        "propensity": propensity,
         "expires_at": expires_at,
         "recheck_after": judged.recheck,
         "outcome": _categorical(outcome, OUTCOMES),

@@ -53,8 +53,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.decision import Reason
-from ..core.policy import QUEUE_BLOCKS, SESSION_BLOCKS, QueueStatus, wait_points
-from ..core.spec import STRING, Policy, Rule, RuleSpec
+from ..core.policy import QUEUE_BLOCKS, SESSION_BLOCKS, QueueStatus, explore_wait, explores, wait_points
+from ..core.spec import STRING, Explore, Policy, Rule, RuleSpec
 from ..matching.vector import open_mask
 from .table import ACCEPT, DECLINE, NO_ANSWER, EventTable
 
@@ -73,6 +73,7 @@ __all__ = [
     "Offers",
     "OfferLedger",
     "Verdict",
+    "Exploration",
     "offers",
     "stops",
     "rows_in_cooldown",
@@ -768,6 +769,109 @@ class Verdict:
         return grid, reasons, actions
 
 
+# ============================================================================================ exploration
+
+
+class Exploration:
+    """``policy.explore`` over the rows of `st`: the sessions that explore, their random waits, and the
+    propensity of every offer, as :func:`pcrules.core.policy.decide` gives them one event at a time.
+
+    An explored row judges the rules whose conditions hold but for time on page and score (`eligible`) as if
+    they matched in full once the page's wait is reached, and as waiting for that wait before. The propensity
+    of an offer is read from the rows since its stretch's previous offer (see ``core.policy`` and
+    docs/off-policy.md): per page the most seconds at a moment an explored session could have offered, and
+    whether the production rules could have offered at such a moment.
+    """
+
+    def __init__(self, explore: Explore, st: Stretches, sets: RuleSets):
+        self.explore, self.st = explore, st
+        self.production = sets  # the sets as the rules are written
+        page: Any
+        session: Any
+        self.eligible = sets.full | sets.unscored | sets.later
+        columns = st.table.columns
+        session = columns.view("session_id", STRING)
+        page = columns.view("page", STRING)
+        s_code, self.page = session.codes[st.rows], page.codes[st.rows]
+        names, pages = session.uniques, page.uniques
+        flags = {c: explores(names[c], explore.share) for c in np.unique(s_code).tolist()}
+        self.explored = np.array([flags[c] for c in s_code.tolist()], dtype=bool) if st.m else np.zeros(0, bool)
+        self.wait = np.full(st.m, np.nan)
+        e = np.flatnonzero(self.explored)
+        if len(e):
+            pair, inverse = np.unique(np.stack([s_code[e], self.page[e]]), axis=1, return_inverse=True)
+            waits = np.array([explore_wait(explore, names[a], pages[b]) for a, b in pair.T.tolist()])
+            self.wait[e] = waits[inverse.ravel()]
+        # P(wait > x) as core.Explore.survival gives it, for x below every wait, then at or above each one.
+        self.survival_table = np.array([explore.survival(-math.inf)] + [explore.survival(w) for w in explore.waits])
+
+    def survival(self, seconds: np.ndarray) -> np.ndarray:
+        return self.survival_table[np.searchsorted(np.asarray(self.explore.waits), seconds, side="right")]
+
+    def sets(self) -> RuleSets:
+        """The sets the order of judgement reads: explored rows as described above, the others as written."""
+        p, x = self.production, self.explored
+        zero = p.full.dtype.type(0) if p.full.dtype != object else 0
+        reached = x & (self.st.sec >= self.wait)
+        ahead = x & ~reached
+        full = np.where(reached, self.eligible, np.where(x, zero, p.full))
+        later = np.where(ahead, self.eligible, np.where(x, zero, p.later))
+        return RuleSets(full.astype(p.full.dtype), np.where(x, zero, p.unscored).astype(p.full.dtype),
+                        later.astype(p.full.dtype), np.where(ahead, self.eligible, np.where(x, zero, p.cross))
+                        .astype(p.full.dtype), p.open, p.busy)
+
+    def waits(self, bits: RuleBits, action: np.ndarray, rule: np.ndarray, recheck: np.ndarray) -> None:
+        """Explored rows that wait wait for their page's wait, naming the strongest eligible rule (in place)."""
+        rows = self.st.rows
+        w = np.flatnonzero(self.explored & (action[rows] == A_WAIT))
+        rule[rows[w]] = bits.first(self.eligible[w])
+        recheck[rows[w]] = round3(self.wait[w] - self.st.sec[w])
+
+    def propensity(self, verdict: Verdict) -> tuple[np.ndarray, np.ndarray]:
+        """(explored, propensity) of every offer and would-be offer of `verdict` (its order)."""
+        st, p = self.st, self.production
+        o_pos = verdict.offers.pos
+        share = self.explore.share
+        can = (self.eligible & p.open) != 0  # an explored session could offer here (its wait permitting)
+        production = (p.full & p.open) != 0
+        offer = np.zeros(st.m, dtype=bool)
+        offer[o_pos] = True
+        stopped = np.zeros(st.m, dtype=bool)
+        stopped[verdict.stop_pos] = True
+        # The rows between a stretch's start or its previous offer and its next offer: one segment each.
+        before = np.cumsum(offer) - offer
+        stretch = np.searchsorted(st.starts, np.arange(st.m), side="right") - 1
+        segment = stretch * (len(o_pos) + 1) + before - before[st.starts[stretch]] if st.m else before
+        seen = np.flatnonzero(can & ~stopped & ~offer)
+        o_seg = segment[o_pos]
+        frame = pd.DataFrame({"seg": segment[seen], "page": self.page[seen], "sec": st.sec[seen],
+                              "prod": production[seen], "at": seen})
+        per_page = frame.groupby(["seg", "page"], sort=False).agg(most=("sec", "max"), first=("at", "min"))
+        per_page = per_page.reset_index().sort_values(["seg", "first"], kind="stable")
+        seg_prod = frame.groupby("seg", sort=False)["prod"].any()
+        o_page = self.page[o_pos]
+        # This page's most seconds before the offer (-inf: not seen), and every other page's chance to be passed.
+        key = pd.MultiIndex.from_arrays([per_page["seg"], per_page["page"]])
+        here = pd.Series(per_page["most"].to_numpy(), index=key)
+        most = here.reindex(pd.MultiIndex.from_arrays([o_seg, o_page])).to_numpy(dtype=float, na_value=np.nan)
+        most = np.where(np.isnan(most), -np.inf, most)
+        factor = self.survival(per_page["most"].to_numpy(dtype=float))
+        # the offer's own page counts 1 in the product of the others (1.0 * x is x: the runtime's order kept)
+        offer_page = pd.Series(o_page, index=o_seg)
+        own = per_page["page"].to_numpy() == offer_page.reindex(per_page["seg"].to_numpy()).to_numpy()
+        factor = np.where(own, 1.0, factor)
+        others = np.ones(len(o_pos))
+        if len(per_page):
+            segs = per_page["seg"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, segs[1:] != segs[:-1]])
+            products = pd.Series(np.multiply.reduceat(factor, starts), index=segs[starts])
+            others = products.reindex(o_seg).to_numpy(dtype=float, na_value=np.nan)
+            others = np.where(np.isnan(others), 1.0, others)
+        p_explore = others * np.maximum(self.survival(most) - self.survival(st.sec[o_pos]), 0.0)
+        first = production[o_pos] & ~seg_prod.reindex(o_seg).fillna(False).to_numpy(dtype=bool)
+        return self.explored[o_pos], (1.0 - share) * first + share * p_explore
+
+
 # ============================================================================================ per table row
 
 
@@ -785,3 +889,5 @@ class Judged:
     offer_ids: list[str | None]
     metadata: dict[int, dict[str, str]] | None = None
     answers: tuple[np.ndarray, ...] = ()  # per offer: answered at, answer code, expires at
+    offer_explored: np.ndarray | None = None  # per offer: its session explores (None: no exploration, all False)
+    offer_propensity: np.ndarray | None = None  # per offer: P(the logging policy made it then) (None: all 1)

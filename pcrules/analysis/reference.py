@@ -88,6 +88,8 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
     visitors: dict[int, VisitorState] = {}
     heap: list[tuple[float, int, int, int, OfferStatus, str]] = []
     o_row, o_hold, o_ids, o_ans, o_kind, o_exp = [], [], [], [], [], []
+    o_explored: list[bool] = []
+    o_propensity: list[float] = []
     meta: dict[int, dict[str, str]] = {}
     # decide() renders an offer's metadata from the event's fields: fetch those of the rows where an offer is
     # possible at all in one batch (a hint only: any other row is fetched on its own).
@@ -130,6 +132,8 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
             o_ans.append(at)
             o_kind.append(kind)
             o_exp.append(d.expires_at)
+            o_explored.append(d.explored)
+            o_propensity.append(1.0 if d.propensity is None else d.propensity)
             if metadata:
                 meta[j] = dict(d.metadata)
         if bar is not None and m % 4096 == 0:
@@ -139,4 +143,5 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
     return Judged(action, reason, rule, recheck, np.array(o_row, dtype=np.int64), np.array(o_hold, dtype=bool),
                   o_ids, meta if metadata else None,
                   answers=(np.array(o_ans, dtype=float), np.array(o_kind, dtype=np.int8),
-                           np.array(o_exp, dtype=float)))
+                           np.array(o_exp, dtype=float)),
+                  offer_explored=np.array(o_explored, dtype=bool), offer_propensity=np.array(o_propensity, dtype=float))

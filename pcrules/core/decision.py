@@ -73,6 +73,10 @@ class Decision:
     default_ui: bool | None = None
     expires_at: float | None = None
     recheck_after: float | None = None
+    # Offers and would-be offers: whether the session explores (``policy.explore``), and the probability that
+    # the logging policy (production rules and exploration together) made this offer at this moment.
+    explored: bool = False
+    propensity: float | None = None
 
     @property
     def js_call(self) -> str | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import html
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -32,7 +32,7 @@ from .clock import is_open
 from .decision import Action, Decision, OfferStatus, Reason
 from .events import Event
 from .matches import Matches
-from .spec import TIME_FIELDS, AnyOf, Node, Queue, Rule, RuleSpec
+from .spec import TIME_FIELDS, AnyOf, Explore, Node, Queue, Rule, RuleSpec
 
 __all__ = [
     "PendingOffer",
@@ -43,6 +43,9 @@ __all__ = [
     "decide",
     "answer",
     "in_holdout",
+    "explores",
+    "explore_wait",
+    "explore_probability",
     "render_metadata",
     "next_crossing",
     "needs_score",
@@ -54,6 +57,8 @@ __all__ = [
 ]
 
 HOLDOUT_SALT = b"pcrules-holdout-v1"
+EXPLORE_SALT = b"pcrules-explore-v1"
+EXPLORE_WAIT_SALT = b"pcrules-explore-wait-v1"
 MAX_METADATA_VALUE = 500
 
 # The blocks of step 1 and step 2 of the order of judgement, in the order they are tried: the first that
@@ -81,6 +86,12 @@ class SessionState:
     pending: PendingOffer | None = None
     in_chat: bool = False
     last_seen: float = 0.0
+    # With exploration (``policy.explore``), since the session's last offer: per page, the most seconds on it at
+    # a moment an explored session could have offered (a rule's other conditions held, its queue took offers,
+    # no session block); and whether the production rules could have offered at such a moment. The next
+    # offer's propensity is computed from them.
+    explore_seen: tuple[tuple[str, float], ...] = ()
+    production_seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,53 @@ def in_holdout(visitor_id: str, share: float) -> bool:
         return False
     digest = hashlib.blake2b(visitor_id.encode(), digest_size=8, key=HOLDOUT_SALT).digest()
     return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def explores(session_id: str, share: float) -> bool:
+    """Whether a session is in the exploration share: a keyed hash, stable everywhere, independent of the
+    holdout's (another key, another unit)."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(session_id.encode(), digest_size=8, key=EXPLORE_SALT).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def explore_wait(explore: Explore, session_id: str, page: str) -> float:
+    """The wait of an explored session on `page`: drawn from ``explore.waits`` by a keyed hash of both, so
+    every process (and the backtest) draws the same one; a page seen twice in a session keeps its wait."""
+    digest = hashlib.blake2b(f"{session_id}\x1f{page}".encode(), digest_size=8, key=EXPLORE_WAIT_SALT).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    total = 0.0
+    for wait, weight in zip(explore.waits, explore.weights):
+        total += weight
+        if u < total:
+            return wait
+    return explore.waits[-1]
+
+
+def explore_probability(explore: Explore, seen: tuple[tuple[str, float], ...], page: str, seconds: float) -> float:
+    """P(an explored session makes its next offer now, on `page` at `seconds`), given `seen` (per page, the
+    most seconds at earlier moments it could have offered): every other page's wait was longer than it stayed,
+    and this page's wait lies after its earlier moments and at or before now. docs/off-policy.md derives it."""
+    before = -math.inf
+    others = 1.0
+    for name, most in seen:
+        if name == page:
+            before = most
+        else:
+            others *= explore.survival(most)
+    return others * max(explore.survival(before) - explore.survival(seconds), 0.0)
+
+
+def _seen_with(seen: tuple[tuple[str, float], ...], page: str, seconds: float) -> tuple[tuple[str, float], ...]:
+    for i, (name, most) in enumerate(seen):
+        if name == page:
+            return seen if most >= seconds else seen[:i] + ((page, seconds),) + seen[i + 1:]
+    return seen + ((page, seconds),)
+
+
+def _strength(rule: Rule) -> tuple[int, int]:
+    return -rule.priority, rule.order  # the spec's order of rules: strongest first
 
 
 def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
@@ -262,7 +320,8 @@ def decide(
     if pending is not None and pending.expires_at <= ts:
         expired, pending = pending, None
     # Built directly, not with dataclasses.replace: this runs on every event.
-    session = SessionState(session.offers_made, pending, session.in_chat, max(session.last_seen, ts))
+    session = SessionState(session.offers_made, pending, session.in_chat, max(session.last_seen, ts),
+                           session.explore_seen, session.production_seen)
 
     def result(action: Action, reason: Reason | None, **extra: Any) -> Step:
         decision = Decision(action, reason, event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page,
@@ -276,16 +335,44 @@ def decide(
     if not matches:
         return result(Action.NONE, Reason.NO_RULE)
     strongest = (matches.full or matches.later or matches.unscored)[0]
+    explore = spec.policy.explore
+    explored = explore is not None and explores(event.session_id, explore.share)
+    if explored:
+        # An explored session sets the rules' time-on-page and score conditions aside (docs/off-policy.md).
+        eligible = tuple(sorted(matches.full + matches.unscored + matches.later, key=_strength))
+        strongest = eligible[0]
     blocked = _session_block(spec, session, visitor, ts)
     if blocked is not None:
         return result(Action.NONE, blocked, rule=strongest.name, queue=strongest.queue)
+
+    chances: tuple[float, bool] | None = None
+    if explore is not None:
+        taker = _taker(spec, queues, ts, matches.full)  # where the production rules offer now
+        if explored:
+            wait = explore_wait(explore, event.session_id, event.page)
+            if event.seconds_on_page < wait:
+                if _taker(spec, queues, ts, eligible) is not None:
+                    session = _seen(session, event, taker is not None)
+                return result(Action.WAIT, None, rule=strongest.name, queue=strongest.queue,
+                              recheck_after=round(wait - event.seconds_on_page, 3))
+            matches = Matches(eligible)
+        elif taker is None and _taker(spec, queues, ts, sorted(matches.full + matches.unscored + matches.later,
+                                                               key=_strength)) is not None:
+            session = _seen(session, event, False)
+        chances = (explore_probability(explore, session.explore_seen, event.page, event.seconds_on_page),
+                   taker is not None and not session.production_seen)
 
     if matches.full:
         first_block: tuple[Rule, Reason] | None = None
         for rule in matches.full:
             reason = _queue_block(spec.queues[rule.queue], queues.get(rule.queue), ts)
             if reason is None:
-                return _offer(spec, event, session, visitor, rule, score, new_offer_id, expired)
+                propensity = 1.0
+                if chances is not None:
+                    assert explore is not None
+                    propensity = (1.0 - explore.share) * chances[1] + explore.share * chances[0]
+                return _offer(spec, event, session, visitor, rule, score, new_offer_id, expired, explored,
+                              propensity)
             first_block = first_block or (rule, reason)
         assert first_block is not None
         rule, reason = first_block
@@ -301,8 +388,24 @@ def decide(
     return result(Action.NONE, Reason.NO_RULE)
 
 
+def _taker(spec: RuleSpec, queues: Mapping[str, QueueStatus], ts: float, rules: Iterable[Rule]) -> Rule | None:
+    """The strongest of `rules` whose queue takes an offer at `ts`."""
+    for rule in rules:
+        if _queue_block(spec.queues[rule.queue], queues.get(rule.queue), ts) is None:
+            return rule
+    return None
+
+
+def _seen(session: SessionState, event: Event, production: bool) -> SessionState:
+    """`session` after a moment an explored session could have offered at, and did not."""
+    return SessionState(session.offers_made, session.pending, session.in_chat, session.last_seen,
+                        _seen_with(session.explore_seen, event.page, event.seconds_on_page),
+                        session.production_seen or production)
+
+
 def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: VisitorState, rule: Rule,
-           score: float | None, new_offer_id: Callable[[], str], expired: PendingOffer | None) -> Step:
+           score: float | None, new_offer_id: Callable[[], str], expired: PendingOffer | None,
+           explored: bool = False, propensity: float = 1.0) -> Step:
     ts = event.ts
     expires_at = ts + spec.policy.offer_timeout_s
     holdout = in_holdout(event.holdout_unit or event.visitor_id, spec.policy.holdout)
@@ -316,7 +419,7 @@ def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: Visitor
         Action.NONE if holdout else Action.OFFER, Reason.HOLDOUT if holdout else None,
         event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page, spec.name, spec.version,
         rule=rule.name, queue=rule.queue, score=score, offer_id=offer_id, metadata=metadata,
-        default_ui=rule.default_ui, expires_at=expires_at,
+        default_ui=rule.default_ui, expires_at=expires_at, explored=explored, propensity=propensity,
     )
     return Step(decision, session, visitor, expired)
 
@@ -325,7 +428,7 @@ def answer(spec: RuleSpec, session: SessionState, visitor: VisitorState, status:
            ts: float) -> tuple[SessionState, VisitorState]:
     """State after the visitor's answer to the session's pending offer (or its expiry)."""
     session = SessionState(session.offers_made, None, session.in_chat or status == OfferStatus.ACCEPTED,
-                           session.last_seen)
+                           session.last_seen, session.explore_seen, session.production_seen)
     if status == OfferStatus.DECLINED:
         visitor = VisitorState(max(visitor.cooldown_until, ts + spec.policy.decline_cooldown_s))
     return session, visitor

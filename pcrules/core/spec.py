@@ -29,6 +29,8 @@ __all__ = [
     "Hours",
     "Queue",
     "Policy",
+    "Explore",
+    "DEFAULT_EXPLORE_WAITS",
     "Rule",
     "RuleSpec",
     "load_spec",
@@ -122,6 +124,31 @@ class Policy:
     offer_timeout_s: float = 60.0
     holdout: float = 0.0
     session_idle_ttl_s: float = 1800.0
+    explore: Explore | None = None
+
+
+# The default exploration waits: the browser's usual re-check moments over the whole range a tuner may choose
+# (page enter to ten minutes), equally likely. A wait beyond every observation of a page view never fires.
+DEFAULT_EXPLORE_WAITS = (0.0, 15.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 420.0, 600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Explore:
+    """A stable share of sessions whose offers come at random waits, so the log shows every moment a rule
+    could choose and the probability it was chosen with (``core.policy.propensity``; docs/off-policy.md).
+
+    In an explored session each page gets its own wait, drawn from `waits` with `weights` (a keyed hash of
+    session and page, so the runtime and the backtest draw alike); the rules' time-on-page and score
+    conditions are set aside, every other condition and every session, visitor, queue and hours policy holds.
+    """
+
+    share: float
+    waits: tuple[float, ...] = DEFAULT_EXPLORE_WAITS
+    weights: tuple[float, ...] = ()  # normalised; empty in the spec means equal
+
+    def survival(self, seconds: float) -> float:
+        """P(wait > seconds): the chance an explored page view has not offered after `seconds` on the page."""
+        return sum(q for w, q in zip(self.waits, self.weights) if w > seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,9 +411,41 @@ class _Checker:
             "session_idle_ttl_s": self.number(p.get("session_idle_ttl_s", defaults.session_idle_ttl_s),
                                               "policy.session_idle_ttl_s", strict=True),
         }
+        explore = self.explore(p["explore"]) if p.get("explore") is not None else None
         if any(v is None for v in values.values()):
             return defaults
-        return Policy(**values)  # type: ignore[arg-type]
+        return Policy(**values, explore=explore)  # type: ignore[arg-type]
+
+    def explore(self, raw: Any) -> Explore | None:
+        e = self.mapping(raw, "policy.explore", ("share", "waits", "weights"), ("share",))
+        if e is None:
+            return None
+        share = self.number(e.get("share"), "policy.explore.share", below=0.5) if "share" in e else None
+        waits = self.numbers(e.get("waits", list(DEFAULT_EXPLORE_WAITS)), "policy.explore.waits")
+        weights = self.numbers(e["weights"], "policy.explore.weights") if "weights" in e else None
+        if waits is not None and len(set(waits)) != len(waits):
+            self.bad("policy.explore.waits", "expected distinct waits")
+            waits = None
+        if waits is not None and weights is not None:
+            if len(weights) != len(waits):
+                self.bad("policy.explore.weights", f"expected {len(waits)} weights (one per wait), got {len(weights)}")
+                weights = None
+            elif not sum(weights) > 0:
+                self.bad("policy.explore.weights", "expected some weight > 0")
+                weights = None
+        if share is None or waits is None or ("weights" in e and weights is None):
+            return None
+        order = sorted(range(len(waits)), key=waits.__getitem__)
+        given = weights or [1.0] * len(waits)
+        total = float(sum(given))
+        return Explore(share, tuple(waits[i] for i in order), tuple(given[i] / total for i in order))
+
+    def numbers(self, value: Any, path: str) -> list[float] | None:
+        if not isinstance(value, list) or not value:
+            self.bad(path, f"expected a non-empty list of numbers >= 0, got {_show(value)}")
+            return None
+        out = [self.number(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return None if any(v is None for v in out) else [float(v) for v in out]  # type: ignore[arg-type]
 
     def queues(self, raw: Any, present: bool = True) -> dict[str, Queue]:
         out: dict[str, Queue] = {}

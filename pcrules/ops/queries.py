@@ -55,7 +55,7 @@ BUNDLE_ENV = "PCRULES_BUNDLE"
 # Where `pcrules demo` writes its log by default: relative to the working directory (as on its command line),
 # not to the package, which may be installed anywhere.
 DEFAULT_LOG = Path("var") / "demo" / "decisions.sqlite"
-SUPPORTED_SCHEMA = 1
+SUPPORTED_SCHEMA = 2  # reads versions 1 and 2 (2 adds decisions.explored, propensity)
 
 UPLIFT_WINDOW_S = _uplift.DEFAULT_WINDOW_S  # goals count within a day of the visitor's first eligible decision
 UPLIFT_POWER = 0.8

@@ -41,7 +41,7 @@ __all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog",
 
 log = logging.getLogger("pcrules.decision_log")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decisions.explored and decisions.propensity (a version-1 file is upgraded in place)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id              INTEGER PRIMARY KEY,
@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     metadata        TEXT,               -- JSON object, offers and would-be offers only
     ruleset         TEXT NOT NULL,
     ruleset_version TEXT NOT NULL,
-    logged_at       REAL NOT NULL       -- wall clock
+    logged_at       REAL NOT NULL,      -- wall clock
+    explored        INTEGER NOT NULL DEFAULT 0,  -- 1: an offer of a session in the exploration share
+    propensity      REAL                -- offers: P(the logging policy made this offer at this moment)
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 CREATE INDEX IF NOT EXISTS decisions_offer ON decisions (offer_id) WHERE offer_id IS NOT NULL;
@@ -106,8 +108,8 @@ CREATE TABLE IF NOT EXISTS rulesets (
 
 _INSERT_DECISION = (
     "INSERT INTO decisions (ts, visitor_id, session_id, page, seconds_on_page, action, reason, rule, queue, score,"
-    " offer_id, holdout, expires_at, recheck_after, metadata, ruleset, ruleset_version, logged_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " offer_id, holdout, expires_at, recheck_after, metadata, ruleset, ruleset_version, logged_at, explored,"
+    " propensity) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_OUTCOME = (
     "INSERT INTO outcomes (offer_id, status, ts, visitor_id, session_id, rule, queue, offered_at, ruleset,"
@@ -120,6 +122,7 @@ DECISION, OUTCOME, GOAL, RULESET = range(4)
 _dumps_text = json.JSONEncoder(ensure_ascii=False).encode  # built once: dumps(ensure_ascii=False) builds one per call
 _INSERTS = (_INSERT_DECISION, _INSERT_OUTCOME, _INSERT_GOAL, _INSERT_RULESET)
 _COLUMNS = {table: sql.count("?") for table, sql in enumerate(_INSERTS)}
+_V1_DECISION_COLUMNS = _COLUMNS[DECISION] - 2  # a journal written before schema 2: no explored, propensity
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +276,34 @@ def _room(journal: Journal) -> None:
 
 def _well_formed(record: tuple[Any, ...]) -> bool:
     """A journal record the tables can take: (table, row) with the table's number of columns."""
-    return (isinstance(record, tuple) and len(record) == 2 and record[0] in _COLUMNS
-            and isinstance(record[1], tuple) and len(record[1]) == _COLUMNS[record[0]])
+    if not (isinstance(record, tuple) and len(record) == 2 and record[0] in _COLUMNS
+            and isinstance(record[1], tuple)):
+        return False
+    table, width = record[0], len(record[1])
+    return width == _COLUMNS[table] or (table == DECISION and width == _V1_DECISION_COLUMNS)
+
+
+def _current(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A well-formed record in today's columns (a version-1 decision: not explored, no propensity)."""
+    table, row = record
+    if table == DECISION and len(row) == _V1_DECISION_COLUMNS:
+        return table, row + (0, None)
+    return record
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a log file to SCHEMA_VERSION: each step adds what its version added, in one transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    if columns and version < 2 and "explored" not in columns:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE decisions ADD COLUMN explored INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE decisions ADD COLUMN propensity REAL")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 class _Sink:
@@ -306,6 +335,7 @@ class _Sink:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
+            _migrate(self.db)
             self.db.executescript(SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
@@ -329,7 +359,7 @@ class _Sink:
                 row = self.db.execute("SELECT ingested FROM log_journals WHERE file = ?",
                                       (journal_path.name,)).fetchone()
                 found = read_records(journal_path, row[0] if row else 0, accept=_well_formed)
-                self._commit(found.records, [(journal_path.name, found.end)])
+                self._commit([_current(r) for r in found.records], [(journal_path.name, found.end)])
                 if found.clean:
                     journal_path.unlink(missing_ok=True)
                 else:
@@ -570,7 +600,7 @@ class SQLiteDecisionLog:
         self._append(DECISION, (d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action.value,
                                 d.reason.value if d.reason else None, d.rule, d.queue, d.score, d.offer_id,
                                 int(d.holdout), d.expires_at, d.recheck_after, metadata, d.ruleset,
-                                d.ruleset_version, time.time()))
+                                d.ruleset_version, time.time(), int(d.explored), d.propensity))
 
     def record_outcome(self, o: Outcome) -> None:
         self._append(OUTCOME, (o.offer_id, o.status.value, o.ts, o.visitor_id, o.session_id, o.rule, o.queue,

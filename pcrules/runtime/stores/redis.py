@@ -336,15 +336,22 @@ def _ms(seconds: float) -> int:
 def _dump_session(s: SessionState) -> str:
     p = s.pending
     pending = None if p is None else [p.offer_id, p.rule, p.queue, p.offered_at, p.expires_at]
-    return json.dumps([s.offers_made, 1 if s.in_chat else 0, s.last_seen, pending], separators=(",", ":"))
+    row: list[Any] = [s.offers_made, 1 if s.in_chat else 0, s.last_seen, pending]
+    if s.explore_seen or s.production_seen:  # only with exploration; older records simply lack them
+        row += [[list(pair) for pair in s.explore_seen], 1 if s.production_seen else 0]
+    return json.dumps(row, separators=(",", ":"))
 
 
 def _load_session(raw: str | None) -> SessionState | None:
     if raw is None:
         return None
-    offers_made, in_chat, last_seen, p = json.loads(raw)
+    row = json.loads(raw)
+    offers_made, in_chat, last_seen, p = row[:4]
     pending = None if p is None else PendingOffer(p[0], p[1], p[2], p[3], p[4])
-    return SessionState(offers_made, pending, bool(in_chat), last_seen)
+    if len(row) < 6:
+        return SessionState(offers_made, pending, bool(in_chat), last_seen)
+    seen = tuple((str(page), float(most)) for page, most in row[4])
+    return SessionState(offers_made, pending, bool(in_chat), last_seen, seen, bool(row[5]))
 
 
 def _load_visitor(raw: str | None) -> VisitorState | None:
