@@ -161,52 +161,102 @@ def test_daily_traffic_curve(world):
 # ------------------------------------------------------------------ the ground truth
 
 
+SITE_BANDS = [-1, 9.999, 30, 60, 120, 180, 300, 600, 900, np.inf]  # seconds on site, (lo, hi]
+
+
+def _explained(p: pd.Series, groups) -> float:
+    """Share of the variance of p explained by the group means (eta squared)."""
+    means = p.groupby(np.asarray(groups)).transform("mean")
+    return float(((means - p.mean()) ** 2).mean() / p.var(ddof=0))
+
+
 @pytest.mark.parametrize("helped", [True, False], ids=["needs_help known", "needs_help marginalised"])
 def test_documented_effects_hold_over_the_worlds_events(joined, helped):
-    t = joined["seconds_on_page"]
-    p = true_accept_probability(joined["page"], t, joined["device"], joined["returning"], joined["pages_viewed"],
-                                joined["needs_help"] if helped else None)
+    """The calibration targets of the ground truth, over every moment an offer could be shown; the letters are
+    the [BoldChat] sources in pcrules/analysis/world.py."""
+    site = joined["session_seconds"]
+    p = true_accept_probability(joined["page"], joined["seconds_on_page"], joined["device"], joined["returning"],
+                                joined["pages_viewed"], joined["needs_help"] if helped else None,
+                                session_seconds=site)
     average = p.mean()
-    # BoldChat: 2-3 minutes 79 % more likely to be accepted than average
-    assert p[t.between(120, 180)].mean() / average == pytest.approx(1.79, abs=0.08)
-    # BoldChat: 10-30 s does worse than average, and worse than inviting earlier
-    assert p[t.between(10, 30)].mean() < 0.8 * average
-    assert p[t.between(10, 30)].mean() < p[t == 0].mean()
-    # BoldChat: repeat visitors 64 % more likely to accept than first-time visitors
+    # (a) invited after 2-3 minutes ON SITE: 79 % more likely to accept (read as: than average)
+    assert p[site.between(120, 180)].mean() / average == pytest.approx(1.79, abs=0.08)
+    # (b) 10-30 s on site does worse than any other time on site, earlier or later, and than average
+    bands = p.groupby(pd.cut(site, SITE_BANDS).astype(str)).mean()
+    trough = bands.pop("(9.999, 30.0]")
+    assert trough < 0.8 * average and trough < bands.min()
+    assert p[site.between(10, 30)].mean() < p[site == 0].mean()
+    # (c) repeat visitors 64 % more likely to accept than first-time visitors
     assert p[joined["returning"]].mean() / p[~joined["returning"]].mean() == pytest.approx(1.64, abs=0.04)
-    # a few percent overall; the checkout (cart) page on top, at most about 20 %
-    assert 0.02 < average < 0.08
+    # a few percent overall: about 5 % (the issue's brief)
+    assert 0.04 < average < 0.06
+    # (d) the checkout (cart) page on top, at most about 20 %
     by_page = p.groupby(joined["page"]).mean()
-    assert by_page.idxmax() == "Checkout"
-    assert 0.10 < by_page["Checkout"] <= 0.22
-    assert by_page.drop("Checkout").max() < 0.1
+    assert by_page.idxmax() == "Checkout" and by_page["Checkout"] <= 0.22
+    assert by_page["Checkout"] > 1.08 * by_page.drop("Checkout").max(), "first by a margin, not by chance"
+    # (e) page content is not the main driver: page means within 3x (the world measured 1.7x; 10.8x before),
+    # and time on site, pages viewed and repeat visits each explain more of P(accept) than the page does
+    assert by_page.max() / by_page.min() <= 3.0
+    page_share = _explained(p, joined["page"])
+    assert page_share < 0.1
+    assert page_share < _explained(p, pd.cut(site, SITE_BANDS).astype(str))
+    assert page_share < _explained(p, np.minimum(joined["pages_viewed"], 8))
+    assert page_share < _explained(p, joined["returning"])
+    # time on PAGE is a modest effect (it acts through time on site and the needs_help posterior only)
+    t = joined["seconds_on_page"]
+    assert p[t.between(120, 180)].mean() / average < p[site.between(120, 180)].mean() / average - 0.3
 
 
 def test_truth_is_vectorised_and_accepts_scalars():
-    one = true_accept_probability("Checkout", 150, "desktop", True, 4)
+    one = true_accept_probability("Checkout", 90, "desktop", True, 4, session_seconds=160)
     assert isinstance(one, float) and 0 < one < 0.6
-    arr = true_accept_probability(np.array(["Home", "Checkout"]), [0, 150], "mobile", [False, True], 3)
+    arr = true_accept_probability(np.array(["Home", "Checkout"]), [0, 90], "mobile", [False, True], 3,
+                                  session_seconds=[20, 160])
     assert isinstance(arr, np.ndarray) and arr.shape == (2,) and arr[0] < arr[1]
-    ser = true_accept_probability(pd.Series(["Home", "FAQ"], index=[7, 9]), 30, "desktop", False, 1)
+    ser = true_accept_probability(pd.Series(["Home", "FAQ"], index=[7, 9]), 30, "desktop", False, 1,
+                                  session_seconds=30)
     assert isinstance(ser, pd.Series) and list(ser.index) == [7, 9]
-    # Unknown page / device and a missing pages_viewed do not crash.
-    assert 0 < true_accept_probability("Somewhere", 60, "fridge", False, None) < 0.1
+    # a Series as session_seconds alone gives its index too
+    on_site = true_accept_probability("FAQ", 30, "desktop", False, 2,
+                                      session_seconds=pd.Series([30.0, 150.0], index=[4, 5]))
+    assert isinstance(on_site, pd.Series) and list(on_site.index) == [4, 5] and on_site[4] < on_site[5]
+    # Unknown page / device and a missing pages_viewed do not crash; a missing session_seconds falls back
+    # to the time on page (the visitor has been on the site at least that long).
+    assert 0 < true_accept_probability("Somewhere", 60, "fridge", False, None, session_seconds=90) < 0.1
+    assert true_accept_probability("FAQ", 150, "desktop", False, 2, session_seconds=None) == \
+        true_accept_probability("FAQ", 150, "desktop", False, 2, session_seconds=150)
+    # session_seconds is required (keyword): an old call fails loudly instead of meaning something else
+    with pytest.raises(TypeError, match="session_seconds"):
+        true_accept_probability("FAQ", 150, "desktop", False, 2)  # type: ignore[call-arg]
     # Marginalising needs_help lies between its two values, and the probability stays below the cap.
-    lo = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=False)
-    hi = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=True)
-    mid = true_accept_probability("Bill Payment", 150, "desktop", False, 2)
+    lo = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=False, session_seconds=200)
+    hi = true_accept_probability("Bill Payment", 150, "desktop", False, 2, needs_help=True, session_seconds=200)
+    mid = true_accept_probability("Bill Payment", 150, "desktop", False, 2, session_seconds=200)
     assert lo < mid < hi == pytest.approx(2 * lo)
-    assert true_accept_probability("Checkout", 150, "desktop", True, 30, needs_help=True) <= 0.6
+    assert true_accept_probability("Checkout", 150, "desktop", True, 30, needs_help=True, session_seconds=150) <= 0.6
 
 
-def test_time_shape_and_help_posterior():
-    m = time_multiplier(RECHECKS)
+def test_time_acts_on_site_and_on_page_only_through_needs_help():
+    m = time_multiplier(RECHECKS)  # RECHECKS here as seconds on SITE
     by_t = dict(zip(RECHECKS, m))
-    assert min(by_t[15], by_t[30]) < by_t[0] <= by_t[60] < by_t[120]
-    assert max(m) == max(by_t[120], by_t[150], by_t[180])
+    # (b) 10-30 s on site below earlier and later moments; (a) the peak at 2-3 minutes on site
+    trough = max(by_t[15], by_t[30])
+    assert trough < by_t[0] and trough < min(v for t, v in by_t.items() if not 10 <= t <= 30)
+    assert trough < time_multiplier(5_000.0), "(b) later outperforms, however late"
+    assert max(m) == max(by_t[120], by_t[150], by_t[180]) > 1.5 * by_t[0]
+    # Time on PAGE has no factor of its own: with needs_help known, only time on site matters ...
+    known = true_accept_probability("Bill Payment", [0, 60, 150, 600], "desktop", False, 2, False, session_seconds=700)
+    assert np.ptp(known) == 0
+    later = true_accept_probability("Bill Payment", 0, "desktop", False, 2, False, session_seconds=[20, 150])
+    assert later[1] > 2 * later[0]
+    # ... and given only what the runtime sees, a longer stay on a hard page is evidence of needing help
     post = needs_help_probability(["Bill Payment"] * 4, [0, 60, 150, 600])
     assert np.all(np.diff(post) > 0), "staying longer on a hard page is evidence of needing help"
     assert needs_help_probability("Support", 0) > needs_help_probability("Home", 0)
+    oracle = true_accept_probability("Bill Payment", [0, 60, 150, 600], "desktop", False, 2, session_seconds=700)
+    assert np.all(np.diff(oracle) > 0) and oracle[-1] / oracle[0] < 1.6, "a modest time-on-page effect"
+    home = true_accept_probability("Home", [0, 60, 150, 600], "desktop", False, 2, session_seconds=700)
+    assert home[-1] / home[0] < oracle[-1] / oracle[0], "smaller on an easy page"
 
 
 # ------------------------------------------------------------------ drawn answers agree with the truth
@@ -221,7 +271,7 @@ def test_offers_accept_at_the_true_rate(world):
     of = world.offers.merge(world.page_views[["session_id", "pages_viewed", "needs_help"]],
                             on=["session_id", "pages_viewed"], how="left")
     p = true_accept_probability(of["page"], of["seconds_on_page"], of["device"], of["returning"], of["pages_viewed"],
-                                of["needs_help"]).to_numpy()
+                                of["needs_help"], session_seconds=of["session_seconds"]).to_numpy()
     accepted = int((of["response"] == "accept").sum())
     assert len(of) > 5000 and accepted > 100
     assert abs(_binomial_z(accepted, p)) < 4
@@ -234,11 +284,12 @@ def test_offers_accept_at_the_true_rate(world):
 
 def test_would_be_answers_on_events_agree_with_the_truth(joined):
     p = true_accept_probability(joined["page"], joined["seconds_on_page"], joined["device"], joined["returning"],
-                                joined["pages_viewed"], joined["needs_help"]).to_numpy()
+                                joined["pages_viewed"], joined["needs_help"],
+                                session_seconds=joined["session_seconds"]).to_numpy()
     accepted = (joined["response"] == "accept").to_numpy()
     assert abs(_binomial_z(int(accepted.sum()), p)) < 4
-    t = joined["seconds_on_page"]
-    assert accepted[t.between(120, 180)].mean() / accepted.mean() == pytest.approx(1.79, abs=0.15)
+    site = joined["session_seconds"]  # (a): the drawn answers show the effect on time on site too
+    assert accepted[site.between(120, 180)].mean() / accepted.mean() == pytest.approx(1.79, abs=0.15)
     delay = joined["response_delay_s"]
     assert (delay.notna() == joined["response"].notna()).all() and (delay.dropna() > 0).all()
 

@@ -174,7 +174,8 @@ def _offer_truth(h: History) -> np.ndarray | None:
     return np.asarray(true_accept_probability(
         offers["page"].to_numpy(dtype=object), offers["seconds_on_page"].to_numpy(dtype=float),
         offers["device"].to_numpy(dtype=object), offers["returning"].to_numpy(dtype=bool),
-        offers["pages_viewed"].to_numpy(dtype=float), helped), dtype=float)
+        offers["pages_viewed"].to_numpy(dtype=float), helped,
+        session_seconds=offers["session_seconds"].to_numpy(dtype=float)), dtype=float)
 
 
 # ============================================================================================ explore

@@ -703,7 +703,8 @@ def world_truth(world: Any, oracle: bool = False) -> np.ndarray:
             "needs_help"].to_numpy(dtype=bool, na_value=False)
     p = true_accept_probability(ev["page"].to_numpy(dtype=object), ev["seconds_on_page"].to_numpy(dtype=float),
                                 ev["device"].to_numpy(dtype=object), ev["returning"].to_numpy(dtype=bool),
-                                ev["pages_viewed"].to_numpy(dtype=float), helped)
+                                ev["pages_viewed"].to_numpy(dtype=float), helped,
+                                session_seconds=ev["session_seconds"].to_numpy(dtype=float))
     return np.asarray(p, dtype=float)
 
 
