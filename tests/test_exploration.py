@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import rule, spec_dict
 from pcrules import Runtime, load_spec
 from pcrules.backtest import backtest
 from pcrules.core.policy import explore_probability, explore_wait, explores
 from pcrules.core.spec import DEFAULT_EXPLORE_WAITS, Explore
-from pcrules.errors import SpecError
 from pcrules.decision_log import MemoryDecisionLog
-
-from helpers import rule, spec_dict
+from pcrules.errors import SpecError
 
 T0 = 1_770_000_000.0
 
@@ -118,3 +117,29 @@ def test_the_runtime_logs_explored_offers_and_waits_for_the_drawn_moment() -> No
                                  "ts": T0 + wait})
     assert offer.action == "offer" and offer.explored and offer.propensity == pytest.approx(0.49 * 0.5)
     assert log.decisions[-1].propensity == offer.propensity
+
+
+def test_first_offer_chances_add_up_and_equal_the_logged_propensities(worlds) -> None:
+    """For off-policy evaluation the chance of the logging policy's first offer at every moment of a stretch
+    (not only where it offered): per stretch they add up to one with the chance of no offer, and where the log
+    offered they equal the propensity the runtime logged."""
+    from pcrules.analysis.feedback import logging_sets
+    from pcrules.analysis.judge import first_offer_chances
+    from pcrules.world import legacy_spec
+
+    world = worlds(visitors=3000, seed=21)
+    spec = load_spec(legacy_spec(explore=0.3))
+    events = world.events.drop(columns=["response", "response_delay_s"])  # no declines: no cooldowns
+    st, sets, _ = logging_sets(spec, events)
+    chance, none = first_offer_chances(st, sets, spec.policy, np.zeros(st.m, dtype=bool))
+    stretch = np.searchsorted(st.starts, np.arange(st.m), side="right") - 1
+    totals = np.bincount(stretch, weights=chance, minlength=len(st.starts)) + none
+    assert np.allclose(totals, 1.0, atol=1e-9)
+    result = backtest(spec, events)
+    offered = result.offer_rows
+    position = np.full(st.table.n, -1)
+    position[st.rows] = np.arange(st.m)
+    logged = result.decisions["propensity"].to_numpy()[np.argsort(st.table.order)] if st.table.order is not None \
+        else result.decisions["propensity"].to_numpy()
+    assert np.allclose(chance[position[offered]], logged[offered], rtol=1e-9, atol=1e-12)
+    assert (chance[position[offered]] > 0).all() and len(offered) > 500

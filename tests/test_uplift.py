@@ -489,7 +489,8 @@ def test_expected_uplift_from_the_world_agrees_with_the_true_expected_itt(worlds
         first = offer_effects(world, offers.drop_duplicates("visitor_id"), model)
         e = expected_uplift(first["p_accept"], first["gain_if_accepted"], first["loss_if_not_accepted"])
         assert e.eligible == truth.n_visitors
-        assert e.uplift == pytest.approx(truth.itt, rel=0.05)
+        # (5 %, or 2e-4 goals per visitor where the uplift is near zero: the default world's legacy offers)
+        assert e.uplift == pytest.approx(truth.itt, rel=0.05, abs=2e-4)
         # Every offer counted overstates the effect on the one-day goal: what the docstring warns about.
         every = offer_effects(world, offers, model)
         overall = expected_uplift(every["p_accept"], every["gain_if_accepted"], every["loss_if_not_accepted"],

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from pcrules import Runtime, load_spec
+from pcrules.core.policy import in_holdout
 from pcrules.cli import DEFAULT_RULES, main
 from pcrules.events import validate_event
 from pcrules.replay import replay
@@ -27,6 +28,7 @@ from pcrules.world import (
     LEGACY_HOURS,
     LEGACY_TIMEOUT_S,
     LEGACY_WAITS,
+    legacy_spec,
     NO_EFFECT,
     OFFER_COLUMNS,
     PAGE_GOAL,
@@ -275,8 +277,8 @@ def test_offers_accept_at_the_true_rate(world):
     accepted = int((of["response"] == "accept").sum())
     assert len(of) > 5000 and accepted > 100
     assert abs(_binomial_z(accepted, p)) < 4
-    # And per wait time, the A/B arms give the model time-on-page contrast.
-    for wait, group in of.groupby("legacy_wait_s"):
+    # And per moment: exploration gives the model time-on-page contrast beyond the rules' waits.
+    for wait, group in of.groupby("seconds_on_page"):
         if len(group) > 300:
             assert abs(_binomial_z(int((group["response"] == "accept").sum()), p[group.index])) < 4, wait
     assert 0.2 < (of["response"] == "decline").mean() < 0.5 and (of["response"] == "none").mean() > 0.3
@@ -297,13 +299,27 @@ def test_would_be_answers_on_events_agree_with_the_truth(joined):
 # ------------------------------------------------------------------ the legacy policy
 
 
-def test_legacy_offers_follow_the_fixed_wait_policy(world):
+def test_logged_offers_follow_the_deployed_ruleset_and_its_exploration(world):
     of, ev = world.offers, world.events
     assert of["session_id"].is_unique, "at most one offer per session"
-    assert (of["seconds_on_page"] == of["legacy_wait_s"]).all()
-    for i, page in enumerate(PAGES):
-        waits = set(of.loc[of["page"] == page, "legacy_wait_s"])
-        assert waits == set(LEGACY_WAITS[i]), f"all three A/B waits were offered on {page}"
+    production = of[~of["explored"]]
+    waits = of["page"].map(LEGACY_WAITS)
+    # the rules as written offer at their page's wait (later only when chat hours opened meanwhile) ...
+    assert (production["seconds_on_page"] >= waits[production.index]).all()
+    assert (production["seconds_on_page"] == waits[production.index]).mean() > 0.95
+    # ... explored sessions (10 %, a keyed hash) at random waits from page enter to ten minutes
+    explored = of[of["explored"]]
+    assert 0.05 < len(explored) / len(of) < 0.15
+    assert explored["seconds_on_page"].min() == 0 and explored["seconds_on_page"].max() >= 300
+    assert (explored["seconds_on_page"] < waits[explored.index]).mean() > 0.3
+    # an explored offer at another moment than the rules' is rare (10 % x its wait's chance); one where the rules
+    # offer too is as likely as a production offer there (the logging policy is the mixture of both)
+    at_rule = explored["seconds_on_page"] == waits[explored.index]
+    assert explored.loc[~at_rule, "propensity"].quantile(0.9) < 0.02 and (production["propensity"] >= 0.9).all()
+    assert ((of["propensity"] > 0) & (of["propensity"] <= 1)).all()
+    # the holdout's would-be offers are not in the offers a visitor saw
+    spec = load_spec(legacy_spec())
+    assert not of["visitor_id"].map(lambda v: in_holdout(v, spec.policy.holdout)).any()
     hour = ((of["ts"] + SITE_UTC_OFFSET_S) % 86400) // 3600
     assert hour.between(LEGACY_HOURS[0], LEGACY_HOURS[1] - 1).all()
     # Each offer is an observation event, answered as that event's would-be answer (within the timeout).

@@ -92,8 +92,8 @@ from .reference import judge_one_by_one
 from .scores import batch_scores, progress_bar, score_one, scores_for
 from .table import ACCEPT, ANSWER_COLUMNS, DECLINE, NO_ANSWER, EventTable
 
-__all__ = ["EventTable", "BacktestResult", "backtest", "compare", "batch_scores", "ANSWER_COLUMNS", "ACTIONS",
-           "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects", "uplift_figures"]
+__all__ = ["EventTable", "BacktestResult", "backtest", "compare", "judge_sets", "batch_scores", "ANSWER_COLUMNS",
+           "ACTIONS", "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects", "uplift_figures"]
 
 # Re-exported for the code that imported them from here (the tuner, value tuning, notebooks, tests).
 _REEXPORTED = (effect_columns, score_one, OfferLedger, rows_in_cooldown)
@@ -102,9 +102,10 @@ _REEXPORTED = (effect_columns, score_one, OfferLedger, rows_in_cooldown)
 # ============================================================================================ the engines
 
 
-def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score: np.ndarray, qblock: np.ndarray,
-                  new_offer_id: Callable[[], str], metadata: bool, bar: Any) -> Judged:
-    """``engine="fast"``: the rows some rule could match, through the array judge; every other row no_rule."""
+def judge_sets(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score: np.ndarray, qblock: np.ndarray,
+               ) -> tuple[Stretches, RuleBits, RuleSets]:
+    """The array judge's input for `spec` on `table`: the rows some rule could match by session stretch, and
+    per row the sets of rules the order of judgement reads (the rules as written)."""
     valid = table.valid
     present = ~np.isnan(score)
     rules = spec.rules
@@ -125,7 +126,15 @@ def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score:
     busy = q == REASON_CODE[Reason.QUEUE_BUSY]
     sets = RuleSets(full[rows], unscored[rows], later[rows], cross, bits.pack(q < 0),
                     bits.pack(busy) if busy.any() else None)
-    del q, busy, full, unscored, later, matched
+    return st, bits, sets
+
+
+def _judge_arrays(spec: RuleSpec, table: EventTable, arrays: MatchArrays, score: np.ndarray, qblock: np.ndarray,
+                  new_offer_id: Callable[[], str], metadata: bool, bar: Any) -> Judged:
+    """``engine="fast"``: the rows some rule could match, through the array judge; every other row no_rule."""
+    rules = spec.rules
+    st, bits, sets = judge_sets(spec, table, arrays, score, qblock)
+    rows = st.rows
     explore = spec.policy.explore
     exploration = None if explore is None else Exploration(explore, st, sets)
     verdict = Verdict(st, bits, sets if exploration is None else exploration.sets(), spec.policy)

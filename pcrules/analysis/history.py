@@ -28,6 +28,8 @@ What is checked (our column names; the schemas are in data/README.md):
   negative drops the row, an optional one is coerced to missing;
 * ``pages_viewed``: a whole number >= 0; ``returning`` / ``needs_help``: true/false, 1/0, yes/no;
   ``device``: text — optional, coerced to missing when bad;
+* ``propensity`` (offers): a probability in (0, 1], coerced to missing otherwise; ``explored``: true/false;
+  ``rule``: text;
 * ``response``: events: ``accept`` / ``decline`` / empty for no answer (``accepted``, ``declined``,
   ``none``, ``expired`` are understood); offers (required): ``accept`` / ``decline`` / ``none``;
 * the table is sorted by time (stable); each row that was out of order is reported as ``sorted``.
@@ -116,7 +118,8 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("ts", "ts", True), ("visitor_id", "id", True), ("session_id", "id", True), ("page", "page", True),
         ("seconds_on_page", "duration", False), ("pages_viewed", "count", False),
         ("session_seconds", "duration", False), ("device", "text", False), ("returning", "bool", False),
-        ("legacy_wait_s", "duration", False), ("response", "offer_answer", True),
+        ("legacy_wait_s", "duration", False), ("rule", "text", False), ("explored", "bool", False),
+        ("propensity", "probability", False), ("response", "offer_answer", True),
         ("response_delay_s", "duration", False)),
 }
 TIME_COLUMN = {"events": "ts", "page_views": "enter_ts", "offers": "ts"}
@@ -481,6 +484,16 @@ def _check_number(checker: _Checker, col: Column, raw: Any, *, ts: bool = False)
     return np.where(ok & ~negative & ~huge, v, np.nan)
 
 
+def _check_probability(checker: _Checker, col: Column, raw: Any) -> np.ndarray:
+    """A propensity: a number in (0, 1]; anything else is coerced to missing, its row named in the report."""
+    v, missing, bad = _numbers(raw)
+    checker.flag(bad, col, "wrong_type", lambda x: f"{_shown(x)} is not a number", raw)
+    ok = ~missing & ~bad
+    outside = ok & ~((v > 0) & (v <= 1))
+    checker.flag(outside, col, "out_of_range", lambda x: f"{_shown(x)} is not a probability in (0, 1]", raw)
+    return np.where(ok & ~outside, v, np.nan)
+
+
 def _check_count(checker: _Checker, col: Column, raw: Any) -> pd.Series:
     v, missing, bad = _numbers(raw)
     if col.required:
@@ -581,6 +594,8 @@ def load_table(path: str | os.PathLike[str], table: str, columns: Mapping[str, s
             out[col.name] = _check_number(checker, col, raw, ts=True)
         elif col.kind == "duration":
             out[col.name] = _check_number(checker, col, raw)
+        elif col.kind == "probability":
+            out[col.name] = _check_probability(checker, col, raw)
         elif col.kind == "count":
             out[col.name] = _check_count(checker, col, raw)
         elif col.kind == "bool":

@@ -74,6 +74,7 @@ __all__ = [
     "OfferLedger",
     "Verdict",
     "Exploration",
+    "first_offer_chances",
     "offers",
     "stops",
     "rows_in_cooldown",
@@ -870,6 +871,50 @@ class Exploration:
         p_explore = others * np.maximum(self.survival(most) - self.survival(st.sec[o_pos]), 0.0)
         first = production[o_pos] & ~seg_prod.reindex(o_seg).fillna(False).to_numpy(dtype=bool)
         return self.explored[o_pos], (1.0 - share) * first + share * p_explore
+
+
+def first_offer_chances(st: Stretches, sets: RuleSets, policy: Policy, blocked: np.ndarray,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(per position: P(the logging policy's first offer of its stretch is made here); per stretch: P(it makes
+    none)), for the policy whose rules gave `sets` (as written: not :meth:`Exploration.sets`).
+
+    What off-policy evaluation needs for any moment a candidate may choose, not only where the log offered:
+    the propensity of :meth:`Exploration.propensity` for a stretch's first offer, with the running figures
+    kept over the whole stretch as if no offer had been made. `blocked`: positions a visitor block stops
+    whatever the policy (a cooldown from an earlier stretch). docs/off-policy.md states the formula.
+    """
+    m = st.m
+    stretch = np.searchsorted(st.starts, np.arange(m), side="right") - 1
+    n_stretches = len(st.starts)
+    production = ((sets.full & sets.open) != 0) & ~blocked
+    first_prod = np.zeros(m, dtype=bool)
+    prod_pos = np.flatnonzero(production)
+    if len(prod_pos):
+        first_prod[prod_pos[np.r_[True, stretch[prod_pos][1:] != stretch[prod_pos][:-1]]]] = True
+    none_prod = np.ones(n_stretches, dtype=bool)
+    none_prod[stretch[prod_pos]] = False
+    explore = policy.explore
+    if explore is None:
+        return first_prod.astype(float), none_prod.astype(float)
+    ex = Exploration(explore, st, sets)
+    can = ((ex.eligible & sets.open) != 0) & ~blocked
+    frame = pd.DataFrame({"k": stretch, "page": ex.page, "v": np.where(can, st.sec, -np.inf)})
+    incl = frame.groupby(["k", "page"], sort=False)["v"].cummax().to_numpy()
+    excl = pd.Series(incl).groupby([stretch, ex.page], sort=False).shift(1).to_numpy(dtype=float, na_value=-np.inf)
+    f_in, f_ex = ex.survival(incl), ex.survival(excl)
+    with np.errstate(divide="ignore"):
+        log_in, log_ex = np.log(np.where(f_in > 0, f_in, 1.0)), np.log(np.where(f_ex > 0, f_ex, 1.0))
+    step_log = log_in - log_ex
+    step_zero = (f_in == 0).astype(np.int64) - (f_ex == 0)
+    cum_log = pd.Series(step_log).groupby(stretch).cumsum().to_numpy() - step_log  # before this position
+    cum_zero = pd.Series(step_zero).groupby(stretch).cumsum().to_numpy() - step_zero
+    others = np.where(cum_zero - (f_ex == 0) > 0, 0.0, np.exp(cum_log - log_ex))
+    p_explore = np.where(can, others * np.maximum(f_ex - ex.survival(st.sec), 0.0), 0.0)
+    total_log = np.bincount(stretch, weights=step_log, minlength=n_stretches)
+    total_zero = np.bincount(stretch, weights=step_zero, minlength=n_stretches)
+    none_explore = np.where(total_zero > 0, 0.0, np.exp(total_log))
+    share = explore.share
+    return (1.0 - share) * first_prod + share * p_explore, (1.0 - share) * none_prod + share * none_explore
 
 
 # ============================================================================================ per table row

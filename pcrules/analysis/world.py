@@ -32,8 +32,9 @@ The pieces (each documented where it is defined below):
   moment (``response`` accept / decline / missing = no answer, after ``response_delay_s``),
   drawn from the ground truth with the session's real ``needs_help``. ``pcrules.replay`` plays
   them back for any ruleset.
-* **Legacy offers**: a fixed wait time per page, the way the seed API is usually used, run as an
-  A/B test of three waits per page (:data:`LEGACY_WAITS`); answers are the events' would-be answers.
+* **Logged offers**: what a deployed pcrules logged (:func:`legacy_spec`): a fixed wait per page, the
+  way the seed API is usually used (:data:`LEGACY_WAITS`), a 10 % holdout, and 10 % of sessions
+  exploring random waits, each offer with its propensity; answers are the events' would-be answers.
 * **Goals and the causal effect of a chat** (separate from :func:`generate`, whose frames they leave
   unchanged): each session's goal (``bill_paid``, ``plan_bought``, ``call_avoided``) converts with a
   base rate that depends on ``needs_help``; an accepted chat raises it by an amount that depends on
@@ -64,7 +65,8 @@ _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 
 __all__ = [
     "PAGES", "DEVICES", "RECHECKS", "EVENT_COLUMNS", "PAGE_VIEW_COLUMNS", "OFFER_COLUMNS",
-    "World", "generate", "true_accept_probability", "needs_help_probability", "time_multiplier",
+    "World", "generate", "legacy_spec", "logged_offers", "LEGACY_WAITS", "true_accept_probability",
+    "needs_help_probability", "time_multiplier",
     "read_world",
     "GOAL_NAMES", "GoalModel", "GOALS", "NO_EFFECT", "TrueUplift", "session_goals", "draw_goals", "report_goals",
     "true_uplift", "offer_effects", "event_effects",
@@ -85,9 +87,9 @@ RECHECKS = np.array([0, 15, 30, 60, 90, 120, 150, 180, 240, 300, 420, 600, 900],
 EVENT_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed", "session_seconds",
                  "device", "returning", "response", "response_delay_s")
 PAGE_VIEW_COLUMNS = ("visitor_id", "session_id", "pages_viewed", "page", "enter_ts", "dwell_s", "device",
-                     "returning", "needs_help", "legacy_wait_s")
+                     "returning", "needs_help")
 OFFER_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed", "session_seconds",
-                 "device", "returning", "legacy_wait_s", "response", "response_delay_s")
+                 "device", "returning", "rule", "explored", "propensity", "response", "response_delay_s")
 
 # Site time: the world's clock for the daily curve and the legacy chat hours is UTC+1 (CET; the
 # world ignores daylight saving time, so a summer `start` is an hour off Amsterdam's wall clock).
@@ -243,34 +245,44 @@ ACCEPT_DELAY = (math.log(7.0), 0.7)
 DECLINE_DELAY = (math.log(4.0), 0.9)
 
 # --------------------------------------------------------------------------------------------
-# The legacy policy that made the history's offers
+# The deployed policy that made the history's offers
 # --------------------------------------------------------------------------------------------
-# A fixed wait time per page (the seed API's usual use: offer once the visitor has been on the
-# page W seconds), at most one offer per session, none for 24 h after a decline, only in chat
-# hours 08:00-20:00 site time, unanswered offers expire after 60 s. To give a model something to
-# learn about time on page, the legacy waits ran as an A/B test: each visitor is in one of three
-# arms (short / standard / long wait, stable per visitor), so the same page was offered at
-# different times, randomised, and the time effect is not confounded with anything else (a change
-# of waits between periods would be confounded with whatever else changed over time). The waits
-# lie on the browser's re-check grid, so every legacy offer coincides with an observation event
-# and its answer is that event's would-be answer (history and replays agree on how a visitor
-# answers at a given moment). One simplification: a session's only chance is its first page view
-# that reaches its wait in chat hours; if the visitor is in a decline cooldown then, the session
-# gets no offer (a live runtime could still offer on a later page once the cooldown ended: rare).
-LEGACY_WAITS = np.array([  # seconds; arms: short, standard, long
-    [60, 120, 180],   # Home
-    [30, 60, 120],    # Bill Payment
-    [60, 90, 180],    # Plans
-    [60, 90, 180],    # Roaming
-    [30, 60, 90],     # Checkout
-    [30, 60, 120],    # Account
-    [15, 30, 60],     # FAQ
-    [15, 30, 60],     # Support
-    [15, 30, 60],     # Contact
-], dtype=float)
+# History is what a deployed pcrules logged: a ruleset with a fixed wait per page (the seed API's
+# usual use: offer once the visitor has been on the page W seconds), at most one offer per session,
+# none for 24 h after a decline, only in chat hours 08:00-20:00 site time, unanswered offers expire
+# after 60 s, a 10 % holdout of visitors (the control group uplift is measured against), and
+# exploration: 10 % of sessions (a keyed hash) get random waits per page over the whole range a tuner
+# may choose (``policy.explore``'s default: 0 to 600 s), so every offer carries the probability it was
+# made with and the log covers the moments the rules as written never choose (docs/off-policy.md).
+# The offers are that ruleset's decisions on the world's events, judged by the backtest (which equals
+# the runtime decision by decision), and answered with the events' would-be answers. A few % would be
+# a usual exploration share; 10 % gives the 50k-visitor worlds of the benchmarks enough explored sessions.
+LEGACY_WAITS = {  # seconds on page before the offer, per page
+    "Home": 120, "Bill Payment": 60, "Plans": 90, "Roaming": 90, "Checkout": 60, "Account": 60, "FAQ": 30,
+    "Support": 30, "Contact": 30,
+}
 LEGACY_TIMEOUT_S = 60.0
 LEGACY_COOLDOWN_S = 86400.0
 LEGACY_HOURS = (8, 20)  # site time, [start, end)
+LEGACY_HOLDOUT = 0.1
+LEGACY_EXPLORE = 0.1
+
+
+def legacy_spec(explore: float = LEGACY_EXPLORE, holdout: float = LEGACY_HOLDOUT) -> dict[str, Any]:
+    """The ruleset that made the history's offers, as a spec dict (``pcrules.load_spec`` takes it)."""
+    policy: dict[str, Any] = {"max_offers_per_session": 1, "decline_cooldown_s": LEGACY_COOLDOWN_S,
+                              "offer_timeout_s": LEGACY_TIMEOUT_S, "holdout": holdout}
+    if explore > 0:
+        policy["explore"] = {"share": explore}
+    start, end = (f"{h:02d}:00" for h in LEGACY_HOURS)
+    return {
+        "name": "legacy", "policy": policy,
+        # Etc/GMT-1 is UTC+1 all year: the world's site time (see SITE_UTC_OFFSET_S)
+        "queues": {"Service": {"hours": {"tz": "Etc/GMT-1", "start": start, "end": end}}},
+        "rules": [{"name": f"legacy-{page.lower().replace(' ', '-')}", "when": {"page": page,
+                                                                                "seconds_on_page": {"gte": wait}},
+                   "offer": {"queue": "Service"}} for page, wait in LEGACY_WAITS.items()],
+    }
 
 
 def time_multiplier(session_seconds: Any) -> np.ndarray:
@@ -497,7 +509,7 @@ def _chunk(rng: np.random.Generator, n: int, start_ts: float, days: int) -> dict
     """One chunk of `n` visitors: arrays for page views, events and offers (visitor index local)."""
     # -- visitors -----------------------------------------------------------------------------
     device = rng.choice(len(DEVICES), size=n, p=DEVICE_SHARE)
-    arm = rng.integers(0, LEGACY_WAITS.shape[1], size=n)
+    rng.integers(0, 3, size=n)  # once the legacy A/B arm; drawn still, so a seed keeps its visitors and paths
     prior_visit = rng.random(n) < PRIOR_VISIT_SHARE
     n_sessions = np.minimum(rng.geometric(SESSIONS_P, size=n), MAX_SESSIONS)
     # -- sessions: start moments, sorted within a visitor ----------------------------------------
@@ -584,39 +596,35 @@ def _chunk(rng: np.random.Generator, n: int, start_ts: float, days: int) -> dict
     delay = np.where(accept | decline, np.maximum(np.round(delay, 1), 0.1), np.nan)
     response = np.where(accept, 1, np.where(decline, 2, 0))  # 0 no answer, 1 accept, 2 decline
 
-    # -- the legacy policy's offers -----------------------------------------------------------------
-    wait = LEGACY_WAITS[pv_page, arm[s_visitor[pv_session]]]
-    local_hour = ((enter + wait + SITE_UTC_OFFSET_S) % 86400.0) // 3600.0
-    candidate = (dwell >= wait) & (local_hour >= LEGACY_HOURS[0]) & (local_hour < LEGACY_HOURS[1])
-    cand = np.flatnonzero(candidate)
-    first = cand[np.unique(pv_session[cand], return_index=True)[1]]  # first eligible page view per session
-    of_event = ev_first[first] + np.searchsorted(RECHECKS, wait[first])
-    of_session = pv_session[first]
-    of_visitor = s_visitor[of_session]
-    of_ts = ev_ts[of_event]
-    answer = response[of_event].copy()
-    answer[delay[of_event] > LEGACY_TIMEOUT_S] = 0  # too slow: the offer expired first
-    # At most one offer per session (by construction); none within 24 h after the visitor's decline.
-    keep = np.ones(len(first), dtype=bool)
-    last_decline = np.full(n, -np.inf)
-    rank = s_rank[of_session]
-    for r in range(MAX_SESSIONS):
-        idx = np.flatnonzero(rank == r)
-        if not len(idx):
-            continue
-        blocked = of_ts[idx] < last_decline[of_visitor[idx]] + LEGACY_COOLDOWN_S
-        keep[idx[blocked]] = False
-        declined = idx[~blocked & (answer[idx] == 2)]
-        last_decline[of_visitor[declined]] = of_ts[declined]
-
     return {
         "n": n, "s_visitor": s_visitor, "s_start": s_start,
         "pv": dict(session=pv_session, step=pv_step, page=pv_page, enter=np.round(enter, 3), dwell=dwell,
-                   device=pv_device, returning=s_returning[pv_session], help=pv_help, wait=wait),
+                   device=pv_device, returning=s_returning[pv_session], help=pv_help),
         "ev": dict(session=ev_session, ts=ev_ts, page=ev_page, at=at, viewed=ev_viewed, session_s=ev_session_s,
                    device=ev_device, returning=ev_returning, response=response, delay=delay),
-        "of": dict(event=of_event[keep], wait=wait[first][keep], answer=answer[keep]),
     }
+
+
+def logged_offers(events: pd.DataFrame, spec: Any) -> pd.DataFrame:
+    """The offers `spec` shows on `events` (holdout visitors' would-be offers withheld), answered with the
+    events' would-be answers: what the decision log and its outcomes hold, one row per offer."""
+    from .backtest import backtest
+
+    result = backtest(spec, events)
+    shown = result.offers[~result.offers["holdout"].to_numpy(dtype=bool)]
+    rows = shown.index
+    out = events.loc[rows, ["ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed",
+                            "session_seconds", "device", "returning"]].reset_index(drop=True)
+    decided = result.decisions.loc[rows]
+    out["rule"] = _text_column(decided["rule"].astype(object).to_numpy())
+    out["explored"] = decided["explored"].to_numpy(dtype=bool)
+    out["propensity"] = decided["propensity"].to_numpy(dtype=float)
+    status = decided["outcome"].astype(object).to_numpy()
+    out["response"] = _text_column(np.where(status == "accepted", "accept",
+                                            np.where(status == "declined", "decline", "none")).astype(object))
+    delay = decided["answered_at"].to_numpy(dtype=float) - out["ts"].to_numpy(dtype=float)
+    out["response_delay_s"] = np.where(status == "expired", np.nan, np.round(delay, 1))
+    return out
 
 
 def _text_column(values: np.ndarray) -> Any:
@@ -701,25 +709,11 @@ def generate(visitors: int = 10_000, seed: int = 0, start: Any = DEFAULT_START, 
         "device": _text_column(devices[cat("pv", "device")]),
         "returning": cat("pv", "returning"),
         "needs_help": cat("pv", "help"),
-        "legacy_wait_s": cat("pv", "wait"),
     })
     pv_order = np.lexsort((np.arange(len(page_views)), page_views["enter_ts"].to_numpy()))
     page_views = page_views.iloc[pv_order].reset_index(drop=True)
 
-    # Offers: rows of the (unsorted) event arrays -> positions in the sorted events frame.
-    event_base = np.cumsum([0] + [len(c["ev"]["ts"]) for c in chunks[:-1]])
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    of_rows = position[cat("of", "event", event_base)]
-    answer = cat("of", "answer")
-    of_sort = np.argsort(of_rows, kind="stable")
-    of_rows, answer = of_rows[of_sort], answer[of_sort]
-    offers = events.iloc[of_rows][["ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed",
-                                   "session_seconds", "device", "returning"]].reset_index(drop=True)
-    offers["legacy_wait_s"] = cat("of", "wait")[of_sort]
-    offers["response"] = _text_column(np.array(["none", "accept", "decline"], dtype=object)[answer])
-    offers["response_delay_s"] = np.where(answer > 0, events["response_delay_s"].to_numpy()[of_rows], np.nan)
-
+    offers = logged_offers(events, legacy_spec())
     if bar is not None:
         bar.close()
     config = {"visitors": visitors, "seed": seed, "start": start_ts, "days": days}
