@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from pcrules import Runtime, load_spec
-from pcrules.core.policy import in_holdout
 from pcrules.cli import DEFAULT_RULES, main
+from pcrules.core.policy import in_holdout
 from pcrules.events import validate_event
 from pcrules.replay import replay
 from pcrules.sample import read_events
@@ -28,7 +28,6 @@ from pcrules.world import (
     LEGACY_HOURS,
     LEGACY_TIMEOUT_S,
     LEGACY_WAITS,
-    legacy_spec,
     NO_EFFECT,
     OFFER_COLUMNS,
     PAGE_GOAL,
@@ -40,6 +39,7 @@ from pcrules.world import (
     GoalModel,
     draw_goals,
     generate,
+    legacy_spec,
     needs_help_probability,
     read_world,
     session_goals,
