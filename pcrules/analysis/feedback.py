@@ -13,7 +13,9 @@ logging ruleset is known (with its exploration and holdout). Per session stretch
 
 A candidate ruleset is judged on the same observations without answers: its first offer per stretch (a decline
 it would have met, and so a cooldown into a later session, is unknown to the log and ignored: docs/off-policy.md
-says what that costs), shown unless its visitor is in the candidate's holdout.
+says what that costs). Its holdout is set aside there and applied to the total instead (x (1 - holdout)): the
+holdout is the same keyed hash of the visitor in every ruleset, so a candidate's withheld offers would fall on
+exactly the visitors the log held out, and weighting by the log's holdout share would count them twice.
 """
 
 from __future__ import annotations
@@ -149,17 +151,16 @@ def feedback(spec: RuleSpec | str | dict, events: pd.DataFrame, offers: pd.DataF
 
 def candidate_choices(fb: Feedback, spec: RuleSpec | str | dict, scorer: Any = None,
                       queue_status: Any = None) -> np.ndarray:
-    """Per stretch of `fb`: the table row of the first offer `spec` would show, -1 none."""
+    """Per stretch of `fb`: the table row of the first offer (or would-be offer of a holdout visitor) of `spec`,
+    -1 none."""
     spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
     result = backtest(spec, fb.table.frame.drop(columns=list(ANSWER_COLUMNS), errors="ignore"), scorer,
                       queue_status=queue_status)
     rows = result.offer_rows  # the candidate's own table is built in the same time order
     choice = np.full(fb.n, NO_OFFER, dtype=np.int64)
     stretch = fb.stretch[rows]
-    hold = result.offers["holdout"].to_numpy(dtype=bool)
-    for r, s, withheld in zip(rows[::-1].tolist(), stretch[::-1].tolist(), hold[::-1].tolist()):
-        if s >= 0:
-            choice[s] = NO_OFFER if withheld else r  # the earliest offer of the stretch wins (set last)
+    known = stretch >= 0
+    choice[stretch[known][::-1]] = rows[known][::-1]  # the earliest offer of each stretch is written last
     return choice
 
 
@@ -183,17 +184,19 @@ def estimate(fb: Feedback, spec: RuleSpec | str | dict, scorer: Any = None, *, r
     if scorer is not None and reward is None:
         q_cand, q_logged = _q(fb, scorer, spec, choice), _q(fb, scorer, spec, fb.shown)
     return evaluate(fb.shown, fb.p_shown, r, choice, p_choice, q_logged=q_logged, q_candidate=q_cand,
-                    cluster=fb.visitor, n_boot=n_boot, seed=seed, level=level)
+                    cluster=fb.visitor, n_boot=n_boot, seed=seed, level=level,
+                    total_units=fb.n * (1.0 - spec.policy.holdout))
 
 
 def uplift(fb: Feedback, spec: RuleSpec | str | dict, goals: np.ndarray, *, n_boot: int = 500, seed: int = 0,
            queue_status: Any = None, level: float = 0.95) -> Difference:
     """The extra goals `spec` causes over never offering (per stretch `goals`, e.g. :meth:`Feedback.goals`):
     both estimated from the log on the same resamples; the holdout's stretches are the data for "never"."""
+    spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
     candidate = estimate(fb, spec, reward=goals, n_boot=n_boot, seed=seed, queue_status=queue_status, level=level)
     never = np.full(fb.n, NO_OFFER, dtype=np.int64)
     base = evaluate(fb.shown, fb.p_shown, np.asarray(goals, dtype=float), never, fb.p_none, cluster=fb.visitor,
-                    n_boot=n_boot, seed=seed, level=level)
+                    n_boot=n_boot, seed=seed, level=level, total_units=fb.n * (1.0 - spec.policy.holdout))
     return difference(candidate, base)
 
 
