@@ -92,8 +92,9 @@ from .reference import judge_one_by_one
 from .scores import batch_scores, progress_bar, score_one, scores_for
 from .table import ACCEPT, ANSWER_COLUMNS, DECLINE, NO_ANSWER, EventTable
 
-__all__ = ["EventTable", "BacktestResult", "backtest", "compare", "judge_sets", "batch_scores", "ANSWER_COLUMNS",
-           "ACTIONS", "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects", "uplift_figures"]
+__all__ = ["EventTable", "BacktestResult", "backtest", "compare", "judge_sets", "without_exploration", "batch_scores",
+           "ANSWER_COLUMNS", "ACTIONS", "REASONS", "OUTCOMES", "Effects", "EFFECT_COLUMNS", "resolve_effects",
+           "uplift_figures"]
 
 # Re-exported for the code that imported them from here (the tuner, value tuning, notebooks, tests).
 _REEXPORTED = (effect_columns, score_one, OfferLedger, rows_in_cooldown)
@@ -199,6 +200,7 @@ class BacktestResult:
     engine: str
     table: EventTable = field(repr=False, default=None)  # type: ignore[assignment]
     offer_rows: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]  # table (time) order
+    off_policy: Any = field(repr=False, default=None)  # analysis.offpolicy.OffPolicyReport, with feedback=...
 
     @property
     def name(self) -> str:
@@ -225,6 +227,14 @@ class BacktestResult:
             share = m[key] / max(m["offers"], 1)
             lines.append(f"  {key:<17} {m[key]:>10,}   ({share:.1%} of offers, recorded answers)")
         lines += self._uplift_lines()
+        if m.get("explored_offers") is not None:
+            cost = m.get("exploration_cost") or {}
+            parts = [f"{-v:+,.1f} {k}" for k, v in cost.items() if v is not None]
+            lines.append(f"explored offers     {m['explored_offers']:>10,}   (policy.explore; against the rules alone: "
+                         f"{', '.join(parts) if parts else 'no expected accepts to compare'})")
+        if self.off_policy is not None:
+            lines.append("from the log (off-policy; docs/off-policy.md)")
+            lines += ["  " + line for line in self.off_policy.summary().splitlines()]
         lines.append("decisions by action")
         lines += [f"  {a:<17} {c:>10,}" for a, c in m["actions"].items() if c]
         lines.append("no-offer reasons")
@@ -344,7 +354,7 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
              scorer: Any = None, *, queue_status: Any = None, engine: str = "fast", scores: str = "candidates",
              truth: str | np.ndarray | pd.Series | None = None, effects: Any = None, metadata: bool = False,
              new_offer_id: Callable[[], str] | None = None, offer_id_prefix: str = "o",
-             progress: bool = False) -> BacktestResult:
+             progress: bool = False, feedback: Any = None) -> BacktestResult:
     """What `spec` (with `scorer`, the bundle's model) would have decided on `events`.
 
     ``events``: a DataFrame of events (the runtime's fields, plus the recorded
@@ -362,6 +372,10 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     P(accept); without effects those figures are None (not available).
     ``metadata``: also render each offer's metadata. Offer ids are
     ``offer_id_prefix`` + 1, 2, ... in order (or ``new_offer_id()``).
+    ``feedback``: the logged history (:func:`pcrules.analysis.feedback.feedback`): then ``off_policy`` holds the
+    ruleset's expected accepted chats estimated from the log (IPS, SNIPS, DR with the scorer) with intervals.
+    A ruleset with ``policy.explore`` also reports its explored offers and what exploring cost against the same
+    rules without it (``exploration_cost``: expected accepts lost, by the model and by the truth).
     """
     started = time.perf_counter()
     if engine not in ("fast", "policy"):
@@ -423,10 +437,38 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
         offers.index = table.index[table.order[judged.offer_rows]]
     else:
         offers.index = table.index[judged.offer_rows]
+    if spec.policy.explore is not None:
+        metrics["explored_offers"] = int(decisions["explored"].sum())
+        plain = backtest(without_exploration(spec), table, scorer, queue_status=queue_status,
+                         truth=truth_values if table.order is None else _input_order(truth_values, table))
+        metrics["exploration_cost"] = {
+            name: None if metrics.get(key) is None else float(plain.metrics[key] - metrics[key])
+            for name, key in (("expected accepts (model)", "expected_accepts"),
+                              ("expected accepts (truth)", "true_expected_accepts"))}
+    off_policy = None
+    if feedback is not None:
+        from .feedback import estimate
+
+        off_policy = estimate(feedback, spec, scorer, queue_status=queue_status)
     if bar is not None:
         bar.close()
     return BacktestResult(spec, decisions, offers, metrics, per_rule, queue_hours, queue_load, refusals,
-                          time.perf_counter() - started, engine, table, judged.offer_rows)
+                          time.perf_counter() - started, engine, table, judged.offer_rows, off_policy)
+
+
+def without_exploration(spec: RuleSpec) -> RuleSpec:
+    """`spec` with its rules alone: ``policy.explore`` removed."""
+    source = dict(spec.source)
+    source["policy"] = {k: v for k, v in dict(source.get("policy") or {}).items() if k != "explore"}
+    return load_spec(source)
+
+
+def _input_order(values: np.ndarray | None, table: EventTable) -> np.ndarray | None:
+    if values is None or table.order is None:
+        return values
+    out = np.empty_like(values)
+    out[table.order] = values
+    return out
 
 
 def _decisions(spec: RuleSpec, table: EventTable, judged: Judged, score: np.ndarray) -> pd.DataFrame:

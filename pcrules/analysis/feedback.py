@@ -15,7 +15,9 @@ A candidate ruleset is judged on the same observations without answers: its firs
 it would have met, and so a cooldown into a later session, is unknown to the log and ignored: docs/off-policy.md
 says what that costs). Its holdout is set aside there and applied to the total instead (x (1 - holdout)): the
 holdout is the same keyed hash of the visitor in every ruleset, so a candidate's withheld offers would fall on
-exactly the visitors the log held out, and weighting by the log's holdout share would count them twice.
+exactly the visitors the log held out, and weighting by the log's holdout share would count them twice. Its
+exploration is set aside for the same reason (the same keyed hash of the session): the estimate is that of its
+rules; what exploring costs is in the backtest (``exploration_cost``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pandas as pd
 from ..core.decision import Reason
 from ..core.spec import RuleSpec, load_spec
 from ..matching.vector import VectorMatcher
-from .backtest import backtest, judge_sets
+from .backtest import backtest, judge_sets, without_exploration
 from .judge import RuleSets, Stretches, first_offer_chances, queue_blocks, queue_timeline
 from .offpolicy import NO_OFFER, Difference, OffPolicyReport, difference, evaluate
 from .scores import scores_for
@@ -154,6 +156,8 @@ def candidate_choices(fb: Feedback, spec: RuleSpec | str | dict, scorer: Any = N
     """Per stretch of `fb`: the table row of the first offer (or would-be offer of a holdout visitor) of `spec`,
     -1 none."""
     spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
+    if spec.policy.explore is not None:
+        spec = without_exploration(spec)
     result = backtest(spec, fb.table.frame.drop(columns=list(ANSWER_COLUMNS), errors="ignore"), scorer,
                       queue_status=queue_status)
     rows = result.offer_rows  # the candidate's own table is built in the same time order
