@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pcrules import load_spec
-from pcrules.analysis.feedback import candidate_choices, feedback, estimate, uplift
+from pcrules.analysis.feedback import candidate_choices, estimate, feedback, uplift
 from pcrules.analysis.value import world_truth
 from pcrules.backtest import backtest
 from pcrules.world import LEGACY_WAITS, GoalModel, draw_goals, legacy_spec, true_uplift
