@@ -6,6 +6,8 @@
   generated world written as files (the folder layout real history uses). A failing cell fails the test;
   the key outputs (tables, charts, the tuner widget, a published bundle) must be there.
 * The committed notebooks carry no outputs and no execution counts (``nbstripout --verify`` equivalent).
+* Notebooks 02 -> 03 on the shipped sample with their defaults: what 03 recommends is not worse by the truth than
+  the current ruleset, or Publish's guardrail refuses it with a visible reason (issue 16).
 * ``dashboards/triggers.ipynb`` is served by Voila (the settings of :mod:`pcrules.dashboard`) and driven by
   Debian's Chromium through Playwright: a slider moves and the figures change to the backtest's values.
 """
@@ -56,10 +58,16 @@ def inject(nb: Any, params: dict[str, Any]) -> Any:
     return nb
 
 
-def run(path: Path, params: dict[str, Any], timeout: int = 300) -> Any:
+def run(path: Path, params: dict[str, Any], timeout: int = 300, then: str | None = None) -> Any:
+    """Execute the notebook at `path` with `params` injected; `then`: a code cell run after the last one (a test
+    reading the kernel's state)."""
     from nbclient import NotebookClient
 
     nb = inject(nbformat.read(path, as_version=4), params)
+    if then is not None:
+        cell = nbformat.v4.new_code_cell(then, metadata={"tags": ["test-readout"]})
+        cell["id"] = "test-readout"
+        nb.cells.append(cell)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     # the kernel inherits this process's environment: PYTHONPATH for pcrules, Agg for matplotlib
@@ -230,7 +238,7 @@ def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
     published = tmp_path / "published"
     nb = run(NOTEBOOKS / "03_tune_triggers.ipynb", {
         "data_path": str(world_dir), "bundle_path": str(published), "model_path": str(tmp_path / "model.json"),
-        "publish": True, "objective": "uplift"})
+        "publish": True, "publish_anyway": True, "objective": "uplift"})
     widgets = outputs(nb, "application/vnd.jupyter.widget-view+json")
     assert widgets, "the tuner widget is displayed"
     text = text_of(nb)
@@ -242,11 +250,71 @@ def test_tune_notebook_publishes(tmp_path: Path, world_dir: Path) -> None:
     bundle = load_bundle(published / "current")
     assert bundle.scorer is not None and bundle.metrics["tuning"]["backtest"]["offers"] >= 0
     assert len(outputs(nb, "image/png")) >= 1
+    # checked against the log (a generated world knows its logging ruleset): the figures, and the guardrail's
+    # word in the manifest (an override when it refused: publish_anyway)
+    assert "Publish is checked against the log" in text and "Checked against the log" in text
+    assert "effective sample" in text and "offers outside the log's support" in text
+    guard = bundle.metrics["guardrail"]
+    assert guard["checked"] and guard["estimator"] == "dr" and guard["candidate"]["estimates"]["dm"]
+    assert guard["ok"] or (guard["override"]["reasons"] == guard["reasons"] and guard["override"]["by"])
     # and on the shipped sample, with no bundle and no model: it still runs (no model, no threshold choice)
     nb = run(NOTEBOOKS / "03_tune_triggers.ipynb", {"data_path": str(SAMPLE), "bundle_path": str(tmp_path / "b2"),
                                                     "model_path": None})
     assert "No model" in text_of(nb) and outputs(nb, "application/vnd.jupyter.widget-view+json")
     assert "extra goals (tuned)" in text_of(nb)  # the sample is a generated world: the truth values its offers
+
+
+_READOUT = """import json
+print("TEST-READOUT " + json.dumps({"tuned": tuning.spec_text(tuned_spec), "message": tuner.message.value,
+                                   "verdict": None if tuner.verdict is None else tuner.verdict.to_dict()}))
+"""
+
+
+@pytest.mark.notebook
+def test_notebooks_2_then_3_on_the_sample_recommend_no_worse_or_refuse_to_publish(tmp_path: Path) -> None:
+    """Issue 16: notebooks 02 -> 03 with their defaults on the shipped sample (outputs in a temporary folder,
+    Publish pressed): what 03 recommends is not worse by the truth than the current ruleset, or the guardrail
+    blocks publishing it with a visible reason."""
+    import html
+
+    from pcrules import analysis, load_spec
+    from pcrules.analysis.value import world_truth
+    from pcrules.backtest import backtest
+    from pcrules.bundle import current_version
+    from pcrules.resources import default_rules
+    from pcrules.scoring import load_scorer
+
+    model = tmp_path / "model.json"
+    run(NOTEBOOKS / "02_train_model.ipynb", {"model_path": str(model)})
+    published = tmp_path / "published"
+    nb = run(NOTEBOOKS / "03_tune_triggers.ipynb", {"model_path": str(model), "bundle_path": str(published),
+                                                    "publish": True}, then=_READOUT)
+    text = text_of(nb)
+    readout = json.loads(next(line for line in text.splitlines() if line.startswith("TEST-READOUT "))
+                         .removeprefix("TEST-READOUT "))
+    assert "Publish is checked against the log" in text  # the sample's logged feedback reached the tuner
+
+    history = analysis.load_history(SAMPLE)
+    truth = world_truth(history)
+    scorer = load_scorer(json.loads(model.read_text()))
+    current = load_spec(default_rules())  # 03's current ruleset: no bundle yet, the embedded default
+    tuned = load_spec(readout["tuned"])
+    true = {name: backtest(spec, history.events, scorer, truth=truth).metrics["true_expected_accepts"]
+            for name, spec in (("current", current), ("tuned", tuned))}
+    published_it = current_version(published) is not None
+    message = html.unescape(re.sub(r"<[^>]+>", "", readout["message"]))
+    verdict = readout["verdict"]
+    print(f"\n02 -> 03 on the sample: tuned {tuned.name} {tuned.version} "
+          f"({len(tuned.rules)} rules), true expected accepts {true['tuned']:.1f} vs current {true['current']:.1f}; "
+          f"published: {published_it}; guardrail: {message}")
+    if published_it:  # the guardrail let it through: then it must not be worse by the truth
+        assert verdict is not None and verdict["ok"], message
+        assert true["tuned"] >= true["current"], (true, message)
+    else:  # refused, and the person reads why: the figures of the refusal, in the widget's message
+        assert verdict is not None and not verdict["ok"] and verdict["reasons"]
+        assert message.startswith("Nothing was published: the log does not support this ruleset — ")
+        assert all(reason in message for reason in verdict["reasons"])
+        assert "Traceback" not in message
 
 
 # --------------------------------------------------------------------------- the Voila app, in a browser
@@ -328,6 +396,12 @@ def test_triggers_app_in_a_browser(app: dict[str, Any]) -> None:
         blocked = page.locator('[data-reason="max_offers"]')
         expect(blocked).to_have_text(f"{expected['reasons']['max_offers']:,}", timeout=10_000)
         expect(page.locator(".pcrules-chart img, img.pcrules-chart")).to_have_count(1)
+        # checked against the log on demand: both rulesets' off-policy estimates, next to the model's
+        page.locator("button.pcrules-check").click()
+        table = page.locator(".pcrules-guardrail-table")
+        expect(table).to_be_visible(timeout=60_000)
+        expect(table).to_contain_text("candidate − current")
+        expect(page.locator(".pcrules-override")).to_contain_text("Publish anyway")
         page.screenshot(path=str(ARTIFACTS / "triggers-app.png"), full_page=True)
         content = page.content()
         assert "Traceback" not in content

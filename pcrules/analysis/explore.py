@@ -31,6 +31,7 @@ __all__ = [
     "acceptance_by_time",
     "event_truth",
     "feature_effects",
+    "history_feedback",
     "load_history",
     "metrics_path_for",
     "new_figure",
@@ -147,6 +148,38 @@ def _attach_sample_world(h: History) -> None:
     h.page_views, h.offers, h.generated = world.page_views, world.offers, True
     h.notes.append("The shipped sample: its page views and legacy offers are regenerated from the call that made "
                    "it (pcrules.sample), after checking the events are the same.")
+
+
+def history_feedback(h: History, logging_spec: Any = None, *, scorer: Any = None) -> Any:
+    """The history as logged feedback (``analysis.feedback.Feedback``: what the logging ruleset showed per session
+    stretch, with its probability), for off-policy estimates and Publish's guardrail.
+
+    `logging_spec`: the ruleset (a spec, a dict or a YAML path) that made the history's offers; for a generated
+    world (the shipped sample included) the world's own, ``world.legacy_spec()``. `scorer`: only when the logging
+    ruleset's rules read a score. Raises ValueError with a sentence saying why when the history cannot be read so:
+    no offers, offers without the probability they were made with, or no logging ruleset for real history.
+    """
+    from .feedback import feedback
+
+    if h.offers is None or not len(h.offers):
+        raise ValueError(f"{h.source}: the history has no offers table, so nothing logged to check a ruleset "
+                         "against")
+    if "propensity" not in h.offers.columns or h.offers["propensity"].isna().all():
+        raise ValueError(f"{h.source}: the offers carry no propensity (the probability the logging ruleset made "
+                         "each), so nothing to check a ruleset against")
+    from ..core.spec import RuleSpec, load_spec
+
+    if logging_spec is None or (isinstance(logging_spec, str) and not logging_spec.strip()):
+        if not h.generated:
+            raise ValueError(f"{h.source}: no logging ruleset was given (logging_spec: the ruleset that made these "
+                             "offers), so their propensities cannot be read")
+        from .world import legacy_spec
+
+        logging_spec = legacy_spec()
+    elif isinstance(logging_spec, Path) or (isinstance(logging_spec, str) and logging_spec.startswith("~")):
+        logging_spec = Path(logging_spec).expanduser()
+    spec = logging_spec if isinstance(logging_spec, RuleSpec) else load_spec(logging_spec)
+    return feedback(spec, h.events, h.offers, scorer=scorer if spec.uses_score else None)
 
 
 def event_truth(h: History, oracle: bool = False) -> np.ndarray | None:

@@ -1,5 +1,10 @@
 """Notebook 3 and the Voila app of the trigger tuner: the inputs of tuning, the expected-value choice, the current
-and the tuned ruleset side by side, and :func:`dashboard` (``dashboards/triggers.ipynb``)."""
+and the tuned ruleset side by side, and :func:`dashboard` (``dashboards/triggers.ipynb``).
+
+Both hand the tuner the logged feedback when the history has offers with their propensities (a generated world,
+the shipped sample included, knows its logging ruleset; real history needs ``logging_spec_path``), so Publish
+checks the tuned ruleset against the log (:mod:`pcrules.analysis.guardrail`); without it Publish says it cannot
+check and needs the override."""
 
 from __future__ import annotations
 
@@ -20,9 +25,11 @@ from .tuner import BUNDLE_ENV, EVENTS_ENV
 from .tuner_widget import Tuner, note_html, sentence_reason
 
 __all__ = ["TuningInputs", "SideBySide", "load_for_tuning", "expected_value_choice", "side_by_side",
-           "uplift_side_by_side", "plot_side_by_side", "dashboard"]
+           "uplift_side_by_side", "plot_side_by_side", "dashboard", "LOGGING_SPEC_ENV"]
 
 log = logging.getLogger("pcrules.tuning")
+
+LOGGING_SPEC_ENV = "PCRULES_LOGGING_SPEC"  # the dashboard's: the ruleset that logged the history's offers
 
 
 @dataclass
@@ -39,6 +46,8 @@ class TuningInputs:
     model_metrics: dict[str, Any]
     notes: list[str]
     effects: Any = None  # what an offer at each event does to the goal probability (a generated world's truth)
+    feedback: Any = None  # analysis.feedback.Feedback: the log, for the guardrail (None: none to be had) ...
+    feedback_note: str | None = None  # ... and why not
 
     def summary(self) -> str:
         lines = [f"ruleset {self.spec.name} {self.spec.version} ({len(self.spec.rules)} rules, "
@@ -49,24 +58,33 @@ class TuningInputs:
         return "\n".join(lines + self.notes)
 
     def tuner(self, **kwargs: Any) -> Tuner:
-        """A :class:`Tuner` over these inputs, publishing to their bundle folder."""
+        """A :class:`Tuner` over these inputs, publishing to their bundle folder, Publish checked against the log
+        (the guardrail is on even without feedback: then Publish needs the override)."""
         kwargs.setdefault("bundle_dir", self.bundle_dir)
         kwargs.setdefault("model_metrics", self.model_metrics)
+        kwargs.setdefault("feedback", self.feedback)
+        kwargs.setdefault("feedback_note", self.feedback_note)
+        kwargs.setdefault("guardrail", True)
         return Tuner(self.spec, self.table, self.scorer, truth=self.truth, effects=self.effects, **kwargs)
 
 
 def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None, *,
                     rules_path: str | os.PathLike | None = None, model_path: str | os.PathLike | None = None,
-                    columns: Mapping[str, Mapping[str, str]] | None = None) -> TuningInputs:
+                    columns: Mapping[str, Mapping[str, str]] | None = None,
+                    logging_spec_path: str | os.PathLike | None = None) -> TuningInputs:
     """The history at `data_path` (see ``analysis.load_history``) and the ruleset and model to tune.
 
     The ruleset and model come from the current bundle of `bundle_path` when there is one; ``rules_path`` /
     ``model_path`` (a model JSON file, as ``pcrules train`` writes) override it; otherwise the embedded
     default rules and no model. Publishing goes to `bundle_path`.
+
+    The logged feedback (``analysis.history_feedback``) comes from the history's offers and their propensities,
+    read with ``logging_spec_path`` (the ruleset that made them) or, for a generated world, its own; when there
+    is none, ``feedback`` is None and a note says why (Publish then needs the override).
     """
     from ..bundle import current_version, load_bundle
     from ..scoring import load_scorer
-    from .explore import event_truth, load_history
+    from .explore import event_truth, history_feedback, load_history
 
     notes: list[str] = []
     history = load_history(data_path, columns=columns)
@@ -111,8 +129,19 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     else:
         notes.append("Real history: the effect of an offer on the goals is not known, so the expected uplift is "
                      "not available (backtest(effects=...) takes an assumption).")
+    feedback, feedback_note = None, None
+    try:
+        feedback = history_feedback(history, None if logging_spec_path in (None, "") else logging_spec_path,
+                                    scorer=scorer)
+        notes.append(f"Publish is checked against the log: {feedback.n:,} session stretches, each with the "
+                     f"probability the logging ruleset ({feedback.spec.name}) gave its choice.")
+    except Exception as exc:  # a sentence: what is missing, or why the log cannot be read
+        log.warning("tuning: no logged feedback: %s", exc)
+        feedback_note = sentence_reason(exc)
+        notes.append(f"Publish cannot be checked against the log ({feedback_note}): it needs the override.")
     table = EventTable(history.events)
-    return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes, effects)
+    return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes, effects,
+                        feedback, feedback_note)
 
 
 def expected_value_choice(inputs: TuningInputs, *, value_of_accept: float = 1.0, cost_of_offer: float = 0.03,
@@ -218,9 +247,11 @@ def plot_side_by_side(sbs: SideBySide) -> Any:
 
 
 def dashboard(data_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None, *,
-              title: str = "Trigger tuner") -> Any:
+              title: str = "Trigger tuner", logging_spec_path: str | os.PathLike | None = None) -> Any:
     """The tuner as a Voila app (``dashboards/triggers.ipynb``): history from `data_path` (``$PCRULES_EVENTS``),
-    ruleset and model from the current bundle of `bundle_path` (``$PCRULES_BUNDLE``), Publish back to it.
+    ruleset and model from the current bundle of `bundle_path` (``$PCRULES_BUNDLE``), Publish back to it,
+    checked against the log read with `logging_spec_path` (``$PCRULES_LOGGING_SPEC``; a generated world knows
+    its own).
 
     A problem (no data, a bundle that does not load) is shown as a sentence, never a traceback.
     """
@@ -229,12 +260,13 @@ def dashboard(data_path: str | os.PathLike | None = None, bundle_path: str | os.
     logging.getLogger("matplotlib").setLevel(logging.ERROR)
     data = data_path if data_path not in (None, "") else os.environ.get(EVENTS_ENV)
     bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV)
+    logging_spec = logging_spec_path if logging_spec_path not in (None, "") else os.environ.get(LOGGING_SPEC_ENV)
     if not data:
         from .sample import SAMPLE_PATH
 
         data = SAMPLE_PATH
     try:
-        inputs = load_for_tuning(data, bundle or None)
+        inputs = load_for_tuning(data, bundle or None, logging_spec_path=logging_spec or None)
         tuner = inputs.tuner(title=title)
     except Exception as exc:
         log.exception("tuner dashboard: could not start")

@@ -6,13 +6,23 @@ A results panel and a queue-load chart (matplotlib, rendered to a PNG: works off
 every change; a Publish button that validates the tuned ruleset, shows its difference from the current one
 and publishes a bundle. Every error reaches the person as a sentence in the widget, never as a traceback.
 The figures are the model's (the exact backtest of the tuned ruleset); see :mod:`pcrules.analysis.tuner`.
+
+Given the logged feedback (``feedback=``: what the logging ruleset showed, with its probabilities), the tuner
+also checks the tuned ruleset against the log (:mod:`pcrules.analysis.guardrail`), on demand ("Check against
+the log") and at Publish, never on every change (it bootstraps): the off-policy estimate of the current and the
+tuned ruleset with its interval and support diagnostics, next to the model's own. Publish refuses what the
+guardrail refuses unless the override is ticked; either way the guardrail's figures (and an override: who,
+when, what was overridden) go into the bundle's manifest, ``metrics["guardrail"]``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import datetime as dt
 import difflib
+import getpass
 import html
 import io
 import logging
@@ -30,6 +40,7 @@ from ..core.decision import Reason
 from ..core.spec import RuleSpec
 from ..errors import SpecError
 from .figures import BLOCK_REASONS
+from .guardrail import MAX_UNSUPPORTED, GuardrailVerdict, check, unchecked
 from .judge import ACTIONS
 from .table import EventTable
 from .tuner import (
@@ -43,7 +54,9 @@ from .tuner import (
 )
 from .value import RuleChoice
 
-__all__ = ["Tuner", "ruleset_diff", "spec_text", "sentence_reason", "note_html"]
+__all__ = ["Tuner", "ruleset_diff", "spec_text", "sentence_reason", "note_html", "OVERRIDE_LABEL"]
+
+OVERRIDE_LABEL = "Publish anyway: I accept that the log does not support this ruleset"
 
 log = logging.getLogger("pcrules.tuning")
 
@@ -113,15 +126,23 @@ class Tuner:
     the ruleset to compare with otherwise (default: ``spec``). The widget is
     ``.root``; a notebook displays the Tuner itself.
 
+    ``feedback``: the logged history as bandit feedback (``analysis.feedback.Feedback``, or an
+    ``analysis.History`` to build it from, see ``analysis.history_feedback``). ``guardrail``: whether Publish
+    checks the tuned ruleset against the log (:meth:`check`); by default when feedback is given. With
+    ``guardrail=True`` and no feedback, Publish says the ruleset cannot be checked and needs the override
+    (``feedback_note`` says why there is none). ``max_unsupported``, ``n_boot``: the guardrail's.
+
     Tests and scripts drive it without a browser: set ``controls[rule]["wait"].value``
-    (or call :meth:`set`), read :attr:`result`, call :meth:`on_publish`.
+    (or call :meth:`set`), read :attr:`result`, call :meth:`check` and :meth:`on_publish`
+    (``override.value = True`` to publish what the guardrail refuses).
     """
 
     def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
                  scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None,
                  bundle_dir: str | os.PathLike | None = None, current: RuleSpec | None = None,
                  model_metrics: Mapping[str, Any] | None = None, chart: bool = True, title: str | None = None,
-                 model: TriggerModel | None = None):
+                 model: TriggerModel | None = None, feedback: Any = None, guardrail: bool | None = None,
+                 feedback_note: str | None = None, max_unsupported: float = MAX_UNSUPPORTED, n_boot: int = 500):
         import ipywidgets as w
 
         self.w = w
@@ -140,6 +161,13 @@ class Tuner:
         self._chart_on = chart
         self._figure: dict[str, Any] | None = None
         self.chart_draws = 0  # full draws of the chart's axes (the rest only redraw its lines)
+        self.feedback, self.feedback_note = _feedback_of(feedback, feedback_note)
+        self.guardrail = bool(guardrail) if guardrail is not None else feedback is not None
+        self.max_unsupported = max_unsupported
+        self.n_boot = n_boot
+        self.verdict: GuardrailVerdict | None = None  # the last check against the log ...
+        self._verdict_key: tuple[str, str] | None = None  # ... of (tuned, current) as YAML
+        self._verdict_settings: Settings | None = None
         self._load_current()
 
         init = self.model.initial
@@ -196,6 +224,17 @@ class Tuner:
         self.reset_button = w.Button(description="Reset", icon="undo", tooltip="Back to the current ruleset")
         self.reset_button.add_class("pcrules-reset")
         self.reset_button.on_click(self.on_reset)
+        self.check_button = w.Button(description="Check against the log", icon="balance-scale",
+                                     layout=w.Layout(width="auto"),
+                                     tooltip="Estimate the current and the tuned ruleset from the logged offers and "
+                                             "their probabilities (off-policy), with intervals and support")
+        self.check_button.add_class("pcrules-check")
+        self.check_button.on_click(self.on_check)
+        self.override = w.Checkbox(value=False, description=OVERRIDE_LABEL, indent=False,
+                                   layout=w.Layout(width="auto"))
+        self.override.add_class("pcrules-override")
+        self.guardrail_html = w.HTML(self._guardrail_intro())
+        self.guardrail_html.add_class("pcrules-guardrail-panel")
         self.message = w.HTML()
         self.message.add_class("pcrules-message")
         self.metrics_html = w.HTML()
@@ -214,7 +253,10 @@ class Tuner:
             w.HTML("<b>Queues</b> — capacity: chats the queue's agents can take per hour"),
             w.HBox(caps, layout=w.Layout(flex_flow="row wrap")),
             w.HBox([self.name, self.publish_button, self.reset_button], layout=w.Layout(align_items="center")),
+            *([w.HBox([self.check_button, self.override], layout=w.Layout(align_items="center"))]
+              if self.guardrail or self.feedback is not None else []),
             self.message,
+            self.guardrail_html,
             self.metrics_html,
             self.chart,
             self.diff_html,
@@ -342,6 +384,9 @@ class Tuner:
         self.result = result
         self.last_error = None
         self.message.value = ""
+        if self.verdict is not None:  # cheap: the last check is shown or said stale, never recomputed here
+            self.guardrail_html.value = self.verdict.html() if self._verdict_settings == settings else \
+                note_html(_STALE)
         self.metrics_html.value = self.metrics_text(result)
         if self._chart_on:
             try:
@@ -351,6 +396,58 @@ class Tuner:
                 self._error(f"The queue chart could not be drawn ({sentence_reason(exc)}).")
         self.timings.append(time.perf_counter() - started)
         return result
+
+    def on_check(self, button: Any = None) -> GuardrailVerdict | None:
+        """The "Check against the log" button: :meth:`check` the knobs' ruleset, shown in the panel."""
+        return self.check()
+
+    def check(self) -> GuardrailVerdict | None:
+        """The tuned ruleset (the knobs as they are) against the current one, estimated from the log
+        (:func:`pcrules.analysis.guardrail.check`), shown in the widget; None when the knobs are invalid (the
+        sentence is shown). A check that fails is a refusal whose reason says why."""
+        try:
+            settings = self.read_settings()
+            tuned = self.model.spec_for(settings)
+        except InvalidSetting as exc:
+            return self._error(f"Nothing was checked: {exc}")
+        except SpecError as exc:
+            return self._error("Nothing was checked: the tuned ruleset is not valid — "
+                               + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
+        except Exception as exc:
+            log.exception("tuner: validation failed")
+            return self._error(f"Nothing was checked: the tuned ruleset could not be built ({sentence_reason(exc)}).")
+        return self._verdict(settings, tuned)
+
+    def _verdict(self, settings: Settings, tuned: RuleSpec) -> GuardrailVerdict:
+        key = (spec_text(tuned), spec_text(self.current))
+        if self.verdict is None or self._verdict_key != key:
+            scorer = self.scorer if self.scorer is not None and not isinstance(self.scorer, (np.ndarray, pd.Series)) \
+                else None
+            try:
+                verdict = check(self.feedback, tuned, self.current, scorer, max_unsupported=self.max_unsupported,
+                                n_boot=self.n_boot)
+            except Exception as exc:  # a sentence, and a refusal: what cannot be checked is not shown to be better
+                log.exception("tuner: the check against the log failed")
+                verdict = unchecked(f"the check against the log failed ({sentence_reason(exc)})", tuned,
+                                    self.current, max_unsupported=self.max_unsupported)
+            if self.feedback is None and self.feedback_note:
+                verdict = dataclasses.replace(verdict, notes=(self.feedback_note, *verdict.notes))
+            self.verdict, self._verdict_key = verdict, key
+        self._verdict_settings = settings
+        self.guardrail_html.value = self.verdict.html()
+        return self.verdict
+
+    def _guardrail_intro(self) -> str:
+        if not self.guardrail and self.feedback is None:
+            return ""
+        if self.feedback is None:
+            why = f" ({_esc(self.feedback_note)})" if self.feedback_note else ""
+            return note_html(f"No logged feedback{why}: the tuned ruleset cannot be checked against the log, and "
+                             f"Publish needs “{_esc(OVERRIDE_LABEL)}”.")
+        fb = self.feedback
+        return note_html(f"The log: {fb.n:,} session stretches of ruleset <code>{_esc(fb.spec.name)}</code>, each "
+                         "with the probability it gave its choice. “Check against the log” estimates the current "
+                         "and the tuned ruleset from it (Publish checks too).")
 
     def on_reset(self, button: Any = None) -> None:
         try:
@@ -394,10 +491,19 @@ class Tuner:
             self.message.value = note_html(f"The tuned ruleset is the same as the current one ({_esc(tuned.name)} "
                                        f"{_esc(tuned.version)}): nothing to publish.")
             return None
+        verdict = self._verdict(settings, tuned) if self.guardrail else None
+        overridden = verdict is not None and not verdict.ok
+        if overridden and not self.override.value:
+            assert verdict is not None
+            return self._error("Nothing was published: the log does not support this ruleset — "
+                               + "; ".join(verdict.reasons)
+                               + f". Tick “{OVERRIDE_LABEL}” to publish it regardless (the override is recorded "
+                               "in the bundle).")
         try:
             result = self.result if self.result is not None and self.result.settings == settings else \
                 self.model.evaluate(settings)
             metrics = dict(self.model_metrics)
+            metrics["guardrail"] = _plain(self._guardrail_record(verdict, overridden))
             metrics["tuning"] = _plain({
                 "from_ruleset": {"name": self.current.name, "version": self.current.version},
                 "bundle_before": self.current_version,
@@ -416,10 +522,31 @@ class Tuner:
         self.published.append(path)
         before = self.current
         self.current, self.current_version = tuned, path.name
+        self.last_error = None
+        self.override.value = False  # an override is for one publish
+        self._verdict_settings = None  # the check shown stays until a knob moves; it was against the old current
+        checked = "" if verdict is None else \
+            (" The log supports it." if verdict.ok else
+             f" The guardrail's refusal was overridden by {_esc(metrics['guardrail']['override']['by'])} "
+             f"(recorded in the bundle): {_esc('; '.join(verdict.reasons))}.")
         self.message.value = note_html(f"Published ruleset {_esc(tuned.name)} (version {_esc(tuned.version)}) as "
-                                   f"bundle {_esc(path.name)} in {_esc(self.bundle_dir)}; it is now current "
-                                   f"(it replaced {_esc(before.name)} {_esc(before.version)}).", ok=True)
+                                       f"bundle {_esc(path.name)} in {_esc(self.bundle_dir)}; it is now current "
+                                       f"(it replaced {_esc(before.name)} {_esc(before.version)}).{checked}",
+                                       ok=True)
         return path
+
+    def _guardrail_record(self, verdict: GuardrailVerdict | None, overridden: bool) -> dict[str, Any]:
+        """What the manifest keeps of the check: its figures and reasons, and an override's who and when."""
+        if verdict is None:
+            why = "" if self.feedback is not None else " (it was given no logged feedback)"
+            return {"checked": False, "why": f"the tuner's guardrail was off{why}: Publish did not check the "
+                                             "ruleset against the log"}
+        record = {"checked": verdict.checked, **verdict.to_dict(), "override": None}
+        if overridden:
+            record["override"] = {"by": _user(), "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                  "label": OVERRIDE_LABEL, "reasons": list(verdict.reasons),
+                                  "figures": verdict.figures()}
+        return record
 
     def _error(self, text: str) -> None:
         self.last_error = text
@@ -630,6 +757,30 @@ class Tuner:
         return ('<div><b>Current → tuned</b></div><table class="pcrules-table pcrules-knobs"><tr><th>rule</th>'
                 "<th>current</th><th>tuned</th></tr>" + "".join(rows) + "</table>"
                 f'<pre class="pcrules-yaml-diff" style="font-size:11px;max-height:320px;overflow:auto">{body}</pre>')
+
+
+_STALE = ("The knobs moved since the last check against the log: press “Check against the log” to check these "
+          "settings (Publish checks them anyway).")
+
+
+def _user() -> str:
+    """Who overrides (the account running the kernel): ``getpass.getuser()``, or "unknown" where it has none."""
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:  # no login name in the environment or the password database (a container)
+        return "unknown"
+
+
+def _feedback_of(feedback: Any, note: str | None) -> tuple[Any, str | None]:
+    """(Feedback or None, why none): a History is read as feedback (``analysis.history_feedback``)."""
+    from .explore import History, history_feedback
+
+    if isinstance(feedback, History):
+        try:
+            return history_feedback(feedback), note
+        except Exception as exc:
+            return None, note or sentence_reason(exc)
+    return feedback, note
 
 
 def _nice_ceiling(x: float) -> float:
