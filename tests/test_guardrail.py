@@ -45,8 +45,8 @@ def production(name: str, wait: Any = None, *, night_queue: bool = False) -> dic
         page = rule["when"]["page"]
         w = LEGACY_WAITS[page] if wait is None else wait(page) if callable(wait) else wait
         rule["when"]["seconds_on_page"]["gte"] = w
-    if night_queue:
-        spec["queues"]["Service"] = {}
+    if night_queue:  # every queue takes chats around the clock (the log's billing and sales queues close)
+        spec["queues"] = {name: {} for name in spec["queues"]}
     return spec
 
 

@@ -25,7 +25,7 @@ from pcrules.world import (
     GOAL_NAMES,
     GOALS,
     LEGACY_COOLDOWN_S,
-    LEGACY_HOURS,
+    LEGACY_QUEUE,
     LEGACY_TIMEOUT_S,
     LEGACY_WAITS,
     NO_EFFECT,
@@ -320,8 +320,13 @@ def test_logged_offers_follow_the_deployed_ruleset_and_its_exploration(world):
     # the holdout's would-be offers are not in the offers a visitor saw
     spec = load_spec(legacy_spec())
     assert not of["visitor_id"].map(lambda v: in_holdout(v, spec.policy.holdout)).any()
-    hour = ((of["ts"] + SITE_UTC_OFFSET_S) % 86400) // 3600
-    assert hour.between(LEGACY_HOURS[0], LEGACY_HOURS[1] - 1).all()
+    # each in its queue's chat hours (site time): billing 08-20 Mon-Sat, sales 08-22, support around the clock
+    local = pd.to_datetime(of["ts"] + SITE_UTC_OFFSET_S, unit="s")
+    queue = of["page"].map(LEGACY_QUEUE)
+    billing, sales = queue == "Billing", queue == "Sales"
+    assert local[billing].dt.hour.between(8, 19).all() and (local[billing].dt.weekday < 6).all()
+    assert local[sales].dt.hour.between(8, 21).all()
+    assert (~local[queue == "Support"].dt.hour.between(8, 21)).any()  # at night too
     # Each offer is an observation event, answered as that event's would-be answer (within the timeout).
     at = of.merge(ev, on=["ts", "session_id", "seconds_on_page"], suffixes=("", "_event"))
     assert len(at) == len(of)

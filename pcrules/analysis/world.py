@@ -65,7 +65,8 @@ _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 
 __all__ = [
     "PAGES", "DEVICES", "RECHECKS", "EVENT_COLUMNS", "PAGE_VIEW_COLUMNS", "OFFER_COLUMNS",
-    "World", "generate", "legacy_spec", "logged_offers", "LEGACY_WAITS", "true_accept_probability",
+    "World", "generate", "legacy_spec", "logged_offers", "LEGACY_WAITS",
+    "LEGACY_QUEUE", "LEGACY_QUEUES", "true_accept_probability",
     "needs_help_probability", "time_multiplier",
     "read_world",
     "GOAL_NAMES", "GoalModel", "GOALS", "NO_EFFECT", "TrueUplift", "session_goals", "draw_goals", "report_goals",
@@ -249,8 +250,9 @@ DECLINE_DELAY = (math.log(4.0), 0.9)
 # --------------------------------------------------------------------------------------------
 # History is what a deployed pcrules logged: a ruleset with a fixed wait per page (the seed API's
 # usual use: offer once the visitor has been on the page W seconds), at most one offer per session,
-# none for 24 h after a decline, only in chat hours 08:00-20:00 site time, unanswered offers expire
-# after 60 s, a 10 % holdout of visitors (the control group uplift is measured against), and
+# none for 24 h after a decline, unanswered offers expire after 60 s, the default ruleset's three
+# queues and their chat hours (billing 08-20 Mon-Sat, sales 08-22 daily, support around the clock,
+# site time), a 10 % holdout of visitors (the control group uplift is measured against), and
 # exploration: 10 % of sessions (a keyed hash) get random waits per page over the whole range a tuner
 # may choose (``policy.explore``'s default: 0 to 600 s), so every offer carries the probability it was
 # made with and the log covers the moments the rules as written never choose (docs/off-policy.md).
@@ -261,11 +263,19 @@ LEGACY_WAITS = {  # seconds on page before the offer, per page
     "Home": 120, "Bill Payment": 60, "Plans": 90, "Roaming": 90, "Checkout": 60, "Account": 60, "FAQ": 30,
     "Support": 30, "Contact": 30,
 }
+LEGACY_QUEUE = {"Home": "Sales", "Bill Payment": "Billing", "Plans": "Sales", "Roaming": "Sales", "Checkout": "Sales",
+                "Account": "Billing", "FAQ": "Support", "Support": "Support", "Contact": "Support"}
 LEGACY_TIMEOUT_S = 60.0
 LEGACY_COOLDOWN_S = 86400.0
-LEGACY_HOURS = (8, 20)  # site time, [start, end)
 LEGACY_HOLDOUT = 0.1
 LEGACY_EXPLORE = 0.1
+_SITE_TZ = "Etc/GMT-1"  # UTC+1 all year: the world's site time (SITE_UTC_OFFSET_S; no daylight saving)
+LEGACY_QUEUES: dict[str, dict[str, Any]] = {
+    "Billing": {"hours": {"tz": _SITE_TZ, "days": ["mon", "tue", "wed", "thu", "fri", "sat"], "start": "08:00",
+                          "end": "20:00"}},
+    "Sales": {"hours": {"tz": _SITE_TZ, "start": "08:00", "end": "22:00"}},
+    "Support": {},
+}
 
 
 def legacy_spec(explore: float = LEGACY_EXPLORE, holdout: float = LEGACY_HOLDOUT) -> dict[str, Any]:
@@ -274,14 +284,11 @@ def legacy_spec(explore: float = LEGACY_EXPLORE, holdout: float = LEGACY_HOLDOUT
                               "offer_timeout_s": LEGACY_TIMEOUT_S, "holdout": holdout}
     if explore > 0:
         policy["explore"] = {"share": explore}
-    start, end = (f"{h:02d}:00" for h in LEGACY_HOURS)
     return {
-        "name": "legacy", "policy": policy,
-        # Etc/GMT-1 is UTC+1 all year: the world's site time (see SITE_UTC_OFFSET_S)
-        "queues": {"Service": {"hours": {"tz": "Etc/GMT-1", "start": start, "end": end}}},
+        "name": "legacy", "policy": policy, "queues": {name: dict(q) for name, q in LEGACY_QUEUES.items()},
         "rules": [{"name": f"legacy-{page.lower().replace(' ', '-')}", "when": {"page": page,
                                                                                 "seconds_on_page": {"gte": wait}},
-                   "offer": {"queue": "Service"}} for page, wait in LEGACY_WAITS.items()],
+                   "offer": {"queue": LEGACY_QUEUE[page]}} for page, wait in LEGACY_WAITS.items()],
     }
 
 
