@@ -13,8 +13,10 @@ judged honestly.
 An accepted chat is not the goal, though: did the offer make the visitor pay
 the bill, buy the plan, avoid the call? With ``effects`` (what an offer at an
 event does to the goal probability: ``gain_if_accepted``,
-``loss_if_not_accepted``; :func:`pcrules.world.event_effects` on a generated
-world, an analyst's assumption otherwise) an offer is worth its expected
+``loss_if_not_accepted``; :func:`effects_from_log`, per page from the decision
+log's holdout comparison, or an analyst's assumption; on a generated world
+:func:`pcrules.world.event_effects` reads each session's latent state, the
+oracle of benchmarks) an offer is worth its expected
 effect ``p * gain - (1 - p) * loss`` (:func:`pcrules.uplift.goal_effect`), and
 ``objective="uplift"`` maximises the expected extra goals instead of accepts
 (``"value"``: goals, chats and offers in money; :meth:`Economics.coefficients`).
@@ -45,13 +47,24 @@ read at the baselines' offer volumes. Expected accepts are measured by the
 ground truth, for policies that see the model's scores and for policies that
 see the true probability given the event (an oracle: what a perfect model
 would add).
+
+**At a budget.** ``tune(..., max_offers=N)`` (or ``max_offer_share=``, a share
+of the history's sessions) maximises the objective with at most N offers: the
+same search at a price per offer found by bisection (the Lagrangian), then
+filled up to N; the exact backtest's count is kept within N (see :func:`tune`
+for what is guaranteed). The baselines at the same budget, chosen on the same
+history by the same fast model: :func:`best_global_wait` (one wait for every
+rule) and :func:`best_per_page_wait` (a wait per rule, no score).
+:func:`compare_at_budgets` tunes every family at each budget on one history and
+judges the chosen rulesets by the truth on another (out of sample), with the
+offers of each so the volumes can be seen to be equal.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +78,12 @@ from .backtest import BacktestResult, backtest
 from .effects import effect_columns, resolve_effects
 from .figures import hour_buckets, hour_index
 from .judge import queue_blocks
-from .scores import scores_for
+from .scores import progress_bar, scores_for
 from .table import EventTable
 
 __all__ = ["Economics", "OBJECTIVES", "RuleChoice", "Tuned", "Comparison", "tune", "policy_value", "with_parameters",
-           "compare_with_fixed_wait", "world_truth", "per_page_spec"]
+           "compare_with_fixed_wait", "world_truth", "per_page_spec", "best_global_wait", "best_per_page_wait",
+           "compare_at_budgets", "FAMILIES", "LoggedEffects", "effects_from_log"]
 
 _TUNED = frozenset({"seconds_on_page", "minutes_on_page", "score"})
 
@@ -206,6 +220,22 @@ class _Totals:
                        self.load + other.load)
 
 
+@dataclass
+class _Candidates:
+    """Rule `k`'s choices as :meth:`_Model.candidates` evaluates them: off (None) first, then wait x threshold.
+
+    :meth:`fits` (every queue's busiest hour within its capacity) is worked out when first asked for: a search
+    asks only about the choices that would be its best."""
+
+    choices: list[tuple[float, float] | None]
+    value: np.ndarray  # the objective, at the objective's own cost per offer
+    offers: np.ndarray  # offers (the fast model's count)
+    fit: Callable[[int], bool]
+
+    def fits(self, i: int) -> bool:
+        return self.fit(i)
+
+
 class _Model:
     """The policy as "the first event of each session where some rule fires", over prepared arrays.
 
@@ -277,12 +307,24 @@ class _Model:
                 qs = np.quantile(pooled, [0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]) if len(pooled) else []
                 grid = np.unique(np.r_[0.0, np.round(qs, 4)])
             self.thresholds.append(grid)
-        # Each rule's search only touches the sessions where its other conditions hold somewhere.
+        # Each rule's search only touches the sessions where its other conditions hold somewhere (`sub`); what
+        # the others (`rest`) contribute does not depend on its choice.
         self.sub: list[np.ndarray] = []
+        self.sub_starts: list[np.ndarray] = []
+        self.rest: list[np.ndarray] = []
+        self.rest_starts: list[np.ndarray] = []
         for base in self.base:
             touched = np.zeros(len(self.starts) + 1, dtype=bool)
             touched[self.session[base]] = True
-            self.sub.append(np.flatnonzero(touched[self.session]))
+            inside = touched[self.session]
+            sub, rest = np.flatnonzero(inside), np.flatnonzero(~inside)
+            self.sub.append(sub)
+            self.sub_starts.append(self._starts(sub))
+            self.rest.append(rest)
+            self.rest_starts.append(self._starts(rest))
+        # The scores as exact ranks (for the first row of a session at or above each threshold).
+        self.score_rank = None if self.score is None else np.unique(self.score, return_inverse=True)[1].astype(np.int64)
+        self.n_ranks = 0 if self.score_rank is None else len(self.score_rank)
         self.n_queues = len(self.queue_names)
         self.check_capacity = bool(np.isfinite(self.capacity).any())
 
@@ -304,8 +346,10 @@ class _Model:
         flat = np.bincount(queue * self.n_hours + hour, weights=p, minlength=self.n_queues * self.n_hours)
         return flat.reshape(self.n_queues, self.n_hours)
 
-    def totals(self, fires: Sequence[np.ndarray | None], rows: np.ndarray | None = None) -> _Totals:
-        """Offers at the first firing event of each session (among `rows`; None: all)."""
+    def totals(self, fires: Sequence[np.ndarray | None], rows: np.ndarray | None = None,
+               starts: np.ndarray | None = None) -> _Totals:
+        """Offers at the first firing event of each session (among `rows`; None: all; `starts`: their sessions'
+        first positions when known)."""
         m = self.n if rows is None else len(rows)
         any_fire = np.zeros(m, dtype=bool)
         queue = np.full(m, -1, dtype=np.int64)
@@ -318,7 +362,7 @@ class _Model:
         if not m:
             return _Totals(0.0, 0.0, 0, np.zeros((self.n_queues, self.n_hours)))
         pos = np.where(any_fire, np.arange(m), m)
-        first = np.minimum.reduceat(pos, self._starts(rows))
+        first = np.minimum.reduceat(pos, self._starts(rows) if starts is None else starts)
         first = first[first < m]
         at = first if rows is None else rows[first]
         keep = self.counts[at]
@@ -333,14 +377,17 @@ class _Model:
             feasible = bool((t.load.max(axis=1) <= self.capacity + 1e-9).all())
         return value, feasible
 
-    def search_rule(self, k: int, fires: list[np.ndarray | None], economics: Economics,
-                    ) -> tuple[tuple[float, float] | None, float, int]:
-        """The best (wait, threshold) or None (off) for rule `k`, the others as in `fires`: (choice, value, evals)."""
-        rows = self.sub[k]
+    def candidates(self, k: int, fires: Sequence[np.ndarray | None], economics: Economics) -> _Candidates:
+        """Every choice of rule `k` (off, then each wait x threshold), the other rules as in `fires`.
+
+        Only the rows where rule `k`'s other conditions hold, up to and including the first row where another
+        rule fires, can change a session's offer: a choice moves the offer to the first of those rows it fires
+        at, or leaves it where the other rules put it. Each choice is evaluated as that change from "off".
+        """
+        rows, starts = self.sub[k], self.sub_starts[k]
         others = list(fires)
         others[k] = None
-        # What the sessions outside this rule's reach contribute does not depend on its choice.
-        outside = self.totals(others) - self.totals(others, rows)
+        outside = self.totals(others, self.rest[k], self.rest_starts[k])
         m = len(rows)
         stronger_any = np.zeros(m, dtype=bool)
         stronger_q = np.full(m, -1, dtype=np.int64)
@@ -357,41 +404,104 @@ class _Model:
             else:
                 weaker_any |= f
                 weaker_q[f] = self.queue[j]
-        others_any = stronger_any | weaker_any
-        starts = self._starts(rows)
+        n_sessions = len(starts)
         arange = np.arange(m)
-        base, seconds = self.base[k][rows], self.seconds[rows]
-        score = None if self.score is None else self.score[rows]
-        counts, p_rows, w_rows, hour_rows = self.counts[rows], self.p[rows], self.w[rows], self.hour[rows]
+        # Off: each session's offer is at the first row where another rule fires (m: none).
+        first_other = (np.minimum.reduceat(np.where(stronger_any | weaker_any, arange, m), starts)
+                       if m else np.zeros(0, dtype=np.int64))
+        session_of = np.repeat(np.arange(n_sessions), np.diff(np.r_[starts, m]))
+        counts, w_rows, p_rows, hour_rows = self.counts[rows], self.w[rows], self.p[rows], self.hour[rows]
+        has_other = first_other < m
+        at_other = np.where(has_other, first_other, 0)
+        counted_other = has_other & counts[at_other]  # a holdout visitor's would-be offer counts for nothing
+        worth_other = np.where(counted_other, w_rows[at_other], 0.0)
+        off_worth = outside.worth + float(worth_other.sum())
+        off_offers = outside.offers + int(counted_other.sum())
         need_load = economics.respect_capacity and self.check_capacity
+        queue_other = np.where(stronger_any[at_other], stronger_q[at_other], weaker_q[at_other])
+        p_other = np.where(counted_other, p_rows[at_other], 0.0)
+        off_load = outside.load + self._load(queue_other[counted_other], hour_rows[at_other][counted_other],
+                                             p_other[counted_other]) if need_load else outside.load
+        # The rows where this rule can move the offer: its conditions hold, at or before the others' first.
+        pos = np.flatnonzero(self.base[k][rows] & (arange <= first_other[session_of]))
+        c_session = session_of[pos]
+        c_seconds = self.seconds[rows][pos]
+        c_rank = None if self.score_rank is None else self.score_rank[rows][pos]
+        c_score = None if self.score is None else self.score[rows][pos]
+        c_counted = counts[pos]
+        c_worth = np.where(c_counted, w_rows[pos], 0.0)
+        choices: list[tuple[float, float] | None] = [None]
+        value, offers = [off_worth - self.cost * off_offers], [off_offers]
+        moves: list[np.ndarray | None] = [None]  # per choice, the positions (in `pos`) its offers move to
+        for wait in self.waits.tolist():
+            idx = np.flatnonzero(c_seconds >= wait)  # the rows where this wait is met, in session order
+            sess = c_session[idx]
+            new_session = np.r_[True, sess[1:] != sess[:-1]] if len(idx) else np.zeros(0, dtype=bool)
+            scores = None
+            if c_rank is not None and c_score is not None:
+                # A row can be a session's first at or above some threshold only where its score is a record
+                # of the session so far (the first row of the session always is).
+                key = c_rank[idx] + sess * (self.n_ranks + 1)
+                best = np.maximum.accumulate(key) if len(key) else key
+                record = new_session.copy()
+                record[1:] |= key[1:] > best[:-1]
+                idx, new_session = idx[record], new_session[record]
+                scores = c_score[idx]
+            seg = np.flatnonzero(new_session)
+            n_idx = len(idx)
+            for threshold in self.thresholds[k].tolist():
+                if threshold > 0 and scores is not None:
+                    # records rise within a session: the first at or above the threshold
+                    firsts = np.minimum.reduceat(np.where(scores >= threshold, np.arange(n_idx), n_idx), seg) \
+                        if len(seg) else seg
+                    chosen = idx[firsts[firsts < n_idx]]
+                else:
+                    chosen = idx[seg]
+                moved = c_session[chosen]  # the sessions whose offer this choice moves
+                n = off_offers + int(c_counted[chosen].sum()) - int(counted_other[moved].sum())
+                choices.append((float(wait), float(threshold)))
+                value.append(off_worth + float(c_worth[chosen].sum()) - float(worth_other[moved].sum())
+                             - self.cost * n)
+                offers.append(n)
+                moves.append(chosen)
+        c_queue = np.where(stronger_any[pos], stronger_q[pos], self.queue[k])
+        known: dict[int, bool] = {}
+
+        def fit(i: int) -> bool:
+            if not need_load or not offers[i]:
+                return True
+            if i not in known:
+                load = off_load
+                chosen = moves[i]
+                if chosen is not None:
+                    moved = c_session[chosen]
+                    mine = c_counted[chosen]
+                    r = pos[chosen][mine]
+                    gone = moved[counted_other[moved]]
+                    load = (off_load + self._load(c_queue[chosen][mine], hour_rows[r], p_rows[r])
+                            - self._load(queue_other[gone], hour_rows[at_other[gone]], p_other[gone]))
+                known[i] = bool((load.max(axis=1) <= self.capacity + 1e-9).all())
+            return known[i]
+
+        return _Candidates(choices, np.array(value, dtype=float), np.array(offers, dtype=np.int64), fit)
+
+    def search_rule(self, k: int, fires: list[np.ndarray | None], economics: Economics, offer_cost: float = 0.0,
+                    max_offers: int | None = None) -> tuple[tuple[float, float] | None, float, int]:
+        """The best (wait, threshold) or None (off) for rule `k`, the others as in `fires`: (choice, value, evals).
+
+        ``offer_cost``: a price per offer added to the objective's own (the Lagrangian of a budget);
+        ``max_offers``: choices with more offers are not taken. The value returned includes ``offer_cost``.
+        Ties go to the earlier choice (off, then shorter waits, then lower thresholds)."""
+        cands = self.candidates(k, fires, economics)
+        adjusted = cands.value - offer_cost * cands.offers
         best: tuple[float, tuple[float, float] | None] = (-math.inf, None)
-        evaluations = 0
-        for cand in [None] + [(float(w), float(t)) for w in self.waits for t in self.thresholds[k]]:
-            if cand is None:
-                mine = np.zeros(m, dtype=bool)
-                any_fire = others_any
-            else:
-                mine = base & (seconds >= cand[0])
-                if cand[1] > 0 and score is not None:
-                    mine &= score >= cand[1]
-                any_fire = others_any | mine
-            first = np.minimum.reduceat(np.where(any_fire, arange, m), starts) if m else np.zeros(0, np.int64)
-            first = first[first < m]
-            first = first[counts[first]]
-            p = p_rows[first]
-            offers = outside.offers + len(first)
-            value = outside.worth + float(w_rows[first].sum()) - self.cost * offers
-            evaluations += 1
-            if value <= best[0] + 1e-9:
+        for i, choice in enumerate(cands.choices):
+            if adjusted[i] <= best[0] + 1e-9:
                 continue
-            if need_load and offers:
-                q = np.where(stronger_any[first], stronger_q[first], np.where(mine[first], self.queue[k],
-                                                                             weaker_q[first]))
-                load = outside.load + self._load(q, hour_rows[first], p)
-                if not (load.max(axis=1) <= self.capacity + 1e-9).all():
-                    continue
-            best = (value, cand)
-        return best[1], best[0], evaluations
+            if (max_offers is not None and cands.offers[i] > max_offers) or not cands.fits(i):
+                continue
+            best = (float(adjusted[i]), choice)
+        return best[1], best[0], len(cands.choices)
 
 
 # --------------------------------------------------------------------------------------------- tuning
@@ -399,7 +509,11 @@ class _Model:
 
 @dataclass
 class Tuned:
-    """A tuned policy: the choice per rule, the tuned spec and its exact backtest."""
+    """A tuned policy: the choice per rule, the tuned spec and its exact backtest.
+
+    With a budget: ``max_offers`` (the number of offers allowed on the history, the exact backtest's count),
+    ``model_offers`` (the fast model's count of the chosen policy) and ``offer_cost`` (the price per offer the
+    Lagrangian search settled on; 0 when the budget does not bind)."""
 
     spec: RuleSpec
     choices: tuple[RuleChoice, ...]
@@ -410,6 +524,14 @@ class Tuned:
     search_value: float
     evaluations: int
     objective: str = "accepts"
+    max_offers: int | None = None
+    model_offers: int | None = None
+    offer_cost: float = 0.0
+
+    @property
+    def offers(self) -> int:
+        """Offers of the chosen policy on the history it was tuned on (the exact backtest's count)."""
+        return int(self.result.metrics["offers"])
 
     def table(self) -> pd.DataFrame:
         rows = []
@@ -426,27 +548,118 @@ class Tuned:
         return pd.DataFrame(rows).set_index("rule")
 
 
-def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, *,
-         economics: Economics = Economics(), probability: str | np.ndarray = "score",
-         truth: np.ndarray | str | None = None, fixed_wait: bool = False, waits: Sequence[float] | None = None,
-         thresholds: Sequence[float] | None = None, start: Sequence[RuleChoice] | None = None,
-         max_sweeps: int = 4, name: str | None = None, objective: str = "accepts", effects: Any = None) -> Tuned:
-    """Per rule, the wait time and score threshold (or off) that maximise the value under the queues' capacity.
+_Params = list[tuple[float, float] | None]  # per rule: (wait, threshold) or None (off)
 
-    ``scorer``: the model (or an array of scores per event, e.g. an oracle).
-    ``probability``: what the search counts as an offer's expected accept:
-    ``"score"`` (the scorer's), ``"truth"`` (``truth``) or an array per event.
-    ``objective``: what the value is (:meth:`Economics.coefficients`): ``"accepts"``
-    (expected accepted chats, less a cost per offer), ``"uplift"`` (the expected extra
-    goals the offers cause) or ``"value"`` (both, and the cost per offer, in money).
-    ``effects``: what an offer at each event does to the goal probability
-    (``backtest.resolve_effects``, e.g. ``pcrules.world.event_effects(world)``); needed
-    by ``"uplift"`` and ``"value"``, and reported (expected uplift) whenever given.
-    ``fixed_wait``: search wait times only, no score condition (the baseline family).
-    ``start``: choices to start from (default: every rule off). ``truth`` (an
-    array per event in the input's order, or a column) is also summed in the exact backtest.
-    """
-    economics.coefficients(objective)  # a clear error for an unknown objective, before any work
+# The budget search: bisection steps on the price per offer, how close below the budget ends it, and how
+# close the exact backtest's count must come before the fast model's budget is corrected upwards.
+_BISECTION_STEPS = 24
+_CLOSE_ENOUGH = 0.01
+_EXACT_TOLERANCE = 0.01
+
+
+class _Search:
+    """Coordinate ascent over the rules on the fast model, optionally at a price per offer or within a budget.
+
+    Remembers every policy its price search found (a later budget on the same history starts from them)."""
+
+    def __init__(self, model: _Model, economics: Economics, max_sweeps: int):
+        self.model, self.economics, self.max_sweeps = model, economics, max_sweeps
+        self.evaluations = 0
+        self._start: _Params | None = None
+        self._priced: list[tuple[float, int, float, _Params]] = []  # (price, offers, objective, policy)
+
+    def fires(self, params: _Params) -> list[np.ndarray | None]:
+        return [None if c is None else self.model.fire(k, *c) for k, c in enumerate(params)]
+
+    def measure(self, params: _Params) -> tuple[float, int, bool]:
+        """(the objective, offers, whether every queue's capacity holds) of `params` on the fast model."""
+        t = self.model.totals(self.fires(params))
+        value, feasible = self.model.judge(t, self.economics)
+        return value, t.offers, feasible
+
+    def ascend(self, params: _Params, offer_cost: float = 0.0, max_offers: int | None = None) -> _Params:
+        """Coordinate ascent from `params` of the objective less ``offer_cost`` per offer, taking only choices
+        with at most ``max_offers`` offers (then `params` must be within it). A rule is searched again only
+        when another rule changed since its last search (else its best is what it was)."""
+        params = list(params)
+        fires = self.fires(params)
+        value, offers, _ = self.measure(params)
+        value -= offer_cost * offers
+        step, changed_at = 0, 0
+        searched_at = [-1] * len(params)
+        for _ in range(self.max_sweeps):
+            changed = False
+            for k in range(len(params)):
+                step += 1
+                if searched_at[k] >= changed_at:
+                    continue
+                searched_at[k] = step
+                choice, best, count = self.model.search_rule(k, fires, self.economics, offer_cost, max_offers)
+                self.evaluations += count
+                if choice != params[k] and best > value + 1e-9:
+                    params[k] = choice
+                    fires[k] = None if choice is None else self.model.fire(k, *choice)
+                    value = best
+                    changed, changed_at = True, step
+                    searched_at[k] = step
+            if not changed:
+                break
+        return params
+
+    def priced(self, start: _Params, price: float) -> tuple[int, _Params]:
+        """The search at `price` per offer, from the policy found at the nearest higher price (fewer offers)."""
+        above = [x for x in self._priced if x[0] >= price]
+        warm = min(above, key=lambda x: x[0])[3] if above else [None] * len(start)
+        params = self.ascend(warm, price)
+        value, offers, _ = self.measure(params)
+        self._priced.append((price, offers, value, params))
+        return offers, params
+
+    def within(self, start: _Params, limit: int) -> tuple[_Params, float]:
+        """The best policy found with at most `limit` offers (the fast model's count), and its price per offer.
+
+        The Lagrangian: the unconstrained search first; when it makes more than `limit` offers, the search at a
+        price per offer (on top of the objective's own; a higher price, fewer offers), the price found by a
+        safeguarded false position on log(offers) (bisection when it stalls) until the offers are within 1 %
+        below `limit` or the price is known to 1 %; then coordinate ascent of the objective itself from the
+        best policy within the budget (and from `start` when it is within), taking only choices within it."""
+        if self._start != start:
+            self._start = list(start)
+            unconstrained = self.ascend(start)
+            value, offers, _ = self.measure(unconstrained)
+            top = max(float(np.max(self.model.w, initial=0.0)) - self.model.cost, 0.0) + 1e-6
+            self._priced = [(0.0, offers, value, unconstrained), (top, 0, 0.0, [None] * len(start))]
+        zero = min(self._priced, key=lambda x: x[0])
+        if zero[1] <= limit:
+            return zero[3], 0.0
+        side = 0
+        for _ in range(_BISECTION_STEPS):
+            lo = max((x for x in self._priced if x[1] > limit), key=lambda x: x[0])
+            hi = min((x for x in self._priced if x[1] <= limit and x[0] > lo[0]), key=lambda x: x[0])
+            if hi[1] >= limit * (1.0 - _CLOSE_ENOUGH) or hi[0] - lo[0] <= 0.01 * hi[0]:
+                break
+            price = (lo[0] + hi[0]) / 2
+            if abs(side) < 2:  # false position on log(offers), kept inside the bracket's middle 90 %
+                a, b = math.log(lo[1]), math.log(max(hi[1], 1))
+                guess = lo[0] + (hi[0] - lo[0]) * (a - math.log(max(limit, 1))) / max(a - b, 1e-12)
+                price = min(max(guess, lo[0] + 0.05 * (hi[0] - lo[0])), hi[0] - 0.05 * (hi[0] - lo[0]))
+            offers, _ = self.priced(start, price)
+            above = offers <= limit
+            side = (side + 1 if side >= 0 else 1) if above else (side - 1 if side <= 0 else -1)
+            if abs(side) >= 3:
+                side = 0
+        inside = [x for x in self._priced if x[1] <= limit]
+        price, _, _, best = max(inside, key=lambda x: (x[2], -x[0]))
+        starts = [best] + ([list(start)] if any(start) and self.measure(start)[1] <= limit else [])
+        filled = [self.ascend(s, 0.0, limit) for s in starts]
+        return max(filled, key=lambda p: self.measure(p)[0]), price
+
+
+def _inputs(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any, probability: str | np.ndarray,
+            truth: np.ndarray | str | None, effects: Any,
+            ) -> tuple[EventTable, Any, np.ndarray | None, np.ndarray, str]:
+    """(table, effects resolved, truth per event in the input's order, the probability counted per row of the
+    table, its label) for :func:`tune` and the baselines."""
     table = events if isinstance(events, EventTable) else EventTable(
         events, exclude=((truth,) if isinstance(truth, str) else ()) + effect_columns(effects))
     resolved = resolve_effects(table, effects)
@@ -462,46 +675,205 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
             p = scores_for(table, spec, scorer, np.flatnonzero(table.valid), False)
         else:
             raise ValueError(f"probability must be 'score', 'truth' or an array, got {probability!r}")
-        label = probability
-    else:
-        p = np.asarray(probability, dtype=float)
-        if table.order is not None:
-            p = p[table.order]
-        label = "custom"
+        return table, resolved, truth_values, p, probability
+    p = np.asarray(probability, dtype=float)
+    if table.order is not None:
+        p = p[table.order]
+    return table, resolved, truth_values, p, "custom"
+
+
+def _limit(model: _Model | None, max_offers: Any, max_offer_share: Any) -> int | None:
+    """The budget in offers: ``max_offers``, or ``max_offer_share`` of the history's sessions (rounded down);
+    without `model` only checked."""
+    if max_offers is not None and max_offer_share is not None:
+        raise ValueError("give max_offers or max_offer_share, not both")
+    if max_offers is not None:
+        if isinstance(max_offers, bool) or not isinstance(max_offers, (int, np.integer)) or max_offers < 0:
+            raise ValueError(f"max_offers: expected a whole number of offers >= 0, got {max_offers!r}")
+        return int(max_offers)
+    if max_offer_share is not None:
+        if (isinstance(max_offer_share, bool) or not isinstance(max_offer_share, (int, float, np.floating))
+                or not 0.0 <= float(max_offer_share) <= 1.0):
+            raise ValueError(f"max_offer_share: expected a share of sessions in [0, 1], got {max_offer_share!r}")
+        return 0 if model is None else int(math.floor(float(max_offer_share) * len(model.starts) + 1e-9))
+    return None
+
+
+def _choices(spec: RuleSpec, params: _Params) -> tuple[RuleChoice, ...]:
+    return tuple(RuleChoice(r.name, None, None) if params[k] is None else
+                 RuleChoice(r.name, params[k][0], params[k][1] if params[k][1] > 0 else None)
+                 for k, r in enumerate(spec.rules))
+
+
+def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, *,
+         economics: Economics = Economics(), probability: str | np.ndarray = "score",
+         truth: np.ndarray | str | None = None, fixed_wait: bool = False, waits: Sequence[float] | None = None,
+         thresholds: Sequence[float] | None = None, start: Sequence[RuleChoice] | None = None,
+         max_sweeps: int = 4, name: str | None = None, objective: str = "accepts", effects: Any = None,
+         max_offers: int | None = None, max_offer_share: float | None = None) -> Tuned:
+    """Per rule, the wait time and score threshold (or off) that maximise the value under the queues' capacity
+    (and, with a budget, at most that many offers).
+
+    ``scorer``: the model (or an array of scores per event, e.g. an oracle).
+    ``probability``: what the search counts as an offer's expected accept:
+    ``"score"`` (the scorer's), ``"truth"`` (``truth``) or an array per event.
+    ``objective``: what the value is (:meth:`Economics.coefficients`): ``"accepts"``
+    (expected accepted chats, less a cost per offer), ``"uplift"`` (the expected extra
+    goals the offers cause) or ``"value"`` (both, and the cost per offer, in money).
+    ``effects``: what an offer at each event does to the goal probability
+    (``backtest.resolve_effects``); needed by ``"uplift"`` and ``"value"``, and reported
+    (expected uplift) whenever given. What production has is effects estimated from the
+    decision log's holdout comparisons (:func:`effects_from_log`: per page, no latent
+    state). ``pcrules.world.event_effects(world)`` reads each session's latent
+    ``needs_help``, which no runtime sees: it is the oracle of benchmarks, not an input
+    to tune a real ruleset with.
+    ``fixed_wait``: search wait times only, no score condition (the baseline family).
+    ``start``: choices to start from (default: every rule off). ``truth`` (an
+    array per event in the input's order, or a column) is also summed in the exact backtest.
+
+    **A budget**: ``max_offers`` (offers on this history) or ``max_offer_share`` (a share
+    of its sessions, rounded down). The search is the Lagrangian of "maximise the
+    objective with at most N offers": the coordinate ascent with a price per offer
+    added to the objective's own, the price found by bisection (sped up by false
+    position) so the fast model's offers come as close to N from below as the grid
+    of waits and thresholds allows (within 1 %, or the price known to 1 %);
+    then a coordinate ascent of the objective itself that only takes choices within N
+    (it fills what the price left). The exact backtest then counts the real offers,
+    which can differ from the fast model's (a decline cooldown reaching a later
+    session, an offer timing out): if they exceed N, or fall short by more than 1 %
+    while the budget binds, the fast model's budget is corrected by the difference and
+    the search run again (a few rounds). Guaranteed: the reported policy's offers, by
+    the exact backtest on this history (``Tuned.offers``), are at most N; with every
+    rule off as the last resort. Not guaranteed: the best policy within N (the search
+    is a local one, and the Lagrangian skips volumes its price cannot reach, which the
+    last ascent only partly fills), nor the volume on other traffic (the same ruleset
+    makes its own count there). Without a budget the objective alone decides the
+    volume (as before). ``Tuned.offer_cost`` is the price found (0: the budget does
+    not bind), ``Tuned.model_offers`` the fast model's count.
+    """
+    economics.coefficients(objective)  # a clear error for an unknown objective, before any work
+    _limit(None, max_offers, max_offer_share)  # ... and for a wrong budget
+    table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
     model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait, economics, objective, resolved)
+    limit = _limit(model, max_offers, max_offer_share)
     k_rules = len(spec.rules)
-    params: list[tuple[float, float] | None] = [None] * k_rules
+    params: _Params = [None] * k_rules
     if start is not None:
         given = {c.rule: c for c in start}
         for k, rule in enumerate(spec.rules):
             c = given.get(rule.name)
             if c is not None and not c.off:
                 params[k] = (float(c.wait_s), float(c.threshold or 0.0))
-    fires: list[np.ndarray | None] = [None if c is None else model.fire(k, *c) for k, c in enumerate(params)]
-    evaluations = 0
-    value, feasible = model.judge(model.totals(fires), economics)
-    if not feasible:  # a start that breaks capacity: start from nothing
-        params, fires = [None] * k_rules, [None] * k_rules
-        value = 0.0
-    for _ in range(max_sweeps):
-        changed = False
-        for k in range(k_rules):
-            choice, best, count = model.search_rule(k, fires, economics)
-            evaluations += count
-            if choice != params[k] and best > value + 1e-9:
-                params[k] = choice
-                fires[k] = None if choice is None else model.fire(k, *choice)
-                value = best
-                changed = True
-        if not changed:
-            break
-    choices = tuple(RuleChoice(r.name, None, None) if params[k] is None else
-                    RuleChoice(r.name, params[k][0], params[k][1] if params[k][1] > 0 else None)
-                    for k, r in enumerate(spec.rules))
-    tuned_spec = with_parameters(spec, choices, name=name)
-    result = backtest(tuned_spec, table, scorer, truth=truth_values, effects=resolved)
+    search = _Search(model, economics, max_sweeps)
+    if not search.measure(params)[2]:  # a start that breaks capacity: start from nothing
+        params = [None] * k_rules
+
+    def run(chosen: _Params) -> BacktestResult:
+        return backtest(with_parameters(spec, _choices(spec, chosen), name=name), table, scorer, truth=truth_values,
+                        effects=resolved)
+
+    price = 0.0
+    if limit is None:
+        params = search.ascend(params)
+        result = run(params)
+    else:
+        params, price, result = _within_exact(search, params, limit, run)
+    choices = _choices(spec, params)
+    value, model_offers, _ = search.measure(params)
     measured = policy_value(result, economics, "truth" if label == "truth" else "score", objective)
-    return Tuned(tuned_spec, choices, result, measured, economics, label, value, evaluations, objective)
+    return Tuned(result.spec, choices, result, measured, economics, label, value, search.evaluations, objective,
+                 limit, model_offers, price)
+
+
+def _within_exact(search: _Search, start: _Params, limit: int,
+                  run: Callable[[_Params], BacktestResult]) -> tuple[_Params, float, BacktestResult]:
+    """:meth:`_Search.within` until the exact backtest's count is within `limit` (see :func:`tune`)."""
+    target = limit
+    tried: list[tuple[_Params, float, BacktestResult]] = []
+    upward = 0
+    for _ in range(8):
+        params, price = search.within(start, target)
+        result = run(params)
+        tried.append((params, price, result))
+        real, modelled = int(result.metrics["offers"]), search.measure(params)[1]
+        if real <= limit:
+            if price == 0.0 or limit - real <= _EXACT_TOLERANCE * limit or upward >= 2:
+                break
+            upward += 1
+            again = modelled + (limit - real)
+            if again <= target:
+                break  # the grid gives nothing between: done
+        else:
+            again = min(modelled - (real - limit), target - 1)
+        target = max(again, 0)
+    within = [t for t in tried if int(t[2].metrics["offers"]) <= limit]
+    if not within:  # the last resort: every rule off
+        off: _Params = [None] * len(start)
+        return off, 0.0, run(off)
+    return max(within, key=lambda t: search.measure(t[0])[0])
+
+
+def _budget_args(budget: int | float | None) -> dict[str, Any]:
+    """``budget``: an int is a number of offers, a float a share of the history's sessions."""
+    if budget is None:
+        return {}
+    if isinstance(budget, (int, np.integer)) and not isinstance(budget, bool):
+        return {"max_offers": int(budget)}
+    if isinstance(budget, (float, np.floating)):
+        return {"max_offer_share": float(budget)}
+    raise ValueError(f"budget: expected a number of offers (int) or a share of sessions (float), got {budget!r}")
+
+
+def best_per_page_wait(spec: RuleSpec, events: EventTable | pd.DataFrame, budget: int | float | None,
+                       scorer: Any = None, **kw: Any) -> Tuned:
+    """The baseline an analyst sets by hand, done as well as the history allows: a wait per rule (a page, with
+    :func:`per_page_spec`), no score, each rule possibly off, the best at `budget` (an int: offers; a float: a
+    share of the sessions) by the same objective and probability as :func:`tune` (which it is, with
+    ``fixed_wait=True``; keyword arguments go there). Chosen on the history it is given (in sample)."""
+    return tune(spec, events, scorer, fixed_wait=True, **_budget_args(budget), **kw)
+
+
+def best_global_wait(spec: RuleSpec, events: EventTable | pd.DataFrame, budget: int | float | None,
+                     scorer: Any = None, *, economics: Economics = Economics(),
+                     probability: str | np.ndarray = "score", truth: np.ndarray | str | None = None,
+                     waits: Sequence[float] | None = None, name: str | None = None, objective: str = "accepts",
+                     effects: Any = None) -> Tuned:
+    """The literal baseline: one wait for every rule (Pega's single App Studio wait time), no score, every rule
+    on; of the waits of the grid (as :func:`tune`'s), the best by the objective with at most `budget` offers by
+    the exact backtest (an int: offers; a float: a share of the sessions) and every queue's capacity. Every
+    rule off when no wait fits. Chosen on the history it is given (in sample), on the fast model of
+    :func:`tune`, then measured by the exact backtest."""
+    economics.coefficients(objective)
+    args = _budget_args(budget)
+    _limit(None, args.get("max_offers"), args.get("max_offer_share"))
+    table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
+    model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved)
+    limit = _limit(model, args.get("max_offers"), args.get("max_offer_share"))
+    search = _Search(model, economics, 1)
+    k_rules = len(spec.rules)
+    options = []
+    for wait in model.waits.tolist():
+        params: _Params = [(float(wait), 0.0)] * k_rules
+        value, offers, feasible = search.measure(params)
+        search.evaluations += 1
+        if feasible and (limit is None or offers <= limit):
+            options.append((value, -wait, params))
+    result = None
+    chosen: _Params = [None] * k_rules
+    for _, _, params in sorted(options, key=lambda x: (x[0], x[1]), reverse=True):
+        result = backtest(with_parameters(spec, _choices(spec, params), name=name), table, scorer,
+                          truth=truth_values, effects=resolved)
+        if limit is None or int(result.metrics["offers"]) <= limit:
+            chosen = params
+            break
+        result = None
+    if result is None:
+        result = backtest(with_parameters(spec, _choices(spec, chosen), name=name), table, scorer,
+                          truth=truth_values, effects=resolved)
+    value, model_offers, _ = search.measure(chosen)
+    measured = policy_value(result, economics, "truth" if label == "truth" else "score", objective)
+    return Tuned(result.spec, _choices(spec, chosen), result, measured, economics, label, value,
+                 search.evaluations, objective, limit, model_offers, 0.0)
 
 
 def _truth_array(table: EventTable, truth: np.ndarray | str | pd.Series | None) -> np.ndarray | None:
@@ -681,6 +1053,289 @@ def _interpolate(curve: tuple[np.ndarray, np.ndarray], at: float) -> float | Non
     if at > x.max() or len(x) < 2:
         return None  # beyond the learned frontier: no comparison
     return float(np.interp(at, x, y))
+
+
+# --------------------------------------------------------------------------------------------- at a budget
+
+FAMILIES = ("global_wait", "per_page_wait", "tuned", "limit")
+
+
+def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
+                       judge_events: EventTable | pd.DataFrame, scorer: Any, truth_judge: Any,
+                       budgets: Sequence[int | float] = (0.08, 0.17, 0.25), *, oracle_train: Any = None,
+                       oracle_judge: Any = None, objective: str = "accepts", effects_train: Any = None,
+                       effects_judge: Any = None, limit_effects_train: Any = None,
+                       economics: Economics | None = None, waits: Sequence[float] | None = None,
+                       thresholds: Sequence[float] | None = None, max_sweeps: int = 4, progress: bool = False,
+                       return_tuned: bool = False) -> Any:
+    """The families of policies tuned at the same budgets on one history, judged by the truth on another.
+
+    On ``train_events`` (what an analyst has: the model's scores, the log's effects), at each budget (a float:
+    a share of the training history's sessions; an int: offers), with the same ``objective``:
+
+    * ``global_wait``: one wait for every rule, no score (:func:`best_global_wait`);
+    * ``per_page_wait``: a wait per rule, no score (:func:`best_per_page_wait`);
+    * ``tuned``: a wait and a score threshold per rule (:func:`tune`, from the per-page waits, so in sample it
+      can only add thresholds where they pay);
+    * ``limit`` (with ``oracle_train`` and ``oracle_judge``, the true P(accept) given each event of either
+      history, e.g. ``world_truth(world, oracle=True)``): :func:`tune` with that as its score and as the
+      probability it counts, a perfect model's policy (uplift: with ``limit_effects_train``, by default
+      ``effects_train``).
+
+    Each chosen spec is then run by the exact backtest on ``judge_events`` with ``truth=truth_judge`` (and
+    ``effects=effects_judge``, the true effects, for uplift): out of sample, by the truth. Every policy is
+    chosen for the same budget; how equal the volumes then are is in the table: ``offers_train`` (the exact
+    count on the training history, at most the budget and, but for ``global_wait`` whose waits come in steps,
+    within about 1 % of it) and ``offers`` (on the judging history, where the same spec makes a slightly
+    different number). Because one wait's steps are coarse, ``ratio_to_global`` compares with the one-wait
+    frontier of the judging history read at the same offers: the linear interpolation between the two
+    single-wait policies on either side (a visitor-level mix of those two waits makes exactly that in
+    expectation). ``ratio_to_per_page`` and ``ratio_to_limit`` compare with those families' policies at the
+    same budget directly.
+
+    ``economics``: by default ``Economics(1.0, 0.0)``: the budget, not a price per offer, sets the volume.
+    Returns a DataFrame, one row per (budget, family): ``budget``, ``budget_offers``, ``family``,
+    ``offers_train``, ``offers``, ``offer_share``, ``true_expected_accepts``, ``true_expected_uplift`` (None
+    without ``effects_judge``), ``true_value`` (the objective by the truth: accepts, extra goals, or money),
+    ``global_at_equal_offers``, ``ratio_to_global``, ``ratio_to_per_page``, ``ratio_to_limit``; with
+    ``return_tuned``, also a dict (budget, family) -> :class:`Tuned` (on the training history).
+    """
+    economics = economics if economics is not None else Economics(1.0, 0.0)
+    economics.coefficients(objective)
+    if (oracle_train is None) != (oracle_judge is None):
+        raise ValueError("the limit family needs both oracle_train and oracle_judge (or neither)")
+    train = train_events if isinstance(train_events, EventTable) else EventTable(
+        train_events, exclude=effect_columns(effects_train))
+    judge = judge_events if isinstance(judge_events, EventTable) else EventTable(
+        judge_events, exclude=((truth_judge,) if isinstance(truth_judge, str) else ()) + effect_columns(effects_judge))
+    truth_j = _truth_array(judge, truth_judge)
+    oracle_t = _truth_array(train, oracle_train)
+    oracle_j = _truth_array(judge, oracle_judge)
+    families = [f for f in FAMILIES if f != "limit" or oracle_t is not None]
+    bar = progress_bar(progress, len(budgets) * len(families) + 1, "compare at budgets", "policy")
+
+    def judged(tuned_spec: RuleSpec, judge_scorer: Any) -> tuple[BacktestResult, float]:
+        result = backtest(tuned_spec, judge, judge_scorer, truth=truth_j, effects=effects_judge)
+        return result, float(policy_value(result, economics, "truth", objective)["value"])
+
+    # The one-wait frontier of the judging history (for equal volumes), one backtest per wait of the grid.
+    grid = np.array(sorted(set(float(w) for w in waits))) if waits is not None else \
+        _Model(spec, train, None, np.zeros(train.n), None, None, True).waits
+    frontier = []
+    for wait in grid.tolist():
+        result, value = judged(with_parameters(spec, [RuleChoice(r.name, wait, None) for r in spec.rules]), scorer)
+        frontier.append((int(result.metrics["offers"]), value))
+    frontier.sort()
+    if bar is not None:
+        bar.update()
+    common = dict(economics=economics, objective=objective, waits=waits, max_sweeps=max_sweeps)
+    rows, chosen = [], {}
+    for budget in budgets:
+        args = _budget_args(budget)
+        runs: dict[str, tuple[Tuned, Any]] = {}
+        runs["global_wait"] = (best_global_wait(spec, train, budget, scorer, economics=economics, objective=objective,
+                                                waits=waits, effects=effects_train), scorer)
+        if bar is not None:
+            bar.update()
+        per_page = best_per_page_wait(spec, train, budget, scorer, effects=effects_train, **common)
+        runs["per_page_wait"] = (per_page, scorer)
+        if bar is not None:
+            bar.update()
+        runs["tuned"] = (tune(spec, train, scorer, effects=effects_train, thresholds=thresholds,
+                              start=per_page.choices, **args, **common), scorer)
+        if bar is not None:
+            bar.update()
+        if oracle_t is not None:
+            limit_effects = limit_effects_train if limit_effects_train is not None else effects_train
+            runs["limit"] = (tune(spec, train, oracle_t, probability=oracle_t, effects=limit_effects,
+                                  thresholds=thresholds, **args, **common), oracle_j)
+            if bar is not None:
+                bar.update()
+        here = []
+        for family, (tuned, judge_scorer) in runs.items():
+            result, value = judged(tuned.spec, judge_scorer)
+            m = result.metrics
+            chosen[(budget, family)] = tuned
+            here.append({"budget": budget, "budget_offers": tuned.max_offers, "family": family,
+                         "offers_train": tuned.offers, "offers": int(m["offers"]),
+                         "offer_share": float(m["offer_rate_per_session"]),
+                         "true_expected_accepts": m.get("true_expected_accepts"),
+                         "true_expected_uplift": m.get("true_expected_uplift"), "true_value": value})
+        values = {r["family"]: r["true_value"] for r in here}
+        for r in here:
+            at = _between(frontier, r["offers"])
+            r["global_at_equal_offers"] = at
+            r["ratio_to_global"] = _ratio(r["true_value"], at)
+            r["ratio_to_per_page"] = _ratio(r["true_value"], values.get("per_page_wait"))
+            r["ratio_to_limit"] = _ratio(r["true_value"], values.get("limit"))
+        rows += here
+    if bar is not None:
+        bar.close()
+    frame = pd.DataFrame(rows)
+    return (frame, chosen) if return_tuned else frame
+
+
+def _between(points: list[tuple[int, float]], offers: int) -> float | None:
+    """The value at `offers` on the line through the single-wait policies on either side (None beyond them)."""
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    if not len(x) or offers < x.min() or offers > x.max():
+        return None
+    return float(np.interp(offers, x, y))
+
+
+def _ratio(value: float, base: float | None) -> float | None:
+    if base is None or not math.isfinite(base) or base <= 0:
+        return None
+    return value / base
+
+
+# --------------------------------------------------------------------------------------------- effects from the log
+
+
+@dataclass(frozen=True)
+class LoggedEffects:
+    """What an offer does to the goal, per page, estimated from the decision log's holdout comparison.
+
+    ``table`` (one row per page of the log): ``n_treated``, ``n_control`` (eligible visitors whose first
+    offer or would-be offer was on the page), ``rate_treated``, ``rate_control``, ``itt`` with ``ci_low`` /
+    ``ci_high`` (:func:`pcrules.uplift.estimate`), ``enough_data`` (its rules: units and conversions per arm,
+    and with ``mde`` the :func:`pcrules.uplift.sample_size` of each arm, in ``needed_treated`` /
+    ``needed_control``), ``offers`` and ``accepted`` (the treated visitors' real offers in their window),
+    ``effect_per_offer``, ``effect_per_accept``, ``used`` (``"page"``: its own estimate; ``"pooled"``: too
+    little data, the estimate over all pages) and the ``gain_if_accepted`` / ``loss_if_not_accepted`` given
+    to an offer on the page. A page the log never offered on gets the pooled values.
+
+    Called with a frame of events (what ``effects=`` of :func:`tune` and the backtest take), it returns
+    ``(gain_if_accepted, loss_if_not_accepted)`` per event by its page: no latent state is read.
+    """
+
+    table: pd.DataFrame
+    pooled: Any  # UpliftEstimate over every page
+    pooled_effect: tuple[float, float]  # (gain_if_accepted, loss_if_not_accepted) of the pooled estimate
+    scale: str
+    warnings: tuple[str, ...] = ()
+
+    def __call__(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        pages = pd.Series(frame["page"].astype(object).to_numpy(dtype=object))
+        gain = pages.map(self.table["gain_if_accepted"]).fillna(self.pooled_effect[0]).to_numpy(dtype=float)
+        loss = pages.map(self.table["loss_if_not_accepted"]).fillna(self.pooled_effect[1]).to_numpy(dtype=float)
+        return gain, loss
+
+    def summary(self) -> str:
+        cols = ["n_treated", "n_control", "itt", "ci_low", "ci_high", "enough_data", "used", "gain_if_accepted",
+                "loss_if_not_accepted"]
+        lines = [f"effects from the log (per page, {self.scale} scale); pooled: {self.pooled.summary()}",
+                 self.table[cols].to_string(float_format=lambda x: f"{x:+.4f}")]
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+
+_ANSWERS = (("outcome", "accepted"), ("status", "accepted"), ("response", "accept"))
+
+
+def effects_from_log(decisions: pd.DataFrame, goals: pd.DataFrame, *, scale: str = "accept",
+                     window_s: float | None = None, goal_names: Sequence[str] | str | None = None,
+                     alpha: float = 0.05, min_per_arm: int | None = None, min_events: int | None = None,
+                     mde: float | None = None, target_power: float = 0.8) -> LoggedEffects:
+    """Per page, what an offer does to the goal probability, from the log's holdout comparison: the ``effects=``
+    of :func:`tune` (``objective="uplift"`` or ``"value"``) and of the backtest, with no latent state.
+
+    ``decisions``: the offers and holdout would-be offers (the decision log's ``decisions`` or
+    :func:`pcrules.uplift.read_eligible`, a backtest's ``offers``) with ``visitor_id``, ``session_id``, ``ts``,
+    ``page``, ``holdout`` and the answer (``outcome`` / ``status`` accepted, or ``response`` accept; needed
+    for ``scale="accept"``); ``goals``: ``visitor_id, session_id, goal, ts`` (what ``record_goal`` logged).
+    The units and the intention-to-treat estimate are :mod:`pcrules.uplift`'s (a visitor, her first eligible
+    decision, goals within ``window_s``), per page of that first decision; a page's own estimate is used when
+    it has enough data by :func:`pcrules.uplift.estimate`'s rules (``min_per_arm`` units and ``min_events``
+    conversions and non-conversions per arm, and with ``mde`` the arms :func:`pcrules.uplift.sample_size`
+    needs to detect that uplift), else the estimate pooled over every page (a warning says when even that
+    has too little).
+
+    The ITT is per eligible visitor; times the treated visitors it is the extra goals their offers caused,
+    and divided by their real offers in their windows (``effect_per_offer``), by the accepted ones
+    (``effect_per_accept``: the Wald, or complier, estimate) or by those not accepted
+    (``effect_per_unaccepted``) it is the effect of one. ``scale="accept"`` (default): a positive effect is
+    credited to the accepted chats (``gain_if_accepted``, no loss: an offer is worth its P(accept) x that), a
+    negative one to the offers not accepted (annoyance: ``loss_if_not_accepted``, no gain); either way the
+    tuner prefers the moments the model rates likelier to be accepted. ``scale="offer"``: every offer on the
+    page has the page's effect whatever its P(accept). Assumed (and not checked): the effect on a page does
+    not depend on when the offer was made (the log's waits) or to whom, beyond the page and P(accept); where
+    it does (on the generated world struggling visitors stay longer and gain more), per-page effects miss
+    that targeting. They are noisy too: a page's holdout arm of a few hundred visitors gives an interval of
+    several points (``ci_low`` / ``ci_high``), which ``mde`` (a sample size per arm) makes explicit.
+    """
+    from ..stats.uplift import DEFAULT_WINDOW_S, MIN_EVENTS, MIN_PER_ARM, units_from_frames, uplift_from_units
+
+    if scale not in ("accept", "offer"):
+        raise ValueError(f"scale must be 'accept' or 'offer', got {scale!r}")
+    window = DEFAULT_WINDOW_S if window_s is None else float(window_s)
+    kw = dict(alpha=alpha, min_per_arm=MIN_PER_ARM if min_per_arm is None else min_per_arm,
+              min_events=MIN_EVENTS if min_events is None else min_events, mde=mde, target_power=target_power)
+    d = decisions
+    answer = next(((c, v) for c, v in _ANSWERS if c in d.columns), None)
+    if scale == "accept" and answer is None:
+        raise ValueError("effects_from_log: scale='accept' needs the offers' answers (a column outcome, status or "
+                         "response); give them, or use scale='offer'")
+    units = units_from_frames(d, goals, window_s=window, goal_names=goal_names)
+    by_page = uplift_from_units(units, by="page", **kw)
+    pooled = uplift_from_units(units, **kw)
+    # The treated visitors' real offers (and accepts) within their windows, by the page of their first one.
+    holdout = d["holdout"].fillna(0).astype(bool) if "holdout" in d.columns else pd.Series(False, index=d.index)
+    real = ~holdout.to_numpy(dtype=bool)
+    if "action" in d.columns:
+        real &= d["action"].astype(object).eq("offer").to_numpy(dtype=bool)
+    offers = pd.DataFrame({"visitor_id": d["visitor_id"].astype(object).to_numpy()[real],
+                           "ts": d["ts"].to_numpy(dtype=float)[real],
+                           "accepted": (d[answer[0]].astype(object).eq(answer[1]).to_numpy(dtype=bool)[real]
+                                        if answer is not None else np.zeros(int(real.sum()), dtype=bool))})
+    treated = units[units["treated"]][["visitor_id", "first_ts", "page"]].astype({"visitor_id": object})
+    joined = offers.merge(treated, on="visitor_id", how="inner")
+    joined = joined[(joined["ts"] >= joined["first_ts"]) & (joined["ts"] <= joined["first_ts"] + window)]
+    counted = joined.groupby(joined["page"].astype(object).fillna(""))["accepted"].agg(["size", "sum"])
+
+    def effect(est: Any, n_offers: float, n_accepted: float) -> tuple[float, float, float, float, float]:
+        """(per offer, per accepted offer, per offer not accepted, gain_if_accepted, loss_if_not_accepted)"""
+        goals = (est.estimate if est.estimate is not None else 0.0) * est.n_treated  # extra goals of the treated
+        per_offer = goals / n_offers if n_offers else 0.0
+        per_accept = goals / n_accepted if n_accepted else 0.0
+        per_other = goals / (n_offers - n_accepted) if n_offers > n_accepted else 0.0
+        if scale == "offer":
+            gain = float(np.clip(per_offer, -1.0, 1.0))
+            return per_offer, per_accept, per_other, gain, -gain
+        if goals >= 0:  # credited to the accepted chats
+            return per_offer, per_accept, per_other, float(min(per_accept, 1.0)), 0.0
+        return per_offer, per_accept, per_other, 0.0, float(min(-per_other, 1.0))  # to the offers not accepted
+
+    pooled_values = effect(pooled, float(counted["size"].sum()), float(counted["sum"].sum()))
+    pooled_effect = (pooled_values[3], pooled_values[4])
+    warnings = []
+    if not pooled.enough_data:
+        warnings.append(f"not enough data for an estimate even over every page ({pooled.summary()}): the effects "
+                        "are a guess")
+    rows = []
+    for page, est in by_page.items():
+        n_offers = float(counted["size"].get(page, 0))
+        n_accepted = float(counted["sum"].get(page, 0))
+        own = bool(est.enough_data and n_offers > 0)
+        per_offer, per_accept, per_other, gain, loss = effect(est, n_offers, n_accepted)
+        if own and max(gain, loss) >= 1.0:
+            warnings.append(f"{page}: the estimate gives one offer an effect beyond a whole goal (ITT "
+                            f"{est.estimate:+.3f} over {est.n_treated:,} visitors, {int(n_offers):,} offers, "
+                            f"{int(n_accepted):,} accepted): noise, capped at 1")
+        if not own:
+            gain, loss = pooled_effect
+        rows.append({"page": page, "n_treated": est.n_treated, "n_control": est.n_control,
+                     "rate_treated": est.rate_treated, "rate_control": est.rate_control, "itt": est.estimate,
+                     "ci_low": est.ci_low, "ci_high": est.ci_high, "enough_data": est.enough_data,
+                     "needed_treated": None if est.needed is None else est.needed.treated,
+                     "needed_control": None if est.needed is None else est.needed.control,
+                     "offers": int(n_offers), "accepted": int(n_accepted), "effect_per_offer": per_offer,
+                     "effect_per_accept": per_accept, "effect_per_unaccepted": per_other,
+                     "used": "page" if own else "pooled",
+                     "gain_if_accepted": gain, "loss_if_not_accepted": loss})
+    table = pd.DataFrame(rows).set_index("page") if rows else pd.DataFrame(
+        columns=["gain_if_accepted", "loss_if_not_accepted", "used"])
+    return LoggedEffects(table, pooled, pooled_effect, scale, tuple(warnings))
 
 
 # --------------------------------------------------------------------------------------------- the generated world
