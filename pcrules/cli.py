@@ -273,7 +273,18 @@ def _train(args: argparse.Namespace) -> int:
     write_model(result, args.out, args.metrics_out)
     print(f"trained on {result.n_train:,} offers, reported on {result.n_test:,} held-out ones")
     print(result.test.summary())
+    for name, support in result.model.support_.items():
+        unit = " s" if "seconds" in name else ""
+        print(f"support: {name} {support.low:,.4g}{unit} to {support.high:,.4g}{unit} "
+              f"(values beyond are scored like the nearest end)")
+    if args.calibration:
+        for name in result.test.calibration:
+            print(f"\ncalibration by {name} (held out):")
+            print(result.test.calibration_frame(name).to_string(float_format="{:.4g}".format))
     print(f"model: {args.out}" + (f"; metrics: {args.metrics_out}" if args.metrics_out else ""))
+    sys.stdout.flush()  # the report first, then what it cannot support
+    for warning in result.test.warnings:  # on stderr, one line each
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -283,6 +294,9 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--out", required=True, help="model file to write (JSON; publish it with `pcrules publish`)")
     train.add_argument("--metrics-out", help="held-out metrics to write (JSON; `publish --metrics` takes it)")
     train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    train.add_argument("--calibration", action="store_true",
+                       help="also print the held-out calibration per time-on-page and time-on-site bin "
+                            "(always in --metrics-out)")
     train.set_defaults(run=_train)
 
 

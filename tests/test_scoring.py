@@ -3,6 +3,7 @@ the runtime loads without scikit-learn, the training report, the synthetic world
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -28,11 +29,15 @@ from pcrules.scoring import (  # noqa: E402
     NullScorer,
     Numeric,
     Scorer,
+    Support,
+    calibration_by_bin,
     evaluate,
     event_features,
     expected_calibration_error,
     group_holdout,
     load_scorer,
+    supported_range,
+    training_warnings,
 )
 from pcrules.scoring.features import DEFAULT_EVENT_FEATURES, MISSING, category_key, number_value  # noqa: E402
 from pcrules.scoring.model import encode_frame  # noqa: E402
@@ -183,13 +188,14 @@ def test_estimator_contract(toy):
     small, ys = frame.iloc[:4000], y[:4000]
     model = AcceptanceModel(C=0.5)
     assert model.get_params() == {"features": None, "C": 0.5, "solver": "newton-cholesky", "max_iter": 200,
-                                  "tol": 1e-6, "class_weight": None, "clip": True}
+                                  "tol": 1e-6, "class_weight": None, "clip": True, "support": 0.001, "min_rows": 30,
+                                  "min_positives": 5.0, "knot_placement": "quantile"}
     with pytest.raises(NotFittedError):
         model.predict_proba(small)
     assert model.set_params(C=2.0) is model and model.C == 2.0
     assert model.fit(small, ys) is model
     learned = {k for k in vars(model) if k.endswith("_") and not k.startswith("_")}
-    assert {"pipeline_", "classes_", "features_", "n_train_", "base_rate_"} <= learned
+    assert {"pipeline_", "classes_", "features_", "support_", "n_train_", "base_rate_"} <= learned
     assert list(model.classes_) == [False, True]
     proba = model.predict_proba(small)
     assert proba.shape == (4000, 2) and np.allclose(proba.sum(axis=1), 1.0)
@@ -230,6 +236,126 @@ def test_numeric_fields_are_clipped_to_the_training_range(toy):
     assert abs(compiled.predict_proba_one(week) - expected) <= 1e-12
     unclipped = clone(model).set_params(clip=False).fit(frame[~test].iloc[:5000], toy[2][~test][:5000])
     assert unclipped.features_.numeric[0].upper is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the model has data: a robust support, knots inside it, the same clipping on both paths
+# ---------------------------------------------------------------------------------------------------------------
+def with_outliers(frame, y, n=5):
+    """The frame plus `n` rows far beyond the rest: tabs left open for a day, sessions of 14 hours."""
+    odd = frame.iloc[:n].assign(seconds_on_page=86400.0, session_seconds=50_000.0, pages_viewed=400.0)
+    return pd.concat([frame, odd], ignore_index=True), np.concatenate([y, np.ones(n, dtype=bool)])
+
+
+@pytest.fixture(scope="module")
+def supported(toy):
+    """A model fitted on the toy training rows plus five outliers."""
+    _, frame, y, _, test = toy
+    train, target = with_outliers(frame[~test].reset_index(drop=True), y[~test])
+    return AcceptanceModel().fit(train, target), train
+
+
+def test_the_support_is_robust_and_every_spline_piece_has_rows(supported):
+    model, train = supported
+    assert set(model.support_) == {"seconds_on_page", "pages_viewed", "session_seconds"}
+    for num in model.features_.numeric:
+        support = model.support_[num.field]
+        x = train[num.field].to_numpy(dtype=float)
+        x = np.sort(x[~np.isnan(x)])
+        assert isinstance(support, Support) and support.rows == len(x)
+        assert (num.lower, num.upper) == (support.low, support.high)  # what the model clips to
+        # not min/max: five outliers do not make the range; at least 30 rows at or beyond each end
+        outlier = {"seconds_on_page": 86400.0, "session_seconds": 50_000.0, "pages_viewed": 400.0}[num.field]
+        assert x.max() == outlier and support.high < outlier / 10
+        assert (x >= support.high).sum() >= 30 and (x <= support.low).sum() >= 30
+        # knots strictly inside, every piece of the spline with at least 30 training rows
+        assert all(support.low < k < support.high for k in num.knots) and len(num.knots) >= 1
+        pieces = np.diff(np.concatenate(([0], np.searchsorted(x, num.knots, side="right"), [len(x)])))
+        assert pieces.min() >= 30, (num.field, num.knots, pieces)
+    assert model.support_["seconds_on_page"][:2] == (0.0, 900.0)  # the toy's re-check grid, 0 to 900 s
+    # with clip=False the spec is used as given
+    raw = clone(model).set_params(clip=False).fit(train.iloc[:5000], np.arange(5000) % 20 == 0)
+    assert raw.support_ == {} and raw.features_ == DEFAULT_EVENT_FEATURES
+
+
+def test_predict_proba_and_the_compiled_scorer_clip_identically_outside_the_support(supported):
+    model, _ = supported
+    compiled = load_scorer(json.loads(json.dumps(model.to_dict())))
+    seconds, visit = model.support_["seconds_on_page"], model.support_["session_seconds"]
+    assert visit.low > 0  # the toy's time on site starts above 0: values below the support exist
+    base = {"page": "Plans", "device": "mobile", "returning": True, "pages_viewed": 3}
+    events = [{**base, "seconds_on_page": s, "session_seconds": t}
+              for s in (-5.0, 0.0, seconds.low, 45.0, seconds.high, seconds.high + 1, 7 * 86400.0, 1e300, None,
+                        float("nan"), "600", True)
+              for t in (0.0, visit.low / 2, visit.low, 200.0, visit.high, visit.high * 3, 1e9, None)]
+    events += [{**base, "seconds_on_page": 60.0, "session_seconds": 100.0, "pages_viewed": v}
+               for v in (0, 1, 250, 400, 10**30, -1, None)]
+    expected = model.predict_proba(pd.DataFrame.from_records(events))[:, 1]
+    got = np.array([compiled.predict_proba_one(e) for e in events])
+    assert np.max(np.abs(got - expected)) <= 1e-12
+    # beyond the support a value scores exactly like the nearest end, on both paths
+    for field, support in (("seconds_on_page", seconds), ("session_seconds", visit)):
+        at_end = {**base, "seconds_on_page": 60.0, "session_seconds": 100.0}
+        for outside, end in ((support.high * 10 + 1, support.high), (support.high + 1e-6, support.high)) + (
+                ((support.low / 2, support.low),) if support.low > 0 else ()):
+            a, b = {**at_end, field: outside}, {**at_end, field: end}
+            assert compiled.predict_proba_one(a) == compiled.predict_proba_one(b)
+            pair = model.predict_proba(pd.DataFrame.from_records([a, b]))[:, 1]
+            assert pair[0] == pair[1]
+
+
+def test_supported_range_for_the_tuner(supported, toy):
+    model, train = supported
+    compiled = model.compile()
+    data = json.loads(json.dumps(model.to_dict()))
+    expected = model.support_["seconds_on_page"][:2]
+    for source in (model, compiled, load_scorer(data), data):
+        assert supported_range(source, "seconds_on_page") == expected
+        assert supported_range(source, "page") is None and supported_range(source, "nope") is None
+    assert model.supported_range("session_seconds") == compiled.supported_range("session_seconds") \
+        == model.support_["session_seconds"][:2]
+    assert data["meta"]["support"]["seconds_on_page"] == {"low": expected[0], "high": expected[1],
+                                                          "rows": model.support_["seconds_on_page"].rows}
+    assert compiled.support == model.support_
+    # a model file without the rows still has its range (the spec's bounds are what it clips to)
+    data["meta"].pop("support")
+    assert load_scorer(data).support["seconds_on_page"] == Support(*expected, None)
+    # scorers that know nothing of their data, a model fitted without clipping, the hour transform
+    assert supported_range(LinearScorer(-2.0, {"seconds_on_page": 0.1}), "seconds_on_page") is None
+    assert supported_range(NullScorer(), "seconds_on_page") is None
+    assert supported_range({"kind": "null"}, "seconds_on_page") is None
+    _, frame, y, _, test = toy
+    small, ys = frame[~test].iloc[:6000], y[~test][:6000]
+    assert supported_range(AcceptanceModel(clip=False).fit(small, ys), "seconds_on_page") is None
+    hourly = AcceptanceModel(event_features(hour_utc_offset=1.0)).fit(small, ys)
+    assert supported_range(hourly, "ts") is None and supported_range(hourly, "seconds_on_page") is not None
+
+
+def test_hinges_are_penalised_in_their_fields_units(supported):
+    model, train = supported
+    scaler = model.pipeline_.named_steps["encode"].named_transformers_["num"]
+    columns = model.features_.numeric_columns()
+    basis = encode_frame(model.features_, train)
+    for num in model.features_.numeric:
+        names = num.basis_names()
+        first = columns.index(names[0])
+        assert math.isclose(scaler.scale_[first], basis[names[0]].std(ddof=0), rel_tol=1e-9)
+        for name in names[1:-1]:
+            # every hinge shares its field's scale; its own spread is smaller (a hinge is 1-Lipschitz), so a
+            # StandardScaler would have blown it up and left its slope change nearly free of penalty
+            assert scaler.scale_[columns.index(name)] == scaler.scale_[first]
+            assert basis[name].std(ddof=0) < scaler.scale_[first]
+
+
+def test_bad_support_parameters_are_refused(toy):
+    _, frame, y, _, _ = toy
+    for params, message in (({"support": 0.5}, "support"), ({"min_rows": -1}, "min_rows"),
+                            ({"min_positives": float("nan")}, "min_positives"),
+                            ({"knot_placement": "everywhere"}, "knot_placement")):
+        with pytest.raises(ValueError, match=message):
+            AcceptanceModel(**params).fit(frame.iloc[:2000], y[:2000])
+    spec_knots = AcceptanceModel(knot_placement="spec").fit(frame.iloc[:20_000], y[:20_000])
+    assert spec_knots.features_.numeric[0].knots == (10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,12 +481,13 @@ def test_load_scorer_needs_neither_sklearn_pandas_nor_numpy(toy, tmp_path):
     code = (
         "import json, sys\n"
         "import pcrules\n"
-        "from pcrules.scoring import load_scorer\n"
+        "from pcrules.scoring import load_scorer, supported_range\n"
         f"scorer = load_scorer(json.load(open({str(tmp_path / 'model.json')!r})))\n"
         f"events = json.load(open({str(tmp_path / 'events.json')!r}))\n"
         "scores = [scorer.predict_proba_one(e) for e in events]\n"
+        "support = supported_range(scorer, 'seconds_on_page')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'pandas', 'numpy', 'scipy'))\n"
-        "print(json.dumps({'scores': scores, 'heavy': heavy}))\n"
+        "print(json.dumps({'scores': scores, 'heavy': heavy, 'support': support}))\n"
     )
     env = {**os.environ, "PYTHONPATH": ROOT}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
@@ -368,6 +495,7 @@ def test_load_scorer_needs_neither_sklearn_pandas_nor_numpy(toy, tmp_path):
     result = json.loads(out.stdout)
     assert result["heavy"] == []
     assert np.max(np.abs(np.array(result["scores"]) - expected)) <= 1e-9
+    assert tuple(result["support"]) == model.supported_range("seconds_on_page")
 
 
 def test_the_runtime_offers_exactly_where_the_compiled_score_passes(toy):
@@ -427,6 +555,82 @@ def test_toy_model_is_near_the_oracle_and_calibrated(toy):
     assert report.oracle["mae_vs_truth"] < 0.02
 
 
+def test_calibration_by_bin_by_hand():
+    x = np.array([0, 14.9, 15, 29, 45, 61, 150, 200, 650, 5000, np.nan, -3.0])
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0])
+    p = np.array([0.1, 0.3, 0.2, 0.2, 0.5, 0.1, 0.4, 0.2, 0.1, 0.3, 0.6, 0.2])
+    truth = p / 2
+    bins = calibration_by_bin(x, y, p, truth)
+    assert [b.label for b in bins] == ["0-15 s", "15-30 s", "30-60 s", "60-120 s", "120-180 s", "180-300 s",
+                                       "300-600 s", "600+ s", "missing"]
+    assert [b.rows for b in bins] == [2, 2, 1, 1, 1, 1, 0, 2, 2] and sum(b.rows for b in bins) == len(x)
+    assert [b.positives for b in bins] == [1, 0, 1, 0, 1, 0, 0, 1, 1]
+    first = bins[0]
+    assert (first.lo, first.hi) == (0.0, 15.0) and bins[7].hi is None and bins[8].lo is None
+    assert math.isclose(first.mean_predicted, 0.2) and first.observed == 0.5 and math.isclose(first.ratio, 0.4)
+    assert math.isclose(first.mean_true, 0.1) and math.isclose(first.ratio_to_true, 2.0)
+    assert bins[1].observed == 0.0 and bins[1].ratio is None  # nothing observed: no ratio
+    assert bins[6].mean_predicted is None and bins[6].observed is None  # empty
+    assert calibration_by_bin(x[:10], y[:10], p[:10])[-1].label == "600+ s"  # no missing bin when none is
+    assert calibration_by_bin([1.0], [0], [0.1])[0].mean_true is None
+    with pytest.raises(ValueError, match="increasing"):
+        calibration_by_bin(x, y, p, edges=(0, 30, 15))
+
+
+def test_the_report_checks_calibration_per_time_bin_and_the_tables_add_up(toy):
+    model, frame, y, p, test = toy
+    held = frame[test].reset_index(drop=True)
+    held.loc[held.index % 7 == 0, "session_seconds"] = np.nan  # missing now and then: its own bin
+    report = model.report(held, y[test], p[test])
+    assert set(report.calibration) == {"seconds_on_page", "session_seconds"}
+    for bins in report.calibration.values():
+        assert sum(b.rows for b in bins) == report.n == len(held)
+        assert sum(b.positives for b in bins) == report.positives
+        filled = [b for b in bins if b.rows]
+        assert sum(b.rows * b.mean_predicted for b in filled) / report.n == pytest.approx(report.mean_predicted)
+        assert all(b.mean_true is not None and b.ratio_to_true is not None for b in filled)
+    assert report.calibration["session_seconds"][-1].label == "missing"
+    table = report.calibration_frame("seconds_on_page")
+    assert table.index.name == "seconds_on_page" and table["rows"].sum() == report.n
+    assert {"rows", "positives", "mean_predicted", "observed", "ratio", "mean_true", "ratio_to_true"} <= set(table)
+    # plain JSON (no NaN, no infinity): the metrics file and the bundle's manifest store it
+    text = json.dumps(report.to_dict(), allow_nan=False)
+    assert json.loads(text)["calibration"]["seconds_on_page"][0]["label"] == "0-15 s"
+    # enough held-out accepts, every bin inside the support filled: nothing to warn about
+    assert report.positives > 1000 and report.warnings == []
+    assert "No warnings" in report._repr_html_() and "calibration by session_seconds" in report.text()
+    with pytest.raises(KeyError, match="pages_viewed"):
+        report.calibration_frame("pages_viewed")
+
+
+def test_training_warnings_say_what_the_data_cannot_support(toy):
+    _, frame, y, p, test = toy
+    # the toy's rows only up to 90 s on the page, few of them: a narrow support and too few accepts
+    short = frame[(frame["seconds_on_page"] <= 90).to_numpy()].reset_index(drop=True)
+    ys, ps = y[(frame["seconds_on_page"] <= 90).to_numpy()], p[(frame["seconds_on_page"] <= 90).to_numpy()]
+    model = AcceptanceModel().fit(short.iloc[:3000], ys[:3000])
+    report = model.report(short.iloc[3000:3400], ys[3000:3400], ps[3000:3400])
+    warnings = report.warnings
+    assert 0 < report.positives < 50
+    assert warnings[0].startswith(f"{report.positives} accepted offers held out (of 400): AUC and calibration are "
+                                  f"not measurable to ±0.05")
+    assert "train on more history" in warnings[0]
+    thin = [w for w in warnings if "too few held-out offers to check calibration" in w]
+    assert thin and any(w.startswith("seconds_on_page:") for w in thin)
+    narrow = [w for w in warnings if w.startswith("seconds_on_page has training data only between 0 s and 90 s")]
+    assert len(narrow) == 1 and "the tuner is restricted to it" in narrow[0] and "600 s" in narrow[0]
+    assert all("pages_viewed has training data" not in w for w in warnings)  # 1 to 8 or so: as the spec
+    # the same report on the training rows (warn=False) and a report's own figures say nothing
+    assert model.report(short.iloc[:3000], ys[:3000], warn=False).warnings == []
+    assert evaluate(ys[:400], ps[:400]).warnings == []
+    # the rule as a function: the thresholds are parameters
+    assert training_warnings(report, report.calibration, model.support_, DEFAULT_EVENT_FEATURES,
+                             min_held_out_positives=0,
+                             min_bin_rows=0, min_bin_positives=0) == [w for w in warnings if "training data only" in w]
+    html = report._repr_html_()
+    assert html.count("<li>warning: ") == len(warnings) and "Calibration by seconds_on_page" in html
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The synthetic world (pcrules.world): AUC within 0.02 of the oracle on held-out visitors, ECE <= 0.03
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,8 +642,11 @@ def world():
 
 
 def _truth(mod, frame):
+    """The world's truth given what the runtime sees (time on site too, where the world's truth takes it)."""
+    extra = ({"session_seconds": frame["session_seconds"]}
+             if "session_seconds" in inspect.signature(mod.true_accept_probability).parameters else {})
     return np.asarray(mod.true_accept_probability(frame["page"], frame["seconds_on_page"], frame["device"],
-                                                  frame["returning"], frame["pages_viewed"]))
+                                                  frame["returning"], frame["pages_viewed"], **extra))
 
 
 @pytest.mark.slow

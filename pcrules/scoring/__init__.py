@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .compiled import CompiledScorer
-from .features import DEFAULT_EVENT_FEATURES, FeatureSpec, Numeric, event_features
+from .compiled import CompiledScorer, supported_range
+from .features import DEFAULT_EVENT_FEATURES, FeatureSpec, Numeric, Support, event_features
 from .linear import LinearScorer
 from .protocol import NullScorer, Scorer
 
@@ -28,16 +28,23 @@ __all__ = [
     "DEFAULT_EVENT_FEATURES",
     "event_features",
     "load_scorer",
+    "Support",
+    "supported_range",
     # training side (lazy)
     "AcceptanceModel",
     "EventFeatures",
+    "FieldScaler",
     "TrainingReport",
     "TrainingResult",
     "ReliabilityBin",
+    "CalibrationBin",
+    "CALIBRATION_BINS",
+    "calibration_by_bin",
     "evaluate",
     "expected_calibration_error",
     "group_holdout",
     "train_and_evaluate",
+    "training_warnings",
     "load_online_shoppers",
     "train_online_shoppers",
     "ONLINE_SHOPPERS_FEATURES",
@@ -46,13 +53,18 @@ __all__ = [
 _LAZY = {
     "AcceptanceModel": "model",
     "EventFeatures": "model",
+    "FieldScaler": "model",
     "TrainingReport": "model",
     "TrainingResult": "model",
     "ReliabilityBin": "model",
+    "CalibrationBin": "model",
+    "CALIBRATION_BINS": "model",
+    "calibration_by_bin": "model",
     "evaluate": "model",
     "expected_calibration_error": "model",
     "group_holdout": "model",
     "train_and_evaluate": "model",
+    "training_warnings": "model",
     "load_online_shoppers": "realdata",
     "train_online_shoppers": "realdata",
     "ONLINE_SHOPPERS_FEATURES": "realdata",

@@ -20,9 +20,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .features import FeatureSpec, category_key, number_value
+from .features import FeatureSpec, Support, category_key, number_value
 
-__all__ = ["CompiledScorer", "KIND", "FORMAT_VERSION"]
+__all__ = ["CompiledScorer", "KIND", "FORMAT_VERSION", "supported_range"]
 
 KIND = "compiled_logistic"
 FORMAT_VERSION = 1
@@ -131,6 +131,32 @@ class CompiledScorer:
             out[key] = sum(w * b for w, b in zip(weights, basis[:-1])) + missing * basis[-1]
         return out
 
+    # -- where the model has data ------------------------------------------------------------------------------
+    @property
+    def support(self) -> dict[str, Support]:
+        """Per clipped numeric field, the range every value is clipped into (the training data's support).
+
+        The range is the feature spec's ``lower``/``upper`` (what scoring clips to, so this can never
+        disagree with the scores); ``rows`` comes from ``meta["support"]`` when the model file has it.
+        """
+        recorded = self.meta.get("support")
+        recorded = recorded if isinstance(recorded, Mapping) else {}
+        out: dict[str, Support] = {}
+        for spec in self.features.numeric:
+            if spec.transform == "hour" or (spec.lower is None and spec.upper is None):
+                continue
+            entry = recorded.get(spec.field)
+            rows = entry.get("rows") if isinstance(entry, Mapping) else None
+            out[spec.field] = Support(-math.inf if spec.lower is None else spec.lower,
+                                      math.inf if spec.upper is None else spec.upper,
+                                      rows if type(rows) is int else None)
+        return out
+
+    def supported_range(self, field: str) -> tuple[float, float] | None:
+        """``(low, high)`` of ``field`` as the model clips it; None when the model does not clip it."""
+        found = self.support.get(field)
+        return None if found is None else (found.low, found.high)
+
     # -- plain JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -195,6 +221,25 @@ class CompiledScorer:
         return isinstance(other, CompiledScorer) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def supported_range(model: Any, field: str) -> tuple[float, float] | None:
+    """The range of ``field`` where ``model`` has training data, ``(low, high)``; None if it does not know one.
+
+    ``model``: a fitted ``AcceptanceModel``, a ``CompiledScorer`` or a model file's dict (``to_dict()``).
+    Beyond the range the model scores every value like the nearest end (it is clipped), so a caller that
+    places waits (the tuner) should keep them inside it. None: ``field`` is not a clipped numeric feature
+    of the model (not in it, the ``hour`` transform, or a model fitted with ``clip=False``), or ``model``
+    is a scorer that says nothing about its data (``LinearScorer``, ``NullScorer``).
+    Needs neither numpy nor scikit-learn.
+    """
+    if isinstance(model, Mapping):
+        model = CompiledScorer.from_dict(model) if model.get("kind") == KIND else None
+    method = getattr(model, "supported_range", None)
+    if model is None or method is None or not callable(method):
+        return None
+    found = method(field)
+    return None if found is None else (float(found[0]), float(found[1]))
 
 
 def _mapping(path: str, value: Any) -> Mapping[str, Any]:

@@ -17,12 +17,14 @@ feature. Each value is first made canonical by a function used by both paths:
   infinite, or — for the ``log1p`` transform — negative. A missing value has
   all its basis values 0 and its missing indicator 1; a present one the
   reverse, after being clipped into ``[lower, upper]`` when the spec sets a
-  range (a fitted model sets it to the training data's range).
+  range (a fitted model sets it to the range its training data supports,
+  see ``AcceptanceModel``).
 
 The numeric basis is a **linear spline** (hinge functions at fixed knots) of
 ``log1p(value)``, so the model can learn shapes such as "two to three minutes
 on a page is good, ten to thirty seconds is bad": ``u``, ``max(0, u - log1p(k))``
-for each knot ``k``. The ``hour`` transform turns an epoch ``ts`` into the
+for each knot ``k`` (a fitted model places its knots inside the supported
+range, where every piece of the spline has training rows). The ``hour`` transform turns an epoch ``ts`` into the
 hour of day at a fixed UTC offset, as ``sin``/``cos`` of the 24-hour circle.
 """
 
@@ -32,10 +34,11 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "MISSING",
+    "Support",
     "TRANSFORMS",
     "Numeric",
     "FeatureSpec",
@@ -94,6 +97,18 @@ def number_value(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+class Support(NamedTuple):
+    """Where the training data has a numeric field: values are clipped into ``[low, high]`` before scoring.
+
+    ``rows``: the training rows with a present value that the range was read from (None when a model file
+    does not say). A fitted ``AcceptanceModel`` holds one per clipped field in ``support_``.
+    """
+
+    low: float
+    high: float
+    rows: int | None = None
+
+
 @dataclass(frozen=True)
 class Numeric:
     """One numeric field and its basis.
@@ -102,9 +117,11 @@ class Numeric:
     ``hour`` (epoch seconds -> hour of day at ``utc_offset_hours``; knots are
     not used). ``knots`` are in the field's own units (seconds, pages ...).
     ``lower``/``upper``: a present value is clipped into this range first
-    (``AcceptanceModel`` sets it to the training data's range, so a model
-    never extrapolates its spline beyond what it has seen: a page left open
-    for a week scores like the longest dwell in training). Not for ``hour``.
+    (``AcceptanceModel`` sets it to the range the training data supports:
+    enough training rows at or beyond each end to measure a rate, 30 rows
+    and 5 expected accepts by default, so a model never extrapolates its
+    spline beyond where it has data: a page left open for a week scores like
+    the longest dwell the training rows hold in numbers). Not for ``hour``.
     """
 
     field: str
@@ -186,6 +203,9 @@ class Numeric:
 
     def with_range(self, lower: float | None, upper: float | None) -> Numeric:
         return Numeric(self.field, self.transform, self.knots, self.utc_offset_hours, lower, upper)
+
+    def with_knots(self, knots: Iterable[float]) -> Numeric:
+        return Numeric(self.field, self.transform, tuple(knots), self.utc_offset_hours, self.lower, self.upper)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Numeric:

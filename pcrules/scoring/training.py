@@ -35,11 +35,19 @@ def train_on_offers(offers: Any, *, test_size: float = 0.25, seed: int = 0, trut
 
 
 def write_model(result: Any, model_path: str | Path, metrics_path: str | Path | None = None) -> dict:
-    """Write the compiled model (JSON, no code) and its held-out metrics; return the metrics."""
+    """Write the compiled model (JSON, no code) and its held-out metrics; return the metrics.
+
+    The metrics: the held-out report (``held_out``, its calibration per time bin included), the row
+    counts, the report's ``warnings`` (plain sentences, empty when the data supports what was measured)
+    and the model's ``support`` per numeric field (``low``, ``high``, ``rows``: where it has data).
+    """
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model_path.write_text(json.dumps(result.model.compile().to_dict(), indent=1, sort_keys=True))
-    metrics = {"held_out": result.test.to_dict(), "train_rows": result.n_train, "test_rows": result.n_test}
+    support = {name: {"low": s.low, "high": s.high, "rows": s.rows}
+               for name, s in getattr(result.model, "support_", {}).items()}
+    metrics = {"held_out": result.test.to_dict(), "train_rows": result.n_train, "test_rows": result.n_test,
+               "warnings": list(result.test.warnings), "support": support}
     if metrics_path is not None:
         Path(metrics_path).write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))
     return metrics
