@@ -149,7 +149,8 @@ def test_compare_at_budgets_gives_every_family_at_the_same_volumes(setup: dict) 
     assert table["family"].tolist() == list(FAMILIES) * 3
     assert table["budget"].tolist() == [b for b in (0.08, 0.17, 0.25) for _ in FAMILIES]
     for column in ("budget_offers", "offers_train", "offers", "offer_share", "true_expected_accepts", "true_value",
-                   "global_at_equal_offers", "ratio_to_global", "ratio_to_per_page", "ratio_to_limit"):
+                   "global_at_equal_offers", "ratio_to_global", "ratio_to_per_page", "ratio_to_best_per_page",
+                   "ratio_to_limit"):
         assert column in table.columns, column
     assert table["true_expected_uplift"].isna().all()  # no effects given: not available
     judge_sessions = int(backtest(s["spec"], EventTable(judge.events)).metrics["sessions"])
@@ -165,6 +166,7 @@ def test_compare_at_budgets_gives_every_family_at_the_same_volumes(setup: dict) 
         assert searched["offers"].max() <= 1.3 * searched["offers"].min()
         by = rows.set_index("family")
         assert by.loc["per_page_wait", "ratio_to_per_page"] == pytest.approx(1.0)
+        assert by.loc["per_page_wait_true", "ratio_to_best_per_page"] == pytest.approx(1.0)
         assert by.loc["limit", "ratio_to_limit"] == pytest.approx(1.0)
         assert by.loc["global_wait", "ratio_to_global"] == pytest.approx(1.0)
         assert by.loc["tuned", "true_value"] == pytest.approx(by.loc["tuned", "true_expected_accepts"])

@@ -651,8 +651,23 @@ class _Search:
         inside = [x for x in self._priced if x[1] <= limit]
         price, _, _, best = max(inside, key=lambda x: (x[2], -x[0]))
         starts = [best] + ([list(start)] if any(start) and self.measure(start)[1] <= limit else [])
+        # The coordinate ascent can stick where one rule takes the sessions others would use better (a move of
+        # one rule alone loses): start it from the best one-wait policy too, so it is never worse than that.
+        starts += self.one_wait(limit)[:1]
         filled = [self.ascend(s, 0.0, limit) for s in starts]
         return max(filled, key=lambda p: self.measure(p)[0]), price
+
+    def one_wait(self, limit: int | None) -> list[_Params]:
+        """The policies with one wait for every rule (no threshold) within `limit` offers (None: any) and every
+        queue's capacity, best first (ties: the shorter wait)."""
+        options = []
+        for wait in self.model.waits.tolist():
+            params: _Params = [(float(wait), 0.0)] * len(self.model.base)
+            value, offers, feasible = self.measure(params)
+            self.evaluations += 1
+            if feasible and (limit is None or offers <= limit):
+                options.append((value, -wait, params))
+        return [p for _, _, p in sorted(options, key=lambda x: (x[0], x[1]), reverse=True)]
 
 
 def _inputs(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any, probability: str | np.ndarray,
@@ -850,17 +865,9 @@ def best_global_wait(spec: RuleSpec, events: EventTable | pd.DataFrame, budget: 
     model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved)
     limit = _limit(model, args.get("max_offers"), args.get("max_offer_share"))
     search = _Search(model, economics, 1)
-    k_rules = len(spec.rules)
-    options = []
-    for wait in model.waits.tolist():
-        params: _Params = [(float(wait), 0.0)] * k_rules
-        value, offers, feasible = search.measure(params)
-        search.evaluations += 1
-        if feasible and (limit is None or offers <= limit):
-            options.append((value, -wait, params))
     result = None
-    chosen: _Params = [None] * k_rules
-    for _, _, params in sorted(options, key=lambda x: (x[0], x[1]), reverse=True):
+    chosen: _Params = [None] * len(spec.rules)
+    for params in search.one_wait(limit):
         result = backtest(with_parameters(spec, _choices(spec, params), name=name), table, scorer,
                           truth=truth_values, effects=resolved)
         if limit is None or int(result.metrics["offers"]) <= limit:
@@ -1057,7 +1064,7 @@ def _interpolate(curve: tuple[np.ndarray, np.ndarray], at: float) -> float | Non
 
 # --------------------------------------------------------------------------------------------- at a budget
 
-FAMILIES = ("global_wait", "per_page_wait", "tuned", "limit")
+FAMILIES = ("global_wait", "per_page_wait", "per_page_wait_true", "tuned", "limit")
 
 
 def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
@@ -1073,14 +1080,18 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
     On ``train_events`` (what an analyst has: the model's scores, the log's effects), at each budget (a float:
     a share of the training history's sessions; an int: offers), with the same ``objective``:
 
-    * ``global_wait``: one wait for every rule, no score (:func:`best_global_wait`);
-    * ``per_page_wait``: a wait per rule, no score (:func:`best_per_page_wait`);
+    * ``global_wait``: one wait for every rule, no score (:func:`best_global_wait`), chosen by the model;
+    * ``per_page_wait``: a wait per rule, no score (:func:`best_per_page_wait`), chosen by the model;
     * ``tuned``: a wait and a score threshold per rule (:func:`tune`, from the per-page waits, so in sample it
       can only add thresholds where they pay);
-    * ``limit`` (with ``oracle_train`` and ``oracle_judge``, the true P(accept) given each event of either
-      history, e.g. ``world_truth(world, oracle=True)``): :func:`tune` with that as its score and as the
-      probability it counts, a perfect model's policy (uplift: with ``limit_effects_train``, by default
-      ``effects_train``).
+
+    and with ``oracle_train`` and ``oracle_judge`` (the true P(accept) given each event of either history, e.g.
+    ``world_truth(world, oracle=True)``), what perfect knowledge makes of the same knobs (uplift: with
+    ``limit_effects_train``, by default ``effects_train``):
+
+    * ``per_page_wait_true``: a wait per rule, no score, chosen counting the true P(accept): the best a
+      wait-only ruleset does (the model can mislead ``per_page_wait``'s choice where it extrapolates);
+    * ``limit``: :func:`tune` with the true P(accept) as its score and as the probability it counts.
 
     Each chosen spec is then run by the exact backtest on ``judge_events`` with ``truth=truth_judge`` (and
     ``effects=effects_judge``, the true effects, for uplift): out of sample, by the truth. Every policy is
@@ -1090,14 +1101,15 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
     different number). Because one wait's steps are coarse, ``ratio_to_global`` compares with the one-wait
     frontier of the judging history read at the same offers: the linear interpolation between the two
     single-wait policies on either side (a visitor-level mix of those two waits makes exactly that in
-    expectation). ``ratio_to_per_page`` and ``ratio_to_limit`` compare with those families' policies at the
-    same budget directly.
+    expectation). ``ratio_to_per_page``, ``ratio_to_best_per_page`` (``per_page_wait_true``) and
+    ``ratio_to_limit`` compare with those families' policies at the same budget directly.
 
     ``economics``: by default ``Economics(1.0, 0.0)``: the budget, not a price per offer, sets the volume.
     Returns a DataFrame, one row per (budget, family): ``budget``, ``budget_offers``, ``family``,
     ``offers_train``, ``offers``, ``offer_share``, ``true_expected_accepts``, ``true_expected_uplift`` (None
     without ``effects_judge``), ``true_value`` (the objective by the truth: accepts, extra goals, or money),
-    ``global_at_equal_offers``, ``ratio_to_global``, ``ratio_to_per_page``, ``ratio_to_limit``; with
+    ``global_at_equal_offers``, ``ratio_to_global``, ``ratio_to_per_page``, ``ratio_to_best_per_page``,
+    ``ratio_to_limit``; with
     ``return_tuned``, also a dict (budget, family) -> :class:`Tuned` (on the training history).
     """
     economics = economics if economics is not None else Economics(1.0, 0.0)
@@ -1111,8 +1123,12 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
     truth_j = _truth_array(judge, truth_judge)
     oracle_t = _truth_array(train, oracle_train)
     oracle_j = _truth_array(judge, oracle_judge)
-    families = [f for f in FAMILIES if f != "limit" or oracle_t is not None]
+    families = [f for f in FAMILIES if f not in ("limit", "per_page_wait_true") or oracle_t is not None]
     bar = progress_bar(progress, len(budgets) * len(families) + 1, "compare at budgets", "policy")
+
+    def step() -> None:
+        if bar is not None:
+            bar.update()
 
     def judged(tuned_spec: RuleSpec, judge_scorer: Any) -> tuple[BacktestResult, float]:
         result = backtest(tuned_spec, judge, judge_scorer, truth=truth_j, effects=effects_judge)
@@ -1126,31 +1142,30 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
         result, value = judged(with_parameters(spec, [RuleChoice(r.name, wait, None) for r in spec.rules]), scorer)
         frontier.append((int(result.metrics["offers"]), value))
     frontier.sort()
-    if bar is not None:
-        bar.update()
+    step()
     common = dict(economics=economics, objective=objective, waits=waits, max_sweeps=max_sweeps)
+    limit_effects = limit_effects_train if limit_effects_train is not None else effects_train
     rows, chosen = [], {}
     for budget in budgets:
         args = _budget_args(budget)
         runs: dict[str, tuple[Tuned, Any]] = {}
         runs["global_wait"] = (best_global_wait(spec, train, budget, scorer, economics=economics, objective=objective,
                                                 waits=waits, effects=effects_train), scorer)
-        if bar is not None:
-            bar.update()
+        step()
         per_page = best_per_page_wait(spec, train, budget, scorer, effects=effects_train, **common)
         runs["per_page_wait"] = (per_page, scorer)
-        if bar is not None:
-            bar.update()
+        step()
+        if oracle_t is not None:
+            runs["per_page_wait_true"] = (best_per_page_wait(spec, train, budget, oracle_t, probability=oracle_t,
+                                                             effects=limit_effects, **common), scorer)
+            step()
         runs["tuned"] = (tune(spec, train, scorer, effects=effects_train, thresholds=thresholds,
                               start=per_page.choices, **args, **common), scorer)
-        if bar is not None:
-            bar.update()
+        step()
         if oracle_t is not None:
-            limit_effects = limit_effects_train if limit_effects_train is not None else effects_train
             runs["limit"] = (tune(spec, train, oracle_t, probability=oracle_t, effects=limit_effects,
                                   thresholds=thresholds, **args, **common), oracle_j)
-            if bar is not None:
-                bar.update()
+            step()
         here = []
         for family, (tuned, judge_scorer) in runs.items():
             result, value = judged(tuned.spec, judge_scorer)
@@ -1167,6 +1182,7 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
             r["global_at_equal_offers"] = at
             r["ratio_to_global"] = _ratio(r["true_value"], at)
             r["ratio_to_per_page"] = _ratio(r["true_value"], values.get("per_page_wait"))
+            r["ratio_to_best_per_page"] = _ratio(r["true_value"], values.get("per_page_wait_true"))
             r["ratio_to_limit"] = _ratio(r["true_value"], values.get("limit"))
         rows += here
     if bar is not None:
