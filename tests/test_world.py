@@ -324,7 +324,7 @@ def test_logged_offers_follow_the_deployed_ruleset_and_its_exploration(world):
     local = pd.to_datetime(of["ts"] + SITE_UTC_OFFSET_S, unit="s")
     queue = of["page"].map(LEGACY_QUEUE)
     billing, sales = queue == "Billing", queue == "Sales"
-    assert local[billing].dt.hour.between(8, 19).all() and (local[billing].dt.weekday < 6).all()
+    assert local[billing].dt.hour.between(8, 19).all() and (local[billing].dt.day_of_week < 6).all()
     assert local[sales].dt.hour.between(8, 21).all()
     assert (~local[queue == "Support"].dt.hour.between(8, 21)).any()  # at night too
     # Each offer is an observation event, answered as that event's would-be answer (within the timeout).
