@@ -609,7 +609,7 @@ class _Search:
     def priced(self, start: _Params, price: float) -> tuple[int, _Params]:
         """The search at `price` per offer, from the policy found at the nearest higher price (fewer offers)."""
         above = [x for x in self._priced if x[0] >= price]
-        warm = min(above, key=lambda x: x[0])[3] if above else [None] * len(start)
+        warm: _Params = min(above, key=lambda x: x[0])[3] if above else [None] * len(start)
         params = self.ascend(warm, price)
         value, offers, _ = self.measure(params)
         self._priced.append((price, offers, value, params))
@@ -1143,7 +1143,7 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
         frontier.append((int(result.metrics["offers"]), value))
     frontier.sort()
     step()
-    common = dict(economics=economics, objective=objective, waits=waits, max_sweeps=max_sweeps)
+    common: dict[str, Any] = dict(economics=economics, objective=objective, waits=waits, max_sweeps=max_sweeps)
     limit_effects = limit_effects_train if limit_effects_train is not None else effects_train
     rows, chosen = [], {}
     for budget in budgets:
@@ -1166,7 +1166,7 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
             runs["limit"] = (tune(spec, train, oracle_t, probability=oracle_t, effects=limit_effects,
                                   thresholds=thresholds, **args, **common), oracle_j)
             step()
-        here = []
+        here: list[dict[str, Any]] = []
         for family, (tuned, judge_scorer) in runs.items():
             result, value = judged(tuned.spec, judge_scorer)
             m = result.metrics
@@ -1285,7 +1285,7 @@ def effects_from_log(decisions: pd.DataFrame, goals: pd.DataFrame, *, scale: str
     if scale not in ("accept", "offer"):
         raise ValueError(f"scale must be 'accept' or 'offer', got {scale!r}")
     window = DEFAULT_WINDOW_S if window_s is None else float(window_s)
-    kw = dict(alpha=alpha, min_per_arm=MIN_PER_ARM if min_per_arm is None else min_per_arm,
+    kw: dict[str, Any] = dict(alpha=alpha, min_per_arm=MIN_PER_ARM if min_per_arm is None else min_per_arm,
               min_events=MIN_EVENTS if min_events is None else min_events, mde=mde, target_power=target_power)
     d = decisions
     answer = next(((c, v) for c, v in _ANSWERS if c in d.columns), None)
