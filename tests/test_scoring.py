@@ -189,7 +189,7 @@ def test_estimator_contract(toy):
     model = AcceptanceModel(C=0.5)
     assert model.get_params() == {"features": None, "C": 0.5, "solver": "newton-cholesky", "max_iter": 200,
                                   "tol": 1e-6, "class_weight": None, "clip": True, "support": 0.001, "min_rows": 30,
-                                  "min_positives": 5.0, "knot_placement": "quantile"}
+                                  "min_positives": 10.0, "knot_placement": "quantile"}
     with pytest.raises(NotFittedError):
         model.predict_proba(small)
     assert model.set_params(C=2.0) is model and model.C == 2.0

@@ -224,8 +224,8 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
     ``clip``: restrict every numeric field to the range the training data supports (``support_``
     records it, the fitted ``features_`` carries it as ``lower``/``upper``, so the compiled scorer
     clips identically): the widest range with enough of its present values at or beyond each end:
-    ``max(min_rows, min_positives / accept rate)`` rows (30 rows, and 5 expected accepts: 110
-    rows at a 4.5 % rate), and at least the share ``support`` of them (the ``support`` and
+    ``max(min_rows, min_positives / accept rate)`` rows (30 rows, and 10 expected accepts: 220
+    rows at a 4.5 % rate; with 5 the spline's end pieces rested on too few accepts and its tail swung), and at least the share ``support`` of them (the ``support`` and
     ``1 - support`` quantiles narrowed to the n-th smallest and largest value). A bound the spec
     sets is kept. A value outside the range scores like the nearest end.
     ``knot_placement``: ``"quantile"`` puts as many knots as the spec has at evenly spaced quantiles
@@ -237,7 +237,7 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
     def __init__(self, features: FeatureSpec | Mapping[str, Any] | None = None, C: float = 1.0,
                  solver: str = "newton-cholesky", max_iter: int = 200, tol: float = 1e-6,
                  class_weight: Any = None, clip: bool = True, support: float = 0.001, min_rows: int = 30,
-                 min_positives: float = 5.0, knot_placement: str = "quantile"):
+                 min_positives: float = 10.0, knot_placement: str = "quantile"):
         self.features = features
         self.clip = clip
         self.support = support
