@@ -22,7 +22,7 @@ import pytest
 
 from pcrules.backtest import EventTable, backtest
 
-VISITORS = 2500
+VISITORS = 2000
 WAITS = (0, 30, 60, 90, 120, 180, 300, 600)  # a coarser grid than the default: quicker
 
 
@@ -86,9 +86,9 @@ def test_a_budget_keeps_the_queues_capacity(setup: dict) -> None:
                            "Support": {"capacity_per_hour": 0.4}})
     share = 0.2
     budget = math.floor(share * s["sessions"])
-    free = tune(tight, s["table"], s["scorer"], economics=accepts_only(), max_offer_share=share)
+    free = tune(tight, s["table"], s["scorer"], economics=accepts_only(), max_offer_share=share, waits=WAITS)
     assert free.value["feasible"] and free.offers <= budget
-    loose = tune(tight, s["table"], s["scorer"], max_offer_share=share,
+    loose = tune(tight, s["table"], s["scorer"], max_offer_share=share, waits=WAITS,
                  economics=type(accepts_only())(1.0, 0.0, respect_capacity=False))
     assert not loose.value["feasible"]  # the capacity binds: without it the budget buys more chats
     assert loose.offers > free.offers
@@ -143,11 +143,11 @@ def test_compare_at_budgets_gives_every_family_at_the_same_volumes(setup: dict) 
     judge = s["judge"]
     table, tuned = compare_at_budgets(s["spec"], s["table"], EventTable(judge.events), s["scorer"],
                                       world_truth(judge), oracle_train=s["oracle"],
-                                      oracle_judge=world_truth(judge, oracle=True), return_tuned=True,
-                                      waits=WAITS)
-    assert len(table) == 3 * len(FAMILIES)
-    assert table["family"].tolist() == list(FAMILIES) * 3
-    assert table["budget"].tolist() == [b for b in (0.08, 0.17, 0.25) for _ in FAMILIES]
+                                      oracle_judge=world_truth(judge, oracle=True), budgets=(0.08, 0.25),
+                                      return_tuned=True, waits=WAITS)
+    assert len(table) == 2 * len(FAMILIES)
+    assert table["family"].tolist() == list(FAMILIES) * 2
+    assert table["budget"].tolist() == [b for b in (0.08, 0.25) for _ in FAMILIES]
     for column in ("budget_offers", "offers_train", "offers", "offer_share", "true_expected_accepts", "true_value",
                    "global_at_equal_offers", "ratio_to_global", "ratio_to_per_page", "ratio_to_best_per_page",
                    "ratio_to_limit"):
@@ -213,7 +213,8 @@ def test_effects_from_the_log_need_no_latent_state(setup: dict) -> None:
     events = world.events.copy()
     assert "needs_help" not in events.columns
     share = 0.1
-    tuned = tune(s["spec"], events, s["scorer"], objective="uplift", effects=effects, max_offer_share=share)
+    tuned = tune(s["spec"], events, s["scorer"], objective="uplift", effects=effects, max_offer_share=share,
+                 waits=WAITS)
     assert tuned.offers <= math.floor(share * s["sessions"])
     m = tuned.result.metrics
     assert m["expected_uplift"] is not None and m["effects"] == "effects from LoggedEffects()"

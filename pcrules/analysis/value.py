@@ -550,11 +550,12 @@ class Tuned:
 
 _Params = list[tuple[float, float] | None]  # per rule: (wait, threshold) or None (off)
 
-# The budget search: bisection steps on the price per offer, how close below the budget ends it, and how
-# close the exact backtest's count must come before the fast model's budget is corrected upwards.
+# The budget search: bisection steps on the price per offer, how close below the budget (or how narrow the
+# price's bracket, relatively) ends them, and how close the exact backtest's count must come before the fast
+# model's budget is corrected upwards.
 _BISECTION_STEPS = 24
-_CLOSE_ENOUGH = 0.01
-_EXACT_TOLERANCE = 0.01
+_CLOSE_ENOUGH = 0.03
+_EXACT_TOLERANCE = 0.02
 
 
 class _Search:
@@ -607,9 +608,10 @@ class _Search:
         return params
 
     def priced(self, start: _Params, price: float) -> tuple[int, _Params]:
-        """The search at `price` per offer, from the policy found at the nearest higher price (fewer offers)."""
-        above = [x for x in self._priced if x[0] >= price]
-        warm: _Params = min(above, key=lambda x: x[0])[3] if above else [None] * len(start)
+        """The search at `price` per offer, from the policy found at the nearest lower price (more offers: the
+        search prunes them; it keeps combinations of rules that adding one rule at a time misses)."""
+        below = [x for x in self._priced if x[0] < price]
+        warm: _Params = max(below, key=lambda x: x[0])[3] if below else [None] * len(start)
         params = self.ascend(warm, price)
         value, offers, _ = self.measure(params)
         self._priced.append((price, offers, value, params))
@@ -620,9 +622,12 @@ class _Search:
 
         The Lagrangian: the unconstrained search first; when it makes more than `limit` offers, the search at a
         price per offer (on top of the objective's own; a higher price, fewer offers), the price found by a
-        safeguarded false position on log(offers) (bisection when it stalls) until the offers are within 1 %
-        below `limit` or the price is known to 1 %; then coordinate ascent of the objective itself from the
-        best policy within the budget (and from `start` when it is within), taking only choices within it."""
+        safeguarded false position on log(offers) (bisection when it stalls) until the offers are within 3 %
+        below `limit` or the price is known to 3 %. Where the offers jump over the budget as the price moves
+        (volumes no price reaches), that leaves a gap, so then: coordinate ascents taking only choices within
+        `limit`, of the objective itself from the best priced policy within the budget, from `start` (when
+        within) and from the best one-wait policy, and greedy ones (the choice adding the most per added
+        offer) from the best priced policy and from nothing; the best of them."""
         if self._start != start:
             self._start = list(start)
             unconstrained = self.ascend(start)
@@ -632,11 +637,12 @@ class _Search:
         zero = min(self._priced, key=lambda x: x[0])
         if zero[1] <= limit:
             return zero[3], 0.0
+        k_rules = len(start)
         side = 0
         for _ in range(_BISECTION_STEPS):
             lo = max((x for x in self._priced if x[1] > limit), key=lambda x: x[0])
             hi = min((x for x in self._priced if x[1] <= limit and x[0] > lo[0]), key=lambda x: x[0])
-            if hi[1] >= limit * (1.0 - _CLOSE_ENOUGH) or hi[0] - lo[0] <= 0.01 * hi[0]:
+            if hi[1] >= limit * (1.0 - _CLOSE_ENOUGH) or hi[0] - lo[0] <= _CLOSE_ENOUGH * hi[0]:
                 break
             price = (lo[0] + hi[0]) / 2
             if abs(side) < 2:  # false position on log(offers), kept inside the bracket's middle 90 %
@@ -654,8 +660,50 @@ class _Search:
         # The coordinate ascent can stick where one rule takes the sessions others would use better (a move of
         # one rule alone loses): start it from the best one-wait policy too, so it is never worse than that.
         starts += self.one_wait(limit)[:1]
+        # Fill up to the budget, two ways: the ascent of the objective within it (each rule's best choice), and
+        # the greedy one (each rule's choice adding the most per added offer: the budget goes to the offers
+        # worth most), also from nothing.
         filled = [self.ascend(s, 0.0, limit) for s in starts]
+        filled += [self.fill(s, limit) for s in [best] + ([[None] * k_rules] if any(best) else [])]
         return max(filled, key=lambda p: self.measure(p)[0]), price
+
+    def fill(self, params: _Params, limit: int) -> _Params:
+        """Coordinate ascent within `limit` offers taking, per rule, the choice that gains the most per offer it
+        adds (one that gains without adding offers first), until no choice gains; `params` within `limit`."""
+        params = list(params)
+        fires = self.fires(params)
+        value, offers, _ = self.measure(params)
+        step, changed_at = 0, 0
+        searched_at = [-1] * len(params)
+        for _ in range(4 * self.max_sweeps):
+            changed = False
+            for k in range(len(params)):
+                step += 1
+                if searched_at[k] >= changed_at:  # nothing moved since its last search: nothing gains
+                    continue
+                searched_at[k] = step
+                cands = self.model.candidates(k, fires, self.economics)
+                self.evaluations += len(cands.choices)
+                best: tuple[tuple[int, float], int] | None = None
+                for i, choice in enumerate(cands.choices):
+                    gain = float(cands.value[i]) - value
+                    if gain <= 1e-9 or choice == params[k] or cands.offers[i] > limit:
+                        continue
+                    added = int(cands.offers[i]) - offers
+                    key = (1, gain) if added <= 0 else (0, gain / added)
+                    if (best is None or key > best[0]) and cands.fits(i):
+                        best = (key, i)
+                if best is not None:
+                    i = best[1]
+                    choice = cands.choices[i]
+                    params[k] = choice
+                    fires[k] = None if choice is None else self.model.fire(k, *choice)
+                    value, offers = float(cands.value[i]), int(cands.offers[i])
+                    changed, changed_at = True, step
+                    searched_at[k] = step - 1  # its own move may open another gain for it
+            if not changed:
+                break
+        return params
 
     def one_wait(self, limit: int | None) -> list[_Params]:
         """The policies with one wait for every rule (no threshold) within `limit` offers (None: any) and every
@@ -750,12 +798,16 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
     of its sessions, rounded down). The search is the Lagrangian of "maximise the
     objective with at most N offers": the coordinate ascent with a price per offer
     added to the objective's own, the price found by bisection (sped up by false
-    position) so the fast model's offers come as close to N from below as the grid
-    of waits and thresholds allows (within 1 %, or the price known to 1 %);
-    then a coordinate ascent of the objective itself that only takes choices within N
-    (it fills what the price left). The exact backtest then counts the real offers,
+    position) so the fast model's offers come close to N from below (within 3 %, or
+    the price known to 3 %); then coordinate ascents that only take choices within N
+    fill what the price left (the offers can jump over N as the price moves): of the
+    objective itself from that policy, from ``start`` and from the best one-wait
+    policy within N, and greedy ones (each rule's choice adding the most per added
+    offer) from that policy and from nothing; the best of them, which is never worse,
+    on the fast model, than ``start`` or one wait for every rule within N, and comes as
+    close to N as the grid of waits and thresholds allows. The exact backtest then counts the real offers,
     which can differ from the fast model's (a decline cooldown reaching a later
-    session, an offer timing out): if they exceed N, or fall short by more than 1 %
+    session, an offer timing out): if they exceed N, or fall short by more than 2 %
     while the budget binds, the fast model's budget is corrected by the difference and
     the search run again (a few rounds). Guaranteed: the reported policy's offers, by
     the exact backtest on this history (``Tuned.offers``), are at most N; with every
@@ -1097,7 +1149,7 @@ def compare_at_budgets(spec: RuleSpec, train_events: EventTable | pd.DataFrame,
     ``effects=effects_judge``, the true effects, for uplift): out of sample, by the truth. Every policy is
     chosen for the same budget; how equal the volumes then are is in the table: ``offers_train`` (the exact
     count on the training history, at most the budget and, but for ``global_wait`` whose waits come in steps,
-    within about 1 % of it) and ``offers`` (on the judging history, where the same spec makes a slightly
+    within about 2 % of it) and ``offers`` (on the judging history, where the same spec makes a slightly
     different number). Because one wait's steps are coarse, ``ratio_to_global`` compares with the one-wait
     frontier of the judging history read at the same offers: the linear interpolation between the two
     single-wait policies on either side (a visitor-level mix of those two waits makes exactly that in
