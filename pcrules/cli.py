@@ -271,7 +271,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     write_model(result, args.out, args.metrics_out)
-    print(f"trained on {result.n_train:,} offers, reported on {result.n_test:,} held-out ones")
+    print(f"measured on {result.n_test:,} held-out offers after training on {result.n_train:,}; the model written "
+          f"is then trained on all {result.n_train + result.n_test:,}")
     print(result.test.summary())
     for name, support in result.model.support_.items():
         unit = " s" if "seconds" in name else ""

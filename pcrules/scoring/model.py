@@ -783,10 +783,11 @@ class TrainingResult:
     train: TrainingReport
     n_train: int
     n_test: int
+    refit: bool = False  # `model` was fitted again on every row, after the report measured its held-out twin
 
     def to_dict(self) -> dict:
         return {"test": self.test.to_dict(), "train": self.train.to_dict(), "n_train": self.n_train,
-                "n_test": self.n_test, "params": {k: v for k, v in self.model.get_params().items()
+                "n_test": self.n_test, "refit": self.refit, "params": {k: v for k, v in self.model.get_params().items()
                                                    if k != "features"},
                 "features": self.model.features_.to_dict()}
 
