@@ -227,3 +227,22 @@ def test_effects_from_the_log_need_no_latent_state(setup: dict) -> None:
     assert m["expected_uplift"] == pytest.approx(float((p * gain - (1 - p) * loss).sum()))
     assert isinstance(effects.summary(), str) and "pooled" in effects.summary()
     assert isinstance(pd.DataFrame(effects.table), pd.DataFrame) and np.isfinite(effects.table["itt"]).all()
+
+
+def test_the_search_never_tries_a_wait_the_model_has_no_data_for(worlds: Any) -> None:
+    """Issue 16: the tuner is restricted to the range of time on page the model's training data supports."""
+    from pcrules.decision_value import per_page_spec, tune, world_truth
+    from pcrules.scoring import supported_range
+    from pcrules.scoring.training import train_on_offers
+
+    world = worlds(visitors=3000, seed=9)
+    scorer = train_on_offers(world.offers).model.compile()
+    low, high = supported_range(scorer, "seconds_on_page")
+    assert high < 600  # a small history: its offers hold too few accepts at long waits
+    spec = per_page_spec()
+    tuned = tune(spec, world.events, scorer, max_offer_share=0.2)
+    waits = [c.wait_s for c in tuned.choices if not c.off]
+    assert waits and all(low <= w <= high for w in waits), (waits, low, high)
+    by_truth = tune(spec, world.events, scorer, probability="truth", truth=world_truth(world), max_offer_share=0.2)
+    truth_waits = {c.wait_s for c in by_truth.choices if not c.off}
+    assert truth_waits - set(np.arange(low, high + 1))  # the truth is not a model: its search is not restricted

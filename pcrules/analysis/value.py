@@ -24,7 +24,8 @@ Where the offers that are accepted most are not those that help most (on the
 generated world: a cart page's easy accepts vs a struggling visitor on a bill
 or support page), the two objectives choose differently.
 
-:func:`tune` chooses for every rule its *wait time* (``seconds_on_page >= W``)
+:func:`tune` chooses for every rule its *wait time* (``seconds_on_page >= W``, never beyond the range of
+time on page the model has data for: :func:`pcrules.scoring.supported_range`)
 and *score threshold* (``score >= T``, or none), keeping the rule's other
 conditions. The search is coordinate ascent over a grid, one rule at a time
 with the others fixed, on a fast model of the policy: every session gets its
@@ -247,7 +248,8 @@ class _Model:
 
     def __init__(self, spec: RuleSpec, table: EventTable, scorer: Any, probability: np.ndarray,
                  waits: Sequence[float] | None, thresholds: Sequence[float] | None, fixed_wait: bool,
-                 economics: Economics = Economics(), objective: str = "accepts", effects: Any = None):
+                 economics: Economics = Economics(), objective: str = "accepts", effects: Any = None,
+                 wait_range: tuple[float, float] | None = None):
         self.spec, self.table = spec, table
         valid = table.valid
         vcode, skey, _ = table.keys()
@@ -296,6 +298,9 @@ class _Model:
         seen = np.unique(self.seconds)
         self.waits = np.array(sorted(set(float(w) for w in waits))) if waits is not None else (
             seen if len(seen) <= 16 else np.unique(np.quantile(seen, np.linspace(0, 1, 16))))
+        if wait_range is not None and len(self.waits):  # the model knows nothing of other moments: never search them
+            inside = (self.waits >= wait_range[0] - 1e-9) & (self.waits <= wait_range[1] + 1e-9)
+            self.waits = self.waits[inside] if inside.any() else np.array([float(wait_range[0])])
         self.thresholds = []
         for base in self.base:
             if self.score is None:
@@ -745,6 +750,17 @@ def _inputs(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any, prob
     return table, resolved, truth_values, p, "custom"
 
 
+def _supported_wait(scorer: Any, label: str) -> tuple[float, float] | None:
+    """The waits the search may try when it counts the model's P(accept): the model's support on
+    ``seconds_on_page`` (outside it the model scores every moment like the nearest end: it has no data there)."""
+    if label != "score" or scorer is None:
+        return None
+    from ..scoring import supported_range
+
+    found = supported_range(scorer, "seconds_on_page")
+    return None if found is None else (float(found[0]), float(found[1]))
+
+
 def _limit(model: _Model | None, max_offers: Any, max_offer_share: Any) -> int | None:
     """The budget in offers: ``max_offers``, or ``max_offer_share`` of the history's sessions (rounded down);
     without `model` only checked."""
@@ -821,7 +837,8 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
     economics.coefficients(objective)  # a clear error for an unknown objective, before any work
     _limit(None, max_offers, max_offer_share)  # ... and for a wrong budget
     table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
-    model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait, economics, objective, resolved)
+    model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait, economics, objective, resolved,
+                   _supported_wait(scorer, label))
     limit = _limit(model, max_offers, max_offer_share)
     k_rules = len(spec.rules)
     params: _Params = [None] * k_rules
@@ -914,7 +931,8 @@ def best_global_wait(spec: RuleSpec, events: EventTable | pd.DataFrame, budget: 
     args = _budget_args(budget)
     _limit(None, args.get("max_offers"), args.get("max_offer_share"))
     table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
-    model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved)
+    model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved,
+                   _supported_wait(scorer, label))
     limit = _limit(model, args.get("max_offers"), args.get("max_offer_share"))
     search = _Search(model, economics, 1)
     result = None
