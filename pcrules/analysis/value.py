@@ -298,9 +298,11 @@ class _Model:
         seen = np.unique(self.seconds)
         self.waits = np.array(sorted(set(float(w) for w in waits))) if waits is not None else (
             seen if len(seen) <= 16 else np.unique(np.quantile(seen, np.linspace(0, 1, 16))))
-        if wait_range is not None and len(self.waits):  # the model knows nothing of other moments: never search them
-            inside = (self.waits >= wait_range[0] - 1e-9) & (self.waits <= wait_range[1] + 1e-9)
-            self.waits = self.waits[inside] if inside.any() else np.array([float(wait_range[0])])
+        if wait_range is not None and len(self.waits):
+            # The model knows nothing of later moments (it scores them like the end of its data): never wait
+            # for them. Earlier ones stay: offering sooner than history did is scored like its first moment.
+            inside = self.waits <= wait_range[1] + 1e-9
+            self.waits = self.waits[inside] if inside.any() else self.waits[:1]
         self.thresholds = []
         for base in self.base:
             if self.score is None:
@@ -837,8 +839,10 @@ def tune(spec: RuleSpec, events: EventTable | pd.DataFrame, scorer: Any = None, 
     economics.coefficients(objective)  # a clear error for an unknown objective, before any work
     _limit(None, max_offers, max_offer_share)  # ... and for a wrong budget
     table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
+    # The tuned family waits only where the model has data (a score threshold can bring the volume down);
+    # the wait-only baselines keep every wait: a long wait is how they meet a small budget.
     model = _Model(spec, table, scorer, p, waits, thresholds, fixed_wait, economics, objective, resolved,
-                   _supported_wait(scorer, label))
+                   None if fixed_wait else _supported_wait(scorer, label))
     limit = _limit(model, max_offers, max_offer_share)
     k_rules = len(spec.rules)
     params: _Params = [None] * k_rules
@@ -931,8 +935,7 @@ def best_global_wait(spec: RuleSpec, events: EventTable | pd.DataFrame, budget: 
     args = _budget_args(budget)
     _limit(None, args.get("max_offers"), args.get("max_offer_share"))
     table, resolved, truth_values, p, label = _inputs(spec, events, scorer, probability, truth, effects)
-    model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved,
-                   _supported_wait(scorer, label))
+    model = _Model(spec, table, scorer, p, waits, None, True, economics, objective, resolved)
     limit = _limit(model, args.get("max_offers"), args.get("max_offer_share"))
     search = _Search(model, economics, 1)
     result = None
