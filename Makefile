@@ -60,3 +60,20 @@ dashboard: $(VENV)/.demo
 	test -f var/demo/decisions.sqlite || $(PY) -m pcrules demo
 	$(PY) -m pcrules dashboard --log var/demo/decisions.sqlite \
 	  $$(test -e var/demo/published/current && echo --bundle var/demo/published)
+
+# The trigger tuner (Voila, http://127.0.0.1:8867/; Ctrl-C stops it) on the README's analyst path: the world in
+# var/world, the bundles in var/published (each made first when missing, as the README's commands do).
+.PHONY: tuner
+tuner: $(VENV)/.demo var/rules.yaml var/model.json
+	test -e var/published/current || $(PY) -m pcrules publish --rules var/rules.yaml --model var/model.json \
+	  --metrics var/metrics.json --out var/published
+	$(PY) -m pcrules tuner --bundle var/published --events var/world --port 8867
+
+var/rules.yaml: | $(VENV)/.base
+	$(PY) -m pcrules init var
+
+var/world/offers.parquet: | $(VENV)/.demo
+	$(PY) -m pcrules sample-data --visitors 20000 --seed 3 --out var/world --quiet
+
+var/model.json: var/world/offers.parquet
+	$(PY) -m pcrules train --offers var/world/offers.parquet --out var/model.json --metrics-out var/metrics.json

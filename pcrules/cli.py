@@ -11,6 +11,9 @@ from . import resources
 from .errors import SpecError
 
 DEFAULT_RULES = resources.default_rules()
+# One set of paths, the README's analyst path, notebooks 02/03 (from notebooks/: ../var/...) and `make tuner`:
+# everything generated goes under var/ (git ignores it; `make clean` removes it). The demo keeps its own var/demo/.
+PUBLISHED = "var/published"  # publish, rollback, bundle-info, tuner
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -81,6 +84,50 @@ def _replay_rules_only(spec: Any, rows: list[dict[str, Any]], log_path: Path, pr
 
     with fresh_log(log_path) as new_path, Runtime(spec, log=SQLiteDecisionLog(new_path)) as runtime:
         return replay(runtime, rows, progress=progress, total=len(rows))
+
+
+# --------------------------------------------------------------------------- init: a starting point for an analyst
+
+INIT_HEADER = """\
+# A ruleset to start from (`pcrules init`): the embedded default, to edit. Check it with `pcrules validate`,
+# publish it with `pcrules publish --rules ... --out var/published`; README "The rule spec" documents every key.
+#   policy:  one offer at a time per session, and the limits every rule shares (each key is commented below).
+#   queues:  <name>: max_wait_s (no offer while the queue's estimated wait is longer), capacity_per_hour (the
+#            planning figure of backtest and tuning), hours (tz, days, start, end: no offer outside them).
+#   rules:   - name (unique), priority (higher wins when several match), description (optional),
+#              when: conditions that must all hold; a bare value means eq, else {op: value} with op one of
+#                    eq ne gt gte lt lte in not_in matches exists; any_of: [ {...}, {...} ] is an OR;
+#                    fields: every event field (page, seconds_on_page, pages_viewed, device, ...), score (the
+#                    model's P(accept): no model, never matches), minutes_on_page, hour, weekday,
+#              offer: queue (one of queues), default_ui, metadata (templates: {page}, {minutes}, {seconds} ...).
+
+"""
+
+
+def _init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    target = directory / "rules.yaml"
+    if target.exists() or target.is_symlink():
+        return _fail(f"{target} exists already; pcrules init never overwrites a file (move it away, or init "
+                     f"another directory)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        text = INIT_HEADER + DEFAULT_RULES.read_text(encoding="utf-8")
+        with open(target, "x", encoding="utf-8") as out:  # "x": never overwrite, even in a race
+            out.write(text)
+    except FileExistsError:
+        return _fail(f"{target} exists already; pcrules init never overwrites a file")
+    except OSError as exc:
+        return _fail(f"{target}: cannot write ({exc.strerror or exc})")
+    print(f"wrote {target}: the default ruleset, commented; edit it, then `pcrules validate {target}`")
+    return 0
+
+
+def _add_init_command(commands: argparse._SubParsersAction) -> None:
+    init = commands.add_parser("init", help="write a commented rules.yaml to start from (never overwrites)")
+    init.add_argument("dir", nargs="?", default=".", help="directory to write rules.yaml in (made if missing; "
+                                                         "default: the current directory)")
+    init.set_defaults(run=_init)
 
 
 # --------------------------------------------------------------------------- bundles: publish, rollback, bundle-info
@@ -171,14 +218,15 @@ def _add_bundle_commands(commands: argparse._SubParsersAction) -> None:
     pub.add_argument("--rules", required=True, help="rule spec YAML")
     pub.add_argument("--model", help="model JSON (a scorer's to_dict()); omit for a rules-only bundle")
     pub.add_argument("--metrics", help="training metrics JSON to record in the manifest")
-    pub.add_argument("--out", default="published", help="publish directory (default: published)")
+    pub.add_argument("--out", default=PUBLISHED, help=f"publish directory (default: {PUBLISHED})")
     pub.add_argument("--no-activate", action="store_true", help="write the version but leave current alone")
     pub.set_defaults(run=_publish)
     back = commands.add_parser("rollback", help="make the previously current bundle current again")
-    back.add_argument("--out", default="published", help="publish directory (default: published)")
+    back.add_argument("--out", default=PUBLISHED, help=f"publish directory (default: {PUBLISHED})")
     back.set_defaults(run=_rollback)
     info = commands.add_parser("bundle-info", help="verify and describe a bundle or a publish directory")
-    info.add_argument("path", nargs="?", default="published", help="publish dir, <dir>/current or a version dir")
+    info.add_argument("path", nargs="?", default=PUBLISHED,
+                      help=f"publish dir, <dir>/current or a version dir (default: {PUBLISHED})")
     info.set_defaults(run=_bundle_info)
 
 
@@ -372,6 +420,85 @@ def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     dash.set_defaults(run=_dashboard)
 
 
+# --------------------------------------------------------------------------- tuner: the Voila trigger tuner
+
+
+def _tuner(args: argparse.Namespace) -> int:
+    try:
+        from .analysis.tuner import BUNDLE_ENV, EVENTS_ENV
+        from .analysis.tuner_app import LOGGING_SPEC_ENV
+        from .ops.voila import app_env, serve_app
+    except ImportError as exc:  # numpy / pandas, voila / ipywidgets: the `analysis` and `dashboard` extras
+        return _fail(f"the tuner needs pcrules[analysis,dashboard] (pandas, voila, ipywidgets): {exc}")
+    from .bundle import current_version, load_bundle
+    from .core.spec import load_spec
+    from .errors import PcrulesError
+
+    events = Path(args.events) if args.events else resources.sample_events()
+    if not events.exists():
+        return _fail(f"--events {events}: no such events file or history folder")
+    bundle = Path(args.bundle)
+    try:
+        if (bundle / "manifest.json").exists() or bundle.name == "current":
+            return _fail(f"--bundle {bundle}: give the publish directory (the one holding current and versions/), "
+                         f"not one version: Publish adds versions to it")
+        if bundle.exists() and not bundle.is_dir():
+            return _fail(f"--bundle {bundle}: not a directory")
+        if bundle.is_dir() and current_version(bundle) is not None:
+            load_bundle(bundle / "current")  # refuse a tampered or broken bundle here, in one line
+        if args.logging_spec:
+            load_spec(Path(args.logging_spec))
+    except SpecError as exc:
+        return _fail(f"--logging-spec {exc}")
+    except (PcrulesError, OSError) as exc:
+        return _fail(exc)
+    if not (bundle.is_dir() and current_version(bundle) is not None):
+        print(f"note: no bundle in {bundle} yet: the tuner starts from the embedded default rules without a model, "
+              f"and Publish writes the first version there", file=sys.stderr)
+    if not _loopback(args.host):
+        print(f"warning: serving on {args.host}: the tuner has no login, and its Publish button makes a bundle live",
+              file=sys.stderr)
+    busy = _busy(args.host, args.port)
+    if busy:  # Voila would move to the next port while we print this one
+        return _fail(busy)
+    env = app_env({EVENTS_ENV: events, BUNDLE_ENV: bundle, LOGGING_SPEC_ENV: args.logging_spec})
+    try:
+        return serve_app(resources.triggers_notebook(), env, port=args.port, host=args.host, base_url=args.base_url,
+                         cull_idle_s=args.cull_idle,
+                         banner=f"trigger tuner: {{url}}  (history {events.absolute()}, bundle {bundle.absolute()}; "
+                                f"Ctrl-C stops)")
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail(exc)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _add_tuner_command(commands: argparse._SubParsersAction) -> None:
+    tun = commands.add_parser("tuner", help="serve the Voila trigger tuner on a history and a publish directory "
+                                            "(127.0.0.1)")
+    tun.add_argument("--bundle", default=PUBLISHED,
+                     help=f"publish directory: its current bundle gives the rules and model, Publish adds a version "
+                          f"(default: {PUBLISHED}; made by the first Publish)")
+    tun.add_argument("--events", help="history: an events file (CSV, .csv.gz, Parquet) or a folder as `pcrules "
+                                      "sample-data` writes (default: the shipped sample)")
+    tun.add_argument("--logging-spec", metavar="RULES",
+                     help="the ruleset that logged the history's offers (real history: Publish checks against the "
+                          "log with it; a generated world knows its own)")
+    tun.add_argument("--port", type=_port, default=8867, help="port (default 8867)")
+    tun.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
+    tun.add_argument("--base-url", default="/", help="URL prefix behind a proxy, e.g. /tuner/ (default /)")
+    tun.add_argument("--cull-idle", type=_positive_int, default=600,
+                     help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
+    tun.set_defaults(run=_tuner)
+
+
 # --------------------------------------------------------------------------- backtest: a ruleset over recorded events
 
 
@@ -440,12 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="decision log to write (afresh); the bundle goes beside it in published/")
     demo.add_argument("--no-model", action="store_true", help="skip training: replay with the rules alone")
     demo.set_defaults(run=_demo)
+    _add_init_command(commands)
     _add_bundle_commands(commands)
     _add_sample_data_command(commands)
     _add_backtest_command(commands)
     _add_dashboard_command(commands)
     _add_serve_command(commands)
     _add_train_command(commands)
+    _add_tuner_command(commands)
     return parser
 
 

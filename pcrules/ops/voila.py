@@ -1,4 +1,5 @@
-"""Start the Voila ops dashboard (``dashboards/ops.ipynb``) safely.
+"""Start the Voila ops dashboard (``dashboards/ops.ipynb``) safely, and the tuner (``dashboards/triggers.ipynb``,
+``pcrules tuner``: :func:`start_app` / :func:`serve_app` with :func:`app_env`) with the very same settings.
 
 ``pcrules dashboard --log var/demo/decisions.sqlite`` (or :func:`serve`, or :func:`start` for a server in the
 background, as the browser tests do) runs Voila with:
@@ -45,7 +46,7 @@ from .. import resources
 from .view import BUNDLE_ENV, LOG_ENV
 
 __all__ = ["DASHBOARDS", "NOTEBOOK", "TEMPLATE", "SAFE_SETTINGS", "DashboardServer", "free_port", "voila_command",
-           "voila_env", "start", "serve"]
+           "voila_env", "app_env", "start", "start_app", "serve", "serve_app"]
 
 DASHBOARDS = resources.dashboards_dir()  # pcrules/dashboards (package data; dashboards/ in a checkout links to it)
 NOTEBOOK = resources.ops_notebook()
@@ -123,12 +124,18 @@ def voila_command(port: int, *, host: str = "127.0.0.1", base_url: str = "/", cu
 def voila_env(log_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None,
               base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of Voila and its kernels: the log and bundle (absolute), the template, pcrules."""
+    return app_env({LOG_ENV: log_path, BUNDLE_ENV: bundle_path}, base)
+
+
+def app_env(paths: Mapping[str, str | os.PathLike | None], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of Voila and its kernels for any of the apps: each of `paths` (variable -> path) made
+    absolute, a variable whose path is None or "" removed; the template on JUPYTER_PATH, pcrules importable."""
     env = dict(os.environ if base is None else base)
-    env[LOG_ENV] = str(Path(log_path).expanduser().absolute())
-    if bundle_path not in (None, ""):
-        env[BUNDLE_ENV] = str(Path(bundle_path).expanduser().absolute())  # type: ignore[arg-type]
-    else:
-        env.pop(BUNDLE_ENV, None)
+    for name, path in paths.items():
+        if path is None or str(path) == "":
+            env.pop(name, None)
+        else:
+            env[name] = str(Path(path).expanduser().absolute())
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(JUPYTER_DATA), env.get("JUPYTER_PATH", "")) if p)
     root = "" if _is_site_dir(IMPORT_ROOT) else str(IMPORT_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -210,14 +217,24 @@ def start(log_path: str | os.PathLike, *, port: int = 0, host: str = "127.0.0.1"
     ``server_log``: a file for Voila's own log; ``"-"``: this process's stdout/stderr; None: discarded.
     Call ``wait_ready()`` before opening the URL.
     """
-    if not NOTEBOOK.is_file():
-        raise FileNotFoundError(f"{NOTEBOOK}: the dashboard notebook is missing from the installed package "
+    return start_app(NOTEBOOK, voila_env(log_path, bundle_path, env), port=port, host=host, base_url=base_url,
+                     server_log=server_log, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s)
+
+
+def start_app(notebook: Path, env: Mapping[str, str], *, port: int = 0, host: str = "127.0.0.1",
+              base_url: str = "/", server_log: str | os.PathLike | None = None, cull_idle_s: int = CULL_IDLE_S,
+              cull_interval_s: int = CULL_INTERVAL_S) -> DashboardServer:
+    """Start Voila on any notebook of ``pcrules/dashboards/`` (the ops dashboard, the tuner) with the same safe
+    settings and template, in the background; `env` is the whole environment (:func:`app_env`)."""
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: the notebook is missing from the installed package "
                                 f"(package data pcrules/dashboards/; reinstall pcrules)")
     port = port or free_port(host if _is_loopback(host) else "0.0.0.0")
-    cmd = voila_command(port, host=host, base_url=base_url, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s)
+    cmd = voila_command(port, host=host, base_url=base_url, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s,
+                        notebook=notebook)
     inherit = server_log == "-"
     log_file = open(server_log, "ab") if server_log and not inherit else None
-    process = subprocess.Popen(cmd, cwd=DASHBOARDS, env=voila_env(log_path, bundle_path, env),
+    process = subprocess.Popen(cmd, cwd=DASHBOARDS, env=dict(env),
                                stdin=subprocess.DEVNULL,
                                stdout=None if inherit else (log_file or subprocess.DEVNULL),
                                stderr=None if inherit else subprocess.STDOUT, start_new_session=True)
@@ -235,6 +252,15 @@ def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0
               f"sees the decision log", file=sys.stderr)
     if not Path(log_path).exists():
         print(f"note: {log_path} does not exist yet; the dashboard says so until it does", file=sys.stderr)
+    return serve_app(NOTEBOOK, voila_env(log_path, bundle_path), port=port, host=host, base_url=base_url,
+                     cull_idle_s=cull_idle_s, out=out,
+                     banner=f"ops dashboard: {{url}}  (decision log {Path(log_path).absolute()}; Ctrl-C stops)")
+
+
+def serve_app(notebook: Path, env: Mapping[str, str], *, banner: str, port: int = 8866, host: str = "127.0.0.1",
+              base_url: str = "/", cull_idle_s: int = CULL_IDLE_S, out: IO[str] = sys.stdout) -> int:
+    """Run Voila on `notebook` in the foreground until Ctrl-C (``pcrules dashboard``, ``pcrules tuner``); `banner`
+    (its ``{url}`` filled in) is printed once Voila answers."""
 
     def stop_on(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # stop Voila (and its kernels) too, never leave it orphaned
@@ -244,11 +270,10 @@ def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0
                 for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None}
     server = None
     try:
-        server = start(log_path, port=port, host=host, bundle_path=bundle_path, base_url=base_url,
-                       cull_idle_s=cull_idle_s, server_log="-")  # Voila logs to this terminal
+        server = start_app(notebook, env, port=port, host=host, base_url=base_url, cull_idle_s=cull_idle_s,
+                           server_log="-")  # Voila logs to this terminal
         server.wait_ready()
-        print(f"ops dashboard: {server.url}  (decision log {Path(log_path).absolute()}; Ctrl-C stops)", file=out,
-              flush=True)
+        print(banner.replace("{url}", server.url), file=out, flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         return 0
