@@ -225,8 +225,9 @@ class AcceptanceModel(ClassifierMixin, BaseEstimator):
     records it, the fitted ``features_`` carries it as ``lower``/``upper``, so the compiled scorer
     clips identically): the widest range with enough of its present values at or beyond each end:
     ``max(min_rows, min_positives / accept rate)`` rows (30 rows, and 10 expected accepts: 220
-    rows at a 4.5 % rate; with 5 the spline's end pieces rested on too few accepts and its tail swung), and at least the share ``support`` of them (the ``support`` and
-    ``1 - support`` quantiles narrowed to the n-th smallest and largest value). A bound the spec
+    rows at a 4.5 % rate; with 5 the spline's end pieces rested on too few accepts and its tail
+    swung), and at least the share ``support`` of them (the ``support`` and ``1 - support``
+    quantiles narrowed to the n-th smallest and largest value). A bound the spec
     sets is kept. A value outside the range scores like the nearest end.
     ``knot_placement``: ``"quantile"`` puts as many knots as the spec has at evenly spaced quantiles
     of the training values inside the support; ``"spec"`` keeps the spec's knots that lie inside
