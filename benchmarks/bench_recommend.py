@@ -183,7 +183,7 @@ def verdict(frame: pd.DataFrame) -> str:
                 if not len(values):
                     continue
                 met = "" if target is None else (" ok" if values.min() >= target else f" (< {target:g}x)")
-                cells.append(f"{label} {values.min():.2f}..{values.max():.2f}x{met}")
+                cells.append(f"{label} {values.min():.3f}..{values.max():.3f}x{met}")
             lines.append(f"  {objective:<8} {budget:>4.0%}: " + "; ".join(cells))
     return "\n".join(lines)
 
