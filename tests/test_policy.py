@@ -419,3 +419,14 @@ def test_next_crossing_directly():
     assert next_crossing(r, 0) == 120  # the earlier branch of the any_of
     assert next_crossing(r, 119.5) == 0.5
     assert next_crossing(r, 600) is None
+
+
+def test_duration_says_time_on_page_as_a_person_would() -> None:
+    """Issue 17 item 8: "Time spent on page: 0 mins" for a wait under a minute; {duration} says "45 s"."""
+    from pcrules.core.policy import duration
+
+    assert [duration(s) for s in (0, 0.4, 45, 59.9, 60, 179, 3599, 3600, 3900, 7260)] == [
+        "0 s", "0 s", "45 s", "59 s", "1 min", "2 min", "59 min", "1 h", "1 h 5 min", "2 h 1 min"]
+    rt = make_runtime([rule(seconds=45, metadata={"Time spent on page": "{duration}", "Mins": "{minutes}"})])
+    d = rt.observe(ev(seconds_on_page=45))
+    assert d.metadata == {"Time spent on page": "45 s", "Mins": "0"}

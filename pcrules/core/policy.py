@@ -47,6 +47,7 @@ __all__ = [
     "explore_wait",
     "explore_probability",
     "render_metadata",
+    "duration",
     "next_crossing",
     "needs_score",
     "crossings",
@@ -172,14 +173,25 @@ def _strength(rule: Rule) -> tuple[int, int]:
 def render_metadata(rule: Rule, fields: Mapping[str, Any]) -> dict[str, str]:
     """The offer's metadata: text templates filled from the event, safe to show as HTML."""
     seconds = fields.get("seconds_on_page", 0.0)
-    values = _Values(fields, minutes=str(int(seconds // 60)), seconds=str(int(seconds)), queue=rule.queue,
-                     rule=rule.name)
+    values = _Values(fields, minutes=str(int(seconds // 60)), seconds=str(int(seconds)), duration=duration(seconds),
+                     queue=rule.queue, rule=rule.name)
     out = {}
     for key, template in rule.metadata:
         text = template.format_map(values)
         # Names and values both land in the CSR's HTML window; names come from the spec, but escape them too.
         out[html.escape(key, quote=True)] = html.escape(text[:MAX_METADATA_VALUE], quote=True)
     return out
+
+
+def duration(seconds: float) -> str:
+    """Time on a page as a person says it: "45 s", "3 min", "1 h 5 min" (``{minutes}`` says "0" under a minute)."""
+    whole = int(max(seconds, 0.0))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 class _Values(dict[str, str]):

@@ -64,7 +64,7 @@ NON_NEGATIVE_FIELDS = frozenset({"seconds_on_page", "minutes_on_page", "session_
 # \Z, not $: `$` also matches before a trailing newline, which let "page\n" through as a field name.
 FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 # Metadata templates may only name a field: `{page}`; never `{page.__class__}` or format specs.
-TEMPLATE_EXTRAS = frozenset({"minutes", "seconds", "queue", "rule"})
+TEMPLATE_EXTRAS = frozenset({"minutes", "seconds", "duration", "queue", "rule"})
 # A `matches` pattern longer than this is refused: it bounds what compiling a spec's patterns can cost.
 MAX_PATTERN_CHARS = 1000
 
