@@ -535,6 +535,11 @@ def _backtest(args: argparse.Namespace) -> int:
         return _fail(exc)
     if report.rows_dropped or report.rows_coerced or report.rows_unsorted:
         print(report, file=sys.stderr)
+    if len(events) == 0 or result.metrics["refused"] == len(events):
+        print(f"error: no event of {args.events} could be judged ({report.rows_dropped:,} row(s) dropped while "
+              f"loading, {result.metrics['refused']:,} refused by the runtime's checks): see the problems above",
+              file=sys.stderr)
+        return 1
     print(f"pcrules backtest: bundle {bundle.version} over {args.events}")
     print(result.summary())
     if args.out:
@@ -558,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a rule spec; list every problem")
-    validate.add_argument("file")
+    validate.add_argument("file", help="the rule spec to check (YAML; `pcrules init DIR` writes a starting one)")
     validate.set_defaults(run=_validate)
     demo = commands.add_parser("demo", help="replay sample events through the runtime and summarise")
     demo.add_argument("--rules", default=str(DEFAULT_RULES), help="rule spec (default: the embedded default)")

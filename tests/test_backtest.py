@@ -441,6 +441,20 @@ def test_cli_backtest_prints_the_summary_and_writes_decisions(worlds: Any, tmp_p
     assert {"action", "reason", "rule", "queue", "score", "offer_id"} <= set(written.columns)
 
 
+def test_cli_backtest_of_nothing_judgeable_fails_with_the_reason(tmp_path: Any, capsys: Any) -> None:
+    """Issue 17 item 9: every row dropped printed an all-zero report and exited 0."""
+    from pcrules.bundle import publish
+    from pcrules.cli import main
+
+    publish(DEFAULT_RULES, None, tmp_path / "published")
+    bad = tmp_path / "events.csv"
+    bad.write_text("ts,visitor_id,session_id,page,seconds_on_page\n1770000000,v1,s1,Home,-5\n,v2,s2,Plans,x\n")
+    code = main(["backtest", "--bundle", str(tmp_path / "published"), "--events", str(bad), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1 and "offers" not in captured.out
+    assert "no event of" in captured.err and "could be judged" in captured.err
+
+
 # --------------------------------------------------------------------------------------------- decision quality
 
 

@@ -742,3 +742,11 @@ def test_any_single_change_to_a_valid_spec_loads_or_is_refused_with_paths(path, 
 def test_arbitrary_data_is_refused_with_a_spec_error_only(value):
     with pytest.raises(SpecError):
         load_spec({"name": "x", "queues": value, "rules": value} if isinstance(value, dict) else value)
+
+
+def test_an_empty_list_is_called_empty() -> None:
+    """Issue 17 item 9: the message read "expected a non-empty list, got list"."""
+    with pytest.raises(SpecError) as err:
+        load_spec({"name": "s", "queues": {"Q": {}}, "rules": [
+            {"name": "r", "when": {"page": {"in": []}}, "offer": {"queue": "Q"}}]})
+    assert "rules[0].when.page.in: expected a non-empty list, got an empty one" in str(err.value)

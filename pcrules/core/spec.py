@@ -594,7 +594,8 @@ class _Checker:
             return self.regex(fld, value, path)
         if op in ("in", "not_in"):
             if not isinstance(value, LIST) or not value:
-                self.bad(path, f"expected a non-empty list, got {_show(value)}")
+                self.bad(path, "expected a non-empty list, got an empty one" if isinstance(value, LIST) and not value
+                         else f"expected a non-empty list, got {_show(value)}")
                 return None
             # A list, not all(): all() would stop at the first bad element and hide the others.
             ok = all([self.operand(fld, v, f"{path}[{j}]", op) for j, v in enumerate(value)])
