@@ -408,15 +408,20 @@ def _dashboard(args: argparse.Namespace) -> int:
         return _fail(exc)
 
 
+def _add_voila_options(parser: argparse.ArgumentParser, *, port: int, prefix: str) -> None:
+    """What every Voila app the CLI serves takes: where it listens, behind which prefix, when idle kernels go."""
+    parser.add_argument("--port", type=_port, default=port, help=f"port (default {port})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
+    parser.add_argument("--base-url", default="/", help=f"URL prefix behind a proxy, e.g. {prefix} (default /)")
+    parser.add_argument("--cull-idle", type=_positive_int, default=600,
+                        help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
+
+
 def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     dash = commands.add_parser("dashboard", help="serve the Voila ops dashboard on a decision log (127.0.0.1)")
     dash.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log (default: the demo's)")
     dash.add_argument("--bundle", help="publish directory or bundle to show as the live bundle (default: none)")
-    dash.add_argument("--port", type=_port, default=8866, help="port (default 8866)")
-    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
-    dash.add_argument("--base-url", default="/", help="URL prefix behind a proxy, e.g. /ops/ (default /)")
-    dash.add_argument("--cull-idle", type=_positive_int, default=600,
-                      help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
+    _add_voila_options(dash, port=8866, prefix="/ops/")
     dash.set_defaults(run=_dashboard)
 
 
@@ -491,11 +496,7 @@ def _add_tuner_command(commands: argparse._SubParsersAction) -> None:
     tun.add_argument("--logging-spec", metavar="RULES",
                      help="the ruleset that logged the history's offers (real history: Publish checks against the "
                           "log with it; a generated world knows its own)")
-    tun.add_argument("--port", type=_port, default=8867, help="port (default 8867)")
-    tun.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
-    tun.add_argument("--base-url", default="/", help="URL prefix behind a proxy, e.g. /tuner/ (default /)")
-    tun.add_argument("--cull-idle", type=_positive_int, default=600,
-                     help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
+    _add_voila_options(tun, port=8867, prefix="/tuner/")
     tun.set_defaults(run=_tuner)
 
 

@@ -354,7 +354,7 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
              scorer: Any = None, *, queue_status: Any = None, engine: str = "fast", scores: str = "candidates",
              truth: str | np.ndarray | pd.Series | None = None, effects: Any = None, metadata: bool = False,
              new_offer_id: Callable[[], str] | None = None, offer_id_prefix: str = "o",
-             progress: bool = False, feedback: Any = None) -> BacktestResult:
+             progress: bool = False, feedback: Any = None, exploration_cost: bool = True) -> BacktestResult:
     """What `spec` (with `scorer`, the bundle's model) would have decided on `events`.
 
     ``events``: a DataFrame of events (the runtime's fields, plus the recorded
@@ -375,7 +375,8 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     ``feedback``: the logged history (:func:`pcrules.analysis.feedback.feedback`): then ``off_policy`` holds the
     ruleset's expected accepted chats estimated from the log (IPS, SNIPS, DR with the scorer) with intervals.
     A ruleset with ``policy.explore`` also reports its explored offers and what exploring cost against the same
-    rules without it (``exploration_cost``: expected accepts lost, by the model and by the truth).
+    rules without it (``exploration_cost``: expected accepts lost, by the model and by the truth; a second
+    backtest, skipped with ``exploration_cost=False`` by callers that only read the decisions).
     """
     started = time.perf_counter()
     if engine not in ("fast", "policy"):
@@ -439,6 +440,7 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
         offers.index = table.index[judged.offer_rows]
     if spec.policy.explore is not None:
         metrics["explored_offers"] = int(decisions["explored"].sum())
+    if spec.policy.explore is not None and exploration_cost:
         plain = backtest(without_exploration(spec), table, scorer, queue_status=queue_status,
                          truth=truth_values if table.order is None else _input_order(truth_values, table))
         metrics["exploration_cost"] = {

@@ -109,7 +109,7 @@ def feedback(spec: RuleSpec | str | dict, events: pd.DataFrame, offers: pd.DataF
     response = observed["response"].astype(object)
     observed["response"] = response.where(response.isin(["accept", "decline"]), None)
     table = EventTable(observed)
-    result = backtest(spec, table, scorer)
+    result = backtest(spec, table, scorer, exploration_cost=False)
     st, sets, _ = logging_sets(spec, table, scorer, queue_status)
     position = np.full(table.n, -1, dtype=np.int64)
     position[st.rows] = np.arange(st.m)

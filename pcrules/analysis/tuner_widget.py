@@ -405,18 +405,22 @@ class Tuner:
         """The tuned ruleset (the knobs as they are) against the current one, estimated from the log
         (:func:`pcrules.analysis.guardrail.check`), shown in the widget; None when the knobs are invalid (the
         sentence is shown). A check that fails is a refusal whose reason says why."""
+        built = self._tuned("checked")
+        return None if built is None else self._verdict(*built)
+
+    def _tuned(self, verb: str) -> tuple[Settings, RuleSpec] | None:
+        """(settings, the tuned ruleset) from the knobs; None with the sentence shown ("Nothing was <verb>: ...")."""
         try:
             settings = self.read_settings()
-            tuned = self.model.spec_for(settings)
+            return settings, self.model.spec_for(settings)
         except InvalidSetting as exc:
-            return self._error(f"Nothing was checked: {exc}")
+            return self._error(f"Nothing was {verb}: {exc}")
         except SpecError as exc:
-            return self._error("Nothing was checked: the tuned ruleset is not valid — "
+            return self._error(f"Nothing was {verb}: the tuned ruleset is not valid — "
                                + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
         except Exception as exc:
             log.exception("tuner: validation failed")
-            return self._error(f"Nothing was checked: the tuned ruleset could not be built ({sentence_reason(exc)}).")
-        return self._verdict(settings, tuned)
+            return self._error(f"Nothing was {verb}: the tuned ruleset could not be built ({sentence_reason(exc)}).")
 
     def _verdict(self, settings: Settings, tuned: RuleSpec) -> GuardrailVerdict:
         key = (spec_text(tuned), spec_text(self.current))
@@ -465,17 +469,10 @@ class Tuner:
         from ..bundle import publish
 
         self.diff_html.value = ""
-        try:
-            settings = self.read_settings()
-            tuned = self.model.spec_for(settings)
-        except InvalidSetting as exc:
-            return self._error(f"Nothing was published: {exc}")
-        except SpecError as exc:
-            return self._error("Nothing was published: the tuned ruleset is not valid — "
-                               + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
-        except Exception as exc:
-            log.exception("tuner: validation failed")
-            return self._error(f"Nothing was published: the tuned ruleset could not be built ({sentence_reason(exc)}).")
+        built = self._tuned("published")
+        if built is None:
+            return None
+        settings, tuned = built
         self.diff_html.value = self.diff_text(tuned, settings)
         if self.bundle_dir is None:
             return self._error("Nothing was published: the tuner has no bundle folder to publish to "

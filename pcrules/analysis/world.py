@@ -617,7 +617,7 @@ def logged_offers(events: pd.DataFrame, spec: Any) -> pd.DataFrame:
     events' would-be answers: what the decision log and its outcomes hold, one row per offer."""
     from .backtest import backtest
 
-    result = backtest(spec, events)
+    result = backtest(spec, events, exploration_cost=False)
     shown = result.offers[~result.offers["holdout"].to_numpy(dtype=bool)]
     rows = shown.index
     out = events.loc[rows, ["ts", "visitor_id", "session_id", "page", "seconds_on_page", "pages_viewed",

@@ -349,9 +349,10 @@ def decide(
     strongest = (matches.full or matches.later or matches.unscored)[0]
     explore = spec.policy.explore
     explored = explore is not None and explores(event.session_id, explore.share)
-    if explored:
-        # An explored session sets the rules' time-on-page and score conditions aside (docs/off-policy.md).
-        eligible = tuple(sorted(matches.full + matches.unscored + matches.later, key=_strength))
+    # The rules whose conditions hold but for time on page and score: what an explored session offers with.
+    eligible = () if explore is None else tuple(sorted(matches.full + matches.unscored + matches.later,
+                                                       key=_strength))
+    if explored:  # it sets the rules' time-on-page and score conditions aside (docs/off-policy.md)
         strongest = eligible[0]
     blocked = _session_block(spec, session, visitor, ts)
     if blocked is not None:
@@ -368,8 +369,7 @@ def decide(
                 return result(Action.WAIT, None, rule=strongest.name, queue=strongest.queue,
                               recheck_after=round(wait - event.seconds_on_page, 3))
             matches = Matches(eligible)
-        elif taker is None and _taker(spec, queues, ts, sorted(matches.full + matches.unscored + matches.later,
-                                                               key=_strength)) is not None:
+        elif taker is None and _taker(spec, queues, ts, eligible) is not None:
             session = _seen(session, event, False)
         chances = (explore_probability(explore, session.explore_seen, event.page, event.seconds_on_page),
                    taker is not None and not session.production_seen)
