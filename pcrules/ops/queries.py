@@ -27,6 +27,7 @@ __all__ = [
     "FilterError",
     "Filters",
     "LogInfo",
+    "DecisionSummary",
     "OfferCounts",
     "OfferCube",
     "offer_cube",
@@ -34,6 +35,10 @@ __all__ = [
     "LiveRuleset",
     "open_log",
     "log_info",
+    "log_stamp",
+    "decision_summary",
+    "uplift_units",
+    "uplift_of",
     "choices",
     "offer_counts",
     "offers_by",
@@ -61,9 +66,12 @@ UPLIFT_WINDOW_S = _uplift.DEFAULT_WINDOW_S  # goals count within a day of the vi
 UPLIFT_POWER = 0.8
 
 STATUSES = ("accepted", "declined", "expired")
-TIME_RANGES = (("All time", "all"), ("Last hour", "1h"), ("Last 24 hours", "24h"), ("Last 7 days", "7d"),
+TIME_RANGES = (("Last 7 days", "7d"), ("Last 24 hours", "24h"), ("Last hour", "1h"), ("All time", "all"),
                ("Custom dates", "custom"))
 RANGE_SECONDS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+# The range shown first: the latest week of activity, ending at the latest decision. Not the whole log: a demo's
+# sample from last year and today's live decisions on one axis leave each a sliver of it.
+DEFAULT_RANGE = "7d"
 BREAKDOWN_LIMIT = 15
 MAX_PAGE_CHOICES = 200  # a site with thousands of page names: the busiest ones in the page filter
 CHOICE_WINDOW = 100_000  # the filters offer the queues and pages of the latest decisions
@@ -229,8 +237,18 @@ class LogInfo:
 
 def log_info(conn: sqlite3.Connection) -> LogInfo:
     """How many decisions the whole log holds and the event times of the first and the last."""
-    n, first, last = conn.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM decisions").fetchone()
+    # MIN and MAX in subqueries of their own: each one step down the index on ts (together they scan it)
+    n, first, last = conn.execute("SELECT (SELECT COUNT(*) FROM decisions), (SELECT MIN(ts) FROM decisions),"
+                                  " (SELECT MAX(ts) FROM decisions)").fetchone()
     return LogInfo(int(n), first, last)
+
+
+def log_stamp(conn: sqlite3.Connection) -> tuple[int, ...]:
+    """What the log holds, in four row ids: any decision, outcome, goal or ruleset written since changes it.
+    Instant (the last row of each table), so a refresh of an unchanged log can reuse what it computed."""
+    return tuple(int(x or 0) for x in conn.execute(
+        "SELECT (SELECT MAX(id) FROM decisions), (SELECT MAX(id) FROM outcomes), (SELECT MAX(id) FROM goals),"
+        " (SELECT MAX(id) FROM rulesets)").fetchone())
 
 
 def choices(conn: sqlite3.Connection, spec_queues: Sequence[str] = (), max_pages: int = MAX_PAGE_CHOICES,
@@ -297,6 +315,13 @@ class OfferCube:
     def total(self) -> OfferCounts:
         return _add(self.cells)
 
+    def select(self, queue: str | None = None, page: str | None = None) -> OfferCube:
+        """The cells of one queue and page (None: all): a queue or page filter without another query."""
+        if queue is None and page is None:
+            return self
+        return OfferCube(tuple(c for c in self.cells
+                               if (queue is None or c[3] == queue) and (page is None or c[1] == page)))
+
     def by(self, column: str) -> list[tuple[str, OfferCounts]]:
         """Counts by ``page``, ``rule`` or ``queue``, most offers first (ties by name)."""
         index = {"page": 1, "rule": 2, "queue": 3}.get(column)
@@ -361,17 +386,41 @@ def chats_per_hour_by_queue(conn: sqlite3.Connection, f: Filters = Filters()) ->
     return offer_cube(conn, f).chats_per_hour_by_queue()
 
 
-def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, int]:
-    """Decisions in the selection by action, and ``none`` decisions by reason: keys ``offer``, ``wait``,
-    ``none``, and ``none:<reason>``."""
+@dataclass(frozen=True)
+class DecisionSummary:
+    """The selection's decisions: counts by action and reason (see :func:`decisions_by_reason`), and the event
+    times of the first and the last (None when there is none): the span the charts show."""
+
+    by_reason: Mapping[str, int] = field(default_factory=dict)
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def decisions(self) -> int:
+        return sum(v for k, v in self.by_reason.items() if ":" not in k)
+
+
+def decision_summary(conn: sqlite3.Connection, f: Filters = Filters()) -> DecisionSummary:
+    """One pass over the selection (through the index on ts when it has a time range)."""
     where, params = f.where("d")
     out: dict[str, int] = {}
-    for action, reason, n in conn.execute(
-            f"SELECT d.action, d.reason, COUNT(*) FROM decisions d WHERE {where} GROUP BY d.action, d.reason", params):
+    first: float | None = None
+    last: float | None = None
+    for action, reason, n, lo, hi in conn.execute(
+            f"SELECT d.action, d.reason, COUNT(*), MIN(d.ts), MAX(d.ts) FROM decisions d WHERE {where}"
+            " GROUP BY d.action, d.reason", params):
         out[action] = out.get(action, 0) + n
         if action == "none":
             out[f"none:{reason}"] = n
-    return out
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    return DecisionSummary(out, first, last)
+
+
+def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, int]:
+    """Decisions in the selection by action, and ``none`` decisions by reason: keys ``offer``, ``wait``,
+    ``none``, and ``none:<reason>``."""
+    return dict(decision_summary(conn, f).by_reason)
 
 
 @dataclass(frozen=True)
@@ -440,7 +489,9 @@ class Uplift:
         if more_w:
             needs.append(f"{more_w:,} more withheld")
         target = f"to detect {100 * self.mde:g} pp" if self.mde else f"for {self.min_per_arm:,} in each group"
-        text = f"needs {' and '.join(needs)} visitors {target}" if needs else ""
+        # "1 more offered visitor", "1 more offered and 2 more withheld visitors": the noun agrees with the last
+        noun = "visitor" if (more_w or more_o) == 1 else "visitors"
+        text = f"needs {' and '.join(needs)} {noun} {target}" if needs else ""
         few = [name for name, x, n in (("offered", self.offered_converted, self.offered),
                                        ("withheld", self.withheld_converted, self.withheld))
                if n and min(x, n - x) < _uplift.MIN_EVENTS]
@@ -459,11 +510,26 @@ class Uplift:
         return (r.ci_low, r.ci_high) if self.enough else None  # type: ignore[return-value]
 
 
+UnitCounts = tuple[tuple[Any, ...], ...]
+
+
 def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None, *, mde: float | None = None,
            window_s: float = UPLIFT_WINDOW_S) -> Uplift:
-    """The intention-to-treat estimate described in the module docstring: :func:`pcrules.uplift.unit_counts`
-    (one SQL query, a few rows per rule x page x queue x group), then the selection's rows added up."""
-    rows = _uplift.unit_counts(conn, window_s=window_s, goals=goal, since=f.start, until=f.end)
+    """The intention-to-treat estimate described in the module docstring: :func:`uplift_units`, then the
+    selection's rows added up (:func:`uplift_of`)."""
+    return uplift_of(uplift_units(conn, f.start, f.end, goal, window_s), f, goal, mde=mde, window_s=window_s)
+
+
+def uplift_units(conn: sqlite3.Connection, start: float | None = None, end: float | None = None,
+                 goal: str | None = None, window_s: float = UPLIFT_WINDOW_S) -> UnitCounts:
+    """:func:`pcrules.uplift.unit_counts` of the visitors who became eligible in ``[start, end)``: one SQL query,
+    a few rows per rule x page x queue x group. The same rows serve every queue and page filter."""
+    return tuple(_uplift.unit_counts(conn, window_s=window_s, goals=goal, since=start, until=end))
+
+
+def uplift_of(rows: UnitCounts, f: Filters, goal: str | None = None, *, mde: float | None = None,
+              window_s: float = UPLIFT_WINDOW_S) -> Uplift:
+    """The uplift of the visitors in ``rows`` (:func:`uplift_units`) on the selection's queue and page."""
     counts = {0: [0, 0], 1: [0, 0]}
     for _rule, page, queue, holdout, n, converted in rows:
         if (f.queue is None or queue == f.queue) and (f.page is None or page == f.page):
@@ -577,12 +643,3 @@ def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def flatten_metrics(metrics: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(metrics, Mapping):
-        out: list[tuple[str, Any]] = []
-        for key, value in metrics.items():
-            out += flatten_metrics(value, f"{prefix}{key}.")
-        return out
-    return [(prefix[:-1], metrics)]

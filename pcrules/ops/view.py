@@ -12,7 +12,11 @@ Two layers:
   bounded ones: the latest decisions, and the pages and queues of the latest
   100,000 decisions for the filters (:func:`choices`). Every tile and chart is
   a sum over those few thousand grouped rows. Time filters use the index on
-  ``ts``.
+  ``ts``. The offers and the uplift's visitors are read per time range, and a
+  queue or page filter picks from those rows; every answer (and every chart)
+  is remembered by its question and the log's stamp (:func:`log_stamp`, four
+  row ids), so choosing a filter again, or Refresh on an unchanged log, reads
+  nothing. The tiles are filled before the charts are drawn.
 * **Widgets** (:class:`Dashboard`, :func:`dashboard`): ipywidgets and matplotlib
   (PNG images in ``Image`` widgets: no JavaScript library, nothing from a CDN),
   imported only when a dashboard is built.
@@ -57,14 +61,16 @@ decision that made it does; its outcome is counted with it, whenever it came.
 Hours are UTC hours (labels in the dashboard's time zone, which shifts whole
 hours for every zone with whole-hour offsets). "Last 24 hours" and the other
 relative ranges end at the log's latest decision, not at the wall clock, so a
-replayed log shows its own last day.
+replayed log shows its own last day. The dashboard opens on the last 7 days of
+activity (a demo's sample from months ago and today's decisions are not drawn
+on one axis) and says when older decisions exist. The per-hour charts span the
+selection's first to last decision, every hour drawn, quiet ones as zero: a
+long quiet stretch keeps its width, and the note under the chart names it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
-import json
 import logging
 import os
 import sqlite3
@@ -72,38 +78,47 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import queries
+from .memo import Memo
 from .queries import (
     BREAKDOWN_LIMIT,
     BUNDLE_ENV,
+    DEFAULT_RANGE,
+    RANGE_SECONDS,
     TIME_RANGES,
+    DecisionSummary,
     FilterError,
     Filters,
     LiveRuleset,
     LogInfo,
     LogNotReadable,
     OfferCounts,
+    OfferCube,
     Uplift,
     choices,
-    decisions_by_reason,
+    decision_summary,
     describe_conditions,
-    flatten_metrics,
     live_ruleset,
     log,
     log_info,
+    log_stamp,
     offer_cube,
     open_log,
     recent_decisions,
     resolve_log_path,
     show_value,
     time_filters,
-    uplift,
+    uplift_of,
+    uplift_units,
     zone_of,
 )
+from .text import duration, metric_html, metric_rows, plural, short_id
+from .text import esc as _esc
 
 LogUnavailable = LogNotReadable  # its name before pcrules.errors.LogUnavailable (a log that cannot be written)
 
@@ -131,18 +146,6 @@ def fmt_pp(x: float) -> str:
     return f"{100 * x:+.1f} pp".replace("-", "−")
 
 
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _metric(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return json.dumps(value)[:120]
-    return str(value)
-
-
 # --------------------------------------------------------------------------- widgets
 
 CSS = """
@@ -165,6 +168,10 @@ CSS = """
 .pcrules-message-body { border: 1px solid #f0b429; background: #fffbea; border-radius: 6px; padding: 12px 16px;
   font-size: 14px; }
 .pcrules-note { color: #8d2b0b; }
+.pcrules-older { color: #8d2b0b; }
+.pcrules-bins summary { cursor: pointer; color: #52606d; }
+.pcrules-bins-table { width: auto; margin-top: 2px; }
+.pcrules-metric-line { margin-bottom: 2px; }
 </style>
 """
 
@@ -250,6 +257,7 @@ class Dashboard:
             raise ValueError(f"mde: expected the smallest uplift worth detecting, a number in (0, 1), got {mde!r}")
         self.info: LogInfo | None = None
         self.live: LiveRuleset | None = None
+        self.memo = Memo()
         self.refreshes = 0
         self._busy = False
 
@@ -258,10 +266,12 @@ class Dashboard:
         self.message.add_class("pcrules-message")
         self.status = w.HTML()
         self.status.add_class("pcrules-status")
-        self.time_range = w.Dropdown(options=list(TIME_RANGES), value="all", description="Time range",
+        self.time_range = w.Dropdown(options=list(TIME_RANGES), value=DEFAULT_RANGE, description="Time range",
                                      style={"description_width": "initial"}, layout=w.Layout(width="220px"))
-        self.start_day = w.DatePicker(description="From", disabled=True, layout=w.Layout(width="190px"))
-        self.end_day = w.DatePicker(description="To", disabled=True, layout=w.Layout(width="190px"))
+        # wide enough for the browser's whole date (yyyy-mm-dd and the calendar button) after a short label
+        dates = {"disabled": True, "style": {"description_width": "initial"}}
+        self.start_day = w.DatePicker(description="From", layout=w.Layout(width="215px"), **dates)
+        self.end_day = w.DatePicker(description="To", layout=w.Layout(width="200px"), **dates)
         self.queue = w.Dropdown(options=[("All queues", "")], value="", description="Queue",
                                 layout=w.Layout(width="210px"))
         self.page = w.Dropdown(options=[("All pages", "")], value="", description="Page",
@@ -321,9 +331,11 @@ class Dashboard:
         custom = change["new"] == "custom"
         self.start_day.disabled = self.end_day.disabled = not custom
         if custom and self.info is not None and self.info.first_ts is not None:
+            # the days of the default range (the latest week of activity), not the whole log's span
+            first = max(self.info.first_ts, self.info.last_ts - RANGE_SECONDS[DEFAULT_RANGE])  # type: ignore[operator]
             with self._hold():  # set both dates, then refresh once
                 if self.start_day.value is None:
-                    self.start_day.value = datetime.fromtimestamp(self.info.first_ts, self.zone).date()
+                    self.start_day.value = datetime.fromtimestamp(first, self.zone).date()
                 if self.end_day.value is None:
                     self.end_day.value = datetime.fromtimestamp(self.info.last_ts, self.zone).date()
         self._safely(self.refresh)
@@ -381,7 +393,8 @@ class Dashboard:
     def refresh(self, reload_choices: bool = False) -> None:
         started = time.perf_counter()
         with open_log(self.log_path) as conn:
-            self.info = log_info(conn)
+            stamp = log_stamp(conn)
+            self.info = self.memo.get((stamp, "info"), lambda: log_info(conn))
             if self.info.decisions == 0:
                 raise LogNotReadable(f"The decision log {self.log_path} has no decisions yet. They appear here as "
                                      f"soon as the runtime makes them (press Refresh).", kind="empty")
@@ -389,35 +402,56 @@ class Dashboard:
                 self.live = live_ruleset(conn, self.bundle_path)
                 self._set_choices(*choices(conn, list(self.live.spec.get("queues") or ())))
             f = self.filters()
-            # The two full scans run side by side (sqlite3 releases the GIL): reasons on a second connection.
-            with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
-                by_reason = pool.submit(_with_log, self.log_path, decisions_by_reason, f)
-                up = uplift(conn, f, self.goal, mde=self.mde)
-                cube = offer_cube(conn, f)  # one query for every offer tile and chart
-                recent = recent_decisions(conn, f, self.recent_rows)
-                reasons = by_reason.result()
-        counts = cube.total()
-        hourly, load = cube.per_hour(), cube.chats_per_hour_by_queue()
-        breakdowns = {}
-        for column in ("page", "rule", "queue"):
-            rows = cube.by(column)
-            breakdowns[column] = (rows[:BREAKDOWN_LIMIT], len(rows))
+            sel = self._select(conn, stamp, f)
         self.message.value = ""
         self.message.layout.display = "none"
         self.body.layout.display = None
         for widget in (self.time_range, self.queue, self.page):
             widget.disabled = False
-        self._render_tiles(counts, up)
-        self._render_charts(hourly, breakdowns, load, reasons, f)
-        self.bundle_html.value = self._bundle_html()
-        self.recent_html.value = self._recent_html(recent, reasons)
+        # the tiles first: the numbers, then the slower pictures
+        self._render_tiles(sel.cube.total(), sel.uplift)
         self.refreshes += 1
         self.header.value = self._header_html()
-        n = sum(v for k, v in reasons.items() if ":" not in k)
-        self.status.value = (f'<div class="pcrules-sub" data-decisions="{n}" data-refresh="{self.refreshes}">'
-                             f'Selection: {_esc(self._describe(f))}: {fmt_int(n)} decisions, '
-                             f'{fmt_int(counts.offers)} offers. '
-                             f'Refreshed in {time.perf_counter() - started:.2f} s.</div>')
+        self.status.value = self._status_html(f, sel, time.perf_counter() - started)
+        live = self.live.bundle_version if self.live else None
+        charts = self.memo.get((stamp, f, live, "charts"), lambda: self._charts(sel, f))
+        for key, (png, note) in charts.items():
+            self.chart_images[key].value = png
+            self.chart_notes[key].value = note
+        self.bundle_html.value = self._bundle_html()
+        self.recent_html.value = self._recent_html(sel.recent, sel.summary)
+        self.status.value = self._status_html(f, sel, time.perf_counter() - started)
+
+    def _select(self, conn: sqlite3.Connection, stamp: tuple[int, ...], f: Filters) -> Selection:
+        """The selection's figures, each remembered by the question and the log's stamp. The offers and the
+        uplift's visitors are read for the time range alone: a queue or page filter picks from those rows."""
+        span = Filters(f.start, f.end)
+        # The one full scan (decisions by reason) runs beside the others on a second connection (sqlite3
+        # releases the GIL while it reads).
+        with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
+            summary = pool.submit(self.memo.get, (stamp, f, "summary"),
+                                  lambda: _with_log(self.log_path, decision_summary, f))
+            units = self.memo.get((stamp, span, self.goal, "units"),
+                                  lambda: uplift_units(conn, f.start, f.end, self.goal))
+            cube = self.memo.get((stamp, span, "cube"), lambda: offer_cube(conn, span))
+            recent = self.memo.get((stamp, f, self.recent_rows, "recent"),
+                                   lambda: recent_decisions(conn, f, self.recent_rows))
+            return Selection(summary.result(), cube.select(f.queue, f.page),
+                             uplift_of(units, f, self.goal, mde=self.mde), recent)
+
+    def _status_html(self, f: Filters, sel: Selection, seconds: float) -> str:
+        n = sel.summary.decisions
+        older = ""
+        info = self.info
+        if info is not None and info.first_ts is not None and f.start is not None and info.first_ts < f.start:
+            older = (f' <span class="pcrules-older">Older decisions exist, from {_esc(self._when(info.first_ts))}: '
+                     f'choose All time or Custom dates to see them.</span>')
+        return (f'<div class="pcrules-sub" data-decisions="{n}" data-refresh="{self.refreshes}" '
+                f'data-range-start="{_esc(f.start if f.start is not None else "")}" '
+                f'data-range-end="{_esc(f.end if f.end is not None else "")}" data-older="{int(bool(older))}">'
+                f'Showing {_esc(self._describe(f))}: {plural(n, "decision")}, '
+                f'{plural(sel.cube.total().offers, "offer")}.{older} '
+                f'Refreshed in {seconds:.2f} s.</div>')
 
     def _set_choices(self, queues: list[str], pages: list[str]) -> None:
         with self._hold():
@@ -428,11 +462,16 @@ class Dashboard:
 
     def _describe(self, f: Filters) -> str:
         parts = []
+        choice = self.time_range.value
+        last = self.info.last_ts if self.info else None
         if f.start is None and f.end is None:
             parts.append("all time")
+        elif choice in RANGE_SECONDS:  # relative ranges end at the latest decision, not at the wall clock
+            parts.append(f"the {dict((v, k) for k, v in TIME_RANGES)[choice].lower()} up to the latest decision "
+                         f"({self._when(f.start)} to {self._when(last)} {self.tz})")
         else:
             parts.append(f"{self._when(f.start) if f.start is not None else 'start'} to "
-                         f"{self._when(f.end) if f.end is not None else 'latest'}")
+                         f"{self._when(f.end) if f.end is not None else 'latest'} {self.tz}")
         parts.append(f"queue {f.queue}" if f.queue else "all queues")
         parts.append(f"page {f.page}" if f.page else "all pages")
         return ", ".join(parts)
@@ -444,7 +483,7 @@ class Dashboard:
         info = self.info
         span = ""
         if info is not None and info.decisions:
-            span = (f" · {fmt_int(info.decisions)} decisions from {self._when(info.first_ts)} to "
+            span = (f" · {plural(info.decisions, 'decision')} from {self._when(info.first_ts)} to "
                     f"{self._when(info.last_ts)} ({self.tz})")
         refreshed = datetime.now(self.zone).strftime("%H:%M:%S")
         return (f'<div class="pcrules-ops"><h2>Proactive chat: operations</h2>'
@@ -454,9 +493,9 @@ class Dashboard:
     # ------------------------------------------------------------------ tiles
 
     def _render_tiles(self, c: OfferCounts, up: Uplift) -> None:
-        ended = f"of {fmt_int(c.ended)} ended offers"
+        ended = f"of {plural(c.ended, 'ended offer')}"
         self.tiles["offers"].value = tile_html("offers", "Offers", fmt_int(c.offers),
-                                               f"{fmt_int(c.pending)} awaiting an answer", data_value=c.offers)
+                                               f"{plural(c.pending, 'offer')} awaiting an answer", data_value=c.offers)
         for key, status, title in (("accept_rate", "accepted", "Accept rate"),
                                    ("decline_rate", "declined", "Decline rate"),
                                    ("expiry_rate", "expired", "Expiry rate (no answer)")):
@@ -469,34 +508,50 @@ class Dashboard:
 
     # ------------------------------------------------------------------ charts
 
-    def _render_charts(self, *args: Any) -> None:
+    def _charts(self, sel: Selection, f: Filters) -> dict[str, tuple[bytes, str]]:
+        """Every chart's PNG and note, by chart key."""
         import matplotlib
 
         # Names from the log (pages, rules, queues) are text: never matplotlib's $mathtext$.
         with matplotlib.rc_context({"text.parse_math": False}):
-            self._draw_charts(*args)
+            return self._draw_charts(sel, f)
 
-    def _draw_charts(self, hourly: list[tuple[float, OfferCounts]],
-                     breakdowns: dict[str, tuple[list[tuple[str, OfferCounts]], int]],
-                     load: dict[str, list[tuple[float, int]]], reasons: dict[str, int], f: Filters) -> None:
-        self.chart_images["over_time"].value = self._chart_over_time(hourly)
-        self.chart_notes["over_time"].value = _note(f"{fmt_int(len(hourly))} hours with offers; hours in {self.tz}")
+    def _draw_charts(self, sel: Selection, f: Filters) -> dict[str, tuple[bytes, str]]:
+        cube, reasons = sel.cube, sel.summary.by_reason
+        hours = _hours(sel.summary)  # every hour of the selection's span, quiet ones included
+        hourly = cube.per_hour()
+        out = {"over_time": (self._chart_over_time(hourly, hours), _note(self._over_time_note(hourly, hours)))}
         for key, column in (("by_page", "page"), ("by_rule", "rule"), ("by_queue", "queue")):
-            rows, total = breakdowns[column]
-            self.chart_images[key].value = self._chart_breakdown(rows)
-            self.chart_notes[key].value = _note(f"top {len(rows)} of {total} {column}s by offers" if total > len(rows)
-                                                else f"{total} {column}{'s' if total != 1 else ''} with offers")
+            rows = cube.by(column)
+            shown = rows[:BREAKDOWN_LIMIT]
+            note = (f"top {len(shown)} of {plural(len(rows), column)} by offers" if len(rows) > len(shown)
+                    else f"{plural(len(rows), column)} with offers")
+            out[key] = (self._chart_breakdown(shown), _note(note))
         capacities = self.live.capacities if self.live else {}
         if f.queue:
             capacities = {q: c for q, c in capacities.items() if q == f.queue}
-        self.chart_images["queue_load"].value = self._chart_queue_load(load, capacities)
-        peaks = "; ".join(f"{q}: peak {max(n for _, n in load.get(q, [(0, 0)]))} chats/h of {c:g}"
+        load = cube.chats_per_hour_by_queue()
+        peaks = "; ".join(f"{q}: peak {plural(max(n for _, n in load.get(q, [(0, 0)])), 'chat')}/h of {c:g}"
                           for q, c in sorted(capacities.items()))
-        self.chart_notes["queue_load"].value = _note(peaks or "no capacity_per_hour in the live ruleset")
-        self.chart_images["blocked"].value = self._chart_blocked(reasons)
-        self.chart_notes["blocked"].value = _note(
-            f"{fmt_int(reasons.get('none:no_rule', 0))} decisions had no rule matching (not drawn); "
-            f"{fmt_int(reasons.get('wait', 0))} waits")
+        out["queue_load"] = (self._chart_queue_load(load, capacities, hours),
+                             _note(peaks or "no capacity_per_hour in the live ruleset"))
+        out["blocked"] = (self._chart_blocked(reasons), _note(
+            f"{plural(reasons.get('none:no_rule', 0), 'decision')} with no rule matching (not drawn); "
+            f"{plural(reasons.get('wait', 0), 'wait')}"))
+        return out
+
+    def _over_time_note(self, hourly: list[tuple[float, OfferCounts]], hours: list[float]) -> str:
+        """How many hours the chart shows and, when the log went quiet for a day or more, for how long: the
+        axis keeps the quiet stretch at its true width rather than closing it up."""
+        text = (f"{plural(len(hourly), 'hour')} with offers of the {plural(len(hours), 'hour')} shown; "
+                f"hours in {self.tz}")
+        if not hours:
+            return text
+        busy = [hours[0] - 3600] + [h for h, _ in hourly] + [hours[-1] + 3600]  # the span's ends count as busy
+        gap, before = max((b - a - 3600, a) for a, b in zip(busy, busy[1:], strict=False))
+        if gap >= 86400:
+            text += f"; no offers for {duration(gap)} from {self._when(before + 3600)}"
+        return text
 
     def _figure(self, height: float = 3.0) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
@@ -525,25 +580,23 @@ class Dashboard:
         ax.set_xticks([])
         ax.set_yticks([])
 
-    def _chart_over_time(self, hourly: list[tuple[float, OfferCounts]]) -> bytes:
+    def _chart_over_time(self, hourly: list[tuple[float, OfferCounts]], hours: list[float]) -> bytes:
         fig, ax = self._figure()
         if not hourly:
             self._empty(ax)
             return self._png(fig)
-        # every hour between the first and the last, zeros included, so gaps read as quiet hours
-        first, last = hourly[0][0], hourly[-1][0]
-        n_hours = int((last - first) // 3600) + 1
         by_hour = dict(hourly)
-        xs = [datetime.fromtimestamp(first + 3600 * i, self.zone) for i in range(n_hours + 1)]
+        xs = [datetime.fromtimestamp(h, self.zone) for h in [*hours, hours[-1] + 3600]]
         stacks = {key: [] for key in ("accepted", "declined", "expired", "pending")}
-        for i in range(n_hours + 1):  # one more point: the last hour's step ends an hour later
-            c = by_hour.get(first + 3600 * min(i, n_hours - 1), OfferCounts())
+        for h in [*hours, hours[-1]]:  # one more point: the last hour's step ends an hour later
+            c = by_hour.get(h, OfferCounts())
             for key in stacks:
                 stacks[key].append(getattr(c, key))
-        ax.stackplot(xs, *stacks.values(), labels=[f"{k}" for k in stacks], step="post",
+        ax.stackplot(xs, *stacks.values(), labels=list(stacks), step="post",
                      colors=[COLORS[k] for k in stacks], linewidth=0)
         ax.set_ylabel("offers per hour", fontsize=8)
         ax.set_ylim(bottom=0)
+        ax.set_xlim(xs[0], xs[-1])
         _date_axis(ax, self.zone)
         _legend_above(ax)
         return self._png(fig)
@@ -566,7 +619,8 @@ class Dashboard:
         _legend_above(ax)
         return self._png(fig)
 
-    def _chart_queue_load(self, load: dict[str, list[tuple[float, int]]], capacities: dict[str, float]) -> bytes:
+    def _chart_queue_load(self, load: dict[str, list[tuple[float, int]]], capacities: dict[str, float],
+                          hours: list[float]) -> bytes:
         fig, ax = self._figure()
         queues = sorted(q for q in capacities if capacities[q] > 0)
         if not queues:
@@ -574,13 +628,14 @@ class Dashboard:
             return self._png(fig)
         palette = ["#1c7ed6", "#e8590c", "#2f9e44", "#ae3ec9", "#f59f00", "#0ca678", "#e03131", "#495057"]
         top = 100.0
+        xs = [datetime.fromtimestamp(h, self.zone) for h in hours]
         for i, q in enumerate(queues):
-            series = load.get(q, [])
+            series = dict(load.get(q, []))
             if series:
-                share = [100.0 * n / capacities[q] for _, n in series]
+                # every hour of the span, 0 without a chat: a line never bridges a quiet stretch
+                share = [100.0 * series.get(h, 0) / capacities[q] for h in hours]
                 top = max(top, *share)
-                ax.plot([datetime.fromtimestamp(h, self.zone) for h, _ in series], share, "o-", markersize=2.5,
-                        linewidth=0.9, color=palette[i % len(palette)],
+                ax.step(xs, share, where="post", linewidth=0.9, color=palette[i % len(palette)],
                         label=f"{q} (capacity {capacities[q]:g}/h)")
             else:
                 ax.plot([], [], "o-", color=palette[i % len(palette)],
@@ -590,6 +645,7 @@ class Dashboard:
         ax.set_ylim(0, top * 1.12)
         ax.set_ylabel("chats started per hour\n% of capacity", fontsize=8)
         if any(load.get(q) for q in queues):
+            ax.set_xlim(xs[0], xs[-1] + timedelta(hours=1))
             _date_axis(ax, self.zone)
         else:
             ax.set_xticks([])
@@ -640,7 +696,7 @@ class Dashboard:
         out.append("</table>")
         if live.metrics:
             out.append('<div class="pcrules-section">Model metrics</div><table class="pcrules-table pcrules-metrics">')
-            out += [f"<tr><th>{_esc(k)}</th><td>{_esc(_metric(v))}</td></tr>" for k, v in flatten_metrics(live.metrics)]
+            out += [f"<tr><th>{_esc(k)}</th><td>{metric_html(v)}</td></tr>" for k, v in metric_rows(live.metrics)]
             out.append("</table>")
         elif live.source == "bundle":
             out.append('<div class="pcrules-sub">No model metrics in the manifest.</div>')
@@ -668,19 +724,20 @@ class Dashboard:
         out.append("</table></div>")
         return "".join(out)
 
-    def _recent_html(self, recent: list[dict[str, Any]], reasons: dict[str, int]) -> str:
-        total = sum(v for k, v in reasons.items() if ":" not in k)
+    def _recent_html(self, recent: list[dict[str, Any]], summary: DecisionSummary) -> str:
         head = ("time", "visitor", "session", "page", "on page (s)", "action", "reason", "rule", "queue", "score",
                 "outcome")
-        out = [f'<div class="pcrules-sub">The latest {len(recent)} of {fmt_int(total)} decisions in the selection '
-               f"(times in {_esc(self.tz)}).</div>",
+        out = [f'<div class="pcrules-sub">The latest {len(recent)} of {plural(summary.decisions, "decision")} in the '
+               f"selection (times in {_esc(self.tz)}; ids shortened, the whole id on hover).</div>",
                '<table class="pcrules-table pcrules-recent-table"><tr>'
                + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
         for r in recent:
             score = "" if r["score"] is None else f"{r['score']:.3f}"
-            cells = (self._when(r["ts"]), r["visitor_id"], r["session_id"], r["page"], f"{r['seconds_on_page']:g}",
-                     r["action"], r["reason"], r["rule"], r["queue"], score, r["status"])
-            out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+            cells = [_esc(c) for c in (self._when(r["ts"]), r["visitor_id"], r["session_id"], r["page"],
+                                        f"{r['seconds_on_page']:g}", r["action"], r["reason"], r["rule"], r["queue"],
+                                        score, r["status"])]
+            cells[1:3] = [short_id(r["visitor_id"]), short_id(r["session_id"])]
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         out.append("</table>")
         return "".join(out)
 
@@ -710,6 +767,24 @@ def _legend_above(ax: Any) -> None:
     if handles:
         ax.legend(fontsize=7, ncols=min(4, len(handles)), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False,
                   borderaxespad=0.2, handlelength=1.2)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one refresh shows: the selection's decisions, its offers, the uplift and the latest decisions."""
+
+    summary: DecisionSummary
+    cube: OfferCube
+    uplift: Uplift
+    recent: list[dict[str, Any]]
+
+
+def _hours(summary: DecisionSummary) -> list[float]:
+    """The start of every UTC hour from the selection's first decision to its last: the charts' time axis."""
+    if summary.first_ts is None or summary.last_ts is None:
+        return []
+    first, last = summary.first_ts // 3600 * 3600, summary.last_ts // 3600 * 3600
+    return [first + 3600.0 * i for i in range(int((last - first) // 3600) + 1)]
 
 
 def _note(text: str) -> str:
