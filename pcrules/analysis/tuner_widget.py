@@ -3,8 +3,12 @@
 The model is :class:`pcrules.analysis.tuner.TriggerModel`.
 
 A results panel and a queue-load chart (matplotlib, rendered to a PNG: works offline and in Voila) redrawn on
-every change; a Publish button that validates the tuned ruleset, shows its difference from the current one
-and publishes a bundle. Every error reaches the person as a sentence in the widget, never as a traceback.
+every change; a Publish button that validates the tuned ruleset and asks first (a bundle is live as soon as it
+is written): what changes, the estimates of the live and the tuned ruleset and the guardrail's verdict, then
+"Confirm publish" or "Cancel". The header names the live bundle, and follows a publish. A free-text field
+(a capacity, the name) is checked as it is typed: a bad value is named next to it, never used, and Publish and
+Check are off until it is corrected. Every error reaches the person as a sentence in the widget, never as a
+traceback.
 The figures are the model's (the exact backtest of the tuned ruleset); see :mod:`pcrules.analysis.tuner`.
 
 Given the logged feedback (``feedback=``: what the logging ruleset showed, with its probabilities), the tuner
@@ -37,7 +41,7 @@ import pandas as pd
 import yaml
 
 from ..core.decision import Reason
-from ..core.spec import RuleSpec
+from ..core.spec import RuleSpec, load_spec
 from ..errors import SpecError
 from .figures import BLOCK_REASONS
 from .guardrail import MAX_UNSUPPORTED, GuardrailVerdict, check, unchecked
@@ -133,8 +137,9 @@ class Tuner:
     (``feedback_note`` says why there is none). ``max_unsupported``, ``n_boot``: the guardrail's.
 
     Tests and scripts drive it without a browser: set ``controls[rule]["wait"].value``
-    (or call :meth:`set`), read :attr:`result`, call :meth:`check` and :meth:`on_publish`
-    (``override.value = True`` to publish what the guardrail refuses).
+    (or call :meth:`set`), read :attr:`result`, call :meth:`check` and :meth:`on_publish` (which publishes
+    without asking; the buttons' path is :meth:`ask_publish` then :meth:`confirm_publish` or
+    :meth:`cancel_publish`), ``override.value = True`` to publish what the guardrail refuses.
     """
 
     def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
@@ -169,6 +174,9 @@ class Tuner:
         self._verdict_key: tuple[str, str] | None = None  # ... of (tuned, current) as YAML
         self._verdict_settings: Settings | None = None
         self._load_current()
+        # The live ruleset's knobs, for its figures next to the tuned one's (None: it is not the tuner's ruleset).
+        self._current_settings: Settings | None = \
+            self.model.initial if spec_text(self.current) == spec_text(self.spec) else None
 
         init = self.model.initial
         style = {"description_width": "initial"}
@@ -203,24 +211,30 @@ class Tuner:
             self.controls[rule.name] = {"on": on, "wait": wait, "threshold": threshold}
             rows.append(w.HBox([on, wait, threshold, info], layout=w.Layout(align_items="center",
                                                                              flex_flow="row wrap")))
+        # Free-text fields send every keystroke (continuous_update) so that a bad value is named next to its field
+        # at once, not when the field loses focus; each has its own problem line below it.
         self.capacity: dict[str, Any] = {}
+        self.problems: dict[str, Any] = {}  # field key ("capacity:<queue>", "name") -> its problem line
+        self._valid_capacity: dict[str, float | None] = dict(init.capacities)  # what the figures use meanwhile
         caps = []
         for q in self.model.queue_names:
             cap = init.capacities[q]
             text = w.Text(value="" if cap is None else _fmt_number(cap), description=f"{q} capacity / h",
-                          placeholder="none", continuous_update=False, style=style, layout=w.Layout(width="230px"))
+                          placeholder="none", continuous_update=True, style=style, layout=w.Layout(width="230px"))
             text.add_class("pcrules-capacity")
             text.add_class(f"pcrules-capacity-{_css(q)}")
             text.observe(self.on_change, names="value")
             self.capacity[q] = text
-            caps.append(text)
-        self.name = w.Text(value=self.spec.name, description="Ruleset name", continuous_update=False, style=style,
+            caps.append(w.VBox([text, self._problem_line(f"capacity:{q}")], layout=w.Layout(width="240px")))
+        self.name = w.Text(value=self.spec.name, description="Ruleset name", continuous_update=True, style=style,
                            layout=w.Layout(width="330px"))
         self.name.add_class("pcrules-name")
+        self.name.observe(self.on_name, names="value")
         self.publish_button = w.Button(description="Publish", icon="upload", button_style="primary",
-                                       tooltip="Validate the tuned ruleset, show what changes, publish a bundle")
+                                       tooltip="Validate the tuned ruleset and show what changes and its estimates; "
+                                               "it is published only when you confirm")
         self.publish_button.add_class("pcrules-publish")
-        self.publish_button.on_click(self.on_publish)
+        self.publish_button.on_click(self.ask_publish)
         self.reset_button = w.Button(description="Reset", icon="undo", tooltip="Back to the current ruleset")
         self.reset_button.add_class("pcrules-reset")
         self.reset_button.on_click(self.on_reset)
@@ -243,18 +257,26 @@ class Tuner:
         self.chart.add_class("pcrules-chart")
         self.diff_html = w.HTML()
         self.diff_html.add_class("pcrules-diff")
-        header = w.HTML(self._header_html(title))
-        header.add_class("pcrules-header")
+        self.confirmation = self._confirmation_panel()
+        self._pending: _Candidate | None = None  # what "Confirm publish" writes, while the panel shows it
+        self._withdrawn = False  # a knob closed the panel: the next redraw says so
+        self.override.observe(self._withdraw, names="value")  # the panel said whether the refusal is overridden
+        self.title = title
+        self.header = w.HTML(self._header_html())
+        self.header.add_class("pcrules-header")
         self.root = w.VBox([
-            header,
+            w.HTML(_FIELD_STYLE),
+            self.header,
             w.HTML('<b>Rules</b> — wait: seconds on the page before the rule may fire; score ≥: the model\'s '
                    'P(accept) it needs (0: none)'),
             *rows,
             w.HTML("<b>Queues</b> — capacity: chats the queue's agents can take per hour"),
             w.HBox(caps, layout=w.Layout(flex_flow="row wrap")),
-            w.HBox([self.name, self.publish_button, self.reset_button], layout=w.Layout(align_items="center")),
+            w.HBox([w.VBox([self.name, self._problem_line("name")]), self.publish_button, self.reset_button],
+                   layout=w.Layout(align_items="flex-start")),
             *([w.HBox([self.check_button, self.override], layout=w.Layout(align_items="center"))]
               if self.guardrail or self.feedback is not None else []),
+            self.confirmation,
             self.message,
             self.guardrail_html,
             self.metrics_html,
@@ -350,29 +372,97 @@ class Tuner:
 
     def read_settings(self) -> Settings:
         """The knobs as the widgets hold them, validated in the kernel (widget values are user input)."""
-        rules = {}
-        for name, c in self.controls.items():
-            threshold = c["threshold"].value
-            rules[name] = RuleSetting(c["on"].value, c["wait"].value, threshold if threshold else None)
         caps = {q: parse_capacity(text.value, q) for q, text in self.capacity.items()}
         name = self.name.value
         if not isinstance(name, str) or not name.strip():
             raise InvalidSetting("The ruleset needs a name.")
-        return self.model.check(Settings(rules, caps, name.strip()))
+        return self.model.check(Settings(self._rule_settings(), caps, name.strip()))
+
+    def _rule_settings(self) -> dict[str, RuleSetting]:
+        out = {}
+        for name, c in self.controls.items():
+            threshold = c["threshold"].value
+            out[name] = RuleSetting(c["on"].value, c["wait"].value, threshold if threshold else None)
+        return out
+
+    def _figure_settings(self) -> Settings:
+        """The knobs the figures show: a capacity being corrected keeps its last valid value (never the bad one)."""
+        name = self.name.value.strip() if isinstance(self.name.value, str) else ""
+        return self.model.check(Settings(self._rule_settings(), dict(self._valid_capacity), name or None))
+
+    # -- free-text fields, checked as typed ----------------------------------------------------------------
+    def _problem_line(self, key: str) -> Any:
+        line = self.w.HTML()
+        line.add_class("pcrules-problem")
+        line.add_class(f"pcrules-problem-{_css(key)}")
+        self.problems[key] = line
+        return line
+
+    def check_fields(self) -> list[str]:
+        """Check every free-text field as it stands; show each problem next to its field, switch Publish and Check
+        off while there is one, and return the problems (sentences). A valid capacity is remembered for the
+        figures."""
+        problems = []
+        for q, text in self.capacity.items():
+            problem = None
+            try:
+                self._valid_capacity[q] = parse_capacity(text.value, q)
+            except InvalidSetting as exc:
+                kept = self._valid_capacity[q]
+                problem = f"{exc} The figures keep {'none' if kept is None else _fmt_number(kept)} meanwhile."
+            problems += self._show_problem(f"capacity:{q}", text, problem)
+        problems += self._show_problem("name", self.name, self._name_problem(self.name.value))
+        self.publish_button.disabled = self.check_button.disabled = bool(problems)
+        return problems
+
+    def _show_problem(self, key: str, field: Any, problem: str | None) -> list[str]:
+        self.problems[key].value = "" if problem is None else note_html(_esc(problem), error=True)
+        if problem is None:
+            field.remove_class("pcrules-invalid")
+            return []
+        field.add_class("pcrules-invalid")
+        return [problem]
+
+    def _name_problem(self, name: Any) -> str | None:
+        """Why the ruleset name cannot be published (the ruleset loader's own rule), or None."""
+        if not isinstance(name, str) or not name.strip():
+            return "The ruleset needs a name."
+        try:
+            load_spec({**self.spec.source, "name": name.strip()})
+        except SpecError as exc:
+            said = [p.removeprefix("name:").strip() for p in exc.problems if p.startswith("name:")]
+            return f"Ruleset name: {'; '.join(said)}." if said else None
+        return None
+
+    def _say_problems(self, problems: Sequence[str]) -> None:
+        """The fields' problems also as the widget's message (next to the buttons they switch off)."""
+        if problems:
+            self._error(" ".join(problems) + " Publish and Check are off until it is corrected.")
+        else:
+            self.last_error = None
+            self.message.value = ""
 
     # -- handlers -------------------------------------------------------------------------------------------
     def on_change(self, change: Any = None) -> None:
         """A knob moved: recompute and redraw (the widgets' observer)."""
+        if self._withdraw():
+            self._withdrawn = True  # said when the figures are redrawn (at the end of a hold)
         if self._hold:
             return
         self.refresh()
+
+    def on_name(self, change: Any = None) -> None:
+        """The ruleset name changed: checked as typed (it changes no figure)."""
+        self._withdraw()
+        self._say_problems(self.check_fields())
 
     def refresh(self) -> TunerResult | None:
         import time
 
         started = time.perf_counter()
         try:
-            settings = self.read_settings()
+            problems = self.check_fields()
+            settings = self._figure_settings()
             result = self.model.evaluate(settings)
         except InvalidSetting as exc:
             self._error(str(exc))
@@ -382,8 +472,10 @@ class Tuner:
             self._error(f"The figures could not be recomputed ({sentence_reason(exc)}).")
             return None
         self.result = result
-        self.last_error = None
-        self.message.value = ""
+        self._say_problems(problems)
+        if self._withdrawn and not problems:
+            self.message.value = note_html(_WITHDRAWN)
+        self._withdrawn = False
         if self.verdict is not None:  # cheap: the last check is shown or said stale, never recomputed here
             self.guardrail_html.value = self.verdict.html() if self._verdict_settings == settings else \
                 note_html(_STALE)
@@ -462,18 +554,73 @@ class Tuner:
             log.exception("tuner: reset failed")
             self._error(f"The knobs could not be reset ({sentence_reason(exc)}).")
 
+    # -- publishing: Publish asks, "Confirm publish" writes --------------------------------------------------
+    def _confirmation_panel(self) -> Any:
+        """The question Publish asks: hidden until then; its text is :meth:`confirmation_text`."""
+        w = self.w
+        self.confirmation_html = w.HTML()
+        self.confirm_button = w.Button(description="Confirm publish", icon="check", button_style="danger",
+                                       tooltip="Make this ruleset the live bundle now")
+        self.confirm_button.add_class("pcrules-confirm")
+        self.confirm_button.on_click(self.confirm_publish)
+        self.cancel_button = w.Button(description="Cancel", icon="times", tooltip="Close this; nothing is published")
+        self.cancel_button.add_class("pcrules-cancel")
+        self.cancel_button.on_click(self.cancel_publish)
+        panel = w.VBox([self.confirmation_html, w.HBox([self.confirm_button, self.cancel_button])],
+                       layout=w.Layout(display="none", border="2px solid #1f4e8c", padding="6px", margin="6px 0"))
+        panel.add_class("pcrules-confirmation")
+        return panel
+
+    def ask_publish(self, button: Any = None) -> None:
+        """The Publish button: validate the knobs' ruleset and ask first (publishing makes it live at once), showing
+        what changes, its estimates and the guardrail's verdict; nothing is written until "Confirm publish"."""
+        self._withdraw()
+        candidate = self._candidate()
+        if candidate is None:
+            return
+        self.confirmation_html.value = self.confirmation_text(candidate)
+        self._pending = candidate
+        self.confirmation.layout.display = None
+        self.message.value = ""
+
+    def confirm_publish(self, button: Any = None) -> Path | None:
+        """The "Confirm publish" button: publish what the question showed; the new bundle's directory, or None."""
+        candidate = self._pending
+        self._withdraw()
+        if candidate is None:
+            return self._error("Nothing was published: there is nothing to confirm (press Publish first).")
+        return self._write(candidate)
+
+    def cancel_publish(self, button: Any = None) -> None:
+        """The "Cancel" button: close the question, nothing written."""
+        self._withdraw()
+        self.message.value = note_html("Publishing cancelled: nothing was written.")
+
+    def _withdraw(self, change: Any = None) -> bool:
+        """Close the question: what it showed no longer holds (a knob or the override changed) or was answered."""
+        if self._pending is None:
+            return False
+        self._pending = None
+        self.confirmation.layout.display = "none"
+        return True
+
     def on_publish(self, button: Any = None) -> Path | None:
-        """Validate the tuned ruleset, show its difference from the current one, publish a bundle.
+        """Validate the tuned ruleset and publish it at once, without asking (for scripts and notebook 03, whose
+        ``publish`` parameter is the confirmation; the button asks first, :meth:`ask_publish`).
 
         Returns the new bundle's directory, or None (the reason is shown in the widget)."""
-        from ..bundle import publish
+        self._withdraw()
+        candidate = self._candidate()
+        return None if candidate is None else self._write(candidate)
 
+    def _candidate(self) -> _Candidate | None:
+        """The knobs' ruleset if it may be published (valid, somewhere to go, changed, supported by the log or
+        overridden); None with the reason shown."""
         self.diff_html.value = ""
         built = self._tuned("published")
         if built is None:
             return None
         settings, tuned = built
-        self.diff_html.value = self.diff_text(tuned, settings)
         if self.bundle_dir is None:
             return self._error("Nothing was published: the tuner has no bundle folder to publish to "
                                "(start it with bundle_dir=..., or set PCRULES_BUNDLE for the dashboard).")
@@ -486,7 +633,7 @@ class Tuner:
         if tuned.version == self.current.version and tuned.name == self.current.name and \
                 self.current_version is not None:
             self.message.value = note_html(f"The tuned ruleset is the same as the current one ({_esc(tuned.name)} "
-                                       f"{_esc(tuned.version)}): nothing to publish.")
+                                           f"{_esc(tuned.version)}): nothing to publish.")
             return None
         verdict = self._verdict(settings, tuned) if self.guardrail else None
         overridden = verdict is not None and not verdict.ok
@@ -496,11 +643,24 @@ class Tuner:
                                + "; ".join(verdict.reasons)
                                + f". Tick “{OVERRIDE_LABEL}” to publish it regardless (the override is recorded "
                                "in the bundle).")
+        return _Candidate(settings, tuned, model, verdict, overridden)
+
+    def _evaluate(self, settings: Settings) -> TunerResult:
+        """The figures of `settings`: the ones shown when they are these, else computed."""
+        if self.result is not None and self.result.settings == settings:
+            return self.result
+        return self.model.evaluate(settings)
+
+    def _write(self, candidate: _Candidate) -> Path | None:
+        """Publish `candidate` as the new current bundle; its directory, or None with the reason shown."""
+        from ..bundle import publish
+
+        assert self.bundle_dir is not None  # _candidate refuses a tuner with nowhere to publish
+        settings, tuned, verdict = candidate.settings, candidate.tuned, candidate.verdict
         try:
-            result = self.result if self.result is not None and self.result.settings == settings else \
-                self.model.evaluate(settings)
+            result = self._evaluate(settings)
             metrics = dict(self.model_metrics)
-            metrics["guardrail"] = _plain(self._guardrail_record(verdict, overridden))
+            metrics["guardrail"] = _plain(self._guardrail_record(verdict, candidate.overridden))
             metrics["tuning"] = _plain({
                 "from_ruleset": {"name": self.current.name, "version": self.current.version},
                 "bundle_before": self.current_version,
@@ -509,7 +669,7 @@ class Tuner:
                                                             "declined", "expired")},
                 "queues": result.metrics["queues"],
             })
-            path = publish(tuned, model, self.bundle_dir, metrics=metrics)
+            path = publish(tuned, candidate.model, self.bundle_dir, metrics=metrics)
         except SpecError as exc:
             return self._error("Nothing was published: the tuned ruleset is not valid — "
                                + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
@@ -517,8 +677,10 @@ class Tuner:
             log.exception("tuner: publish failed")
             return self._error(f"Publishing failed, nothing was published: {sentence_reason(exc)}.")
         self.published.append(path)
+        self.diff_html.value = self.diff_text(tuned, settings)  # what was published, against what it replaced
         before = self.current
-        self.current, self.current_version = tuned, path.name
+        self.current, self.current_version, self._current_settings = tuned, path.name, settings
+        self.header.value = self._header_html()
         self.last_error = None
         self.override.value = False  # an override is for one publish
         self._verdict_settings = None  # the check shown stays until a knob moves; it was against the old current
@@ -550,7 +712,8 @@ class Tuner:
         self.message.value = note_html(_esc(text), error=True)
 
     # -- rendering ----------------------------------------------------------------------------------------
-    def _header_html(self, title: str | None) -> str:
+    def _header_html(self) -> str:
+        """The title line: the live ruleset and bundle (redrawn after a publish) and the history."""
         m = self.model
         ts = m.table.ts
         span = ""
@@ -558,10 +721,13 @@ class Tuner:
             lo, hi = pd.to_datetime([np.nanmin(ts), np.nanmax(ts)], unit="s", utc=True)
             span = f", {lo:%Y-%m-%d} to {hi:%Y-%m-%d} (UTC)"
         model = "a model" if self.scorer is not None else "no model (score thresholds are off)"
-        return (f'<div class="pcrules-title"><b>{_esc(title or "Trigger tuner")}</b> — ruleset '
-                f"<code>{_esc(self.spec.name)}</code> {_esc(self.spec.version)}"
-                + (f", bundle <code>{_esc(self.current_version)}</code>" if self.current_version else "")
-                + f"; backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}; {model}.</div>")
+        if self.current_version:
+            bundle = f', bundle <code class="pcrules-bundle-version">{_esc(self.current_version)}</code>'
+        else:
+            bundle = ", no bundle published yet" if self.bundle_dir is not None else ""
+        return (f'<div class="pcrules-title"><b>{_esc(self.title or "Trigger tuner")}</b> — live: ruleset '
+                f"<code>{_esc(self.current.name)}</code> {_esc(self.current.version)}{bundle}"
+                f"; backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}; {model}.</div>")
 
     def metrics_text(self, r: TunerResult) -> str:
         """The results panel (HTML): headline figures, by rule, by queue, blocked reasons."""
@@ -731,6 +897,42 @@ class Tuner:
         image.convert("RGB").save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
+    def confirmation_text(self, c: _Candidate) -> str:
+        """The question Publish asks (HTML): what goes live in place of what, the estimates of both, the guardrail's
+        verdict (and the override, if it is used), and the changes knob by knob and in the YAML."""
+        live = f"{_esc(self.current.name)} {_esc(self.current.version)}" + \
+            (f" (bundle {_esc(self.current_version)})" if self.current_version else "")
+        parts = [f"<div><b>Publish ruleset <code>{_esc(c.tuned.name)}</code> {_esc(c.tuned.version)}?</b> It becomes "
+                 f"the live bundle in {_esc(self.bundle_dir)} as soon as you confirm, in place of {live}.</div>",
+                 self.estimates_text(c.settings)]
+        if c.verdict is None:
+            parts.append(note_html("Not checked against the log: the tuner's guardrail is off."))
+        else:
+            parts.append(c.verdict.html())
+        if c.overridden:
+            parts.append(note_html(f"The log does not support it and “{_esc(OVERRIDE_LABEL)}” is ticked: the "
+                                   f"override is recorded in the bundle, by {_esc(_user())}.", error=True))
+        parts.append(self.diff_text(c.tuned, c.settings))
+        return "".join(parts)
+
+    def estimates_text(self, settings: Settings) -> str:
+        """The backtest's figures of the live ruleset (when it is the tuner's, so its knobs are known) and of
+        `settings`, and the change (HTML)."""
+        tuned = self._evaluate(settings).metrics
+        live = None if self._current_settings is None else self._evaluate(self._current_settings).metrics
+        rows = []
+        for key, label, kind in _ESTIMATES:
+            if key not in tuned:
+                continue
+            after = tuned.get(key)
+            before = None if live is None else live.get(key)
+            change = "–" if after is None or before is None else _change(after - before, kind)
+            rows.append(f'<tr data-estimate="{key}"><td>{_esc(label)}</td><td>{_estimate(before, kind)}</td>'
+                        f"<td>{_estimate(after, kind)}</td><td>{change}</td></tr>")
+        return ('<div><b>Estimates</b> (the backtest on this history)</div><table class="pcrules-table '
+                'pcrules-estimates"><tr><th></th><th>live</th><th>tuned</th><th>change</th></tr>'
+                + "".join(rows) + "</table>")
+
     def diff_text(self, tuned: RuleSpec, settings: Settings) -> str:
         """What publishing would change (HTML): the knobs, rule by rule, and the YAML diff."""
         current_knobs = _knobs_of(self.current, self.model)
@@ -755,6 +957,42 @@ class Tuner:
                 "<th>current</th><th>tuned</th></tr>" + "".join(rows) + "</table>"
                 f'<pre class="pcrules-yaml-diff" style="font-size:11px;max-height:320px;overflow:auto">{body}</pre>')
 
+
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """A ruleset Publish may write: the knobs, the ruleset, its model and the guardrail's verdict (None: off)."""
+
+    settings: Settings
+    tuned: RuleSpec
+    model: Any
+    verdict: GuardrailVerdict | None
+    overridden: bool
+
+
+# The confirmation's estimates: (metric, label, how it reads); a metric the result lacks is left out.
+_ESTIMATES = (("offers", "offers", "count"), ("expected_accepts", "expected accepts (model)", "amount"),
+              ("true_expected_accepts", "true expected accepts", "amount"),
+              ("expected_accept_rate", "expected accept rate", "share"),
+              ("expected_uplift", "expected uplift (model): extra goals", "amount"),
+              ("true_expected_uplift", "true expected uplift: extra goals", "amount"))
+
+
+def _estimate(value: Any, kind: str) -> str:
+    if value is None:
+        return "–" if kind != "amount" else '<span class="pcrules-na">not available</span>'
+    return _pct(value) if kind == "share" else _fmt(value)
+
+
+def _change(delta: Any, kind: str) -> str:
+    if kind == "share":
+        return f"{100.0 * delta:+.2f} pp"
+    return f"{int(delta):+,}" if kind == "count" else f"{float(delta):+,.1f}"
+
+
+# A field with a problem gets a red frame (the problem line under it says what is allowed).
+_FIELD_STYLE = "<style>.pcrules-invalid input{border-color:#b00020!important;outline:1px solid #b00020}</style>"
+
+_WITHDRAWN = "The knobs changed while Publish was asking: nothing was published. Press Publish again to review them."
 
 _STALE = ("The knobs moved since the last check against the log: press “Check against the log” to check these "
           "settings (Publish checks them anyway).")
