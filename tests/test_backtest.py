@@ -312,6 +312,7 @@ def random_specs(draw: st.DrawFn) -> dict:
     policy = {"max_offers_per_session": draw(st.sampled_from([0, 1, 2, 3, 3])),
               "decline_cooldown_s": draw(st.sampled_from([0.0, 30.0, 3600.0, 86400.0, 86400.0])),
               "offer_timeout_s": timeout,
+              "no_answer_cooldown_s": draw(st.sampled_from([0.0, 0.0, 20.0, 600.0, 7200.0])),
               "holdout": draw(st.sampled_from([0.0, 0.5])),
               "session_idle_ttl_s": draw(st.sampled_from([timeout, 100.0, 1800.0]))}
     if draw(st.booleans()):  # exploration: random waits, some off the observation grid, uneven weights

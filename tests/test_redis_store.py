@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import re
 import sqlite3
@@ -109,14 +110,18 @@ def _play(runtime: Runtime | list[Runtime], log: ListLog, ops: list[tuple], seed
     return results
 
 
-@pytest.mark.parametrize("seed, explore", [(1, None), (2, None), (3, None),
-                                           (1, {"share": 0.45, "waits": [0, 50, 100, 400]})])
-def test_same_decisions_and_outcomes_as_the_memory_store(store: RedisStore, seed: int, explore: dict | None):
-    """With exploration too: what an explored session has seen travels through Redis with the session."""
+@pytest.mark.parametrize("seed, explore, no_answer", [(1, None, 0), (2, None, 0), (3, None, 0),
+                                                      (1, {"share": 0.45, "waits": [0, 50, 100, 400]}, 0),
+                                                      (5, None, 500)])
+def test_same_decisions_and_outcomes_as_the_memory_store(store: RedisStore, seed: int, explore: dict | None,
+                                                         no_answer: float):
+    """With exploration too: what an explored session has seen travels through Redis with the session; and
+    with a no-answer cooldown, which an expiry sets on the visitor."""
     spec = load_spec(spec_dict([rule("bill", seconds=300), rule("plans", page="Plans", seconds=100, queue="Billing",
                                                                  priority=5, pages_viewed={"gte": 3})],
                                holdout=0.2, max_offers_per_session=2, decline_cooldown_s=200,
-                               session_idle_ttl_s=86400, **({"explore": explore} if explore else {})))
+                               no_answer_cooldown_s=no_answer, session_idle_ttl_s=86400,
+                               **({"explore": explore} if explore else {})))
     ops = _scenario(seed)  # spans hours of event time: idle sessions are forgotten by Redis on its own (wall) clock
     mem_log, redis_log = ListLog(), ListLog()
     with Runtime(spec, log=mem_log, new_offer_id=counter_ids()) as mem, \
@@ -127,6 +132,12 @@ def test_same_decisions_and_outcomes_as_the_memory_store(store: RedisStore, seed
     statuses = Counter(o.status for o in redis_log.outcomes)
     assert statuses[OfferStatus.ACCEPTED] and statuses[OfferStatus.DECLINED] and statuses[OfferStatus.EXPIRED]
     assert any(d.reason == "holdout" for d in redis_log.decisions)
+    if no_answer:  # some observation met a visitor blocked by an expiry alone (no decline of theirs before it)
+        declined: dict[str, float] = {}
+        for o in redis_log.outcomes:
+            if o.status == OfferStatus.DECLINED:
+                declined[o.visitor_id] = min(o.ts, declined.get(o.visitor_id, math.inf))
+        assert any(d.reason == "cooldown" and d.ts < declined.get(d.visitor_id, math.inf) for d in redis_log.decisions)
     if explore:
         offers = [d for d in redis_log.decisions if d.expires_at is not None]
         assert any(d.explored for d in offers) and any(d.propensity < 0.5 for d in offers)

@@ -178,7 +178,12 @@ def test_equals_the_backtest_on_many_settings(table: EventTable, scorer: Any, tr
     {"session_idle_ttl_s": 45, "decline_cooldown_s": 3600},  # idle evictions split sessions into stretches
     {"max_offers_per_session": 0},  # no offer can ever be made
     {"decline_cooldown_s": 7 * 86400, "holdout": 0.0},  # every decline reaches every later session
-], ids=["two-offers", "three-offers-short-timeout", "idle-evictions", "no-offers", "long-cooldown"])
+    # issue 17: after an offer expires unanswered, no offer to that visitor for a while, within a session ...
+    {"max_offers_per_session": 3, "no_answer_cooldown_s": 120, "holdout": 0.2},
+    # ... and into the visitor's later sessions (a holdout visitor's from the would-be offer itself)
+    {"no_answer_cooldown_s": 3 * 86400, "session_idle_ttl_s": 45, "holdout": 0.3},
+], ids=["two-offers", "three-offers-short-timeout", "idle-evictions", "no-offers", "long-cooldown",
+        "no-answer-cooldown", "no-answer-cooldown-across-sessions"])
 def test_equals_the_backtest_under_other_policies(world: Any, scorer: Any, effects: Any, policy: dict) -> None:
     model = TriggerModel(spec_with(**policy), world.events, scorer, effects=effects)
     rng = np.random.default_rng(len(str(policy)))

@@ -390,13 +390,13 @@ class OfferLedger:
     counts if it comes before the offer expires; a holdout visitor's would-be offer is never answered).
     """
 
-    __slots__ = ("timeout", "cooldown", "max_offers", "sessions", "declines")
+    __slots__ = ("policy", "timeout", "max_offers", "sessions", "cooldowns")
 
     def __init__(self, policy: Any):
-        self.timeout, self.cooldown = policy.offer_timeout_s, policy.decline_cooldown_s
+        self.policy, self.timeout = policy, policy.offer_timeout_s
         self.max_offers = policy.max_offers_per_session
         self.sessions: dict[int, tuple[int, float, float, int]] = {}  # made, expires, answered at, answer
-        self.declines: dict[int, list[tuple[float, float]]] = {}  # visitor -> (declined at, cooldown until)
+        self.cooldowns: dict[int, list[tuple[float, float]]] = {}  # visitor -> (from, until)
 
     def admit(self, t: float, session: int, visitor: int, code: int, delay: float,
               hold: Any) -> tuple[float, float, int] | None:
@@ -411,17 +411,34 @@ class OfferLedger:
                 return None  # offer_pending
         if made >= self.max_offers:
             return None
-        past = self.declines.get(visitor)
+        past = self.cooldowns.get(visitor)
         if past is not None and any(a <= t < until for a, until in past):
             return None  # cooldown
         expires = t + self.timeout
         kind, answered = NO_ANSWER, math.nan
         if not hold and code != NO_ANSWER and delay == delay and t + delay < expires:
             kind, answered = code, t + delay
-            if kind == DECLINE:
-                self.declines.setdefault(visitor, []).append((answered, answered + self.cooldown))
+        after = cooldown_after(self.policy, t, bool(hold), kind, answered)
+        if after is not None:
+            self.cooldowns.setdefault(visitor, []).append(after)
         self.sessions[session] = (made + 1, expires, answered, kind)
         return expires, answered, kind
+
+
+def cooldown_after(policy: Policy, t: float, hold: bool, kind: int, answered: float) -> tuple[float, float] | None:
+    """(from, until): the visitor cooldown an offer made at `t` sets, as ``core.policy`` sets it, or None.
+
+    A decline: ``decline_cooldown_s`` from the answer. No answer before the timeout: ``no_answer_cooldown_s`` from
+    the expiry, and from the offer itself for a holdout visitor's would-be offer (never answered, so the pure
+    core sets it at once).
+    """
+    if kind == DECLINE:
+        return answered, answered + policy.decline_cooldown_s
+    wait = policy.no_answer_cooldown_s
+    if kind != NO_ANSWER or wait <= 0:
+        return None
+    expires = t + policy.offer_timeout_s
+    return (t if hold else expires), expires + wait
 
 
 def offers(st: Stretches, fire_pos: np.ndarray, policy: Policy) -> Offers:
@@ -437,13 +454,16 @@ def offers(st: Stretches, fire_pos: np.ndarray, policy: Policy) -> Offers:
     if max_offers == 1:
         ep = st.epoch[fire_pos]
         first = fire_pos[np.r_[True, ep[1:] != ep[:-1]]]  # each stretch's first offering row: its offer,
-        # unless a decline's cooldown covers it. Only a visitor with a declined first offer whose cooldown
-        # reaches their next stretch's first offering row (by time) can be affected: those go row by row.
-        kind, answered = _answer(st, first, st.hold(first), policy)
+        # unless a cooldown covers it. Only a visitor whose first offer sets a cooldown (a decline, or no
+        # answer) that reaches their next stretch's first offering row (by time) can be affected: those go
+        # row by row.
+        hold = st.hold(first)
+        kind, answered = _answer(st, first, hold, policy)
+        _, until = cooldown_spans(policy, st.ts[first], hold, kind, answered)
         by_visitor = np.lexsort((st.rows[first], st.visitor[first]))
-        f, k, a = first[by_visitor], kind[by_visitor], answered[by_visitor]
+        f, u = first[by_visitor], until[by_visitor]
         vis = st.visitor[f]
-        reach = (k[:-1] == DECLINE) & (vis[1:] == vis[:-1]) & (st.ts[f[1:]] < a[:-1] + policy.decline_cooldown_s)
+        reach = (vis[1:] == vis[:-1]) & (st.ts[f[1:]] < u[:-1])
         loop[vis[:-1][reach]] = True
         fast = first[~loop[st.visitor[first]]]
     else:
@@ -474,6 +494,18 @@ def _answer(st: Stretches, pos: np.ndarray, hold: np.ndarray, policy: Policy) ->
     return kind, np.where(counts, t + d, np.nan)
 
 
+def cooldown_spans(policy: Policy, t: np.ndarray, hold: np.ndarray, kind: np.ndarray, answered: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cooldown_after` of many offers: (from, until), until -inf where an offer sets none."""
+    expires = t + policy.offer_timeout_s
+    wait = policy.no_answer_cooldown_s
+    unanswered = (kind == NO_ANSWER) & (wait > 0)
+    start = np.where(kind == DECLINE, answered, np.where(hold, t, expires))
+    until = np.where(kind == DECLINE, answered + policy.decline_cooldown_s,
+                     np.where(unanswered, expires + wait, -np.inf))
+    return start, until
+
+
 def _sequential(st: Stretches, positions: np.ndarray, policy: Policy) -> np.ndarray:
     """:class:`OfferLedger` over these offering rows (time order): the positions that offer."""
     ledger = OfferLedger(policy)
@@ -493,7 +525,7 @@ def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.nda
     (every row in between is inside the same cooldown). The rows are taken in time order, as
     :class:`OfferLedger` takes them, so the declines known at each row are the same.
     """
-    timeout, cooldown = policy.offer_timeout_s, policy.decline_cooldown_s
+    timeout = policy.offer_timeout_s
     ep = st.epoch[fire]
     starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
     ends = np.r_[starts[1:], len(fire)]
@@ -503,12 +535,12 @@ def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.nda
     heapq.heapify(heap)
     visitor, hold = st.visitor[fire], st.hold(fire)
     code, delay = st.answers(fire)
-    declines: dict[int, list[tuple[float, float]]] = {}
+    cooldowns: dict[int, list[tuple[float, float]]] = {}
     out = []
     while heap:
         _, i, end = heapq.heappop(heap)
         t, v = float(times[i]), int(visitor[i])
-        past = declines.get(v)
+        past = cooldowns.get(v)
         if past is not None:
             until = max((u for a, u in past if a <= t < u), default=None)
             if until is not None:  # in a cooldown: the next candidate is the first row at or after its end
@@ -518,8 +550,11 @@ def _sequential_first(st: Stretches, fire: np.ndarray, policy: Policy) -> np.nda
                 continue
         out.append(i)
         d = float(delay[i])
-        if not hold[i] and code[i] == DECLINE and d == d and t + d < t + timeout:
-            declines.setdefault(v, []).append((t + d, t + d + cooldown))
+        counts = not hold[i] and code[i] != NO_ANSWER and d == d and t + d < t + timeout
+        after = cooldown_after(policy, t, bool(hold[i]), int(code[i]) if counts else NO_ANSWER,
+                               t + d if counts else math.nan)
+        if after is not None:
+            cooldowns.setdefault(v, []).append(after)
     return fire[np.array(out, dtype=np.int64)]
 
 
@@ -571,54 +606,56 @@ def stops(st: Stretches, matched: np.ndarray, made: Offers, policy: Policy) -> t
         taken = tail[hit]
         out_pos.append(taken)
         out_reason.append(reason[hit])
-    declined = o_kind == DECLINE
-    if declined.any():  # the last session block: cooldown, of rows no other block stops
-        c_pos = _cooldown_rows(st, matched, o_pos[declined], o_ans[declined], taken, policy.decline_cooldown_s)
+    start, until = cooldown_spans(policy, st.ts[o_pos], made.hold, o_kind, o_ans)
+    sets_one = until > -np.inf
+    if sets_one.any():  # the last session block: cooldown, of rows no other block stops
+        # A holdout would-be offer's cooldown starts at the offer itself: rows of its moment that come after it
+        # are in it, those before are not; an answer or an expiry is delivered before the rows of its moment.
+        after_row = np.where(made.hold, st.rows[o_pos], -1)[sets_one]
+        c_pos = _cooldown_rows(st, matched, st.visitor[o_pos[sets_one]], start[sets_one], after_row, until[sets_one],
+                               taken)
         out_pos.append(c_pos)
         out_reason.append(np.full(len(c_pos), _COOLDOWN, dtype=np.int8))
     return np.concatenate(out_pos), np.concatenate(out_reason)
 
 
-def _cooldown_rows(st: Stretches, matched: np.ndarray, d_pos: np.ndarray, d_at: np.ndarray, taken: np.ndarray,
-                   cooldown: float) -> np.ndarray:
-    """Matched rows, not blocked by their session, of a visitor within a cooldown of a delivered decline."""
-    d_v = st.visitor[d_pos]
-    vs = np.unique(d_v)
+def _cooldown_rows(st: Stretches, matched: np.ndarray, c_visitor: np.ndarray, c_from: np.ndarray,
+                   c_after_row: np.ndarray, c_until: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Matched rows, not blocked by their session, of a visitor within one of their cooldowns."""
+    vs = np.unique(c_visitor)
     first_at = np.full(st.n_visitors, np.inf)
-    np.minimum.at(first_at, d_v, d_at)
+    np.minimum.at(first_at, c_visitor, c_from)
     rows = st.of_visitors(vs)
-    rows = rows[matched[rows] & (st.ts[rows] >= first_at[st.visitor[rows]])]  # before any decline: free
+    rows = rows[matched[rows] & (st.ts[rows] >= first_at[st.visitor[rows]])]  # before any cooldown: free
     if len(taken) and len(rows):
         mask = np.zeros(st.m, dtype=bool)
         mask[taken] = True
         rows = rows[~mask[rows]]
     if not len(rows):
         return np.zeros(0, dtype=np.int64)
-    return np.sort(rows_in_cooldown(rows, st.visitor, st.ts, d_v, d_at, d_at + cooldown))
+    return np.sort(rows_in_cooldown(rows, st.visitor, st.ts, st.rows, c_visitor, c_from, c_after_row, c_until))
 
 
-def rows_in_cooldown(rows: np.ndarray, visitor: np.ndarray, ts: np.ndarray, decline_visitor: np.ndarray,
-                     decline_at: np.ndarray, decline_until: np.ndarray) -> np.ndarray:
-    """Those of `rows` (indices into `visitor` / `ts`) that fall in a cooldown: the latest decline of the same
-    visitor at or before the row (a decline at the same moment is delivered first) ends after it.
+def rows_in_cooldown(rows: np.ndarray, visitor: np.ndarray, ts: np.ndarray, order: np.ndarray,
+                     c_visitor: np.ndarray, c_from: np.ndarray, c_after_row: np.ndarray,
+                     c_until: np.ndarray) -> np.ndarray:
+    """Those of `rows` (indices into `visitor` / `ts` / `order`, the table row) that fall in a cooldown of their
+    visitor: one that starts before the row (at the row's moment: when its `c_after_row` is before the row's
+    table row; -1 for any row of that moment) and ends after it.
 
-    Declines and rows are merged in (visitor, time) order; the latest decline before a row has the largest end,
-    since every decline adds the same cooldown.
+    Cooldowns and rows are merged in (visitor, time, table row) order; a row is in a cooldown when the latest end
+    among its visitor's cooldowns started before it lies after it.
     """
-    v_all = np.concatenate([decline_visitor, visitor[rows]])
-    t_all = np.concatenate([decline_at, ts[rows]])
-    kind = np.concatenate([np.zeros(len(decline_visitor), dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
-    order = np.lexsort((kind, t_all, v_all))
-    is_decline = kind[order] == 0
-    position = np.where(is_decline, np.arange(len(order)), -1)
-    last = np.maximum.accumulate(position)
-    row_slots = np.flatnonzero(~is_decline)
-    last_decline = last[row_slots]
-    source = order[np.maximum(last_decline, 0)]
-    same = (last_decline >= 0) & (v_all[source] == v_all[order[row_slots]])
-    until = np.where(same, decline_until[np.minimum(source, len(decline_until) - 1)], -np.inf)
-    row_ids = rows[order[row_slots] - len(decline_visitor)]
-    return row_ids[ts[row_ids] < until]
+    n_c = len(c_visitor)
+    v_all = np.concatenate([c_visitor, visitor[rows]])
+    t_all = np.concatenate([c_from, ts[rows]])
+    tie = np.concatenate([c_after_row + 0.5, order[rows].astype(float)])
+    order_all = np.lexsort((tie, t_all, v_all))
+    ends = np.concatenate([c_until, np.full(len(rows), -np.inf)])[order_all]
+    latest = pd.Series(ends).groupby(v_all[order_all], sort=False).cummax().to_numpy()
+    is_row = order_all >= n_c
+    row_ids = rows[order_all[is_row] - n_c]
+    return row_ids[ts[row_ids] < latest[is_row]]
 
 
 def ranges(starts: np.ndarray, ends: np.ndarray, groups: bool = False) -> Any:

@@ -100,7 +100,7 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
     fresh_session, fresh_visitor = SessionState(), VisitorState()
     for m, j in enumerate(rows.tolist()):
         t = float(ts[j])
-        while heap and heap[0][0] <= t:  # answers delivered before this event, in time order
+        while heap and heap[0][0] <= t:  # answers and expiries delivered before this event, in time order
             at, _, key, v, status, offer_id = heapq.heappop(heap)
             state = sessions.get(key)
             if state is not None and state.pending is not None and state.pending.offer_id == offer_id:
@@ -112,7 +112,7 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
         step = decide(spec, event, sessions.get(key, fresh_session), visitors.get(v, fresh_visitor),
                       matches[inverse[m]], queue_status_at(timeline, t) if timeline else {},
                       None if s != s else float(s), new_offer_id)
-        sessions[key] = step.session
+        sessions[key], visitors[v] = step.session, step.visitor
         d = step.decision
         action[j] = ACTIONS.index(d.action.value)
         reason[j] = -1 if d.reason is None else REASON_CODE[d.reason]
@@ -126,6 +126,8 @@ def judge_one_by_one(spec: RuleSpec, table: EventTable, arrays: MatchArrays, sco
                 kind, at = c, t + dl
                 status = OfferStatus.ACCEPTED if c == ACCEPT else OfferStatus.DECLINED
                 heapq.heappush(heap, (at, j, key, v, status, d.offer_id))
+            elif d.offer_id is not None:  # the runtime expires it by event time, whether its session is seen again
+                heapq.heappush(heap, (d.expires_at, j, key, v, OfferStatus.EXPIRED, d.offer_id))
             o_row.append(j)
             o_hold.append(d.offer_id is None)
             o_ids.append(d.offer_id)

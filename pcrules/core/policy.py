@@ -331,6 +331,7 @@ def decide(
     expired = None
     if pending is not None and pending.expires_at <= ts:
         expired, pending = pending, None
+        visitor = _unanswered(spec, visitor, expired.expires_at)
     # Built directly, not with dataclasses.replace: this runs on every event.
     session = SessionState(session.offers_made, pending, session.in_chat, max(session.last_seen, ts),
                            session.explore_seen, session.production_seen)
@@ -427,6 +428,8 @@ def _offer(spec: RuleSpec, event: Event, session: SessionState, visitor: Visitor
     # one would (never answered), so control and treatment see the same policy.
     session = SessionState(session.offers_made + 1, PendingOffer(offer_id, rule.name, rule.queue, ts, expires_at),
                            session.in_chat, session.last_seen)
+    if holdout:  # never answered, so its no-answer cooldown is certain now: set it while this session is in hand
+        visitor = _unanswered(spec, visitor, expires_at)
     decision = Decision(
         Action.NONE if holdout else Action.OFFER, Reason.HOLDOUT if holdout else None,
         event.visitor_id, event.session_id, ts, event.page, event.seconds_on_page, spec.name, spec.version,
@@ -443,4 +446,20 @@ def answer(spec: RuleSpec, session: SessionState, visitor: VisitorState, status:
                            session.last_seen, session.explore_seen, session.production_seen)
     if status == OfferStatus.DECLINED:
         visitor = VisitorState(max(visitor.cooldown_until, ts + spec.policy.decline_cooldown_s))
+    elif status == OfferStatus.EXPIRED:
+        visitor = _unanswered(spec, visitor, ts)
     return session, visitor
+
+
+def _unanswered(spec: RuleSpec, visitor: VisitorState, expired_at: float) -> VisitorState:
+    """`visitor` after an offer of theirs expired unanswered at `expired_at`: ``policy.no_answer_cooldown_s``.
+
+    A holdout visitor's would-be offer is never answered, so its cooldown is set when it is made: the session
+    that made it may never see another event (and a Redis session just lapses). The visitor's other sessions are
+    then blocked (``cooldown``) from that moment, where a shown offer's are blocked from its expiry; the array
+    judge states the same.
+    """
+    wait = spec.policy.no_answer_cooldown_s
+    if wait <= 0:
+        return visitor
+    return VisitorState(max(visitor.cooldown_until, expired_at + wait))

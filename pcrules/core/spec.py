@@ -122,6 +122,8 @@ class Policy:
     max_offers_per_session: int = 1
     decline_cooldown_s: float = 86400.0
     offer_timeout_s: float = 60.0
+    # After an offer expires unanswered, no offer to that visitor for this long (0: the next may follow at once).
+    no_answer_cooldown_s: float = 0.0
     holdout: float = 0.0
     session_idle_ttl_s: float = 1800.0
     explore: Explore | None = None
@@ -407,6 +409,8 @@ class _Checker:
                                               "policy.decline_cooldown_s"),
             "offer_timeout_s": self.number(p.get("offer_timeout_s", defaults.offer_timeout_s), "policy.offer_timeout_s",
                                            strict=True),
+            "no_answer_cooldown_s": self.number(p.get("no_answer_cooldown_s", defaults.no_answer_cooldown_s),
+                                                "policy.no_answer_cooldown_s"),
             "holdout": self.number(p.get("holdout", defaults.holdout), "policy.holdout", below=1.0),
             "session_idle_ttl_s": self.number(p.get("session_idle_ttl_s", defaults.session_idle_ttl_s),
                                               "policy.session_idle_ttl_s", strict=True),
