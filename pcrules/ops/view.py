@@ -77,8 +77,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -238,7 +237,8 @@ class Dashboard:
     """
 
     def __init__(self, log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
-                 *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None, mde: float | None = None):
+                 *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None, mde: float | None = None,
+                 background_charts: bool = False):
         import ipywidgets as w
 
         self.w = w
@@ -260,6 +260,12 @@ class Dashboard:
         self.memo = Memo()
         self.refreshes = 0
         self._busy = False
+        # With background_charts, a refresh returns once the tiles show and a helper thread draws the charts
+        # (matplotlib: most of a refresh); a chart of a selection left meanwhile is never shown.
+        self._drawer = ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops-charts") if background_charts else None
+        self._drawing: Future | None = None
+        self._generation = 0
+        self._details_lock = threading.Lock()
 
         self.header = w.HTML()
         self.message = w.HTML()
@@ -402,55 +408,88 @@ class Dashboard:
                 self.live = live_ruleset(conn, self.bundle_path)
                 self._set_choices(*choices(conn, list(self.live.spec.get("queues") or ())))
             f = self.filters()
-            sel = self._select(conn, stamp, f)
+            cube, up = self._offers(conn, stamp, f)
         self.message.value = ""
         self.message.layout.display = "none"
         self.body.layout.display = None
         for widget in (self.time_range, self.queue, self.page):
             widget.disabled = False
-        # the tiles first: the numbers, then the slower pictures
-        self._render_tiles(sel.cube.total(), sel.uplift)
+        self._render_tiles(cube.total(), up)
         self.refreshes += 1
         self.header.value = self._header_html()
-        self.status.value = self._status_html(f, sel, time.perf_counter() - started)
-        live = self.live.bundle_version if self.live else None
-        charts = self.memo.get((stamp, f, live, "charts"), lambda: self._charts(sel, f))
-        for key, (png, note) in charts.items():
-            self.chart_images[key].value = png
-            self.chart_notes[key].value = note
+        self.status.value = self._status_html(f, cube, None, time.perf_counter() - started)
         self.bundle_html.value = self._bundle_html()
-        self.recent_html.value = self._recent_html(sel.recent, sel.summary)
-        self.status.value = self._status_html(f, sel, time.perf_counter() - started)
+        with self._details_lock:
+            self._generation += 1
+            job = (self._generation, stamp, f, cube, started)
+        if self._drawer is None:
+            self._show_details(*job)
+        else:
+            self.charts_box.add_class("pcrules-charts-pending")
+            self._drawing = self._drawer.submit(self._show_details, *job)
 
-    def _select(self, conn: sqlite3.Connection, stamp: tuple[int, ...], f: Filters) -> Selection:
-        """The selection's figures, each remembered by the question and the log's stamp. The offers and the
-        uplift's visitors are read for the time range alone: a queue or page filter picks from those rows."""
+    def _offers(self, conn: sqlite3.Connection, stamp: tuple[int, ...], f: Filters) -> tuple[OfferCube, Uplift]:
+        """The tiles' figures. The offers and the uplift's visitors are read for the time range alone (a queue
+        or page filter picks from those rows), and remembered by the time range and the log's stamp."""
         span = Filters(f.start, f.end)
-        # The one full scan (decisions by reason) runs beside the others on a second connection (sqlite3
-        # releases the GIL while it reads).
+        # The uplift's scan runs beside the offers' on a connection of its own (sqlite3 releases the GIL).
         with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
-            summary = pool.submit(self.memo.get, (stamp, f, "summary"),
-                                  lambda: _with_log(self.log_path, decision_summary, f))
-            units = self.memo.get((stamp, span, self.goal, "units"),
-                                  lambda: uplift_units(conn, f.start, f.end, self.goal))
+            units = pool.submit(self.memo.get, (stamp, span, self.goal, "units"),
+                                lambda: _with_log(self.log_path, uplift_units, f.start, f.end, self.goal))
             cube = self.memo.get((stamp, span, "cube"), lambda: offer_cube(conn, span))
-            recent = self.memo.get((stamp, f, self.recent_rows, "recent"),
-                                   lambda: recent_decisions(conn, f, self.recent_rows))
-            return Selection(summary.result(), cube.select(f.queue, f.page),
-                             uplift_of(units, f, self.goal, mde=self.mde), recent)
+            return cube.select(f.queue, f.page), uplift_of(units.result(), f, self.goal, mde=self.mde)
 
-    def _status_html(self, f: Filters, sel: Selection, seconds: float) -> str:
-        n = sel.summary.decisions
+    def _show_details(self, generation: int, stamp: tuple[int, ...], f: Filters, cube: OfferCube,
+                      started: float) -> None:
+        """The rest of a refresh, after the tiles: the selection's decisions (a scan of it), the latest ones and
+        the charts; shown unless a newer selection came meanwhile."""
+        if generation != self._generation:
+            return  # queued behind a newer refresh
+        live = self.live.bundle_version if self.live else None
+        try:
+            summary = self.memo.get((stamp, f, "summary"), lambda: _with_log(self.log_path, decision_summary, f))
+            if generation != self._generation:
+                return  # another filter was chosen meanwhile: its refresh draws its own charts
+            recent = self.memo.get((stamp, f, self.recent_rows, "recent"),
+                                   lambda: _with_log(self.log_path, recent_decisions, f, self.recent_rows))
+            charts = self.memo.get((stamp, f, live, "charts"), lambda: self._charts(cube, summary, f))
+        except Exception as exc:
+            if self._drawer is None:
+                raise  # in the refresh itself: its message says what went wrong
+            log.exception("ops dashboard: the charts of %s failed", self.log_path)
+            with self._details_lock:
+                if generation == self._generation:
+                    self.status.value += _note(f"The charts could not be drawn ({type(exc).__name__}); press "
+                                               f"Refresh to try again; details are in the dashboard server's log.")
+            return
+        with self._details_lock:
+            if generation != self._generation:
+                return
+            for name, (png, note) in charts.items():
+                self.chart_images[name].value = png
+                self.chart_notes[name].value = note
+            self.recent_html.value = self._recent_html(recent, summary)
+            self.status.value = self._status_html(f, cube, summary, time.perf_counter() - started)
+            self.charts_box.remove_class("pcrules-charts-pending")
+
+    def wait_for_charts(self, timeout: float | None = None) -> None:
+        """Return once the charts of the latest refresh show (at once without ``background_charts``)."""
+        if self._drawing is not None:
+            self._drawing.result(timeout)
+
+    def _status_html(self, f: Filters, cube: OfferCube, summary: DecisionSummary | None, seconds: float) -> str:
+        """What the selection is; its decisions are counted after the tiles show (None: not yet)."""
         older = ""
         info = self.info
         if info is not None and info.first_ts is not None and f.start is not None and info.first_ts < f.start:
             older = (f' <span class="pcrules-older">Older decisions exist, from {_esc(self._when(info.first_ts))}: '
                      f'choose All time or Custom dates to see them.</span>')
+        n = "" if summary is None else summary.decisions
+        counted = "counting the decisions" if summary is None else plural(summary.decisions, "decision")
         return (f'<div class="pcrules-sub" data-decisions="{n}" data-refresh="{self.refreshes}" '
                 f'data-range-start="{_esc(f.start if f.start is not None else "")}" '
                 f'data-range-end="{_esc(f.end if f.end is not None else "")}" data-older="{int(bool(older))}">'
-                f'Showing {_esc(self._describe(f))}: {plural(n, "decision")}, '
-                f'{plural(sel.cube.total().offers, "offer")}.{older} '
+                f'Showing {_esc(self._describe(f))}: {counted}, {plural(cube.total().offers, "offer")}.{older} '
                 f'Refreshed in {seconds:.2f} s.</div>')
 
     def _set_choices(self, queues: list[str], pages: list[str]) -> None:
@@ -508,17 +547,17 @@ class Dashboard:
 
     # ------------------------------------------------------------------ charts
 
-    def _charts(self, sel: Selection, f: Filters) -> dict[str, tuple[bytes, str]]:
+    def _charts(self, cube: OfferCube, summary: DecisionSummary, f: Filters) -> dict[str, tuple[bytes, str]]:
         """Every chart's PNG and note, by chart key."""
         import matplotlib
 
         # Names from the log (pages, rules, queues) are text: never matplotlib's $mathtext$.
         with matplotlib.rc_context({"text.parse_math": False}):
-            return self._draw_charts(sel, f)
+            return self._draw_charts(cube, summary, f)
 
-    def _draw_charts(self, sel: Selection, f: Filters) -> dict[str, tuple[bytes, str]]:
-        cube, reasons = sel.cube, sel.summary.by_reason
-        hours = _hours(sel.summary)  # every hour of the selection's span, quiet ones included
+    def _draw_charts(self, cube: OfferCube, summary: DecisionSummary, f: Filters) -> dict[str, tuple[bytes, str]]:
+        reasons = summary.by_reason
+        hours = _hours(summary)  # every hour of the selection's span, quiet ones included
         hourly = cube.per_hour()
         out = {"over_time": (self._chart_over_time(hourly, hours), _note(self._over_time_note(hourly, hours)))}
         for key, column in (("by_page", "page"), ("by_rule", "rule"), ("by_queue", "queue")):
@@ -769,16 +808,6 @@ def _legend_above(ax: Any) -> None:
                   borderaxespad=0.2, handlelength=1.2)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What one refresh shows: the selection's decisions, its offers, the uplift and the latest decisions."""
-
-    summary: DecisionSummary
-    cube: OfferCube
-    uplift: Uplift
-    recent: list[dict[str, Any]]
-
-
 def _hours(summary: DecisionSummary) -> list[float]:
     """The start of every UTC hour from the selection's first decision to its last: the charts' time axis."""
     if summary.first_ts is None or summary.last_ts is None:
@@ -793,10 +822,12 @@ def _note(text: str) -> str:
 
 def dashboard(log_path: str | os.PathLike | None = None, bundle_path: str | os.PathLike | None = None,
               *, tz: str = "UTC", recent_rows: int = 25, goal: str | None = None,
-              mde: float | None = None) -> Dashboard:
+              mde: float | None = None, background_charts: bool = False) -> Dashboard:
     """The dashboard (what ``dashboards/ops.ipynb`` displays; it displays as its widget, ``.root``).
     ``log_path`` / ``bundle_path``: None reads ``$PCRULES_DECISION_LOG`` / ``$PCRULES_BUNDLE`` (the demo's log
     when unset). ``goal``: the goal the uplift tile counts (None: any); ``mde``: the smallest uplift worth
-    detecting (absolute, 0.05 = 5 points): the tile waits for the visitors needed to detect it."""
+    detecting (absolute, 0.05 = 5 points): the tile waits for the visitors needed to detect it.
+    ``background_charts``: show the tiles first and draw the charts after (the notebook does)."""
     logging.getLogger("matplotlib").setLevel(logging.ERROR)  # font-cache notices would show up as page output
-    return Dashboard(log_path, bundle_path, tz=tz, recent_rows=recent_rows, goal=goal, mde=mde)
+    return Dashboard(log_path, bundle_path, tz=tz, recent_rows=recent_rows, goal=goal, mde=mde,
+                     background_charts=background_charts)
