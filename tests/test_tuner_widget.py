@@ -90,6 +90,8 @@ def test_a_bad_capacity_is_named_at_once_and_never_used(world: Any, scorer: Any,
 
 def test_a_bad_ruleset_name_is_named_at_once(world: Any, tmp_path: Path) -> None:
     tuner = Tuner(DEFAULT_RULES, world.events.iloc[:20_000], None, bundle_dir=tmp_path / "published", chart=False)
+    header = _text(tuner.header.value)
+    assert "no bundle published yet" in header and "live:" not in header
     assert tuner.name.continuous_update
     for bad, words in (("   ", "The ruleset needs a name."), ("no spaces!", "Ruleset name: expected a name")):
         tuner.name.value = bad
@@ -104,7 +106,7 @@ def test_publish_asks_first_and_only_confirm_writes(world: Any, scorer: Any, tmp
     first = publish(DEFAULT_RULES, scorer, published).name
     tuner = Tuner.from_bundle(published, world.events, chart=False)
     header = _text(tuner.header.value)
-    assert f"bundle {first}" in header and f"ruleset default {tuner.current.version}" in header
+    assert f"live: ruleset default {tuner.current.version}, bundle {first}" in header
 
     tuner.set("help-seeker", wait_s=60.0)
     tuner.capacity["Sales"].value = "75"
@@ -136,7 +138,7 @@ def test_publish_asks_first_and_only_confirm_writes(world: Any, scorer: Any, tmp
     bundle = load_bundle(published / "current")
     assert bundle.spec.version == tuner.current.version != load_bundle(published / "versions" / first).spec.version
     header = _text(tuner.header.value)
-    assert f"bundle {path.name}" in header and f"ruleset default {bundle.spec.version}" in header
+    assert f"live: ruleset default {bundle.spec.version}, bundle {path.name}" in header
     assert first not in header
     assert "it is now current" in _text(tuner.message.value)
 

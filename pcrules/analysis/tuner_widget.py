@@ -721,11 +721,11 @@ class Tuner:
             lo, hi = pd.to_datetime([np.nanmin(ts), np.nanmax(ts)], unit="s", utc=True)
             span = f", {lo:%Y-%m-%d} to {hi:%Y-%m-%d} (UTC)"
         model = "a model" if self.scorer is not None else "no model (score thresholds are off)"
+        live, bundle = "", ", no bundle published yet" if self.bundle_dir is not None else ""
         if self.current_version:
-            bundle = f', bundle <code class="pcrules-bundle-version">{_esc(self.current_version)}</code>'
-        else:
-            bundle = ", no bundle published yet" if self.bundle_dir is not None else ""
-        return (f'<div class="pcrules-title"><b>{_esc(self.title or "Trigger tuner")}</b> — live: ruleset '
+            version = _esc(self.current_version)
+            live, bundle = "live: ", f', bundle <code class="pcrules-bundle-version">{version}</code>'
+        return (f'<div class="pcrules-title"><b>{_esc(self.title or "Trigger tuner")}</b> — {live}ruleset '
                 f"<code>{_esc(self.current.name)}</code> {_esc(self.current.version)}{bundle}"
                 f"; backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}; {model}.</div>")
 
