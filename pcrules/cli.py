@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import resources
 from .errors import SpecError
@@ -16,14 +16,72 @@ DEFAULT_RULES = resources.default_rules()
 PUBLISHED = "var/published"  # publish, rollback, bundle-info, tuner
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its error on one line (no usage block): the option, what is wrong, where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _fail(exc: BaseException | str, option: str | None = None) -> int:
+    """One line on stderr, ``error: [option ]what``; exit status 1. A ruleset with several problems lists them
+    all, one per line, under that line (validate's report)."""
+    if isinstance(exc, SpecError):
+        return _spec_fail(exc, option)
+    text = " ".join(str(exc).split())  # one line, whatever a library said
+    print(f"error: {option + ' ' if option else ''}{text}", file=sys.stderr)
+    return 1
+
+
+def _spec_fail(exc: SpecError, option: str | None = None) -> int:
+    where = f"{option} {exc.source}" if option and exc.source else (option or exc.source or "rule spec")
+    if len(exc.problems) == 1:
+        problem = exc.problems[0]
+        if problem.startswith("(file): "):  # cannot read it, not YAML, not UTF-8: the message names the file
+            print(f"error: {option + ': ' if option else ''}{' '.join(problem[8:].split())}", file=sys.stderr)
+        else:
+            print(f"error: {where}: invalid rule spec: {' '.join(problem.split())}", file=sys.stderr)
+    else:
+        print(f"error: {where}: invalid rule spec, {len(exc.problems)} problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def _os_fail(exc: OSError, option: str, path: str | Path) -> int:
+    """An OSError on an option's path, as one line naming both."""
+    reason = exc.strerror or str(exc)
+    where = exc.filename if exc.filename and str(exc.filename) != str(path) else None
+    return _fail(f"{path}: {reason}" + (f" ({where})" if where else ""), option)
+
+
+def _history_fail(exc: BaseException, option: str, *, format_option: bool = False,
+                  column_option: bool = False) -> int:
+    """A history file that cannot be loaded: the library's statement and what to do about it on the command line."""
+    from .analysis.history import MissingColumns, UnknownFormat
+
+    if isinstance(exc, MissingColumns):
+        remedy = "rename them in the file"
+        if column_option:
+            first = next(iter(exc.missing))
+            remedy += f", or name the file's column with --column {first}=THEIR_NAME (repeatable)"
+        return _fail(f"{exc}; {remedy} (data/README.md: the {exc.table} schema)", option)
+    if isinstance(exc, UnknownFormat):
+        endings = ", ".join(e for suffixes in exc.suffixes.values() for e in suffixes[:2])
+        remedy = f"name the file {endings}" + (", or give --format csv or --format parquet" if format_option else "")
+        return _fail(f"{exc}; {remedy}", option)
+    if isinstance(exc, OSError):
+        return _os_fail(exc, option, getattr(exc, "filename", None) or "")
+    return _fail(exc, option)
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .core.spec import load_spec
 
     try:
         spec = load_spec(Path(args.file))
     except SpecError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _spec_fail(exc)
     print(f"ok: {args.file}: ruleset {spec.name!r} version {spec.version}, "
           f"{len(spec.rules)} rule(s), {len(spec.queues)} queue(s)")
     return 0
@@ -43,13 +101,14 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(Path(args.rules))
     except SpecError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _spec_fail(exc, "--rules")
     try:
         rows = list(read_events(events))
     except ValueError as exc:
-        return _fail(exc)
+        return _fail(exc, "--events")
     log_path = Path(args.log)
+    if log_path.is_dir() or any(p.exists() and not p.is_dir() for p in log_path.parents):
+        return _fail(f"{log_path}: cannot write the decision log there (a directory, or under a file)", "--log")
     progress = sys.stderr.isatty()
     try:
         if args.no_model:
@@ -72,7 +131,9 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"goals reported        {goals:>9,}")
             print(f"published bundles: {out_dir / 'published'}")
     except LogUnavailable as exc:
-        return _fail(exc)
+        return _fail(exc, "--log")
+    except OSError as exc:  # the log's directory cannot be made or written
+        return _os_fail(exc, "--log", log_path)
     print(f"decision log: {log_path}")
     return 0
 
@@ -107,6 +168,8 @@ INIT_HEADER = """\
 def _init(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     target = directory / "rules.yaml"
+    if directory.exists() and not directory.is_dir():
+        return _fail(f"{directory}: not a directory (pcrules init DIR writes DIR/rules.yaml)")
     if target.exists() or target.is_symlink():
         return _fail(f"{target} exists already; pcrules init never overwrites a file (move it away, or init "
                      f"another directory)")
@@ -133,11 +196,6 @@ def _add_init_command(commands: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- bundles: publish, rollback, bundle-info
 
 
-def _fail(exc: BaseException | str) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
-
-
 def _publish(args: argparse.Namespace) -> int:
     import json
 
@@ -150,9 +208,14 @@ def _publish(args: argparse.Namespace) -> int:
             try:
                 metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                return _fail(f"{args.metrics}: cannot read the metrics JSON ({exc})")
-        path = publish(Path(args.rules), Path(args.model) if args.model else None, Path(args.out), metrics,
+                return _fail(f"{args.metrics}: cannot read the metrics JSON ({exc})", "--metrics")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            return _fail(f"{out}: not a directory (a publish directory holds current and versions/)", "--out")
+        path = publish(Path(args.rules), Path(args.model) if args.model else None, out, metrics,
                        activate=not args.no_activate)
+    except SpecError as exc:
+        return _spec_fail(exc, "--rules")
     except (PcrulesError, OSError) as exc:
         return _fail(exc)
     print(f"published {path.name}: {path}" + ("" if args.no_activate else f" (now current in {args.out})"))
@@ -196,20 +259,77 @@ def _bundle_info(args: argparse.Namespace) -> int:
         b = load_bundle(path)
     except (PcrulesError, OSError) as exc:
         return _fail(exc)
-    m = b.manifest
-    print(f"bundle {b.version} at {b.path}: verified")
-    print(f"  created {m['created']}; ruleset {b.spec.name!r} version {b.spec.version}; "
-          f"model {(m.get('model') or {}).get('kind', 'none')}")
-    print(f"  libraries: {', '.join(f'{k} {v}' for k, v in m['libraries'].items())}")
-    if m.get("metrics"):
-        print(f"  metrics: {_json_brief(m['metrics'])}")
+    for line in describe_bundle(b):
+        print(line)
     return 0
 
 
-def _json_brief(value: object, limit: int = 300) -> str:
-    import json
+def describe_bundle(b: Any) -> list[str]:
+    """A loaded bundle in a few lines: version, when made, rules, model, held-out metrics, libraries."""
+    m, spec = b.manifest, b.spec
+    lines = [f"bundle {b.version} at {b.path}: verified", f"  created   {m.get('created', '?')}"]
+    rules = sorted(spec.rules, key=lambda r: -r.priority)
+    shown = ", ".join(f"{r.name} ({r.queue})" for r in rules[:6]) + (f", ... {len(rules) - 6} more"
+                                                                      if len(rules) > 6 else "")
+    lines.append(f"  ruleset   {spec.name!r} version {spec.version}: {len(rules)} rule(s) by priority: "
+                 f"{shown or 'none'}; queues {', '.join(spec.queues) or 'none'}")
+    policy = spec.policy
+    lines.append(f"  policy    at most {policy.max_offers_per_session} offer(s) per session, an offer waits "
+                 f"{policy.offer_timeout_s:g} s for an answer, holdout {policy.holdout:.0%}")
+    model = m.get("model") or {}
+    if not model:
+        lines.append("  model     none (rules only: a condition on score never matches)")
+    else:
+        features = getattr(b.scorer, "features", None)
+        fields = [*getattr(features, "categorical", ()), *(n.field for n in getattr(features, "numeric", ()))]
+        lines.append(f"  model     {model.get('kind', '?')}" + (f" on {', '.join(fields)}" if fields else ""))
+    lines.extend(_metrics_lines(m.get("metrics")))
+    lines.append(f"  libraries {', '.join(f'{k} {v}' for k, v in (m.get('libraries') or {}).items())}")
+    return lines
 
-    text = json.dumps(value, sort_keys=True)
+
+def _metrics_lines(metrics: Any) -> list[str]:
+    """The training metrics a manifest records, as a person reads them (the full JSON is in manifest.json)."""
+    if not metrics:
+        return ["  metrics   none recorded"]
+    if not isinstance(metrics, dict):
+        return [f"  metrics   {_brief(metrics)}"]
+    lines = []
+    held = metrics.get("held_out")
+    if isinstance(held, dict):
+        parts = []
+        if isinstance(held.get("n"), int):
+            rows = f"{held['n']:,} offers"
+            if isinstance(held.get("positives"), int):
+                rows += f", {held['positives']:,} accepted"
+            parts.append(rows)
+        for key, name, fmt in (("roc_auc", "AUC", ".3f"), ("brier", "Brier", ".4f"), ("log_loss", "log loss", ".4f"),
+                               ("ece", "calibration error", ".4f"), ("base_rate", "accept rate", ".1%"),
+                               ("mean_predicted", "mean predicted", ".1%")):
+            if isinstance(held.get(key), (int, float)):
+                parts.append(f"{name} {held[key]:{fmt}}")
+        lines.append(f"  held out  {'; '.join(parts) or 'no figures'}")
+    counts = [f"{metrics[k]:,} {name}" for k, name in (("train_rows", "training rows"), ("test_rows", "held-out rows"))
+              if isinstance(metrics.get(k), int)]
+    if counts:
+        lines.append(f"  trained   on {', '.join(counts)}")
+    warnings = metrics.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        lines.append(f"  warnings  {len(warnings)}: {_brief(warnings[0], 110)}" + (" (and more: manifest.json)"
+                                                                                 if len(warnings) > 1 else ""))
+    other = [k for k in sorted(metrics) if k not in ("held_out", "train_rows", "test_rows", "warnings")]
+    scalars = [f"{k} {_brief(metrics[k], 40)}" for k in other if isinstance(metrics[k], (int, float, str, bool))]
+    nested = [k for k in other if not isinstance(metrics[k], (int, float, str, bool))]
+    if scalars:
+        lines.append(f"  metrics   {'; '.join(scalars)}")
+    if nested:
+        lines.append(f"  also      {', '.join(nested)} (in manifest.json)")
+    return lines
+
+
+def _brief(value: object, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else str(value)
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -270,16 +390,25 @@ def _sample_data(args: argparse.Namespace) -> int:
     except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
         print(f"error: sample-data needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
+    import datetime as dt
+
+    try:
+        dt.datetime.fromisoformat(args.start)
+    except ValueError:
+        return _fail(f"expected an ISO-8601 date such as 2025-11-24, got {args.start!r}", "--start")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return _fail(f"{out}: not a directory", "--out")
     try:
         world = generate(visitors=args.visitors, seed=args.seed, start=args.start, days=args.days,
                          progress=sys.stderr.isatty() and not args.quiet)
-        paths = world.write(Path(args.out), format=args.format)
+        paths = world.write(out, format=args.format)
     except ImportError as exc:  # Parquet without pyarrow
-        print(f"error: cannot write {args.format} ({exc}); try --format csv.gz", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot write {args.format} ({exc}); try --format csv.gz", "--format")
+    except OSError as exc:
+        return _os_fail(exc, "--out", out)
+    except (ValueError, TypeError) as exc:
+        return _fail(exc)
     print(f"pcrules sample-data: {args.visitors:,} visitors, seed {args.seed}, {args.days} day(s) from {args.start}")
     print(world.summary())
     for name, path in paths.items():
@@ -307,18 +436,22 @@ def _train(args: argparse.Namespace) -> int:
     from .scoring.training import train_on_offers, write_model
 
     try:
-        offers, report = load_offers(args.offers)
+        offers, report = load_offers(args.offers, columns=args.columns, format=args.format)
     except (HistoryError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _history_fail(exc, "--offers", format_option=True, column_option=True)
     if report.problems:
         print(report, file=sys.stderr)
+    for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
+        if path and (Path(path).is_dir() or any(p.exists() and not p.is_dir() for p in Path(path).parents)):
+            return _fail(f"{path}: cannot write a file there (a directory, or under a file)", option)
     try:
         result = train_on_offers(offers, seed=args.seed)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    write_model(result, args.out, args.metrics_out)
+        return _fail(f"{args.offers}: {exc}", "--offers")
+    try:
+        write_model(result, args.out, args.metrics_out)
+    except OSError as exc:
+        return _os_fail(exc, "--out", args.out)
     print(f"measured on {result.n_test:,} held-out offers after training on {result.n_train:,}; the model written "
           f"is then trained on all {result.n_train + result.n_test:,}")
     print(result.test.summary())
@@ -340,6 +473,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train_command(commands: Any) -> None:
     train = commands.add_parser("train", help="train the acceptance model on past offers; write a model file")
     train.add_argument("--offers", required=True, help="offers table (Parquet or CSV, see data/README.md)")
+    _add_history_options(train, "offers")
     train.add_argument("--out", required=True, help="model file to write (JSON; publish it with `pcrules publish`)")
     train.add_argument("--metrics-out", help="held-out metrics to write (JSON; `publish --metrics` takes it)")
     train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
@@ -359,9 +493,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: pcrules serve needs the server dependencies: pip install 'pcrules[server]' ({exc})",
               file=sys.stderr)
         return 1
+    if args.bundle and not Path(args.bundle).exists():
+        return _fail(f"{args.bundle}: no such publish directory or bundle", "--bundle")
+    if args.rules:  # a ruleset's problems as the CLI states them (serve loads it again, with the rest)
+        from .core.spec import load_spec
+
+        try:
+            load_spec(Path(args.rules))
+        except SpecError as exc:
+            return _spec_fail(exc, "--rules")
     busy = _busy(args.host, args.port)
     if busy:  # one line, before the banner (uvicorn would print it all, then fail)
-        return _fail(busy)
+        return _fail(f"{busy} (choose another with --port)")
     return serve_main(args)
 
 
@@ -398,9 +541,22 @@ def _dashboard(args: argparse.Namespace) -> int:
         from .ops.voila import serve
     except ImportError as exc:  # voila / ipywidgets / matplotlib are the `dashboard` extra
         return _fail(f"the dashboard needs pcrules[dashboard] (voila, ipywidgets, matplotlib): {exc}")
+    log = Path(args.log)
+    if log.is_dir():
+        return _fail(f"{log}: a directory, not a decision log (an SQLite file)", "--log")
+    if log.exists():
+        try:
+            with open(log, "rb") as handle:
+                head = handle.read(16)
+        except OSError as exc:
+            return _os_fail(exc, "--log", log)
+        if head and head != b"SQLite format 3\x00":
+            return _fail(f"{log}: not a decision log (not an SQLite database)", "--log")
+    if args.bundle and not Path(args.bundle).exists():
+        return _fail(f"{args.bundle}: no such publish directory or bundle", "--bundle")
     busy = _busy(args.host, args.port)
     if busy:  # Voila would move to the next port while we print this one
-        return _fail(busy)
+        return _fail(f"{busy} (choose another with --port)")
     try:
         return serve(Path(args.log), port=args.port, host=args.host, bundle_path=args.bundle,
                      base_url=args.base_url, cull_idle_s=args.cull_idle)
@@ -435,6 +591,7 @@ def _tuner(args: argparse.Namespace) -> int:
         from .ops.voila import app_env, serve_app
     except ImportError as exc:  # numpy / pandas, voila / ipywidgets: the `analysis` and `dashboard` extras
         return _fail(f"the tuner needs pcrules[analysis,dashboard] (pandas, voila, ipywidgets): {exc}")
+    from .analysis.history import HistoryError, check_columns
     from .bundle import current_version, load_bundle
     from .core.spec import load_spec
     from .errors import PcrulesError
@@ -442,6 +599,11 @@ def _tuner(args: argparse.Namespace) -> int:
     events = Path(args.events) if args.events else resources.sample_events()
     if not events.exists():
         return _fail(f"--events {events}: no such events file or history folder")
+    if not events.is_dir():  # a file: its header now, rather than a message in the page once it is open
+        try:
+            check_columns(events, "events")
+        except HistoryError as exc:
+            return _history_fail(exc, "--events")
     bundle = Path(args.bundle)
     try:
         if (bundle / "manifest.json").exists() or bundle.name == "current":
@@ -454,18 +616,18 @@ def _tuner(args: argparse.Namespace) -> int:
         if args.logging_spec:
             load_spec(Path(args.logging_spec))
     except SpecError as exc:
-        return _fail(f"--logging-spec {exc}")
+        return _spec_fail(exc, "--logging-spec")
     except (PcrulesError, OSError) as exc:
-        return _fail(exc)
+        return _fail(exc, "--bundle")
+    busy = _busy(args.host, args.port)
+    if busy:  # Voila would move to the next port while we print this one; before any note, one line
+        return _fail(f"{busy} (choose another with --port)")
     if not (bundle.is_dir() and current_version(bundle) is not None):
         print(f"note: no bundle in {bundle} yet: the tuner starts from the embedded default rules without a model, "
               f"and Publish writes the first version there", file=sys.stderr)
     if not _loopback(args.host):
         print(f"warning: serving on {args.host}: the tuner has no login, and its Publish button makes a bundle live",
               file=sys.stderr)
-    busy = _busy(args.host, args.port)
-    if busy:  # Voila would move to the next port while we print this one
-        return _fail(busy)
     env = app_env({EVENTS_ENV: events, BUNDLE_ENV: bundle, LOGGING_SPEC_ENV: args.logging_spec})
     try:
         return serve_app(resources.triggers_notebook(), env, port=args.port, host=args.host, base_url=args.base_url,
@@ -511,29 +673,42 @@ def _backtest(args: argparse.Namespace) -> int:
     except ImportError as exc:  # numpy / pandas are analysis dependencies, not runtime ones
         print(f"error: backtest needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
-    from .analysis.history import load_events
+    from .analysis.history import HistoryError, load_events
     from .bundle import load_bundle
     from .errors import PcrulesError
 
     try:
         bundle = load_bundle(Path(args.bundle))
-        events, report = load_events(Path(args.events))
-        status = None
-        if args.queue_status:
-            path = Path(args.queue_status)
-            status = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (PcrulesError, OSError) as exc:
+        return _fail(exc, "--bundle")
+    try:
+        events, report = load_events(Path(args.events), columns=args.columns, format=args.format)
+    except (HistoryError, OSError) as exc:
+        return _history_fail(exc, "--events", format_option=True, column_option=True)
+    status = None
+    if args.queue_status:
+        try:
+            status = _read_queue_status(pd, Path(args.queue_status), bundle.spec.queues)
+        except ValueError as exc:
+            return _fail(exc, "--queue-status")
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents)):
+        return _fail(f"{out}: cannot write a file there (a directory, or under a file)", "--out")
+    try:
         result = backtest(bundle.spec, events, bundle.scorer, queue_status=status, engine=args.engine,
                           progress=sys.stderr.isatty() and not args.quiet)
-        if args.out:
-            out = Path(args.out)
+    except (PcrulesError, ValueError) as exc:
+        return _fail(exc)
+    if out is not None:
+        try:
             out.parent.mkdir(parents=True, exist_ok=True)
             frame = events[["ts", "visitor_id", "session_id", "page", "seconds_on_page"]].join(result.decisions)
             if out.suffix == ".parquet":
                 frame.to_parquet(out, index=False)
             else:
                 frame.to_csv(out, index=False)
-    except (PcrulesError, OSError, ValueError) as exc:
-        return _fail(exc)
+        except (OSError, ValueError, ImportError) as exc:
+            return _fail(f"{out}: cannot write ({exc})", "--out")
     if report.rows_dropped or report.rows_coerced or report.rows_unsorted:
         print(report, file=sys.stderr)
     if len(events) == 0 or result.metrics["refused"] == len(events):
@@ -548,10 +723,62 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+QUEUE_STATUS_COLUMNS = ("ts", "queue", "agents_available", "estimated_wait_s")
+
+
+def _read_queue_status(pd: Any, path: Path, queues: Any) -> Any:
+    """The queue status timeline, read and its columns checked: ValueError naming the file otherwise."""
+    name = path.name.lower()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        frame = pd.read_parquet(path) if name.endswith((".parquet", ".pq")) else pd.read_csv(path)
+    except Exception as exc:  # pandas' and pyarrow's many errors: not CSV, not Parquet, not UTF-8 ...
+        kind = "Parquet" if name.endswith((".parquet", ".pq")) else "CSV (any other name than .parquet)"
+        raise ValueError(f"{path}: cannot read as {kind} ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("ts", "queue") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing required column(s) {', '.join(missing)} (a queue status timeline has "
+                         f"ts, queue, and agents_available and/or estimated_wait_s); the file has: "
+                         f"{', '.join(repr(str(c)) for c in frame.columns[:30]) or 'no columns'}")
+    unknown = sorted(set(frame["queue"].dropna().astype(str)) - set(queues))
+    if unknown:
+        raise ValueError(f"{path}: unknown queue(s) {', '.join(unknown[:10])} (the bundle's ruleset has "
+                         f"{', '.join(queues)})")
+    return frame
+
+
+def _column_pair(text: str) -> tuple[str, str]:
+    ours, sep, theirs = text.partition("=")
+    if not sep or not ours.strip() or not theirs.strip():
+        raise argparse.ArgumentTypeError(f"expected OURS=THEIRS (e.g. visitor_id=VisitorID), got {text!r}")
+    return ours.strip(), theirs.strip()
+
+
+class _Columns(argparse.Action):
+    """--column OURS=THEIRS, repeatable, gathered into one mapping."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        mapping = dict(getattr(namespace, self.dest) or {})
+        mapping[values[0]] = values[1]
+        setattr(namespace, self.dest, mapping)
+
+
+def _add_history_options(parser: argparse.ArgumentParser, table: str) -> None:
+    """What a command reading a history file takes besides its path: the format, the file's column names."""
+    parser.add_argument("--format", choices=("csv", "parquet"),
+                        help="the file's format when its name does not say (.csv, .csv.gz, .parquet)")
+    parser.add_argument("--column", dest="columns", type=_column_pair, action=_Columns, metavar="OURS=THEIRS",
+                        help=f"the file's name for one of our {table} columns (data/README.md lists them), "
+                             f"e.g. visitor_id=VisitorID; repeatable")
+
+
 def _add_backtest_command(commands: argparse._SubParsersAction) -> None:
     bt = commands.add_parser("backtest", help="what a bundle's ruleset and model would have decided on recorded events")
     bt.add_argument("--bundle", required=True, help="bundle: publish dir, <dir>/current or a version dir")
     bt.add_argument("--events", required=True, help="events file (CSV, .csv.gz or Parquet; data/README.md schema)")
+    _add_history_options(bt, "events")
     bt.add_argument("--out", help="write the per-event decisions (.parquet, else CSV)")
     bt.add_argument("--queue-status", help="queue status timeline (ts, queue, agents_available, estimated_wait_s)")
     bt.add_argument("--engine", choices=("fast", "policy"), default="fast",
@@ -561,7 +788,7 @@ def _add_backtest_command(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pcrules", description="Decide when to offer a proactive chat.")
+    parser = _Parser(prog="pcrules", description="Decide when to offer a proactive chat.")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a rule spec; list every problem")
     validate.add_argument("file", help="the rule spec to check (YAML; `pcrules init DIR` writes a starting one)")

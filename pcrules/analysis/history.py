@@ -4,7 +4,10 @@ Each loader takes an explicit column mapping from our names to the file's names 
 row. Bad data never raises: a bad row is dropped or its bad value is set to missing ("coerced"),
 rows out of time order are sorted, and each problem is reported with the row it came from. The
 only fatal case is a required column that the file lacks (after the mapping): that raises
-:class:`MissingColumns` naming them. A file that cannot be read at all raises :class:`HistoryError`.
+:class:`MissingColumns` naming them. A file that cannot be read at all raises :class:`HistoryError`
+(:class:`UnknownFormat` when its name says neither CSV nor Parquet). The messages state what is wrong
+and carry it as attributes, so that each caller adds its own remedy (the CLI names its options).
+:func:`check_columns` reads only a file's header (or Parquet schema) and raises as a load would.
 
     >>> from pcrules.history import load_events
     >>> events, report = load_events("export.csv.gz", columns={"visitor_id": "VisitorID", "ts": "Timestamp"})
@@ -60,8 +63,8 @@ _TEXT_CHARS = int(EXTRA.hi)
 _TS_LO, _TS_HI = CONTRACT["ts"].lo, CONTRACT["ts"].hi
 _MAX_DURATION = CONTRACT["seconds_on_page"].hi
 
-__all__ = ["HistoryError", "MissingColumns", "Problem", "LoadReport", "Loaded", "load_events", "load_page_views",
-           "load_offers", "load_table", "SCHEMAS"]
+__all__ = ["HistoryError", "MissingColumns", "UnknownFormat", "Problem", "LoadReport", "Loaded", "load_events",
+           "load_page_views", "load_offers", "load_table", "check_columns", "SCHEMAS", "FORMATS"]
 
 DROPPED, COERCED, SORTED = "dropped", "coerced", "sorted"
 # Text columns: pandas 3's default string dtype ("str": Arrow-backed, fast, NaN for missing); on pandas 2,
@@ -70,12 +73,28 @@ TEXT = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 NA_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "#n/a", "<na>"})
 
 
+FORMATS = ("csv", "parquet")
+# What a file's name must end with for its format to be known (compressed CSV: .gz).
+SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz", ".gz", ".txt", ".tsv")}
+
+
 class HistoryError(PcrulesError, ValueError):
     """A history file could not be loaded at all (unreadable, no header, unknown format, missing columns)."""
 
 
+class UnknownFormat(HistoryError):
+    """Neither the name of ``path`` nor a ``format`` says CSV or Parquet; ``suffixes`` maps each format to the
+    endings that name it."""
+
+    def __init__(self, path: str | os.PathLike[str], given: str | None = None):
+        self.path, self.given, self.suffixes = str(path), given, SUFFIXES
+        super().__init__(f"{path}: the format must be csv or parquet, got {given!r}" if given is not None else
+                         f"{path}: the format (csv or parquet) cannot be told from the file name")
+
+
 class MissingColumns(HistoryError):
-    """Required columns are absent; ``missing`` maps each of our names to the file column looked for."""
+    """Required columns are absent; ``missing`` maps each of our names to the file column looked for,
+    ``available`` lists the file's columns."""
 
     def __init__(self, source: str, table: str, missing: Mapping[str, str], available: Iterable[str]):
         self.source, self.table = source, table
@@ -85,7 +104,7 @@ class MissingColumns(HistoryError):
                            for name, their in self.missing.items())
         shown = ", ".join(repr(c) for c in self.available[:30]) + (" ..." if len(self.available) > 30 else "")
         super().__init__(f"{source}: {table}: missing required column(s): {wanted}; "
-                         f"the file has: {shown or 'no columns'}. Map them with columns={{our_name: their_name}}.")
+                         f"the file has: {shown or 'no columns'}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,15 +238,25 @@ class Loaded(NamedTuple):
 
 def _format_of(path: Path, fmt: str | None) -> str:
     if fmt is not None:
-        if fmt not in ("csv", "parquet"):
-            raise HistoryError(f"{path}: format must be 'csv' or 'parquet', got {fmt!r}")
+        if fmt not in FORMATS:
+            raise UnknownFormat(path, fmt)
         return fmt
     name = path.name.lower()
-    if name.endswith((".parquet", ".pq", ".parq")):
-        return "parquet"
-    if name.endswith((".csv", ".csv.gz", ".gz", ".txt", ".tsv")):
-        return "csv"
-    raise HistoryError(f"{path}: cannot tell the format from the name; pass format='csv' or 'parquet'")
+    for known, suffixes in SUFFIXES.items():
+        if name.endswith(suffixes):
+            return known
+    raise UnknownFormat(path)
+
+
+def _unreadable(path: Path, fmt: str, exc: BaseException) -> HistoryError:
+    """One line saying why `path` cannot be read at all."""
+    if isinstance(exc, FileNotFoundError):
+        return HistoryError(f"{path}: cannot read (no such file)")
+    if isinstance(exc, IsADirectoryError):
+        return HistoryError(f"{path}: cannot read (a directory, not a file)")
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the library said
+    kind = "a Parquet file" if fmt == "parquet" else "a CSV file (UTF-8 text, gzipped when it ends in .gz)"
+    return HistoryError(f"{path}: cannot read as {kind} ({what})")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -239,6 +268,22 @@ def _read_bytes(path: Path) -> bytes:
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a UTF-8 byte-order mark
 
 
+def _refuse_binary(path: Path, head: bytes) -> None:
+    """A file that is not text (a binary file, a spreadsheet, UTF-16: a header line that is not UTF-8, or NUL
+    bytes) is refused as a whole, in one line, rather than read as rows of garbage; a bad byte in a data row only
+    spoils that row."""
+    import codecs
+
+    if b"\x00" in head:
+        raise HistoryError(f"{path}: cannot read as a CSV file (not text: it holds NUL bytes)")
+    first = head.split(b"\n", 1)[0]
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(first, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError as exc:
+        raise HistoryError(f"{path}: cannot read as a CSV file (its header line is not UTF-8 text: byte "
+                           f"{exc.start} is 0x{first[exc.start]:02x})") from None
+
+
 def _read_csv(path: Path, report: LoadReport, delimiter: str) -> tuple[list[str], dict[str, Any], np.ndarray,
                                                                        np.ndarray]:
     """Header, raw text columns, data row numbers and file lines of the well-formed rows.
@@ -247,6 +292,7 @@ def _read_csv(path: Path, report: LoadReport, delimiter: str) -> tuple[list[str]
     numpy and the well-formed ones parsed by pandas' C reader (fast); with quotes (a field may
     then span lines or hold the delimiter) Python's csv module reads it record by record."""
     data = _read_bytes(path)
+    _refuse_binary(path, data[:1 << 16])
     if b'"' in data:
         return _read_csv_records(data.decode("utf-8", errors="replace"), report, delimiter)
     raw = np.frombuffer(data, dtype=np.uint8)
@@ -349,7 +395,7 @@ def _read(path: Path, fmt: str, report: LoadReport, delimiter: str) -> tuple[lis
     except HistoryError:
         raise
     except Exception as exc:  # unreadable: missing, not gzip, not Parquet (pyarrow's own errors), no pyarrow
-        raise HistoryError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise _unreadable(path, fmt, exc) from None
     report.rows_read = len(frame)
     header = [str(c) for c in frame.columns]
     columns = {str(c): frame[c].reset_index(drop=True) for c in frame.columns}
@@ -547,13 +593,7 @@ def _check_bool(checker: _Checker, col: Column, raw: Any) -> pd.Series:
 # --------------------------------------------------------------------------------------------
 
 
-def load_table(path: str | os.PathLike[str], table: str, columns: Mapping[str, str] | None = None, *,
-               format: str | None = None, delimiter: str = ",") -> Loaded:
-    """Load `table` ("events", "page_views" or "offers") from `path`; see the module docs.
-
-    `columns` maps our column names to the file's (``{"visitor_id": "VisitorID"}``); a column not
-    in the mapping is looked for under our own name. Returns ``(frame, report)``.
-    """
+def _schema_and_mapping(table: str, columns: Mapping[str, str] | None) -> tuple[tuple[Column, ...], dict[str, str]]:
     if table not in SCHEMAS:
         raise ValueError(f"table must be one of {', '.join(SCHEMAS)}, got {table!r}")
     schema = SCHEMAS[table]
@@ -562,14 +602,58 @@ def load_table(path: str | os.PathLike[str], table: str, columns: Mapping[str, s
     if unknown:
         raise ValueError(f"columns: unknown name(s) {', '.join(unknown)} for {table}; "
                          f"ours are: {', '.join(c.name for c in schema)}")
+    return schema, mapping
+
+
+def _require(path: Path, table: str, mapping: Mapping[str, str], header: Iterable[str]) -> None:
+    present = set(header)
+    missing = {c.name: mapping.get(c.name, c.name) for c in SCHEMAS[table]
+               if c.required and mapping.get(c.name, c.name) not in present}
+    if missing:
+        raise MissingColumns(str(path), table, missing, header)
+
+
+def check_columns(path: str | os.PathLike[str], table: str, columns: Mapping[str, str] | None = None, *,
+                  format: str | None = None, delimiter: str = ",") -> list[str]:
+    """The columns of `path` (a CSV file's header, a Parquet file's schema), with no data row read: raises what
+    :func:`load_table` would for a file it cannot read at all, of an unknown format, or without a required
+    column. A quick check before handing a large file to something slower (the tuner)."""
+    _, mapping = _schema_and_mapping(table, columns)
+    path = Path(path)
+    fmt = _format_of(path, format)
+    try:
+        if fmt == "csv":
+            with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
+                first = handle.readline(1 << 20)
+            first = first[3:] if first.startswith(b"\xef\xbb\xbf") else first
+            _refuse_binary(path, first)
+            header = next(csv.reader([first.decode("utf-8").rstrip("\r\n")], delimiter=delimiter), [])
+        else:
+            import pyarrow.parquet as pq
+
+            header = [str(name) for name in pq.read_schema(path).names]
+    except HistoryError:
+        raise
+    except Exception as exc:  # as _read: missing, not gzip, not UTF-8, not Parquet, no pyarrow
+        raise _unreadable(path, fmt, exc) from None
+    if not header or header == [""]:
+        raise HistoryError(f"{path}: empty file (no header line)")
+    _require(path, table, mapping, header)
+    return header
+
+
+def load_table(path: str | os.PathLike[str], table: str, columns: Mapping[str, str] | None = None, *,
+               format: str | None = None, delimiter: str = ",") -> Loaded:
+    """Load `table` ("events", "page_views" or "offers") from `path`; see the module docs.
+
+    `columns` maps our column names to the file's (``{"visitor_id": "VisitorID"}``); a column not
+    in the mapping is looked for under our own name. Returns ``(frame, report)``.
+    """
+    schema, mapping = _schema_and_mapping(table, columns)
     path = Path(path)
     report = LoadReport(source=str(path), table=table)
     header, raw_columns, rows, lines = _read(path, _format_of(path, format), report, delimiter)
-
-    missing = {c.name: mapping.get(c.name, c.name) for c in schema
-               if c.required and mapping.get(c.name, c.name) not in raw_columns}
-    if missing:
-        raise MissingColumns(str(path), table, missing, header)
+    _require(path, table, mapping, header)
     used = {c.name: mapping.get(c.name, c.name) for c in schema if mapping.get(c.name, c.name) in raw_columns}
     report.columns = used
     report.absent = [c.name for c in schema if c.name not in used]
