@@ -523,3 +523,143 @@ def test_cli_dashboard_command_is_registered() -> None:
     out = subprocess.run([sys.executable, "-m", "pcrules", "dashboard", "--help"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and "--log" in out.stdout and "127.0.0.1" in out.stdout
+
+
+# --------------------------------------------------------------------------- issue 17, item 6: what the dashboard says
+
+
+NOW = 1796601600.0  # 2026-12-07 00:00 UTC: "today", a year after the sample-like decisions at T
+
+
+@pytest.fixture()
+def old_and_new_log(small_log: Path) -> Path:
+    """The small log (January 2026, like a demo's sample) and two offers made today, 90 minutes apart."""
+    db = sqlite3.connect(small_log, isolation_level=None)
+    decision(db, NOW + 600, "live1", "Checkout", "offer", rule="check", queue="Sales", offer_id="n1")
+    decision(db, NOW + 6000, "live2", "Checkout", "offer", rule="check", queue="Sales", offer_id="n2")
+    outcome(db, "n1", "accepted", NOW + 620)
+    db.close()
+    return small_log
+
+
+def _status(d: ops.Dashboard, attribute: str) -> str:
+    return d.status.value.split(f'data-{attribute}="', 1)[1].split('"', 1)[0]
+
+
+def test_dashboard_opens_on_the_latest_activity_and_says_older_data_exists(old_and_new_log: Path) -> None:
+    d = ops.dashboard(old_and_new_log)
+    assert d.time_range.value == "7d" and _value(d, "offers") == "2"  # today's two offers, not the year's seven
+    assert float(_status(d, "range-start")) == NOW + 6000 - 7 * 86400 and _status(d, "range-end") == ""
+    assert _status(d, "older") == "1" and _status(d, "decisions") == "2"
+    assert "Older decisions exist, from 2026-01-05 12:00" in d.status.value
+    assert "the last 7 days up to the latest decision (2026-11-30 01:40 to 2026-12-07 01:40 UTC)" in d.status.value
+    # the per-hour charts span today's activity, its quiet hour drawn as zero: not a year-wide axis
+    assert "2 hours with offers of the 2 hours shown" in d.chart_notes["over_time"].value
+    d.time_range.value = "custom"  # the custom range starts on the default range's dates, not the log's first
+    assert (d.start_day.value, d.end_day.value) == (date(2026, 11, 30), date(2026, 12, 7))
+    d.time_range.value = "all"  # everything: the quiet year keeps its width, and the note names it
+    assert _value(d, "offers") == "7" and _status(d, "older") == "0" and "Older decisions" not in d.status.value
+    note = d.chart_notes["over_time"].value
+    assert "6 hours with offers of the 8,054 hours shown" in note
+    assert "no offers for 334 days from 2026-01-06 13:00" in note
+
+
+def test_per_hour_charts_fill_quiet_hours_with_zeros() -> None:
+    summary = ops.DecisionSummary({"offer": 2}, T + 10, T + 3 * 3600 + 5)
+    assert ops.view._hours(summary) == [T, T + 3600, T + 7200, T + 10800]
+    assert ops.view._hours(ops.DecisionSummary()) == []
+
+
+def test_one_is_singular_everywhere(tmp_path: Path) -> None:
+    from pcrules.ops.text import duration, plural
+
+    assert [plural(1, "hour"), plural(2, "hour"), plural(0, "offer"), plural(1234, "decision")] == [
+        "1 hour", "2 hours", "0 offers", "1,234 decisions"]
+    assert [duration(3600), duration(7300), duration(86400 * 340), duration(59), duration(60)] == [
+        "1 hour", "2 hours", "340 days", "59 seconds", "1 minute"]
+    assert ops.Uplift(99, 10, 100, 10).missing.startswith("needs 1 more offered visitor for 100")
+    path = tmp_path / "one.sqlite"
+    db = new_log(path)
+    decision(db, T, "v1", "Checkout", "offer", rule="check", queue="Sales", offer_id="o1")
+    decision(db, T + 5, "v1", "Checkout", "wait", rule="check", queue="Sales")
+    outcome(db, "o1", "accepted", T + 20)
+    db.close()
+    d = ops.dashboard(path)
+    text = " ".join([d.status.value, d.header.value, d.recent_html.value,
+                     *(t.value for t in d.tiles.values()), *(n.value for n in d.chart_notes.values())])
+    for noun in ("hour", "decision", "offer", "page", "rule", "queue", "wait", "chat", "ended offer"):
+        assert f" 1 {noun}s" not in text and f">1 {noun}s" not in text, noun
+    assert "1 hour with offers of the 1 hour shown" in d.chart_notes["over_time"].value
+    assert "1 page with offers" in d.chart_notes["by_page"].value
+    assert "1 wait" in d.chart_notes["blocked"].value and "2 decisions," in d.status.value
+
+
+def test_long_ids_are_shortened_with_the_whole_id_on_hover(small_log: Path) -> None:
+    visitor, session = "3f2b9c4e8d7a4b1c9e0f6a5b4c3d2e1f", "0a1b2c3d4e5f46a7b8c9d0e1f2a3b4c5"
+    db = sqlite3.connect(small_log, isolation_level=None)
+    decision(db, T + 90000, visitor, "Checkout", "none", "no_rule")
+    db.execute("UPDATE decisions SET session_id = ? WHERE visitor_id = ?", (session, visitor))
+    db.close()
+    html = ops.dashboard(small_log).recent_html.value
+    assert f'<span class="pcrules-id" title="{visitor}">3f2b9c4e…</span>' in html
+    assert f'<span class="pcrules-id" title="{session}">0a1b2c3d…</span>' in html
+    assert html.count(visitor) == 1 and html.count(session) == 1  # in the tooltip only
+    assert "<td>v1-s0</td>" in html  # a short id stays as it is
+
+
+HELD_OUT = {"roc_auc": 0.71234, "n": 12500, "oracle": None, "warnings": ["13 accepts held out: too few."],
+            "reliability": [{"lo": 0.0, "hi": 0.1, "count": 332, "mean_predicted": 0.0384, "observed": None},
+                            {"lo": 0.1, "hi": 0.2, "count": 18, "mean_predicted": 0.1234, "observed": 0.1111}]}
+
+
+def test_model_metrics_are_readable(small_log: Path, tmp_path: Path) -> None:
+    from pcrules.bundle import publish
+
+    publish(SPEC, None, tmp_path / "published", metrics={"held_out": HELD_OUT, "train_rows": 41000,
+                                                         "guardrail": {"checked": True}})
+    d = ops.dashboard(small_log, tmp_path / "published")
+    metrics = d.bundle_html.value.split('class="pcrules-table pcrules-metrics">', 1)[1].split("</table></div>", 1)[0]
+    assert "<th>held_out.roc_auc</th><td>0.7123</td>" in metrics
+    assert "<th>held_out.n</th><td>12,500</td>" in metrics and "<th>train_rows</th><td>41,000</td>" in metrics
+    assert "<th>held_out.oracle</th><td>—</td>" in metrics and "<th>guardrail.checked</th><td>yes</td>" in metrics
+    assert '<div class="pcrules-metric-line">13 accepts held out: too few.</div>' in metrics
+    # the bins: a small table folded under a summary, every number formatted, no JSON
+    assert "<summary>2 bins</summary>" in metrics
+    assert "<th>lo</th><th>hi</th><th>count</th><th>mean_predicted</th><th>observed</th>" in metrics
+    assert "<td>0.1</td><td>0.2</td><td>18</td><td>0.1234</td><td>0.1111</td>" in metrics
+    assert "None" not in metrics and "{" not in metrics and "[" not in metrics and "&quot;" not in metrics
+
+
+def test_date_pickers_are_wide_enough_for_the_whole_date(small_log: Path) -> None:
+    d = ops.dashboard(small_log)
+    for picker in (d.start_day, d.end_day):
+        assert int(picker.layout.width.removesuffix("px")) >= 200 and picker.style.description_width == "initial"
+
+
+def test_answers_are_remembered_until_the_log_changes(small_log: Path) -> None:
+    d = ops.dashboard(small_log)
+    d.queue.value = "Billing"
+    before = len(d.memo._items)
+    d.queue.value = ""
+    d.refresh_button.click()  # nothing written: every answer (charts included) is the remembered one
+    assert len(d.memo._items) == before and _value(d, "offers") == "5"
+    db = sqlite3.connect(small_log, isolation_level=None)
+    decision(db, T + 86430, "v9", "FAQ", "offer", rule="help", queue="Support", offer_id="o9")
+    db.close()
+    d.refresh_button.click()  # a new decision: a new stamp, asked again
+    assert _value(d, "offers") == "6" and len(d.memo._items) > before
+
+
+def test_background_charts_follow_the_tiles_and_skip_a_superseded_selection(small_log: Path) -> None:
+    d = ops.dashboard(small_log, background_charts=True)
+    assert _value(d, "offers") == "5"  # the tiles, at once
+    d.wait_for_charts(timeout=60)
+    assert all(bytes(img.value).startswith(b"\x89PNG") for img in d.chart_images.values())
+    assert "pcrules-charts-pending" not in d.charts_box._dom_classes and _status(d, "decisions") == "10"
+    drawn = d.chart_images["by_queue"].value
+    d._generation += 1  # as if another refresh had started meanwhile: this one's charts are not shown
+    d._show_details(d._generation - 1, (0,), Filters(queue="Sales"), ops.OfferCube(), 0.0)
+    assert d.chart_images["by_queue"].value == drawn
+    d.queue.value = "Sales"
+    d.wait_for_charts(timeout=60)
+    assert d.chart_images["by_queue"].value != drawn and _status(d, "decisions") == "3"

@@ -39,7 +39,9 @@ DEFAULT_RULES = ROOT / "pcrules" / "default_rules.yaml"
 FIRST_RENDER_MS = 90_000  # a fresh machine builds matplotlib's font cache on the first kernel
 ERROR_TEXT = ("Traceback", "Error", "error when executing", "Exception")
 CHARTS = ("over-time", "by-page", "by-rule", "by-queue", "queue-load", "blocked")
-METRICS = {"auc": 0.7312, "brier": 0.0461, "training_events": 37430}
+METRICS = {"auc": 0.7312, "brier": 0.0461, "training_events": 37430,
+           "held_out": {"oracle": None, "reliability": [{"lo": 0.0, "hi": 0.1, "count": 332, "observed": 0.0392},
+                                                        {"lo": 0.1, "hi": 0.2, "count": 18, "observed": None}]}}
 HOLDOUT = 0.3  # enough withheld visitors in the sample for an estimate over all queues
 WINDOW_S = 86400.0  # a goal counts within a day of the visitor's first offer or would-be offer
 
@@ -251,6 +253,11 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     everything = expected(log)
     assert everything["offers"] > 500 and everything["uplift"].enough_data  # the sample gives a real dashboard
     check_tiles(page, everything)
+    # it opens on the last 7 days of activity, which hold the whole sample (a week of it): nothing older
+    status = page.locator(".pcrules-status [data-older]")
+    expect(status).to_contain_text("Showing the last 7 days up to the latest decision")
+    expect(status).to_have_attribute("data-older", "0")
+    expect(page.locator(".pcrules-filter-time-range select")).to_have_value("Last 7 days")
 
     # every chart, with a loaded image
     for key in CHARTS:
@@ -266,7 +273,12 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     expect(bundle).to_contain_text(created)
     expect(bundle.locator("tr[data-rule]")).to_have_count(len(load_spec(DEFAULT_RULES).rules))
     expect(bundle.locator('tr[data-rule="checkout-hesitation"]')).to_contain_text("seconds_on_page ≥ 90")
-    expect(bundle.locator(".pcrules-metrics")).to_contain_text("0.7312")
+    metrics = bundle.locator(".pcrules-metrics")
+    expect(metrics).to_contain_text("0.7312")
+    expect(metrics).to_contain_text("37,430")
+    expect(metrics.locator("tr", has_text="held_out.oracle")).to_contain_text("—")
+    expect(metrics.locator("details summary")).to_have_text("2 bins")  # the bins as a table, folded
+    assert not [raw for raw in ("None", "[{", '{"') if raw in metrics.inner_text()]
     # recent decisions: a page of them, not the log
     expect(page.locator(".pcrules-recent-table tr")).to_have_count(26)
     assert_no_error_text(page, recorder)
@@ -298,6 +310,11 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     time_range.select_option(label="Custom dates")
     page.locator(".pcrules-filter-from input").fill("2025-11-26")
     page.locator(".pcrules-filter-to input").fill("2025-11-27")
+    for picker in ("from", "to"):  # wide enough for the whole date, the year included
+        width = page.locator(f".pcrules-filter-{picker} input").evaluate(
+            "e => [e.clientWidth, e.scrollWidth, e.getBoundingClientRect().width]")
+        assert width[1] <= width[0] and width[2] >= 130, width
+    page.locator(".pcrules-filter-refresh").locator("xpath=..").screenshot(path=str(ARTIFACTS / "ops-filters.png"))
     start = datetime(2025, 11, 26, tzinfo=UTC).timestamp()
     end = datetime(2025, 11, 28, tzinfo=UTC).timestamp()
     two_days = expected(log, "ts >= ? AND ts < ?", (start, end))

@@ -7,7 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-SHORT_ID = 8  # characters of an id shown in a table (the whole id is in the cell's tooltip)
+SHORT_ID = 8  # characters of a long id shown in a table (the whole id is in the cell's tooltip)
+LONG_ID = 12  # ids longer than this are shortened (a 32-hex uuid is; "v000709-s0" is readable as it is)
 
 
 def esc(value: Any) -> str:
@@ -31,9 +32,9 @@ def duration(seconds: float) -> str:
 
 
 def short_id(value: Any) -> str:
-    """An id in a table cell: its first characters, the whole id in the tooltip (``title``)."""
+    """An id in a table cell (HTML): a long one as its first characters, the whole id in the tooltip."""
     text = "" if value is None else str(value)
-    if len(text) <= SHORT_ID + 1:
+    if len(text) <= LONG_ID:
         return esc(text)
     return f'<span class="pcrules-id" title="{esc(text)}">{esc(text[:SHORT_ID])}…</span>'
 
