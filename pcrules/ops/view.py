@@ -5,7 +5,7 @@ Two layers:
 * **Queries** (standard library only): each takes a read-only connection to the
   SQLite decision log (schema in ``data/README.md``) and a :class:`Filters`, and
   aggregates in SQL. Nothing loads the log into memory: a refresh runs a few
-  grouped queries: decisions by action and reason (:func:`decisions_by_reason`),
+  grouped queries: decisions by action and reason (:func:`decision_summary`),
   offers by (hour, page, rule, queue, outcome) (:func:`offer_cube`, through the
   log's partial index on ``offer_id``: offers only), eligible visitors by arm
   with their goals (:func:`uplift`), the log's size and time span; and two
@@ -16,7 +16,9 @@ Two layers:
   queue or page filter picks from those rows; every answer (and every chart)
   is remembered by its question and the log's stamp (:func:`log_stamp`, four
   row ids), so choosing a filter again, or Refresh on an unchanged log, reads
-  nothing. The tiles are filled before the charts are drawn.
+  nothing. The tiles are filled first; then the decisions are counted and the
+  charts drawn, by a helper thread with ``background_charts`` (the notebook's
+  choice: the page shows as soon as the tiles have their numbers).
 * **Widgets** (:class:`Dashboard`, :func:`dashboard`): ipywidgets and matplotlib
   (PNG images in ``Image`` widgets: no JavaScript library, nothing from a CDN),
   imported only when a dashboard is built.
