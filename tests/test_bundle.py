@@ -558,6 +558,30 @@ def test_cli_publish_rollback_and_info(out, files, capsys):
     assert err.startswith("error: ") and "nothing to roll back to" in err and "Traceback" not in err
 
 
+def test_cli_bundle_info_on_one_version_is_a_readable_description(out, files, capsys):
+    rules, model = files
+    metrics = rules.parent / "metrics.json"
+    metrics.write_text(json.dumps({"held_out": {"n": 2000, "positives": 100, "roc_auc": 0.7123, "brier": 0.04,
+                                                "reliability": [{"lo": 0.0, "hi": 0.1}], "oracle": None},
+                                   "train_rows": 6000, "test_rows": 2000, "warnings": ["too few accepts " * 20],
+                                   "support": {"seconds_on_page": {"low": 1, "high": 900}}, "seed": 3}))
+    assert main(["publish", "--rules", str(rules), "--model", str(model), "--metrics", str(metrics),
+                 "--out", str(out)]) == 0
+    version = current_version(out)
+    capsys.readouterr()
+    assert main(["bundle-info", str(out / "versions" / version)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"bundle {version} at ") and lines[0].endswith(": verified")
+    text = "\n".join(lines)
+    assert "ruleset   'bundled'" in text and "1 rule(s)" in text
+    assert "\n  model     " in text and "model     none" not in text
+    assert "held out  2,000 offers, 100 accepted; AUC 0.712; Brier 0.0400" in text
+    assert "trained   on 6,000 training rows, 2,000 held-out rows" in text
+    assert "warnings  1: too few accepts" in text and "seed 3" in text and "support (in manifest.json)" in text
+    assert "{" not in text and "reliability" not in text  # no raw JSON
+    assert len(lines) <= 12 and all(len(line) <= 250 for line in lines)
+
+
 def test_cli_errors_are_one_message_and_exit_1(out, files, tmp_path, capsys):
     rules, model = files
     bad = tmp_path / "bad.yaml"

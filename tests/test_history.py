@@ -15,6 +15,8 @@ from pcrules.history import (
     HistoryError,
     LoadReport,
     MissingColumns,
+    UnknownFormat,
+    check_columns,
     load_events,
     load_offers,
     load_page_views,
@@ -194,6 +196,8 @@ def test_missing_columns_are_the_one_fatal_case(tmp_path):
     assert err.missing == {"session_id": "SessionID", "seconds_on_page": "seconds_on_page"}
     assert "missing required column(s): session_id (looked for 'SessionID'), seconds_on_page" in str(err)
     assert "'Time', 'Visitor', 'page'" in str(err)
+    assert err.available == ["Time", "Visitor", "page"] and err.table == "events" and err.source == str(path)
+    assert "columns=" not in str(err) and "Map them" not in str(err)  # neutral: each caller adds its remedy
     # A missing optional column is only noted.
     _write(path, "ts,visitor_id,session_id,page,seconds_on_page\n1764057600,v1,s1,Home,0\n")
     frame, report = load_events(path)
@@ -263,3 +267,49 @@ def test_a_written_world_loads_back_clean_and_valid(worlds, tmp_path, fmt):
     assert report.ok and views["needs_help"].tolist() == world.page_views["needs_help"].tolist()
     for row in events.head(200).drop(columns=["response", "response_delay_s"]).to_dict("records"):
         validate_event({k: (None if v is pd.NA else v) for k, v in row.items()}, clock=lambda: 0.0)
+
+
+def test_the_format_error_is_neutral_and_carries_what_a_caller_needs(tmp_path):
+    (tmp_path / "data.xlsx").write_text("x")
+    with pytest.raises(UnknownFormat) as info:
+        load_events(tmp_path / "data.xlsx")
+    err = info.value
+    assert isinstance(err, HistoryError) and err.path == str(tmp_path / "data.xlsx") and err.given is None
+    assert "the format (csv or parquet)" in str(err) and "format=" not in str(err)
+    assert ".parquet" in err.suffixes["parquet"] and ".csv.gz" in err.suffixes["csv"]
+    with pytest.raises(UnknownFormat, match="the format must be csv or parquet, got 'xls'"):
+        load_events(tmp_path / "data.xlsx", format="xls")
+
+
+def test_a_binary_file_is_refused_in_one_line_not_read_as_garbage_rows(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(HistoryError, match="cannot read as a CSV file") as info:
+        load_events(path)
+    assert "\n" not in str(info.value)
+    path.write_bytes(b"\xff\xfet\x00s\x00")  # UTF-16
+    with pytest.raises(HistoryError, match="not text|not UTF-8"):
+        load_events(path)
+    path.write_bytes(b"ts,visitor_id,session_id,page,seconds_on_page\n1764057600,v\xff,s1,Home,3\n")
+    frame, report = load_events(path)  # a bad byte in a data row spoils that row only
+    assert len(frame) == 1
+
+
+def test_check_columns_reads_only_the_header_and_raises_as_a_load_would(tmp_path):
+    path = tmp_path / "events.csv.gz"
+    with gzip.open(path, "wt") as out:
+        out.write("ts,visitor_id,session_id,page,seconds_on_page,extra\n1764057600,v1,s1,Home,0,x\n")
+    assert check_columns(path, "events") == ["ts", "visitor_id", "session_id", "page", "seconds_on_page", "extra"]
+    pd.DataFrame({"ts": [1.0], "visitor_id": ["v"]}).to_parquet(tmp_path / "e.parquet")
+    with pytest.raises(MissingColumns) as info:
+        check_columns(tmp_path / "e.parquet", "events")
+    assert set(info.value.missing) == {"session_id", "page", "seconds_on_page"}
+    assert check_columns(tmp_path / "e.parquet", "events", {"session_id": "visitor_id", "page": "ts",
+                                                            "seconds_on_page": "ts"})
+    (tmp_path / "text.parquet").write_text("ts\n1\n")
+    with pytest.raises(HistoryError, match="cannot read as a Parquet file"):
+        check_columns(tmp_path / "text.parquet", "events")
+    with pytest.raises(HistoryError, match="no such file"):
+        check_columns(tmp_path / "nope.csv", "events")
+    with pytest.raises(UnknownFormat):
+        check_columns(tmp_path / "events.json", "events")
