@@ -142,6 +142,12 @@ def test_publish_asks_first_and_only_confirm_writes(world: Any, scorer: Any, tmp
     assert first not in header
     assert "it is now current" in _text(tuner.message.value)
 
+    # Reset goes back to the live ruleset's knobs: the one just published, not the one the tuner opened with
+    tuner.set("help-seeker", wait_s=200.0)
+    tuner.on_reset()
+    assert tuner.settings_or_initial() == tuner._current_settings != tuner.model.initial
+    assert tuner.settings_or_initial().rules["help-seeker"].wait_s == 65.0
+
 
 def test_the_question_shows_the_guardrail_and_the_override(world: Any, scorer: Any, tmp_path: Path) -> None:
     from pcrules.tuning import load_for_tuning

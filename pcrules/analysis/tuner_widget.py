@@ -235,7 +235,8 @@ class Tuner:
                                                "it is published only when you confirm")
         self.publish_button.add_class("pcrules-publish")
         self.publish_button.on_click(self.ask_publish)
-        self.reset_button = w.Button(description="Reset", icon="undo", tooltip="Back to the current ruleset")
+        self.reset_button = w.Button(description="Reset", icon="undo",
+                                     tooltip="Back to the live ruleset's knobs")
         self.reset_button.add_class("pcrules-reset")
         self.reset_button.on_click(self.on_reset)
         self.check_button = w.Button(description="Check against the log", icon="balance-scale",
@@ -547,8 +548,9 @@ class Tuner:
 
     def on_reset(self, button: Any = None) -> None:
         try:
-            self.name.value = self.spec.name
-            self.apply(self.model.initial)
+            live = self._current_settings  # the live ruleset's knobs: after a Publish, the one just published
+            self.name.value = self.spec.name if live is None else self.current.name
+            self.apply(self.model.initial if live is None else live)
             self.diff_html.value = ""
         except Exception as exc:
             log.exception("tuner: reset failed")
