@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -60,7 +61,7 @@ from ..runtime.stores.memory import MemoryStore, SharedStore
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
 from .http import STATIC_DIR, ApiError, SecurityHeaders, error_body, json_response, only, read_json  # noqa: F401
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
-from .security import ClientAddress, OperatorAuth, OriginPolicy, RateLimiter
+from .security import ClientAddress, Limiter, OperatorAuth, OriginPolicy, RateLimiter, RedisRateLimiter
 
 __all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", "STATIC_DIR", "DEMO_RULES",
            "config_from_env", "security_summary"]
@@ -120,14 +121,34 @@ class Service:
         self.pseudonymised = config.visitor_id_key is not None
         self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
         self.client_address = ClientAddress(config.trusted_proxies)
-        keys = config.rate_limit_keys
-        self.visitor_limit = (None if config.visitor_rate is None else
-                              RateLimiter("per_visitor", config.visitor_rate, config.visitor_burst, max_keys=keys))
-        self.address_limit = (None if config.address_rate is None else
-                              RateLimiter("per_address", config.address_rate, config.address_burst, max_keys=keys))
+        self.rate_limit_fallbacks: Counter | None = None
+        self.visitor_limit = self._limiter("per_visitor", config.visitor_rate, config.visitor_burst)
+        self.address_limit = self._limiter("per_address", config.address_rate, config.address_burst)
         # Failed operator logins per address: 20, then one every 10 s (the token itself is far beyond guessing).
         self.auth_failures = RateLimiter("operator_auth", 0.1, 20, max_keys=10_000)
         self.proxy_hint_given = False
+
+    def _limiter(self, name: str, rate: float | None, burst: int) -> Limiter | None:
+        """The per-visitor / per-address budget: in Redis when the state is (shared by every worker and host),
+        else this process's token buckets."""
+        config = self.config
+        if rate is None:
+            return None
+        if not (config.redis_url and self.store_kind == "redis"):
+            return RateLimiter(name, rate, burst, max_keys=config.rate_limit_keys)
+        if self.rate_limit_fallbacks is None:
+            self.rate_limit_fallbacks = Counter(
+                "pcrules_rate_limit_fallbacks", "Rate-limit checks decided by this worker's own token bucket "
+                "because Redis did not answer (the budget is then per worker)", ["limit"],
+                registry=self.metrics.registry)
+        fallbacks = self.rate_limit_fallbacks
+        # A rate-limit check waits for Redis at most a quarter of a second (the store's own timeout if shorter).
+        return RedisRateLimiter(name, rate, burst, config.redis_url, prefix=config.redis_prefix,
+                                timeout_s=min(0.25, config.redis_socket_timeout_s),
+                                connect_timeout_s=min(0.25, config.redis_connect_timeout_s),
+                                secret=config.visitor_id_key, max_keys=config.rate_limit_keys,
+                                retry_s=WATCH_EVERY_S, skip=lambda: self.store_down,
+                                on_fallback=lambda limit: fallbacks.labels(limit).inc())
 
     @classmethod
     def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> Service:
@@ -382,8 +403,8 @@ def _check_ts(svc: Service, body: dict) -> None:
 # --------------------------------------------------------------------------- rate limits and the operator token
 
 
-def _throttle(limiter: RateLimiter, key: str, who: str) -> None:
-    wait = limiter.hit(key)
+async def _throttle(limiter: Limiter, key: str, who: str) -> None:
+    wait = await limiter.acquire(key)
     if wait:
         seconds = max(1, math.ceil(wait))
         raise ApiError(429, "rate_limited", f"too many requests {who}: at most {limiter.describe()}; retry after "
@@ -391,11 +412,11 @@ def _throttle(limiter: RateLimiter, key: str, who: str) -> None:
                        limit=limiter.name, retry_after_s=seconds)
 
 
-def _limit_address(svc: Service, request: Request) -> None:
+async def _limit_address(svc: Service, request: Request) -> None:
     if svc.address_limit is not None:
         where = svc.client_address(request.scope)
         try:
-            _throttle(svc.address_limit, where, "from this address")
+            await _throttle(svc.address_limit, where, "from this address")
         except ApiError:
             if not svc.proxy_hint_given and not svc.config.trusted_proxies and _private(where):
                 svc.proxy_hint_given = True
@@ -411,10 +432,10 @@ def _private(address: str) -> bool:
         return False
 
 
-def _limit_visitor(svc: Service, visitor_id: Any) -> None:
+async def _limit_visitor(svc: Service, visitor_id: Any) -> None:
     # An id the runtime will refuse anyway is not worth a bucket.
     if svc.visitor_limit is not None and visitor_id.__class__ is str and 0 < len(visitor_id) <= 128:
-        _throttle(svc.visitor_limit, visitor_id, "for this visitor")
+        await _throttle(svc.visitor_limit, visitor_id, "for this visitor")
 
 
 def _authorize(svc: Service, request: Request) -> None:
@@ -453,10 +474,10 @@ def _operator(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
 async def observe(request: Request) -> Response:
     start = time.perf_counter()
     svc = _svc(request)
-    _limit_address(svc, request)
+    await _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes)
     _check_ts(svc, body)
-    _limit_visitor(svc, body.get("visitor_id"))
+    await _limit_visitor(svc, body.get("visitor_id"))
     decision = await svc.observe(body)
     response = json_response(decision.to_public_dict(body["visitor_id"] if svc.pseudonymised else None))
     svc.metrics.latency.observe(time.perf_counter() - start)
@@ -472,14 +493,14 @@ async def answer(request: Request) -> Response:
     if what not in ANSWERS:
         raise ApiError(404, "not_found", f"answer: expected one of {', '.join(ANSWERS)}, got {what[:32]!r}",
                        field="answer")
-    _limit_address(svc, request)
+    await _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes, required=False)
     only(body, (*OWNER, "ts") if svc.config.trust_client_ts else OWNER)
     for name in OWNER:  # the offer's own visitor and session: anyone else's answer is refused as "not found"
         if name not in body:
             raise ApiError(400, "invalid_body", f"{name}: required: the {name.split('_')[0]}'s id, as sent to "
                                                 f"/v1/observe", field=name)
-    _limit_visitor(svc, body["visitor_id"])
+    await _limit_visitor(svc, body["visitor_id"])
     runtime = svc.runtime
     fn = {"accept": runtime.accept, "decline": runtime.decline, "expire": runtime.expire}[what]
     outcome = await svc.call(functools.partial(fn, request.path_params["offer_id"], _ts(svc, body),
@@ -498,13 +519,13 @@ async def goal(request: Request) -> Response:
     forged, so a chat server that knows the outcome for sure should report it itself (Runtime.record_goal).
     """
     svc = _svc(request)
-    _limit_address(svc, request)
+    await _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes)
     only(body, (*GOAL_FIELDS, "ts") if svc.config.trust_client_ts else GOAL_FIELDS)
     for name in GOAL_FIELDS[:3]:
         if body.get(name) is None:
             raise ApiError(400, "invalid_body", f"{name}: required", field=name)
-    _limit_visitor(svc, body["visitor_id"])
+    await _limit_visitor(svc, body["visitor_id"])
     await svc.call(functools.partial(svc.runtime.record_goal, body["visitor_id"], body["session_id"], body["goal"],
                                      ts=_ts(svc, body), value=body.get("value")), store=False)  # only logged
     return json_response({"recorded": True, "goal": body["goal"]}, 202)

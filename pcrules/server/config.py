@@ -42,8 +42,10 @@ class ServerConfig:
     # With a key (>= 16 bytes; $PCRULES_VISITOR_ID_KEY) the log and the store hold a keyed hash of each visitor id.
     visitor_id_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the public routes; none by default
-    # Token buckets on the public routes, per process: requests/s and burst per visitor id and per client
-    # address (None: no limit). Behind a proxy list it in trusted_proxies, else every client has its address.
+    # Rate limits on the public routes: requests/s and burst per visitor id and per client address (None: no
+    # limit). With redis_url the budgets are held in Redis, shared by every worker and host (security.py:
+    # RedisRateLimiter); without it, token buckets per process. Behind a proxy list it in trusted_proxies, else
+    # every client has the proxy's address.
     visitor_rate: float | None = 1.0
     visitor_burst: int = 30
     address_rate: float | None = 50.0
@@ -150,7 +152,8 @@ def security_summary(config: ServerConfig) -> list[str]:
         return "no limit" if rate is None else f"{rate:g}/s, bursts of {burst}"
 
     proxies = ", ".join(config.trusted_proxies) or "none"
-    out.append(f"rate limits per worker: per visitor {limit(config.visitor_rate, config.visitor_burst)}; per address "
+    where = "shared by every worker and host (in Redis)" if config.redis_url else "per worker"
+    out.append(f"rate limits {where}: per visitor {limit(config.visitor_rate, config.visitor_burst)}; per address "
                f"{limit(config.address_rate, config.address_burst)} (trusted proxies: {proxies})")
     out.append("CORS: " + (", ".join(config.cors_origins) if config.cors_origins
                            else "none (only this server's own pages may post; set cors_origins to allow a site)"))

@@ -5,6 +5,9 @@
 - :class:`RateLimiter`: token buckets per key (a visitor id, a client address), bounded in memory: a bucket
   idle long enough to be full again is dropped, and past ``max_keys`` the least recently used go first.
   Per process (each uvicorn worker counts for itself) and not thread-safe: it runs on the event loop.
+- :class:`RedisRateLimiter`: the same budget held in Redis (the ``limits`` library), shared by every worker and
+  host that uses that Redis; its own per-process :class:`RateLimiter` stands in while Redis does not answer.
+  Both are a :class:`Limiter`, which is all the public routes need.
 - :class:`ClientAddress`: the key of the client's address: the peer address, or the right-most
   ``X-Forwarded-For`` hop that is not a configured trusted proxy; IPv6 addresses count per /64.
 - :class:`OriginPolicy`: CORS for the configured origins only (no wildcard unless configured), preflights
@@ -13,18 +16,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["OperatorAuth", "RateLimiter", "ClientAddress", "OriginPolicy", "check_origin", "MIN_TOKEN_CHARS",
+log = logging.getLogger("pcrules.server")
+
+__all__ = ["OperatorAuth", "Limiter", "RateLimiter", "RedisRateLimiter", "ClientAddress", "OriginPolicy",
+           "check_origin", "MIN_TOKEN_CHARS",
            "OPERATOR_TOKEN_ENV", "VISITOR_ID_KEY_ENV"]
 
 OPERATOR_TOKEN_ENV = "PCRULES_OPERATOR_TOKEN"
@@ -57,6 +65,18 @@ class OperatorAuth:
 
 
 # --------------------------------------------------------------------------- rate limits
+
+
+class Limiter(Protocol):
+    """A rate limit as the public routes use it: ``await acquire(key)`` takes one request of `key`'s budget and
+    gives 0.0, or refuses (taking nothing) and gives the seconds until one would pass; ``describe()`` is the
+    budget in words for the 429's message; ``name`` is the 429's ``limit`` ("per_visitor", "per_address")."""
+
+    name: str
+
+    async def acquire(self, key: str) -> float: ...
+
+    def describe(self) -> str: ...
 
 
 class RateLimiter:
@@ -112,8 +132,133 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket[0]) / self.rate
 
+    async def acquire(self, key: str) -> float:
+        """:meth:`hit`, as a :class:`Limiter` (nothing to wait for: it is all in this process)."""
+        return self.hit(key)
+
     def describe(self) -> str:
         return f"{self.rate:g}/s (bursts of {self.burst})"
+
+
+class RedisRateLimiter:
+    """A budget of `burst` requests, then `rate` per second, per key, held in Redis: every worker and every host
+    using that Redis draws on the same budget, so N workers allow the budget once, not N times.
+
+    **Strategy: the sliding window counter** (``limits.aio.strategies.SlidingWindowCounterRateLimiter``) with a
+    window of ``W = burst / rate`` seconds (rounded to whole seconds, at least 1) and a limit of `burst` per
+    window. Of the ``limits`` strategies it is the closest to the token bucket that one process uses:
+
+    - a new key passes `burst` requests at once and refuses the next, like a full bucket;
+    - after the window in which a burst was spent, requests pass again at `rate` per second (the previous
+      window's count is weighted down linearly), like a bucket refilling; traffic at `rate` or slower is
+      never refused;
+    - in any stretch of T seconds it passes at most about ``burst + rate * T``, the token bucket's own bound.
+
+    It refuses more than the bucket in one case: a client that spent its whole burst early in a window waits
+    for that window to end (at most W) before passing at `rate` again. The moving window would keep the
+    bucket's bound too but hands the budget back a whole burst at a time (after W, not at `rate`) and stores
+    one timestamp per request (up to `burst` per key); the fixed window lets up to twice the burst through
+    around a window's edge. The counter keeps two integers per key, expiring by themselves after 2 W, and each
+    check is one script run in Redis (its clock, not the hosts', measures the windows). When ``burst < rate``
+    (a window shorter than a second) the window is 1 s and its limit ``round(rate)``: the rate is kept and the
+    burst grows to one second's worth.
+
+    **Keys**: ``<prefix>ratelimit:LIMITER/<name>/<digest>/...``, where `prefix` is the store's (``pcrules:``)
+    and `digest` a BLAKE2b hash of the key (keyed with `secret` when given, the visitor-id key): neither the
+    visitor ids nor the client addresses reach Redis as sent.
+
+    **When Redis does not answer** (down, stalled past `timeout_s`, refusing): the request is not refused and
+    does not fail; this process's own token bucket (`fallback`, the same rate and burst) decides it, the
+    outage is logged once as a warning (and its end once), and ``on_fallback(name)`` is called for each
+    request decided so (a counter in /metrics). For `retry_s` after a failure, and while `skip()` says so (the
+    shared store is known to be down), Redis is not asked at all, so a stalled Redis costs at most one
+    `timeout_s` per `retry_s`. Why not 503, as the store does: the limit protects the server, it is not state
+    that must be right; while Redis is down the routes that need the store get 503 from the store anyway, and
+    the others (goals) keep a limit, per worker, instead of being refused for a failure of the limiter.
+    """
+
+    def __init__(self, name: str, rate: float, burst: int, url: str, *, prefix: str = "pcrules:",
+                 timeout_s: float = 0.25, connect_timeout_s: float = 0.25, secret: str | bytes | None = None,
+                 fallback: RateLimiter | None = None, max_keys: int = 100_000, retry_s: float = 1.0,
+                 skip: Callable[[], bool] | None = None, on_fallback: Callable[[str], None] | None = None):
+        if not (rate > 0 and math.isfinite(rate)) or burst < 1:
+            raise ValueError(f"{name}: expected a rate > 0 and a burst >= 1")
+        from limits import RateLimitItemPerSecond
+
+        self.name, self.rate, self.burst = name, float(rate), int(burst)
+        self.window_s = max(1, round(self.burst / self.rate))
+        self.limit = self.burst if self.burst >= self.rate else max(self.burst, round(self.rate))
+        self.item = RateLimitItemPerSecond(self.limit, self.window_s)
+        self.url, self.prefix = url, prefix
+        self.timeout_s, self.connect_timeout_s, self.retry_s = float(timeout_s), float(connect_timeout_s), retry_s
+        raw = secret.encode() if isinstance(secret, str) else (secret or b"")
+        self._hash_key = hashlib.sha256(raw).digest() if raw else b""
+        self.fallback = fallback or RateLimiter(name, rate, burst, max_keys=max_keys)
+        self.skip = skip
+        self.on_fallback = on_fallback
+        self.down_until = 0.0  # monotonic time before which Redis is not asked
+        self.failing = False  # an outage was logged and has not ended
+        self._loop: Any = None
+        self._strategy: Any = None
+
+    def _digest(self, key: str) -> str:
+        return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), key=self._hash_key, digest_size=16).hexdigest()
+
+    def _limiter(self) -> Any:
+        """The strategy on a Redis client of the running event loop (asyncio connections belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            import redis.asyncio
+            from limits.aio.storage import RedisStorage
+            from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+            pool = redis.asyncio.ConnectionPool.from_url(
+                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.connect_timeout_s)
+            pool_option: Any = {"connection_pool": pool}  # passed on to redis-py (limits types options narrowly)
+            storage = RedisStorage("async+redis://", implementation="redispy", wrap_exceptions=True,
+                                   key_prefix=f"{self.prefix}ratelimit", **pool_option)
+            self._strategy, self._loop = SlidingWindowCounterRateLimiter(storage), loop
+        return self._strategy
+
+    async def acquire(self, key: str) -> float:
+        now = time.monotonic()
+        if now < self.down_until or (self.skip is not None and self.skip()):
+            return self._fall_back(key)
+        digest = self._digest(key)
+        try:
+            limiter = self._limiter()
+            if await limiter.hit(self.item, self.name, digest):
+                wait = 0.0
+            else:
+                stats = await limiter.get_window_stats(self.item, self.name, digest)
+                wait = min(float(self.window_s), max(0.001, stats.reset_time - time.time()))
+        except Exception as exc:  # noqa: BLE001 - whatever Redis or the client raise, the request goes on
+            self.down_until = time.monotonic() + self.retry_s
+            if not self.failing:
+                self.failing = True
+                log.warning("rate limit %s: Redis did not answer (%s: %s); this worker's own token bucket decides "
+                            "until it does (the budget is per worker meanwhile)", self.name, type(exc).__name__,
+                            str(exc)[:200])
+            return self._fall_back(key)
+        if self.failing:
+            self.failing = False
+            log.warning("rate limit %s: Redis answers again; the budget is shared by every worker", self.name)
+        return wait
+
+    def _fall_back(self, key: str) -> float:
+        if self.on_fallback is not None:
+            self.on_fallback(self.name)
+        return self.fallback.hit(key)
+
+    async def clear(self, key: str) -> None:
+        """Forget `key`'s budget (tests, an operator's pardon)."""
+        await self._limiter().clear(self.item, self.name, self._digest(key))
+
+    def describe(self) -> str:
+        return (f"{self.limit / self.window_s:g}/s (bursts of {self.limit}), shared by every worker")
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter({self.name!r}, {self.describe()}, prefix={self.prefix!r})"
 
 
 # --------------------------------------------------------------------------- the client's address
