@@ -315,3 +315,112 @@ def test_paying_the_bill_reports_the_goal_through_the_snippet(browser, context, 
 def _goals_counted(httpx, server) -> float:
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     return float(next(line.split()[1] for line in text.splitlines() if line.startswith("pcrules_goals_total")))
+
+
+# --------------------------------------------------------------------------- the CSR console shows the real state
+
+
+def _row_status(csr, work_id: str, status: str, timeout: float = 10_000):
+    """Wait until the console's row of `work_id` among the other offers says `status`; return the row's text."""
+    row = csr.wait_for_selector(f'#offers tr[data-work-id="{work_id}"][data-status="{status}"]', timeout=timeout)
+    return row.inner_text()
+
+
+def _accepted_chat(browser, server):
+    """A new visitor who accepts the Bill Payment offer: (context, page, work id)."""
+    ctx = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = ctx.new_page()
+    page.goto(server.url + "/demo/bill-payment.html")
+    page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+    page.click("#pega-proactive-popup .pega-accept")
+    page.wait_for_selector("#pega-chat-window")
+    page.wait_for_function("() => window.pcrules.state.workId")
+    return ctx, page, state(page)["workId"]
+
+
+def test_the_csr_closes_a_chat_and_so_can_the_visitor(browser, server, tmp_path):
+    ctx, page, work_id = _accepted_chat(browser, server)
+    csr_ctx, csr, csr_watch, card = csr_card(browser, server, "Billing", work_id)
+    try:
+        close = card.query_selector("button.chat-close")
+        assert close is not None and close.get_attribute("aria-label") == f"Close chat {work_id}"
+        csr.screenshot(path=str(tmp_path / "csr-open.png"))
+        close.click()
+        csr.wait_for_selector(f'section[data-queue="Billing"] article.chat[data-work-id="{work_id}"]',
+                              state="detached", timeout=5_000)
+        assert "Bill Payment" in _row_status(csr, work_id, "Chat closed")
+        work = json.loads(csr.request.get(server.url + "/demo/pega/work").text())["items"]
+        assert [w["status"] for w in work if w["work_id"] == work_id] == ["Chat closed"]
+        # a closed chat cannot be closed again, and only a chat can be closed
+        again = csr.request.post(f"{server.url}/demo/pega/work/{work_id}/status", data={"status": "Chat closed"})
+        assert again.status == 409
+        csr.screenshot(path=str(tmp_path / "csr-closed.png"))
+
+        other_ctx, other, other_id = _accepted_chat(browser, server)  # the visitor ends this one
+        try:
+            csr.wait_for_selector(f'article.chat[data-work-id="{other_id}"]', timeout=5_000)
+            other.click("#pega-chat-window .pega-chat-close")
+            other.wait_for_selector("#pega-chat-window", state="detached")
+            csr.wait_for_selector(f'article.chat[data-work-id="{other_id}"]', state="detached", timeout=5_000)
+            _row_status(csr, other_id, "Chat closed")
+        finally:
+            other_ctx.close()
+        assert not csr_watch.errors and not csr_watch.dialogs
+    finally:
+        csr_ctx.close()
+        ctx.close()
+
+
+def test_offers_that_expire_or_whose_page_went_away_do_not_stay_offered(browser, tmp_path):
+    rules = {**RULES, "policy": {**RULES["policy"], "offer_timeout_s": 2},
+             "rules": [{**RULES["rules"][0], "when": {"page": "Bill Payment", "seconds_on_page": {"gte": 1}}}]}
+    with demo_server(tmp_path, rules, TOKEN) as srv:
+        csr_ctx = browser.new_context(viewport={"width": 1200, "height": 800})
+        csr = csr_ctx.new_page()
+        csr_watch = Watch(csr)
+        csr.goto(srv.url + "/demo/csr.html")
+        csr.wait_for_selector('body[data-loaded="1"]')
+        ctx = browser.new_context()
+        try:
+            # 1. nobody answers: the stand-in withdraws the pop-up after the wait time, the console says so
+            page = ctx.new_page()
+            page.goto(srv.url + "/demo/bill-payment.html")
+            page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+            work_id = _newest_work_id(csr, srv)
+            text = _row_status(csr, work_id, "Offered", timeout=2_000)
+            assert "expires in" in text or "expiring" in text
+            page.wait_for_selector("#pega-proactive-popup", state="detached", timeout=5_000)
+            assert "Bill Payment" in _row_status(csr, work_id, "No response", timeout=5_000)
+            page.close()
+
+            # 2. the visitor leaves the page while the pop-up is up: "Page closed", at once
+            other = browser.new_context()
+            try:
+                page = other.new_page()
+                page.goto(srv.url + "/demo/bill-payment.html")
+                page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+                work_id = _newest_work_id(csr, srv)
+                page.goto(srv.url + "/demo/")
+                _row_status(csr, work_id, "Page closed", timeout=1_900)  # before the wait time could end it
+            finally:
+                other.close()
+
+            # 3. a page that vanished without a word (no pagehide): the server closes the offer after the wait time
+            created = csr.request.post(srv.url + "/demo/pega/work", data={
+                "queue": "Billing", "metadata": {"pxResults": [{"Name": "Page Name", "Value": "Gone"}]}})
+            assert created.status == 201
+            silent = created.json()["work_id"]
+            _row_status(csr, silent, "Offered", timeout=2_000)
+            _row_status(csr, silent, "No response", timeout=12_000)
+            csr.screenshot(path=str(tmp_path / "csr-ended.png"))
+            statuses = {w["status"] for w in json.loads(csr.request.get(srv.url + "/demo/pega/work").text())["items"]}
+            assert "Offered" not in statuses
+            assert not csr_watch.errors and not csr_watch.dialogs
+        finally:
+            ctx.close()
+            csr_ctx.close()
+
+
+def _newest_work_id(csr, srv) -> str:
+    items = json.loads(csr.request.get(srv.url + "/demo/pega/work").text())["items"]
+    return items[-1]["work_id"]

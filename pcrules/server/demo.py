@@ -12,6 +12,13 @@ one server process:
     GET  /demo/pega/work                            every work item, for the CSR console
 
 The metadata reaches the CSR as name/value pairs, as Pega hands them over.
+
+A work item's life: "Offered", then the visitor's answer ("Accepted by customer", "Declined by customer"), or
+"No response" when the pop-up's wait time runs out, or "Page closed" when the visitor leaves the page with the
+pop-up open (the stand-in reports both from the page). A page that vanished without a word (a crash, a lost
+network) cannot report: an offer still "Offered" a few seconds past the wait time is "No response" all the same,
+so the console never shows an offer as open forever. An accepted chat ends with "Chat closed" (the CSR console's
+Close button, or the visitor's).
 """
 
 from __future__ import annotations
@@ -31,9 +38,13 @@ from .http import STATIC_DIR, ApiError, json_response, only, read_json
 if TYPE_CHECKING:
     from .app import Service
 
-__all__ = ["DemoPega", "demo_routes", "STATUSES"]
+__all__ = ["DemoPega", "demo_routes", "STATUSES", "ANSWERS"]
 
-STATUSES = ("Offered", "Accepted by customer", "Declined by customer", "No response")
+OFFERED, ACCEPTED, CHAT_CLOSED = "Offered", "Accepted by customer", "Chat closed"
+ANSWERS = (ACCEPTED, "Declined by customer", "No response", "Page closed")  # how an offer ends
+STATUSES = (OFFERED, *ANSWERS, CHAT_CLOSED)
+NO_RESPONSE = "No response"
+GRACE_S = 5.0  # past the wait time, an offer nobody answered is closed by the server (the page may be gone)
 MAX_ITEMS = 500
 MAX_PAIRS = 50
 MAX_TEXT = 1000
@@ -72,7 +83,17 @@ class DemoPega:
         self.items.append(item)
         return item
 
+    def expire(self, now: float | None = None) -> None:
+        """Offers still open GRACE_S past the wait time: "No response" (their page went away without a word)."""
+        now = time.time() if now is None else now
+        wait = float(self.service.runtime.spec.policy.offer_timeout_s)
+        for item in self.items:
+            if item["status"] == OFFERED and now >= item["created_at"] + wait + GRACE_S:
+                item["status"] = NO_RESPONSE
+                item["updated_at"] = item["created_at"] + wait
+
     def find(self, work_id: str) -> dict:
+        self.expire()
         for item in self.items:
             if item["work_id"] == work_id:
                 return item
@@ -126,7 +147,10 @@ async def set_status(request: Request) -> Response:
     if status not in STATUSES[1:]:
         raise ApiError(400, "invalid_body", f"status: expected one of {', '.join(STATUSES[1:])}", field="status")
     item = _demo(request).find(request.path_params["work_id"])
-    if item["status"] != "Offered":
+    if status == CHAT_CLOSED and item["status"] != ACCEPTED:  # only a chat that started can end
+        raise ApiError(409, "not_in_chat", f"status: work item {item['work_id']} is {item['status']!r}, not a chat",
+                       field="status")
+    if status != CHAT_CLOSED and item["status"] != OFFERED:
         raise ApiError(409, "already_answered", f"status: work item {item['work_id']} is already {item['status']!r}",
                        field="status")
     item["status"] = status
@@ -136,7 +160,9 @@ async def set_status(request: Request) -> Response:
 
 async def list_work(request: Request) -> Response:
     demo = _demo(request)
-    return json_response({"queues": demo.queues(), "items": list(demo.items)})
+    demo.expire()
+    return json_response({"queues": demo.queues(), "items": list(demo.items),
+                          "wait_time_s": demo.service.runtime.spec.policy.offer_timeout_s})
 
 
 async def home(request: Request) -> Response:

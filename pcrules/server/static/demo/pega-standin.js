@@ -14,7 +14,11 @@
  * - accept() / decline() set the work item's status to "Accepted by customer" / "Declined by customer";
  *   the pop-up's own buttons call them, and the page learns the answer only from the events;
  * - the metadata goes to the CSR as {"pxResults": [{"Name": key, "Value": value}, ...]};
- * - the pop-up is withdrawn after the wait time (configured on the Pega side) with no event.
+ * - the pop-up is withdrawn after the wait time (configured on the Pega side) with no event; the work item
+ *   becomes "No response" (the CSR console shows it);
+ * - leaving the page with the pop-up open withdraws it: the work item becomes "Page closed" (sent with keepalive,
+ *   as the page goes away); a page that vanishes without a word is closed by the server after the wait time;
+ * - the visitor's chat window has a close button: the chat ends ("Chat closed"), in the CSR console too.
  *
  * Metadata values arrive HTML-escaped (the CSR's window renders HTML): they are unescaped and shown with
  * textContent, so whatever a page name holds is displayed as text and never parsed.
@@ -42,10 +46,10 @@
     return node;
   }
 
-  function postJSON(url, body) {
+  function postJSON(url, body, keepalive) {
     return fetch(url, {
       method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body)
+      body: JSON.stringify(body), keepalive: !!keepalive
     }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
       return r.json();
@@ -141,11 +145,26 @@
     box.setAttribute("data-shown-at", String(performance.now()));
   }
 
+  function statusURL(work) {
+    return server + "/work/" + encodeURIComponent(work.work_id) + "/status";
+  }
+
   function showChat(work) {
     var box = el("div", "pega-chat");
     box.id = "pega-chat-window";
     box.setAttribute("role", "status");
-    box.appendChild(el("h2", "pega-chat-title", "Chat"));
+    var head = el("div", "pega-chat-head");
+    head.appendChild(el("h2", "pega-chat-title", "Chat"));
+    var close = el("button", "pega-chat-close", "\u00d7");
+    close.type = "button";
+    close.title = "End the chat";
+    close.setAttribute("aria-label", "End the chat");
+    close.addEventListener("click", function () {
+      if (box.parentNode) box.parentNode.removeChild(box);
+      postJSON(statusURL(work), { status: "Chat closed" }).catch(function () {});
+    });
+    head.appendChild(close);
+    box.appendChild(head);
     box.appendChild(el("p", null, "Connecting you to an agent in " + work.queue + "… (" + work.work_id + ")"));
     document.body.appendChild(box);
   }
@@ -167,7 +186,7 @@
           var w = pendingWork;
           pendingWork = null;
           removePopup();
-          if (w) postJSON(server + "/work/" + encodeURIComponent(w.work_id) + "/status", { status: "No response" }).catch(function () {});
+          if (w) postJSON(statusURL(w), { status: "No response" }).catch(function () {});
         }, waitTimeS * 1000);
         self.trigger("proactivechat-ready", { command: "ProactiveChatStatus", status: "loaded" });
       }, function () {
@@ -181,7 +200,7 @@
     if (!work) return;
     pendingWork = null;
     removePopup();
-    postJSON(server + "/work/" + encodeURIComponent(work.work_id) + "/status", { status: status }).then(function (w) {
+    postJSON(statusURL(work), { status: status }).then(function (w) {
       after(w);
       self.trigger(event, { command: "ProactiveChatStatus", status: event.replace("proactivechat-", ""), WorkId: w.work_id });
     }, function () {});
@@ -195,6 +214,15 @@
   ProactiveChat.prototype.decline = function () {
     setStatus(this, "Declined by customer", "proactivechat-declined", function () {});
   };
+
+  // Leaving the page with the pop-up open: the offer is withdrawn, and Pega's work item says so.
+  window.addEventListener("pagehide", function () {
+    var work = pendingWork;
+    if (!work) return;
+    pendingWork = null;
+    removePopup();
+    postJSON(statusURL(work), { status: "Page closed" }, true).catch(function () {});
+  });
 
   function create() {
     window.pega = window.pega || {};
