@@ -731,6 +731,9 @@ def create_app(config: ServerConfig | None = None, *, service: Service | None = 
             watcher.cancel()
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
+            for limiter in (svc.visitor_limit, svc.address_limit):
+                if isinstance(limiter, RedisRateLimiter):
+                    await limiter.aclose()
             svc.close()
 
     app = _App(routes=routes, lifespan=lifespan, exception_handlers={

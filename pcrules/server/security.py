@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -200,6 +201,7 @@ class RedisRateLimiter:
         self.failing = False  # an outage was logged and has not ended
         self._loop: Any = None
         self._strategy: Any = None
+        self._pool: Any = None
 
     def _digest(self, key: str) -> str:
         return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), key=self._hash_key, digest_size=16).hexdigest()
@@ -217,8 +219,15 @@ class RedisRateLimiter:
             pool_option: Any = {"connection_pool": pool}  # passed on to redis-py (limits types options narrowly)
             storage = RedisStorage("async+redis://", implementation="redispy", wrap_exceptions=True,
                                    key_prefix=f"{self.prefix}ratelimit", **pool_option)
-            self._strategy, self._loop = SlidingWindowCounterRateLimiter(storage), loop
+            self._strategy, self._loop, self._pool = SlidingWindowCounterRateLimiter(storage), loop, pool
         return self._strategy
+
+    async def aclose(self) -> None:
+        """Close this event loop's connections to Redis (the app's shutdown)."""
+        pool, self._pool, self._loop, self._strategy = self._pool, None, None, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect()
 
     async def acquire(self, key: str) -> float:
         now = time.monotonic()
