@@ -568,7 +568,8 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
     url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a database of its own
     logs = [tmp_path / "a.sqlite", tmp_path / "b.sqlite"]
     worker = lambda k: ServeProcess(["--rules", str(rules), "--redis", url, "--log", str(logs[k])],  # noqa: E731
-                                    log_file=tmp_path / f"{'ab'[k]}.out", operator_token=TOKEN)
+                                    log_file=tmp_path / f"{'ab'[k]}.out", operator_token=TOKEN,
+                                    config={"address_rate": None})  # one loopback address drives the load
     with worker(0) as a, worker(1) as b:
         workers = [a.url, b.url]
         n_sessions, per_session = 120, 8
