@@ -71,7 +71,7 @@ def _history_fail(exc: BaseException, option: str, *, format_option: bool = Fals
         remedy = f"name the file {endings}" + (", or give --format csv or --format parquet" if format_option else "")
         return _fail(f"{exc}; {remedy}", option)
     if isinstance(exc, OSError):
-        return _os_fail(exc, option, getattr(exc, "filename", None) or "")
+        return _os_fail(exc, option, exc.filename or "the file")
     return _fail(exc, option)
 
 
