@@ -750,3 +750,18 @@ def test_an_empty_list_is_called_empty() -> None:
         load_spec({"name": "s", "queues": {"Q": {}}, "rules": [
             {"name": "r", "when": {"page": {"in": []}}, "offer": {"queue": "Q"}}]})
     assert "rules[0].when.page.in: expected a non-empty list, got an empty one" in str(err.value)
+
+
+@pytest.mark.parametrize("where, spec", [
+    ("queues.Q.hours.days", {"queues": {"Q": {"hours": {"tz": "UTC", "days": [], "start": "08:00", "end": "20:00"}}},
+                             "rules": [{"name": "r", "when": {"page": "P"}, "offer": {"queue": "Q"}}]}),
+    ("rules[0].when.any_of", {"queues": {"Q": {}}, "rules": [{"name": "r", "when": {"any_of": []},
+                                                              "offer": {"queue": "Q"}}]}),
+    ("policy.explore.waits", {"policy": {"explore": {"share": 0.1, "waits": []}}, "queues": {"Q": {}},
+                              "rules": [{"name": "r", "when": {"page": "P"}, "offer": {"queue": "Q"}}]}),
+])
+def test_every_empty_list_is_called_empty(where: str, spec: dict) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec({"name": "s", **spec})
+    line = next(line for line in str(err.value).splitlines() if where in line)
+    assert "empty" in line and "got list" not in line, line

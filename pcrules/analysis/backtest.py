@@ -256,7 +256,8 @@ class BacktestResult:
             goals = m.get(f"{prefix}_uplift")
             if goals is None:
                 if prefix == "expected" or m.get("true_expected_accepts") is not None:
-                    why = ("no effects given (effects=...)" if m.get("effects") is None else
+                    why = ("no goal effects given (uplift needs each visitor's gain if an offer is accepted: a "
+                           "generated world knows it, recorded history does not)" if m.get("effects") is None else
                            "no model" if prefix == "expected" else "no truth")
                     lines.append(f"{label:<19} not available: {why}")
                 continue
@@ -277,7 +278,8 @@ class BacktestResult:
             raise ValueError(f"probability must be 'model' or 'truth', got {probability!r}")
         column = "expected_effect" if probability == "model" else "true_effect"
         if column not in self.offers.columns:
-            why = ("the backtest was run without effects (pass effects=...)" if "gain_if_accepted" not in
+            why = ("the backtest was run without goal effects (each visitor's gain if an offer is accepted)"
+                   if "gain_if_accepted" not in
                    self.offers.columns else "there is no model" if probability == "model" else "there is no truth")
             raise ValueError(f"expected uplift by {dimension} is not available: {why}")
         real = self.offers[~self.offers["holdout"].to_numpy(dtype=bool)]

@@ -239,7 +239,7 @@ def plot_side_by_side(sbs: SideBySide) -> Any:
             ax3.plot(profile.index, profile[queue], ls=ls, color=f"C{i}", label=f"{queue} ({name})")
     ax3.set_xlabel("hour of day (UTC)")
     ax3.set_ylabel("mean per hour")
-    ax3.set_title("Expected chats per queue and hour of day", fontsize=10)
+    ax3.set_title("Expected chats by queue\nand hour of day", fontsize=10)
     ax3.legend(fontsize=7, ncol=2)
     ax3.grid(alpha=0.3)
     fig.tight_layout()

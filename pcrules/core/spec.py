@@ -299,6 +299,8 @@ def spec_version(raw: Mapping[str, Any]) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, LIST) and not value:
+        return "an empty list"
     if isinstance(value, (Mapping, *LIST)):
         text = type(value).__name__
     else:
