@@ -519,7 +519,7 @@ def test_expected_uplift_from_effects_in_every_form_or_not_available(worlds: Any
     assert all(plain.metrics[k] is None for k in UPLIFT_KEYS)  # not available: None, never 0
     assert "expected uplift    not available" in plain.summary().replace("  not", " not")
     assert "expected_uplift" not in plain.per_rule.columns and "expected_effect" not in plain.offers.columns
-    with pytest.raises(ValueError, match="not available: the backtest was run without effects"):
+    with pytest.raises(ValueError, match="not available: the backtest was run without goal effects"):
         plain.uplift_by("page")
 
     a = backtest(DEFAULT_RULES, events, scorer, truth=truth[events.index.to_numpy()], effects=shuffled)
