@@ -7,6 +7,7 @@
   world is checked against a fingerprint taken when it was made: a test that changed one fails the run.
 * ``redis_server``: one throw-away redis-server for the tests that only need *a* Redis (each uses a key
   prefix or a database of its own). Tests that stop, stall, flush or reconfigure Redis start their own.
+* ``postgres_server``: one throw-away PostgreSQL (tests/pgserver.py); ``new_database(name)`` gives a URL.
 
 Markers (declared in pyproject.toml; ``make test-quick`` leaves out browser, notebook, slow and faults):
 ``chaos`` is an alias of ``faults``, added here to every faults test.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgserver import postgres_server  # noqa: F401  (the postgres_server fixture: tests/pgserver.py)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
