@@ -43,6 +43,7 @@ their public names are importable from here too, as they were when this was one 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -356,7 +357,8 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
              scorer: Any = None, *, queue_status: Any = None, engine: str = "fast", scores: str = "candidates",
              truth: str | np.ndarray | pd.Series | None = None, effects: Any = None, metadata: bool = False,
              new_offer_id: Callable[[], str] | None = None, offer_id_prefix: str = "o",
-             progress: bool = False, feedback: Any = None, exploration_cost: bool = True) -> BacktestResult:
+             progress: bool = False, feedback: Any = None, exploration_cost: bool = True, client: Any = None,
+             workers: int | None = None) -> BacktestResult:
     """What `spec` (with `scorer`, the bundle's model) would have decided on `events`.
 
     ``events``: a DataFrame of events (the runtime's fields, plus the recorded
@@ -379,7 +381,19 @@ def backtest(spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | Ev
     A ruleset with ``policy.explore`` also reports its explored offers and what exploring cost against the same
     rules without it (``exploration_cost``: expected accepts lost, by the model and by the truth; a second
     backtest, skipped with ``exploration_cost=False`` by callers that only read the decisions).
+    A history partitioned by visitor (``events`` a folder of ``part=NNN`` Parquet folders, or
+    ``engine="processes"`` / ``"serial"`` / ``"dask"``, or a Dask ``client``; ``workers`` processes) is judged
+    partition by partition with the same figures: :func:`pcrules.analysis.partitioned.backtest_partitioned`.
     """
+    if client is not None or engine in ("processes", "serial", "dask") or isinstance(events, str | os.PathLike):
+        from .partitioned import backtest_partitioned
+
+        if feedback is not None or metadata or new_offer_id is not None:
+            raise ValueError("a partitioned backtest takes no feedback, metadata or new_offer_id (off-policy "
+                             "estimates: pcrules.analysis.partitioned.offpolicy_partitioned)")
+        return backtest_partitioned(spec, events, scorer, engine="processes" if engine == "fast" else engine,
+                                    client=client, workers=workers, queue_status=queue_status, truth=truth,
+                                    effects=effects, exploration_cost=exploration_cost, progress=progress)
     started = time.perf_counter()
     if engine not in ("fast", "policy"):
         raise ValueError(f"engine must be 'fast' or 'policy', got {engine!r}")

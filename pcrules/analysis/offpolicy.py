@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["NO_OFFER", "Interval", "Estimate", "OffPolicyReport", "Difference", "evaluate", "difference"]
+__all__ = ["NO_OFFER", "Interval", "Estimate", "OffPolicyReport", "Difference", "evaluate", "difference", "unit_sums",
+           "report_from_sums"]
 
 NO_OFFER = -1  # the choice "no offer in this stretch"
 MIN_ESS = 100.0  # below this effective sample size a warning says the estimate rests on few units
@@ -274,44 +275,67 @@ def evaluate(logged_choice: Sequence[int] | np.ndarray, logged_propensity: Seque
     unit = np.column_stack(columns)
     per_cluster = np.zeros((n_clusters, unit.shape[1]))
     np.add.at(per_cluster, codes, unit)
-    boot = _resample_sums(per_cluster, n_boot, seed)
-    sums = unit.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stats = {"ips": (sums[2] / n, boot[:, 2] / boot[:, 0]),
-                 "snips": (sums[2] / sums[1] if sums[1] > 0 else float("nan"), boot[:, 2] / boot[:, 1])}
-        if q_cand is not None:
-            stats["dr"] = (sums[3] / n, boot[:, 3] / boot[:, 0])
-            stats["dm"] = (sums[4] / n, boot[:, 4] / boot[:, 0])
-    estimates = {name: _estimate(name, float(mean), reps, level, total) for name, (mean, reps) in stats.items()}
+    digest = hashlib.sha256()
+    for part in (logged, propensity, r, codes, np.array([seed, n_boot, total])):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return report_from_sums(unit_sums(unit, w, match, chosen, cand_p), per_cluster, n_boot=n_boot, seed=seed,
+                            level=level, total_units=total, resampling=digest.hexdigest())
 
+
+def unit_sums(unit: np.ndarray, w: np.ndarray, match: np.ndarray, chosen: np.ndarray,
+              cand_p: np.ndarray) -> dict[str, Any]:
+    """What a report reads of its units besides the per-cluster sums: the column sums and the counts and
+    weights of the diagnostics. Additive over disjoint sets of units (``max_weight`` by max): a history judged
+    partition by partition adds these up (:mod:`pcrules.analysis.partitioned`)."""
     offers = chosen != NO_OFFER
     unsupported = cand_p == 0
-    ess = float(w.sum() ** 2 / (w**2).sum()) if match.any() else 0.0
-    n_offers = int(offers.sum())
-    offer_share = float((unsupported & offers).sum() / n_offers) if n_offers else 0.0
-    none_unsupported = int((unsupported & ~offers).sum())
+    return {"sums": unit.sum(axis=0), "n": len(w), "matched": int(match.sum()), "offers": int(offers.sum()),
+            "unsupported": int(unsupported.sum()), "unsupported_offers": int((unsupported & offers).sum()),
+            "none_unsupported": int((unsupported & ~offers).sum()), "w_sum": float(w.sum()),
+            "w2_sum": float((w**2).sum()), "w_max": float(w.max()) if len(w) else 0.0}
+
+
+def report_from_sums(sums: Mapping[str, Any], per_cluster: np.ndarray, *, n_boot: int, seed: int, level: float,
+                     total_units: float, resampling: str) -> OffPolicyReport:
+    """The report from :func:`unit_sums` (or their sum over partitions) and the per-cluster sums of the unit
+    columns (clusters in the order of their first unit): the estimates, the bootstrap over clusters, the
+    diagnostics and their warnings."""
+    n, total = int(sums["n"]), float(total_units)
+    col = np.asarray(sums["sums"], dtype=float)
+    n_clusters = per_cluster.shape[0]
+    boot = _resample_sums(per_cluster, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = {"ips": (col[2] / n, boot[:, 2] / boot[:, 0]),
+                 "snips": (col[2] / col[1] if col[1] > 0 else float("nan"), boot[:, 2] / boot[:, 1])}
+        if len(col) > 3:
+            stats["dr"] = (col[3] / n, boot[:, 3] / boot[:, 0])
+            stats["dm"] = (col[4] / n, boot[:, 4] / boot[:, 0])
+    estimates = {name: _estimate(name, float(mean), reps, level, total) for name, (mean, reps) in stats.items()}
+
+    matched, n_offers, w_sum, w_max = int(sums["matched"]), int(sums["offers"]), sums["w_sum"], sums["w_max"]
+    ess = float(w_sum ** 2 / sums["w2_sum"]) if matched else 0.0
+    offer_share = float(sums["unsupported_offers"] / n_offers) if n_offers else 0.0
+    none_unsupported = int(sums["none_unsupported"])
+    has_model = len(col) > 3
     notes = []
-    if not match.any():
+    if not matched:
         notes.append("the candidate never chooses what the log chose: IPS is 0 and SNIPS undefined")
     elif ess < MIN_ESS:
         notes.append(f"effective sample size {ess:,.0f} below {MIN_ESS:.0f}: the estimate rests on few units")
     if offer_share > 0:
-        model = "DR relies on the model there" if q_cand is not None else "and no model was given for DR"
+        model = "DR relies on the model there" if has_model else "and no model was given for DR"
         notes.append(f"{offer_share:.0%} of the candidate's offers outside logged support: IPS/SNIPS cannot see "
                      f"them, {model}")
     if none_unsupported:
         notes.append(f"{none_unsupported:,} of the candidate's no-offer units had no logged chance of no offer (the "
                      f"logging policy always offered there): IPS/SNIPS cannot see them")
-    if match.any() and w.max() > 0.05 * w.sum():
-        notes.append(f"one unit carries {w.max() / w.sum():.0%} of the importance weight: the estimate hinges on it")
+    if matched and w_max > 0.05 * w_sum:
+        notes.append(f"one unit carries {w_max / w_sum:.0%} of the importance weight: the estimate hinges on it")
     if n_clusters < 50:
         notes.append(f"only {n_clusters} visitors to resample: the bootstrap interval is rough")
-    digest = hashlib.sha256()
-    for part in (logged, propensity, r, codes, np.array([seed, n_boot, total])):
-        digest.update(np.ascontiguousarray(part).tobytes())
-    return OffPolicyReport(estimates, n, total, n_clusters, int(match.sum()), n_offers, ess,
-                           float(unsupported.mean()), offer_share, float(w.max()), level, n_boot, tuple(notes),
-                           digest.hexdigest())
+    return OffPolicyReport(estimates, n, total, n_clusters, matched, n_offers, ess,
+                           float(sums["unsupported"] / n), offer_share, float(w_max), level, n_boot, tuple(notes),
+                           resampling)
 
 
 def difference(a: OffPolicyReport, b: OffPolicyReport, *, level: float | None = None) -> Difference:
