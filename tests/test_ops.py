@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pcrules import SQLiteDecisionLog, ops, resources
 from pcrules.ops import Filters, LogUnavailable, OfferCounts
@@ -280,9 +281,17 @@ def test_filters_refuse_bad_values() -> None:
                 {"queue": 3}, {"start": 10.0, "end": 5.0}):
         with pytest.raises(ValueError):
             Filters(**bad)
-    where, params = Filters(start=1.0, queue="Billing' OR 1=1 --").where("d")
-    assert where == "d.ts >= ? AND d.queue = ?" and params == [1.0, "Billing' OR 1=1 --"]  # parameters, never text
-    assert Filters().where() == ("1", [])
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from pcrules.logdb import decisions
+
+    for dialect, mark in ((sqlite.dialect(), "?"), (postgresql.dialect(), "%(queue_1)s")):
+        where = sa.and_(*Filters(start=1.0, queue="Billing' OR 1=1 --").conditions(decisions)).compile(
+            dialect=dialect)
+        assert str(where).startswith("decisions.ts >= ") and f"decisions.queue = {mark}" in str(where)
+        assert "Billing" not in str(where)  # parameters, never text
+        assert sorted(map(str, where.params.values())) == ["1.0", "Billing' OR 1=1 --"]
+    assert Filters().conditions(decisions) == []
 
 
 def test_time_filters() -> None:
@@ -330,8 +339,8 @@ def test_unusable_logs_are_named_and_explained(tmp_path: Path) -> None:
 
 def test_the_log_is_opened_read_only(small_log: Path) -> None:
     with ops.open_log(small_log) as conn:
-        with pytest.raises(sqlite3.OperationalError):
-            conn.execute("DELETE FROM decisions")
+        with pytest.raises(sa.exc.OperationalError, match="readonly"):
+            conn.exec_driver_sql("DELETE FROM decisions")
     with sqlite3.connect(small_log) as db:
         assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 10
 

@@ -1,5 +1,9 @@
 """Queries over the decision log for operations: filters, offer counts and cubes, uplift, recent decisions and
-the live ruleset, aggregated in SQL (never the whole log in memory). The dashboard (:mod:`.view`) shows them."""
+the live ruleset, aggregated in SQL (never the whole log in memory). The dashboard (:mod:`.view`) shows them.
+
+Every query is an SQLAlchemy Core statement over :mod:`pcrules.logdb`'s tables, so the same query runs on a
+SQLite log and on a PostgreSQL one (``PCRULES_DECISION_LOG=postgresql://...``); what differs between the two
+lives in :mod:`pcrules.logdb` (why SQLAlchemy Core: there)."""
 
 from __future__ import annotations
 
@@ -8,15 +12,21 @@ import json
 import logging
 import math
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import logdb
 from ..errors import PcrulesError
+from ..logdb import decisions as _decisions
+from ..logdb import goals as _goals
+from ..logdb import outcomes as _outcomes
+from ..logdb import rulesets as _rulesets
 from ..stats import uplift as _uplift
 
 __all__ = [
@@ -116,23 +126,18 @@ class Filters:
         if self.start is not None and self.end is not None and self.start > self.end:
             raise ValueError("the time range starts after it ends")
 
-    def where(self, alias: str = "d") -> tuple[str, list[Any]]:
-        """SQL conditions (joined with AND, "1" when none) and their parameters, for table ``alias``."""
-        clauses: list[str] = []
-        params: list[Any] = []
+    def conditions(self, table: Any) -> list[Any]:
+        """The selection as SQLAlchemy conditions on a ``decisions`` table (or alias); empty when it is all."""
+        clauses: list[Any] = []
         if self.start is not None:
-            clauses.append(f"{alias}.ts >= ?")
-            params.append(float(self.start))
+            clauses.append(table.c.ts >= float(self.start))
         if self.end is not None:
-            clauses.append(f"{alias}.ts < ?")
-            params.append(float(self.end))
+            clauses.append(table.c.ts < float(self.end))
         if self.queue is not None:
-            clauses.append(f"{alias}.queue = ?")
-            params.append(self.queue)
+            clauses.append(table.c.queue == self.queue)
         if self.page is not None:
-            clauses.append(f"{alias}.page = ?")
-            params.append(self.page)
-        return (" AND ".join(clauses) or "1"), params
+            clauses.append(table.c.page == self.page)
+        return clauses
 
 
 def time_filters(choice: str, last_ts: float | None, *, start_day: date | None = None,
@@ -173,53 +178,104 @@ def zone_of(tz: str) -> Any:
 # --------------------------------------------------------------------------- opening the log
 
 
-def resolve_log_path(path: str | os.PathLike | None = None) -> Path:
+def resolve_log_path(path: str | os.PathLike | None = None) -> Path | str:
     """The log to show: ``path``, else ``$PCRULES_DECISION_LOG``, else the demo's log (``var/demo/`` in the
-    working directory)."""
+    working directory). A SQLite file's path, or a database URL (``postgresql://...``) as given."""
     chosen = path if path not in (None, "") else os.environ.get(LOG_ENV) or DEFAULT_LOG
+    if logdb.is_url(chosen):
+        return str(chosen)
     return Path(chosen).expanduser()
 
 
-@contextlib.contextmanager
-def open_log(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to a decision log, checked; :class:`LogNotReadable` with a readable reason.
+EMPTY = ("The decision log {log} is empty: no decisions have been logged yet. They appear here as soon as the "
+         "runtime makes them (press Refresh).")
 
-    Read-only (``mode=ro`` and ``query_only``): the dashboard can never change the log, and it reads a log
-    that a runtime is writing (WAL mode) without blocking it.
+
+@contextlib.contextmanager
+def open_log(path: str | os.PathLike) -> Iterator[Connection]:
+    """A read-only connection to a decision log (a SQLite file or a ``postgresql://`` URL: :mod:`pcrules.logdb`),
+    checked; :class:`LogNotReadable` with a readable reason.
+
+    Read-only (SQLite: ``mode=ro`` and ``query_only``; PostgreSQL: read-only transactions): the dashboard can
+    never change the log, and it reads a log that a runtime is writing without blocking it.
     """
-    p = Path(path)
+    if logdb.is_url(path) and logdb.sqlite_path(path) is None:
+        with _open_database(str(path)) as conn:
+            yield conn
+        return
+    p = logdb.sqlite_path(path) or Path(path)
     if not p.exists():
         raise LogNotReadable(
             f"There is no decision log at {p}. Point the dashboard at one with {LOG_ENV}=/path/to/decisions.sqlite "
-            f"(`pcrules dashboard --log PATH`), or run `make demo` to make the demo's log.", kind="missing")
+            f"or postgresql://... (`pcrules dashboard --log PATH|URL`), or run `make demo` to make the demo's log.",
+            kind="missing")
     if not p.is_file():
         raise LogNotReadable(f"{p} is not a file; {LOG_ENV} must name the decision log's SQLite file.",
                              kind="unreadable")
     if p.stat().st_size == 0:
-        raise LogNotReadable(f"The decision log {p} is empty: no decisions have been logged yet. "
-                             f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
+        raise LogNotReadable(EMPTY.format(log=p), kind="empty")
     try:
-        conn = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=5.0,
-                               check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise LogNotReadable(f"Cannot open the decision log {p}: {exc}.", kind="unreadable") from None
+        conn = logdb.engine_for(p).connect()
+    except sa.exc.SQLAlchemyError as exc:
+        raise LogNotReadable(f"Cannot open the decision log {p}: {_reason(exc)}.", kind="unreadable") from None
     try:
         try:
-            conn.execute("PRAGMA query_only = 1")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
-            raise LogNotReadable(f"{p} is not a readable SQLite decision log ({exc}).", kind="unreadable") from None
+            version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
+            tables = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+        except sa.exc.SQLAlchemyError as exc:
+            raise LogNotReadable(f"{p} is not a readable SQLite decision log ({_reason(exc)}).",
+                                 kind="unreadable") from None
         if not tables:
-            raise LogNotReadable(f"The decision log {p} is empty: no decisions have been logged yet. "
-                                 f"They appear here as soon as the runtime makes them (press Refresh).", kind="empty")
-        missing = {"decisions", "outcomes", "goals", "rulesets"} - tables
+            raise LogNotReadable(EMPTY.format(log=p), kind="empty")
+        missing = set(logdb.TABLES) - tables
         if missing:
             raise LogNotReadable(f"{p} is a SQLite file but not a pcrules decision log (no table "
                                  f"{', '.join(sorted(missing))}).", kind="not_a_log")
         if version > SUPPORTED_SCHEMA:
             raise LogNotReadable(f"The decision log {p} has schema version {version}, written by a newer pcrules; "
                                  f"this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.", kind="newer")
+        yield conn
+    finally:
+        conn.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A database error in one line, without SQLAlchemy's SQL echo and help link."""
+    inner = getattr(exc, "orig", None) or exc
+    return str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+
+
+@contextlib.contextmanager
+def _open_database(url: str) -> Iterator[Connection]:
+    """A PostgreSQL log: connected through the pool, its four tables checked."""
+    shown = logdb.describe(url)
+    try:
+        conn = logdb.engine_for(url).connect()
+    except sa.exc.ArgumentError as exc:
+        raise LogNotReadable(f"{shown} is not a database URL the dashboard can read ({exc}).",
+                             kind="unreadable") from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise LogNotReadable(f"Cannot connect to the decision log {shown}: {_reason(exc)}. Is the database "
+                             f"server running, and the URL right?", kind="unreadable") from None
+    try:
+        try:
+            tables = set(sa.inspect(conn).get_table_names())
+        except sa.exc.SQLAlchemyError as exc:
+            raise LogNotReadable(f"Cannot read the decision log {shown}: {_reason(exc)}.", kind="unreadable") from None
+        present = set(logdb.TABLES) & tables
+        if not present:
+            raise LogNotReadable(EMPTY.format(log=shown), kind="empty")
+        missing = set(logdb.TABLES) - tables
+        if missing:
+            raise LogNotReadable(f"The database {shown} is not a pcrules decision log (no table "
+                                 f"{', '.join(sorted(missing))}).", kind="not_a_log")
+        version = 0
+        if "log_schema" in tables:  # the PostgreSQL log's schema version (SQLite's user_version)
+            version = conn.exec_driver_sql("SELECT MAX(version) FROM log_schema").scalar() or 0
+        if version > SUPPORTED_SCHEMA:
+            raise LogNotReadable(f"The decision log {shown} has schema version {version}, written by a newer "
+                                 f"pcrules; this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.",
+                                 kind="newer")
         yield conn
     finally:
         conn.close()
@@ -235,31 +291,42 @@ class LogInfo:
     last_ts: float | None
 
 
-def log_info(conn: sqlite3.Connection) -> LogInfo:
+def log_info(conn: Connection) -> LogInfo:
     """How many decisions the whole log holds and the event times of the first and the last."""
+    n, first, last = conn.execute(log_info_query()).one()
+    return LogInfo(int(n), _float(first), _float(last))
+
+
+def log_info_query() -> sa.Select:
     # MIN and MAX in subqueries of their own: each one step down the index on ts (together they scan it)
-    n, first, last = conn.execute("SELECT (SELECT COUNT(*) FROM decisions), (SELECT MIN(ts) FROM decisions),"
-                                  " (SELECT MAX(ts) FROM decisions)").fetchone()
-    return LogInfo(int(n), first, last)
+    d = _decisions
+    return sa.select(sa.select(sa.func.count()).select_from(d).scalar_subquery(),
+                     sa.select(sa.func.min(d.c.ts)).scalar_subquery(),
+                     sa.select(sa.func.max(d.c.ts)).scalar_subquery())
 
 
-def log_stamp(conn: sqlite3.Connection) -> tuple[int, ...]:
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def log_stamp(conn: Connection) -> tuple[int, ...]:
     """What the log holds, in four row ids: any decision, outcome, goal or ruleset written since changes it.
     Instant (the last row of each table), so a refresh of an unchanged log can reuse what it computed."""
-    return tuple(int(x or 0) for x in conn.execute(
-        "SELECT (SELECT MAX(id) FROM decisions), (SELECT MAX(id) FROM outcomes), (SELECT MAX(id) FROM goals),"
-        " (SELECT MAX(id) FROM rulesets)").fetchone())
+    return tuple(int(x or 0) for x in conn.execute(sa.select(
+        *(sa.select(sa.func.max(t.c.id)).scalar_subquery() for t in (_decisions, _outcomes, _goals, _rulesets))
+    )).one())
 
 
-def choices(conn: sqlite3.Connection, spec_queues: Sequence[str] = (), max_pages: int = MAX_PAGE_CHOICES,
+def choices(conn: Connection, spec_queues: Sequence[str] = (), max_pages: int = MAX_PAGE_CHOICES,
             window: int = CHOICE_WINDOW) -> tuple[list[str], list[str]]:
     """(queues, pages) for the filters: the live ruleset's queues, and the queues and the busiest pages (at most
     ``max_pages``, in name order) of the latest ``window`` decisions: a bounded read however long the log."""
     totals: dict[str, int] = {}
     queues = set(spec_queues)
-    for page, queue, n in conn.execute(
-            "SELECT page, queue, COUNT(*) FROM (SELECT page, queue FROM decisions ORDER BY id DESC LIMIT ?)"
-            " GROUP BY page, queue", (int(window),)):
+    d = _decisions
+    latest = sa.select(d.c.page, d.c.queue).order_by(d.c.id.desc()).limit(int(window)).subquery("latest")
+    for page, queue, n in conn.execute(sa.select(latest.c.page, latest.c.queue, sa.func.count())
+                                       .group_by(latest.c.page, latest.c.queue)):
         totals[str(page)] = totals.get(str(page), 0) + n
         if queue is not None:
             queues.add(queue)
@@ -350,23 +417,30 @@ class OfferCube:
         return {q: sorted(hours.items()) for q, hours in sorted(out.items())}
 
 
-def offer_cube(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCube:
+def offer_cube(conn: Connection, f: Filters = Filters()) -> OfferCube:
     """The offers of the selection with their outcomes, grouped in SQL (see :class:`OfferCube`)."""
-    where, params = f.where("d")
-    rows = conn.execute(
-        "SELECT CAST(d.ts / 3600 AS INTEGER) AS hour, d.page, d.rule, d.queue, o.status, COUNT(*)"
-        " FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
-        f" WHERE d.offer_id IS NOT NULL AND d.action = 'offer' AND {where}"
-        " GROUP BY hour, d.page, d.rule, d.queue, o.status", params).fetchall()
-    return OfferCube(tuple((h * 3600.0, str(p), str(r), str(q), st, int(n)) for h, p, r, q, st, n in rows))
+    rows = conn.execute(offer_cube_query(f)).all()
+    cells = ((int(h) * 3600.0, str(p), str(r), str(q), st, int(n)) for h, p, r, q, st, n in rows)
+    return OfferCube(tuple(sorted(cells, key=lambda c: (*c[:4], c[4] or ""))))  # one order whatever the database
 
 
-def offer_counts(conn: sqlite3.Connection, f: Filters = Filters()) -> OfferCounts:
+def offer_cube_query(f: Filters = Filters()) -> sa.Select:
+    """(hour, page, rule, queue, status, offers) of the selection's offers: through the partial index on
+    ``offer_id`` (``offer_id IS NOT NULL``), the hour by :class:`pcrules.logdb.hour_of`."""
+    d, o = _decisions.alias("d"), _outcomes.alias("o")
+    hour = logdb.hour_of(d.c.ts)
+    return (sa.select(hour.label("hour"), d.c.page, d.c.rule, d.c.queue, o.c.status, sa.func.count())
+            .select_from(d.outerjoin(o, o.c.offer_id == d.c.offer_id))
+            .where(d.c.offer_id.is_not(None), d.c.action == sa.literal_column("'offer'"), *f.conditions(d))
+            .group_by(hour, d.c.page, d.c.rule, d.c.queue, o.c.status))
+
+
+def offer_counts(conn: Connection, f: Filters = Filters()) -> OfferCounts:
     """Offers in the selection and how many of them were accepted, declined and expired."""
     return offer_cube(conn, f).total()
 
 
-def offers_by(conn: sqlite3.Connection, column: str, f: Filters = Filters(),
+def offers_by(conn: Connection, column: str, f: Filters = Filters(),
               limit: int = BREAKDOWN_LIMIT) -> tuple[list[tuple[str, OfferCounts]], int]:
     """Offer counts by ``page``, ``rule`` or ``queue``, most offers first (at most ``limit``), and how many
     distinct values there are in all."""
@@ -376,12 +450,12 @@ def offers_by(conn: sqlite3.Connection, column: str, f: Filters = Filters(),
     return rows[:limit], len(rows)
 
 
-def offers_per_hour(conn: sqlite3.Connection, f: Filters = Filters()) -> list[tuple[float, OfferCounts]]:
+def offers_per_hour(conn: Connection, f: Filters = Filters()) -> list[tuple[float, OfferCounts]]:
     """(start of the UTC hour, counts) for every hour with an offer, by the time the offer was made."""
     return offer_cube(conn, f).per_hour()
 
 
-def chats_per_hour_by_queue(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, list[tuple[float, int]]]:
+def chats_per_hour_by_queue(conn: Connection, f: Filters = Filters()) -> dict[str, list[tuple[float, int]]]:
     """Chats started (accepted offers) per UTC hour of the offer, per queue; hours without a chat are absent."""
     return offer_cube(conn, f).chats_per_hour_by_queue()
 
@@ -400,15 +474,13 @@ class DecisionSummary:
         return sum(v for k, v in self.by_reason.items() if ":" not in k)
 
 
-def decision_summary(conn: sqlite3.Connection, f: Filters = Filters()) -> DecisionSummary:
+def decision_summary(conn: Connection, f: Filters = Filters()) -> DecisionSummary:
     """One pass over the selection (through the index on ts when it has a time range)."""
-    where, params = f.where("d")
     out: dict[str, int] = {}
     first: float | None = None
     last: float | None = None
-    for action, reason, n, lo, hi in conn.execute(
-            f"SELECT d.action, d.reason, COUNT(*), MIN(d.ts), MAX(d.ts) FROM decisions d WHERE {where}"
-            " GROUP BY d.action, d.reason", params):
+    for action, reason, n, lo, hi in conn.execute(decision_summary_query(f)):
+        n, lo, hi = int(n), float(lo), float(hi)
         out[action] = out.get(action, 0) + n
         if action == "none":
             out[f"none:{reason}"] = n
@@ -417,7 +489,14 @@ def decision_summary(conn: sqlite3.Connection, f: Filters = Filters()) -> Decisi
     return DecisionSummary(out, first, last)
 
 
-def decisions_by_reason(conn: sqlite3.Connection, f: Filters = Filters()) -> dict[str, int]:
+def decision_summary_query(f: Filters = Filters()) -> sa.Select:
+    """(action, reason, decisions, first ts, last ts) of the selection."""
+    d = _decisions.alias("d")
+    return (sa.select(d.c.action, d.c.reason, sa.func.count(), sa.func.min(d.c.ts), sa.func.max(d.c.ts))
+            .where(*f.conditions(d)).group_by(d.c.action, d.c.reason))
+
+
+def decisions_by_reason(conn: Connection, f: Filters = Filters()) -> dict[str, int]:
     """Decisions in the selection by action, and ``none`` decisions by reason: keys ``offer``, ``wait``,
     ``none``, and ``none:<reason>``."""
     return dict(decision_summary(conn, f).by_reason)
@@ -513,14 +592,14 @@ class Uplift:
 UnitCounts = tuple[tuple[Any, ...], ...]
 
 
-def uplift(conn: sqlite3.Connection, f: Filters = Filters(), goal: str | None = None, *, mde: float | None = None,
+def uplift(conn: Connection, f: Filters = Filters(), goal: str | None = None, *, mde: float | None = None,
            window_s: float = UPLIFT_WINDOW_S) -> Uplift:
     """The intention-to-treat estimate described in the module docstring: :func:`uplift_units`, then the
     selection's rows added up (:func:`uplift_of`)."""
     return uplift_of(uplift_units(conn, f.start, f.end, goal, window_s), f, goal, mde=mde, window_s=window_s)
 
 
-def uplift_units(conn: sqlite3.Connection, start: float | None = None, end: float | None = None,
+def uplift_units(conn: Connection, start: float | None = None, end: float | None = None,
                  goal: str | None = None, window_s: float = UPLIFT_WINDOW_S) -> UnitCounts:
     """:func:`pcrules.uplift.unit_counts` of the visitors who became eligible in ``[start, end)``: one SQL query,
     a few rows per rule x page x queue x group. The same rows serve every queue and page filter."""
@@ -542,15 +621,18 @@ RECENT_COLUMNS = ("ts", "visitor_id", "session_id", "page", "seconds_on_page", "
                   "score", "status")
 
 
-def recent_decisions(conn: sqlite3.Connection, f: Filters = Filters(), limit: int = 25) -> list[dict[str, Any]]:
+def recent_decisions(conn: Connection, f: Filters = Filters(), limit: int = 25) -> list[dict[str, Any]]:
     """The latest ``limit`` decisions of the selection (by event time), with the outcome of offers."""
-    limit = max(1, min(int(limit), 500))
-    where, params = f.where("d")
-    rows = conn.execute(
-        "SELECT d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.reason, d.rule, d.queue,"
-        " d.score, o.status FROM decisions d LEFT JOIN outcomes o ON d.offer_id IS NOT NULL AND o.offer_id = d.offer_id"
-        f" WHERE {where} ORDER BY d.ts DESC, d.id DESC LIMIT ?", [*params, limit]).fetchall()
+    rows = conn.execute(recent_decisions_query(f, limit)).all()
     return [dict(zip(RECENT_COLUMNS, row, strict=True)) for row in rows]
+
+
+def recent_decisions_query(f: Filters = Filters(), limit: int = 25) -> sa.Select:
+    limit = max(1, min(int(limit), 500))
+    d, o = _decisions.alias("d"), _outcomes.alias("o")
+    return (sa.select(*(d.c[c] for c in RECENT_COLUMNS[:-1]), o.c.status)
+            .select_from(d.outerjoin(o, sa.and_(d.c.offer_id.is_not(None), o.c.offer_id == d.c.offer_id)))
+            .where(*f.conditions(d)).order_by(d.c.ts.desc(), d.c.id.desc()).limit(limit))
 
 
 # --------------------------------------------------------------------------- the live ruleset / bundle
@@ -578,16 +660,17 @@ class LiveRuleset:
                 if isinstance(c, Mapping) and isinstance(c.get("capacity_per_hour"), (int, float))}
 
 
-def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike | None = None) -> LiveRuleset:
+def live_ruleset(conn: Connection | None, bundle_path: str | os.PathLike | None = None) -> LiveRuleset:
     """The bundle at ``bundle_path`` (a publish directory or a version), verified; without one (or when it
     does not load) the ruleset last activated in the log."""
     log_ruleset = None
     latest = None
     if conn is not None:
-        row = conn.execute("SELECT ruleset, ruleset_version FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+        d, r = _decisions, _rulesets
+        row = conn.execute(sa.select(d.c.ruleset, d.c.ruleset_version).order_by(d.c.id.desc()).limit(1)).first()
         log_ruleset = (row[0], row[1]) if row else None
-        latest = conn.execute("SELECT name, version, activated_at, spec FROM rulesets"
-                              " ORDER BY id DESC LIMIT 1").fetchone()
+        latest = conn.execute(sa.select(r.c.name, r.c.version, r.c.activated_at, r.c.spec)
+                              .order_by(r.c.id.desc()).limit(1)).first()
     problem = None
     if bundle_path not in (None, ""):
         from ..bundle import load_bundle  # standard library + PyYAML only
@@ -601,11 +684,11 @@ def live_ruleset(conn: sqlite3.Connection | None, bundle_path: str | os.PathLike
         except (PcrulesError, OSError) as exc:
             problem = str(exc)
     if latest is not None:
-        try:
-            spec = json.loads(latest[3])
-        except ValueError:
+        try:  # JSON text; a PostgreSQL json / jsonb column comes back decoded
+            spec = latest[3] if isinstance(latest[3], Mapping) else json.loads(latest[3])
+        except (TypeError, ValueError):
             spec = {}
-        created = datetime.fromtimestamp(latest[2], UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created = datetime.fromtimestamp(float(latest[2]), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return LiveRuleset("log", spec if isinstance(spec, dict) else {}, latest[0], latest[1], None, created,
                            None, None, problem, log_ruleset)
     return LiveRuleset("none", {}, bundle_problem=problem, log_ruleset=log_ruleset)

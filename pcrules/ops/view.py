@@ -2,9 +2,10 @@
 
 Two layers:
 
-* **Queries** (standard library only): each takes a read-only connection to the
-  SQLite decision log (schema in ``data/README.md``) and a :class:`Filters`, and
-  aggregates in SQL. Nothing loads the log into memory: a refresh runs a few
+* **Queries** (:mod:`.queries`, SQLAlchemy Core): each takes a read-only connection to
+  the decision log, a SQLite file or a PostgreSQL database (:mod:`pcrules.logdb`;
+  schema in ``data/README.md``), and a :class:`Filters`, and aggregates in SQL, the
+  same statement on either database. Nothing loads the log into memory: a refresh runs a few
   grouped queries: decisions by action and reason (:func:`decision_summary`),
   offers by (hour, page, rule, queue, outcome) (:func:`offer_cube`, through the
   log's partial index on ``offer_id``: offers only), eligible visitors by arm
@@ -75,7 +76,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -84,6 +84,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import logdb
 from . import queries
 from .memo import Memo
 from .queries import (
@@ -245,6 +249,7 @@ class Dashboard:
 
         self.w = w
         self.log_path = resolve_log_path(log_path)
+        self.log_name = logdb.describe(self.log_path)  # a database URL without its password
         bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV) or None
         self.bundle_path = Path(bundle).expanduser() if bundle else None
         try:
@@ -322,7 +327,7 @@ class Dashboard:
                            layout=w.Layout(width="100%"))
         self.root.add_class("pcrules-ops")
 
-        # matplotlib takes ~0.5 s to import: do it while the first queries run (sqlite3 releases the GIL)
+        # matplotlib takes ~0.5 s to import: do it while the first queries run (the drivers release the GIL)
         threading.Thread(target=_import_matplotlib, name="pcrules-ops-mpl", daemon=True).start()
         self.refresh_button.on_click(lambda _: self._safely(self.refresh, reload_choices=True))
         self.time_range.observe(self._on_range, names="value")
@@ -368,9 +373,10 @@ class Dashboard:
             except FilterError as exc:  # e.g. dates reversed: say so, keep the last numbers
                 self.status.value = (f'<div class="pcrules-sub pcrules-note">Cannot apply the filters: {_esc(exc)}; '
                                      f'the numbers below are for the previous selection.</div>')
-            except sqlite3.Error as exc:
-                log.warning("ops dashboard: reading %s failed: %s", self.log_path, exc)
-                self._show_message(f"Reading the decision log {self.log_path} failed ({exc}). Press Refresh to "
+            except SQLAlchemyError as exc:
+                reason = queries._reason(exc)
+                log.warning("ops dashboard: reading %s failed: %s", self.log_name, reason)
+                self._show_message(f"Reading the decision log {self.log_name} failed ({reason}). Press Refresh to "
                                    f"try again.", "unreadable")
             except Exception as exc:  # never a traceback in the page: log it for the operator of the server
                 log.exception("ops dashboard: refresh failed")
@@ -404,7 +410,7 @@ class Dashboard:
             stamp = log_stamp(conn)
             self.info = self.memo.get((stamp, "info"), lambda: log_info(conn))
             if self.info.decisions == 0:
-                raise LogNotReadable(f"The decision log {self.log_path} has no decisions yet. They appear here as "
+                raise LogNotReadable(f"The decision log {self.log_name} has no decisions yet. They appear here as "
                                      f"soon as the runtime makes them (press Refresh).", kind="empty")
             if reload_choices or self.live is None:
                 self.live = live_ruleset(conn, self.bundle_path)
@@ -430,11 +436,11 @@ class Dashboard:
             self.charts_box.add_class("pcrules-charts-pending")
             self._drawing = self._drawer.submit(self._show_details, *job)
 
-    def _offers(self, conn: sqlite3.Connection, stamp: tuple[int, ...], f: Filters) -> tuple[OfferCube, Uplift]:
+    def _offers(self, conn: Connection, stamp: tuple[int, ...], f: Filters) -> tuple[OfferCube, Uplift]:
         """The tiles' figures. The offers and the uplift's visitors are read for the time range alone (a queue
         or page filter picks from those rows), and remembered by the time range and the log's stamp."""
         span = Filters(f.start, f.end)
-        # The uplift's scan runs beside the offers' on a connection of its own (sqlite3 releases the GIL).
+        # The uplift's scan runs beside the offers' on a connection of its own (the drivers release the GIL).
         with ThreadPoolExecutor(1, thread_name_prefix="pcrules-ops") as pool:
             units = pool.submit(self.memo.get, (stamp, span, self.goal, "units"),
                                 lambda: _with_log(self.log_path, uplift_units, f.start, f.end, self.goal))
@@ -458,7 +464,7 @@ class Dashboard:
         except Exception as exc:
             if self._drawer is None:
                 raise  # in the refresh itself: its message says what went wrong
-            log.exception("ops dashboard: the charts of %s failed", self.log_path)
+            log.exception("ops dashboard: the charts of %s failed", self.log_name)
             with self._details_lock:
                 if generation == self._generation:
                     self.status.value += _note(f"The charts could not be drawn ({type(exc).__name__}); press "
@@ -528,7 +534,7 @@ class Dashboard:
                     f"{self._when(info.last_ts)} ({self.tz})")
         refreshed = datetime.now(self.zone).strftime("%H:%M:%S")
         return (f'<div class="pcrules-ops"><h2>Proactive chat: operations</h2>'
-                f'<div class="pcrules-sub">Decision log {_esc(self.log_path)}{_esc(span)} · refreshed {refreshed}'
+                f'<div class="pcrules-sub">Decision log {_esc(self.log_name)}{_esc(span)} · refreshed {refreshed}'
                 f'</div></div>')
 
     # ------------------------------------------------------------------ tiles
@@ -783,7 +789,7 @@ class Dashboard:
         return "".join(out)
 
 
-def _with_log(path: Path, query: Any, *args: Any) -> Any:
+def _with_log(path: Path | str, query: Any, *args: Any) -> Any:
     with open_log(path) as conn:
         return query(conn, *args)
 

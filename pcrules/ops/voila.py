@@ -1,7 +1,8 @@
 """Start the Voila ops dashboard (``dashboards/ops.ipynb``) safely, and the tuner (``dashboards/triggers.ipynb``,
 ``pcrules tuner``: :func:`start_app` / :func:`serve_app` with :func:`app_env`) with the very same settings.
 
-``pcrules dashboard --log var/demo/decisions.sqlite`` (or :func:`serve`, or :func:`start` for a server in the
+``pcrules dashboard --log var/demo/decisions.sqlite`` (or ``--log postgresql://user@host/db``; or :func:`serve`,
+or :func:`start` for a server in the
 background, as the browser tests do) runs Voila with:
 
 * **bound to 127.0.0.1** unless another host is asked for explicitly (the dashboard has no login);
@@ -14,7 +15,8 @@ background, as the browser tests do) runs Voila with:
 * **no request leaves the machine**: Voila's stock ``lab`` template links two Font Awesome style sheets on a
   CDN; ``dashboards/jupyter/voila/templates/pcrules-ops`` is ``lab`` without them (put on ``JUPYTER_PATH``);
 * the log (and optionally a published bundle) given to the kernel through ``PCRULES_DECISION_LOG`` /
-  ``PCRULES_BUNDLE`` as absolute paths; the kernel can import pcrules (``PYTHONPATH`` gains the directory
+  ``PCRULES_BUNDLE`` as absolute paths (a ``postgresql://`` log as its URL); the kernel can import pcrules
+  (``PYTHONPATH`` gains the directory
   pcrules is imported from when that is a checkout rather than a site-packages directory).
 
 The notebook, ``voila.json`` and the template are package data (``pcrules/dashboards/``, found through
@@ -42,7 +44,7 @@ from typing import IO, Any
 
 import pcrules
 
-from .. import resources
+from .. import logdb, resources
 from .view import BUNDLE_ENV, LOG_ENV
 
 __all__ = ["DASHBOARDS", "NOTEBOOK", "TEMPLATE", "SAFE_SETTINGS", "DashboardServer", "free_port", "voila_command",
@@ -123,17 +125,21 @@ def voila_command(port: int, *, host: str = "127.0.0.1", base_url: str = "/", cu
 
 def voila_env(log_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None,
               base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of Voila and its kernels: the log and bundle (absolute), the template, pcrules."""
+    """The environment of Voila and its kernels: the log (a file made absolute, or a database URL such as
+    ``postgresql://...`` as given) and the bundle, the template, pcrules."""
     return app_env({LOG_ENV: log_path, BUNDLE_ENV: bundle_path}, base)
 
 
 def app_env(paths: Mapping[str, str | os.PathLike | None], base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of Voila and its kernels for any of the apps: each of `paths` (variable -> path) made
-    absolute, a variable whose path is None or "" removed; the template on JUPYTER_PATH, pcrules importable."""
+    absolute (a URL, ``scheme://...``, is passed as given), a variable whose path is None or "" removed; the
+    template on JUPYTER_PATH, pcrules importable."""
     env = dict(os.environ if base is None else base)
     for name, path in paths.items():
         if path is None or str(path) == "":
             env.pop(name, None)
+        elif logdb.is_url(str(path)):
+            env[name] = str(path)
         else:
             env[name] = str(Path(path).expanduser().absolute())
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(JUPYTER_DATA), env.get("JUPYTER_PATH", "")) if p)
@@ -250,11 +256,15 @@ def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0
     if not _is_loopback(host):
         print(f"warning: serving on {host}: the dashboard has no login, so anyone who can reach this address "
               f"sees the decision log", file=sys.stderr)
-    if not Path(log_path).exists():
-        print(f"note: {log_path} does not exist yet; the dashboard says so until it does", file=sys.stderr)
+    if logdb.is_url(str(log_path)):
+        shown = logdb.describe(str(log_path))  # without its password
+    else:
+        shown = str(Path(log_path).absolute())
+        if not Path(log_path).exists():
+            print(f"note: {log_path} does not exist yet; the dashboard says so until it does", file=sys.stderr)
     return serve_app(NOTEBOOK, voila_env(log_path, bundle_path), port=port, host=host, base_url=base_url,
                      cull_idle_s=cull_idle_s, out=out,
-                     banner=f"ops dashboard: {{url}}  (decision log {Path(log_path).absolute()}; Ctrl-C stops)")
+                     banner=f"ops dashboard: {{url}}  (decision log {shown}; Ctrl-C stops)")
 
 
 def serve_app(notebook: Path, env: Mapping[str, str], *, banner: str, port: int = 8866, host: str = "127.0.0.1",

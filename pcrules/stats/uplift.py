@@ -41,25 +41,24 @@ Definitions (the same in SQL, in memory, and in :func:`pcrules.world.true_uplift
   approximation for two proportions (Fleiss, *Statistical Methods for Rates and Proportions*, without
   continuity correction; pooled variance under no effect, unpooled under the effect).
 
-Entry points: :func:`uplift_from_log` / :func:`uplift_report` read the SQLite decision log and
-aggregate **in SQL** (one pass over ``decisions`` and an indexed lookup in ``goals`` per eligible
+Entry points: :func:`uplift_from_log` / :func:`uplift_report` read the decision log (a SQLite file or a
+PostgreSQL database, through :mod:`pcrules.logdb`: one SQLAlchemy Core statement for both) and aggregate
+**in SQL** (one pass over ``decisions`` and an indexed lookup in ``goals`` per eligible
 unit; nothing is loaded into memory but a few counts per rule x page x queue x arm);
 :func:`estimate` works from counts, :func:`uplift_from_units` from in-memory arrays or a DataFrame
 (one row per unit), and :func:`units_from_frames` builds those units from in-memory decisions and
 goals the same way the SQL does. :func:`expected_uplift` turns per-offer acceptance probabilities
 (true or model) and per-offer effects into a policy's expected uplift, for backtests.
 
-Only the standard library at import time; numpy/pandas are imported inside the functions that
-take arrays or frames.
+Only the standard library at import time; SQLAlchemy is imported by the functions that read the log,
+numpy/pandas inside the functions that take arrays or frames.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -68,7 +67,8 @@ __all__ = [
     "UpliftEstimate", "UpliftReport", "SampleSize", "ExpectedUplift",
     "estimate", "newcombe_interval", "wilson_interval",
     "sample_size", "power", "detectable_uplift",
-    "uplift_from_log", "uplift_report", "unit_counts", "read_eligible",
+    "uplift_from_log", "uplift_report", "unit_counts", "read_eligible", "unit_counts_query",
+    "read_eligible_query",
     "uplift_from_units", "units_from_frames", "expected_uplift", "goal_effect",
 ]
 
@@ -318,7 +318,7 @@ class UpliftReport:
 
 
 # ----------------------------------------------------------------------------------------------
-# From the SQLite decision log, aggregated in SQL
+# From the decision log (SQLite or PostgreSQL: pcrules.logdb), aggregated in SQL
 # ----------------------------------------------------------------------------------------------
 
 # Eligible decisions: real offers and holdout would-be offers (the log sets holdout = 1 only on those, with
@@ -326,68 +326,69 @@ class UpliftReport:
 #   CREATE INDEX decisions_eligible ON decisions (visitor_id, ts, id) WHERE action = 'offer' OR holdout = 1
 # lets SQLite read only the eligible rows instead of scanning the whole log (a plain scan of a million
 # decisions takes well under a second, so the log does not create it).
-_ELIGIBLE = "(d.action = 'offer' OR d.holdout = 1)"
+def _eligible(d: Any) -> Any:
+    import sqlalchemy as sa
+
+    # constants written into the SQL, not bound: SQLite matches a partial index's WHERE only to literal text
+    return sa.or_(d.c.action == sa.literal_column("'offer'"), d.c.holdout == sa.literal_column("1"))
 
 
-def _connect(log: Any) -> tuple[sqlite3.Connection, bool]:
-    """(connection, whether we opened it). `log`: a path, a sqlite3 connection, or an object with `.path`."""
-    if isinstance(log, sqlite3.Connection):
-        return log, False
-    path = Path(getattr(log, "path", log))
-    if not path.exists():
-        raise FileNotFoundError(f"no decision log at {path}")
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout=5000")
-    db.execute("PRAGMA query_only=1")  # this module never writes to the log
-    return db, True
+def _connect(log: Any) -> Any:
+    """A context manager giving an SQLAlchemy connection to `log`: a path, a database URL (``postgresql://``),
+    an SQLAlchemy engine or connection, a sqlite3 connection, or a decision log object (``.url`` / ``.path``)."""
+    from .. import logdb
+
+    return logdb.connect(log)
 
 
-def _unit_sql(unit: str, goals: Sequence[str] | None, ruleset: str | None) -> tuple[str, dict[str, Any]]:
+def _check_window(window_s: float) -> float:
+    if not (isinstance(window_s, (int, float)) and not isinstance(window_s, bool) and window_s >= 0):
+        raise ValueError(f"window_s: expected a number of seconds >= 0, got {window_s!r}")
+    return float(window_s)
+
+
+def unit_counts_query(*, window_s: float = DEFAULT_WINDOW_S, goals: Sequence[str] | str | None = None,
+                      unit: str = "visitor", since: float | None = None, until: float | None = None,
+                      as_of: float | None = None, ruleset: str | None = None) -> Any:
+    """The SQLAlchemy Core statement of :func:`unit_counts`: rows ``(rule, page, queue, holdout, units,
+    converted)``. Each unit's first eligible decision (``ROW_NUMBER()`` over the unit, by ``ts, id``), then
+    whether a goal of hers (``EXISTS``, through the index on the goals' visitor) falls in her window."""
+    import sqlalchemy as sa
+
+    from ..logdb import decisions
+    from ..logdb import goals as goals_table
+
     if unit not in ("visitor", "session"):
         raise ValueError(f"unit must be 'visitor' or 'session', got {unit!r}")
-    params: dict[str, Any] = {}
-    partition = "d.visitor_id" if unit == "visitor" else "d.visitor_id, d.session_id"
-    same_unit = "g.visitor_id = u.visitor_id" + ("" if unit == "visitor" else " AND g.session_id = u.session_id")
-    where_ruleset = ""
-    if ruleset is not None:
-        where_ruleset = " AND d.ruleset = :ruleset"
-        params["ruleset"] = ruleset
-    goal_filter = ""
+    window = _check_window(window_s)
+    d, g = decisions.alias("d"), goals_table.alias("g")
+    partition = [d.c.visitor_id] if unit == "visitor" else [d.c.visitor_id, d.c.session_id]
+    where = [_eligible(d)] + ([d.c.ruleset == ruleset] if ruleset is not None else [])
+    first = sa.func.row_number().over(partition_by=partition, order_by=(d.c.ts, d.c.id)).label("k")
+    eligible = (sa.select(d.c.visitor_id, d.c.session_id, d.c.ts, d.c.holdout, d.c.rule, d.c.page, d.c.queue, first)
+                .where(*where).cte("eligible"))
+    e = eligible.c
+    chosen = [e.k == 1]
+    if since is not None:
+        chosen.append(e.ts >= float(since))
+    if until is not None:
+        chosen.append(e.ts < float(until))
+    if as_of is not None:
+        chosen.append(e.ts + window <= float(as_of))
+    units = (sa.select(e.visitor_id, e.session_id, e.ts.label("first_ts"), e.holdout, e.rule, e.page, e.queue)
+             .where(*chosen).cte("units"))
+    u = units.c
+    same_unit = [g.c.visitor_id == u.visitor_id] + ([g.c.session_id == u.session_id] if unit == "session" else [])
+    goal_filter = []
     if goals is not None:
         names = [goals] if isinstance(goals, str) else list(goals)
         if not names:
             raise ValueError("goals: give at least one goal name, or None for every goal")
-        for i, name in enumerate(names):
-            params[f"g{i}"] = name
-        goal_filter = f" AND g.goal IN ({', '.join(f':g{i}' for i in range(len(names)))})"
-    sql = f"""
-        WITH eligible AS (
-            SELECT d.visitor_id, d.session_id, d.ts, d.holdout, d.rule, d.page, d.queue,
-                   ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY d.ts, d.id) AS k
-            FROM decisions d
-            WHERE {_ELIGIBLE}{where_ruleset}
-        ),
-        units AS (
-            SELECT visitor_id, session_id, ts AS first_ts, holdout, rule, page, queue
-            FROM eligible
-            WHERE k = 1
-              AND (:since IS NULL OR ts >= :since) AND (:until IS NULL OR ts < :until)
-              AND (:as_of IS NULL OR ts + :window <= :as_of)
-        )
-        SELECT u.*, EXISTS (
-            SELECT 1 FROM goals g
-            WHERE {same_unit} AND g.ts >= u.first_ts AND g.ts <= u.first_ts + :window{goal_filter}
-        ) AS converted
-        FROM units u
-    """
-    return sql, params
-
-
-def _params(params: dict[str, Any], window_s: float, since: float | None, until: float | None,
-            as_of: float | None) -> dict[str, Any]:
-    if not (isinstance(window_s, (int, float)) and not isinstance(window_s, bool) and window_s >= 0):
-        raise ValueError(f"window_s: expected a number of seconds >= 0, got {window_s!r}")
-    return {**params, "window": float(window_s), "since": since, "until": until, "as_of": as_of}
+        goal_filter.append(g.c.goal.in_(names))
+    hit = sa.exists().where(*same_unit, g.c.ts >= u.first_ts, g.c.ts <= u.first_ts + window, *goal_filter)
+    converted = sa.case((hit, 1), else_=0)
+    return (sa.select(u.rule, u.page, u.queue, u.holdout, sa.func.count(), sa.func.sum(converted))
+            .group_by(u.rule, u.page, u.queue, u.holdout))
 
 
 def unit_counts(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequence[str] | str | None = None,
@@ -398,16 +399,11 @@ def unit_counts(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequence
 
     ``since`` / ``until`` select units by their first eligible decision (entered the experiment in
     ``[since, until)``); ``as_of`` leaves out units whose window has not closed by then (their goals may
-    still come); ``ruleset`` only counts that ruleset's decisions (by name)."""
-    sql, params = _unit_sql(unit, goals, ruleset)
-    query = (f"SELECT rule, page, queue, holdout, COUNT(*), SUM(converted) FROM ({sql})"
-             " GROUP BY rule, page, queue, holdout")
-    db, mine = _connect(log)
-    try:
-        rows = db.execute(query, _params(params, window_s, since, until, as_of)).fetchall()
-    finally:
-        if mine:
-            db.close()
+    still come); ``ruleset`` only counts that ruleset's decisions (by name). `log`: see :func:`uplift_report`."""
+    query = unit_counts_query(window_s=window_s, goals=goals, unit=unit, since=since, until=until, as_of=as_of,
+                              ruleset=ruleset)
+    with _connect(log) as db:
+        rows = db.execute(query).all()
     return [(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5] or 0)) for r in rows]
 
 
@@ -426,8 +422,9 @@ def uplift_report(log: Any, *, window_s: float = DEFAULT_WINDOW_S, goals: Sequen
                   as_of: float | None = None, ruleset: str | None = None, alpha: float = 0.05,
                   min_per_arm: int = MIN_PER_ARM, min_events: int = MIN_EVENTS, mde: float | None = None,
                   target_power: float = 0.8) -> UpliftReport:
-    """Overall and per rule / page / queue uplift from the decision log (`log`: path, sqlite3
-    connection, or a ``SQLiteDecisionLog``), one SQL query. Arguments as in :func:`unit_counts`
+    """Overall and per rule / page / queue uplift from the decision log (`log`: a SQLite file's path, a
+    ``postgresql://`` URL, an SQLAlchemy engine or connection, a sqlite3 connection, or a decision log object),
+    one SQL query. Arguments as in :func:`unit_counts`
     and :func:`estimate`."""
     rows = unit_counts(log, window_s=window_s, goals=goals, unit=unit, since=since, until=until, as_of=as_of,
                        ruleset=ruleset)
@@ -456,18 +453,28 @@ def read_eligible(log: Any, *, since: float | None = None, until: float | None =
     and for :func:`pcrules.world.true_uplift`."""
     import pandas as pd
 
-    query = (f"SELECT d.id, d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.reason,"
-             f" d.rule, d.queue, d.score, d.offer_id, d.holdout, d.expires_at, d.ruleset, d.ruleset_version,"
-             f" o.status, o.ts AS answered_at"
-             f" FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
-             f" WHERE {_ELIGIBLE} AND (:since IS NULL OR d.ts >= :since) AND (:until IS NULL OR d.ts < :until)"
-             f" ORDER BY d.ts, d.id")
-    db, mine = _connect(log)
-    try:
-        return pd.read_sql_query(query, db, params={"since": since, "until": until})
-    finally:
-        if mine:
-            db.close()
+    with _connect(log) as db:
+        return pd.read_sql_query(read_eligible_query(since=since, until=until), db)
+
+
+READ_ELIGIBLE_COLUMNS = ("id", "ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason",
+                         "rule", "queue", "score", "offer_id", "holdout", "expires_at", "ruleset", "ruleset_version")
+
+
+def read_eligible_query(*, since: float | None = None, until: float | None = None) -> Any:
+    """The statement of :func:`read_eligible`."""
+    import sqlalchemy as sa
+
+    from ..logdb import decisions, outcomes
+
+    d, o = decisions.alias("d"), outcomes.alias("o")
+    where = [_eligible(d)]
+    if since is not None:
+        where.append(d.c.ts >= float(since))
+    if until is not None:
+        where.append(d.c.ts < float(until))
+    return (sa.select(*(d.c[c] for c in READ_ELIGIBLE_COLUMNS), o.c.status, o.c.ts.label("answered_at"))
+            .select_from(d.outerjoin(o, o.c.offer_id == d.c.offer_id)).where(*where).order_by(d.c.ts, d.c.id))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +536,7 @@ def units_from_frames(decisions: Any, goals: Any, *, window_s: float = DEFAULT_W
                                                                     columns=["visitor_id", "session_id", "goal", "ts"])
     holdout = d["holdout"].fillna(0).astype(bool) if "holdout" in d.columns else pd.Series(False, index=d.index)
     if "action" in d.columns:
-        keep = d["action"].astype(object).eq("offer") | holdout  # as the SQL's _ELIGIBLE
+        keep = d["action"].astype(object).eq("offer") | holdout  # as the SQL's _eligible
         d, holdout = d[keep], holdout[keep]
     d = d.assign(holdout=holdout.to_numpy(dtype=bool), _order=np.arange(len(d)))
     for column in DIMENSIONS:
