@@ -188,12 +188,12 @@ def test_expiries_follow_the_policy(store: RedisStore):
     r = store._redis
     session_key = store._session_key("v1", "s1")
     assert 899_000 < r.pttl(session_key) <= 900_000
-    assert 900_000 < r.pttl(store._offer_prefix + d.offer_id) <= 960_000
-    assert r.zscore(store._due_key, d.offer_id) == T0 + 60
+    assert 900_000 < r.pttl(store._offer_key("v1", d.offer_id)) <= 960_000
+    assert r.zscore(store._due_key("v1"), d.offer_id) == T0 + 60
     rt.decline(d.offer_id, ts=T0 + 10)
     # until the cooldown ends (decline + 3600 s, counted from the session's last event), plus a minute
     assert 3_660_000 < r.pttl(store._visitor_key("v1")) <= 3_670_000
-    assert r.zscore(store._due_key, d.offer_id) is None  # answered: no longer waiting to expire
+    assert r.zscore(store._due_key("v1"), d.offer_id) is None  # answered: no longer waiting to expire
     assert store.visitor("v1") == VisitorState(T0 + 10 + 3600)
     assert store.evict_idle(T0 + 10_000) == []  # Redis forgets by itself
 
@@ -323,7 +323,7 @@ def test_expiries_are_closed_once_across_runtimes(store: RedisStore, redis_serve
     expired = [o.offer_id for log in logs for o in log.outcomes]
     assert sorted(expired) == sorted(offers)  # each once, none lost
     assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
-    assert store._redis.zcard(store._due_key) == 0
+    assert sum(store._redis.zcard(key) for key in store._due_keys) == 0
 
 
 # --------------------------------------------------------------------------- decided on the cache, checked by Redis

@@ -63,14 +63,32 @@ nothing is written, :class:`DataLost` (a :class:`StoreUnavailable`) until someon
 (:meth:`RedisStore.acknowledge_loss`, ``SET <prefix>epoch ack``, a new server start). :meth:`check_persistence`
 refuses at start-up a Redis that a crash makes forget (:class:`VolatileRedis`).
 
-Keys (``prefix`` defaults to ``pcrules:``): ``s:<n>:<visitor><session>`` a
-session, ``v:<visitor>`` a cooldown, ``o:<offer id>`` an offer, ``due`` the
-sorted set of open offers, ``q`` the queue status hash, ``lock:<...>`` the
-locks, ``epoch`` the state marker. Plain Redis (not Cluster): the scripts touch keys of several slots.
+**Keys, and Redis Cluster.** Every key but the state marker carries a hash tag, ``<prefix>{<tag>}``, one of
+:data:`SHARDS` fixed tags (store format: changing them is a new key layout); a visitor's tag is a CRC-32 of its id
+modulo :data:`SHARDS`, so a visitor's sessions, cooldown, offers, locks, and the shard's ``due`` set, queue status
+copy and marker copy all hash to one slot: every script is given keys of one slot only (a cluster's node runs it
+whole; redis-py refuses anything else with "keys must map to the same key slot"). Per tag ``T``:
+``{T}s:<n>:<visitor><session>`` a session, ``{T}v:<visitor>`` a cooldown, ``{T}o:<offer id>`` an offer,
+``{T}due`` the sorted set of the shard's open offers (:meth:`due_offers` reads every shard's in one round trip per
+node), ``{T}q`` / ``{T}qv`` the shard's copy of the queue status and its version (:meth:`set_queue_status` writes
+every copy, one script per shard; a commit is checked against its own shard's copy), ``{T}lock:<...>`` the locks
+and ``{T}done:<...>`` a committed lock's token for a few seconds (a commit resent after its reply was lost is
+answered "applied", not "lock lost"), ``{T}epoch`` the shard's copy of the state marker ``<prefix>epoch``
+(created from it; the scripts check the copy of their shard). The tags are chosen so that their slots fall
+evenly over the 16,384 slots: three masters each hold about a third of the shards. An answer given without the
+visitor (``offer(offer_id)``) looks in every shard at once (MGET; per slot on a cluster). One instance, a
+Sentinel-managed master or a cluster share this layout (hash tags are harmless on one instance); the prefix may
+not contain ``{`` or ``}``. Keys of the previous, untagged layout (``<prefix>due``, ``<prefix>qv``) are reported
+once and deleted at the first contact: stop every older worker before starting this version.
+
+URLs: ``redis://`` and ``rediss://`` (one instance), ``redis+cluster://host:port[,host:port...]`` (seed nodes of
+a Redis Cluster; ``rediss+cluster://`` with TLS), ``redis+sentinel://host:port[,host:port...]/service[/db]`` (the
+master Sentinel names ``service``; a failover is followed on the next connection).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -78,15 +96,17 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 from ...core.decision import OfferStatus
@@ -103,7 +123,7 @@ except ImportError:  # hiredis is in the server extra; redis-py works without it
     _pack = None
 
 __all__ = ["RedisStore", "StoreUnavailable", "StoreBusy", "LockLost", "DataLost", "VolatileRedis",
-           "persistence_verdict"]
+           "persistence_verdict", "connect", "url_kind", "shard_of", "SHARDS"]
 
 log = logging.getLogger("pcrules.redis_store")
 
@@ -151,7 +171,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
 
-# Taken, or already ours (a retry after a reply lost on a broken connection).
+# Taken, or already ours (a retry after a reply lost on a broken connection). KEYS: lock, session, visitor,
+# queue status copy, its version (the shard's), marker copy.
 _ACQUIRE = """
 local s = redis.call('GET', KEYS[2])
 if not s then""" + _EPOCH + """end
@@ -161,12 +182,12 @@ end
 return {0}
 """
 
-# Ops of four arguments each from ARGV[i] up to the epoch (the last one):
-#   set key value px | max key number px (set when greater than the stored number) |
-#   zadd key score member | zrem key member -
+# Ops of four arguments each from ARGV[i] up to the epoch (the last one); a key is named by its index in KEYS
+# (every key a script touches is declared, all of one slot):
+#   set k value px | max k number px (set when greater than the stored number) | zadd k score member | zrem k member -
 _APPLY_OPS = """
 while i < #ARGV do
-  local op, key = ARGV[i], ARGV[i + 1]
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'set' then
     redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3])
   elseif op == 'max' then
@@ -183,21 +204,31 @@ while i < #ARGV do
 end
 """
 
-# ARGV[1] = lock token (when KEYS[1] is given besides the marker), then the ops. A lock still ours proves that
-# nothing was lost since it was taken (a loss takes it too); without one the marker is checked.
+# KEYS: lock, done, the ops' keys, marker copy; ARGV[1] = lock token ('' = written without a lock), then the ops.
+# A lock still ours proves that nothing was lost since it was taken (a loss takes it too); without one the
+# marker is checked. Once applied, the token stays in `done` for a while: the same commit sent again (its reply
+# was lost with the connection, or a failover) is answered "applied" instead of "lock lost".
 _COMMIT = """
-if #KEYS > 1 and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if #KEYS == 1 then""" + _EPOCH + """end
+local token = ARGV[1]
+if token ~= '' and redis.call('GET', KEYS[1]) ~= token then
+  if redis.call('GET', KEYS[2]) == token then return 1 end
+  return 0
+end
+if token == '' then""" + _EPOCH + """end
 local i = 2
 """ + _APPLY_OPS + """
-if #KEYS > 1 then redis.call('DEL', KEYS[1]) end
+if token ~= '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], token, 'PX', 30000)
+end
 return 1
 """
 
 # An observation decided on cached reads: applied only if the session is not locked and the session, the
 # visitor and the queue status version are still what was read ('' = no such key), then the ops from ARGV[4].
 # Otherwise nothing is written and the current values come back: {0} locked, {2, session, visitor, version,
-# queue hash (only when the version moved)}.
+# queue hash (only when the version moved)}. KEYS: lock, session, visitor, queue copy, its version, the ops'
+# keys, marker copy.
 _CHECK_AND_COMMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local s = redis.call('GET', KEYS[2]) or ''
@@ -214,9 +245,12 @@ local i = 4
 return {1}
 """
 
+# One shard's copy of the queue status; KEYS: copy, version, marker copy; ARGV: queue, status, the new version
+# (the same in every shard: a copy read in one shard is a good first guess for the others). Returns the copy.
 _SET_QUEUE = _EPOCH + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[3])
+return redis.call('HGETALL', KEYS[1])
 """
 
 _RELEASE = """
@@ -224,7 +258,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Open offers due by ARGV[1]; ids whose record is gone (expired with its session) are dropped from the set.
+# A shard's open offers due by ARGV[1]; ids whose record is gone (expired with its session) are dropped from the
+# set. ARGV[3] is the shard's offer key prefix: the records read are of the set's own slot.
 _DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -236,19 +271,50 @@ return out
 """
 
 _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "NOREPLICAS", "OOM", "BUSY", "NOAUTH",
-                        "WRONGPASS", "NOPERM")
+                        "WRONGPASS", "NOPERM", "CLUSTERDOWN", "TRYAGAIN")
+
+#: The number of hash tags (shards) keys are spread over: a store-format constant.
+SHARDS = 32
+
+
+def _shard_tags() -> tuple[str, ...]:
+    """One tag per shard, the first ``"<i>.<j>"`` whose slot falls in the i-th of SHARDS equal slot ranges."""
+    width = 16384 // SHARDS
+    tags = []
+    for i in range(SHARDS):
+        j = 0
+        while key_slot(f"{i}.{j}".encode()) // width != i:
+            j += 1
+        tags.append(f"{i}.{j}")
+    return tuple(tags)
+
+
+_TAGS = _shard_tags()
+_SHARD_OF_TAG = {tag: k for k, tag in enumerate(_TAGS)}
+
+
+def shard_of(visitor_id: str) -> int:
+    """The shard (hash tag) of a visitor's keys: the same in every process and version of this layout."""
+    return zlib.crc32(visitor_id.encode("utf-8", "surrogatepass")) % SHARDS
+
+
+class _Script:
+    """A Lua script and its SHA-1 (EVALSHA, SCRIPT LOAD when Redis does not know it)."""
+
+    __slots__ = ("script", "sha")
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"shared state store (Redis) unavailable: {str(exc).rstrip('.')}")
 
 
-def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]], epoch_key: str, epoch: str) -> None:
-    """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller.
-
-    The state marker's key and the value this process adopted go last (the scripts' _EPOCH check).
-    """
-    commands = [("EVALSHA", sha, len(keys) + 1, *keys, epoch_key, *args, epoch) for keys, args in calls]
+def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]]) -> None:
+    """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller."""
+    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
     if _pack is None:
         conn.send_packed_command(conn.pack_commands(commands))
     else:  # what redis-py's packer does, minus a Python pass over every argument (all str or int here)
@@ -256,9 +322,83 @@ def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]],
 
 
 def _is_outage(exc: Exception) -> bool:
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)):
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, ClusterDownError,
+                        TryAgainError, SlotNotCoveredError)):
         return True
+    if isinstance(exc, RedisClusterException):  # no node reachable, or none serves the slot (a failover)
+        return "slot" not in str(exc).lower() or "covered" in str(exc).lower()
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+def _split_nodes(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """user, password and the host:port list of a URL's authority (``h1:7000,h2:7001``, IPv6 in brackets)."""
+    user = password = None
+    if "@" in netloc:
+        auth, netloc = netloc.rsplit("@", 1)
+        user, _, password = auth.partition(":")
+        user, password = unquote(user) or None, unquote(password) or None
+    nodes = []
+    for part in netloc.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("["):
+            host, _, rest = part[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        nodes.append((host, int(port) if port else default_port))
+    if not nodes:
+        raise ValueError("no host:port in the Redis URL")
+    return user, password, nodes
+
+
+def url_kind(url: str) -> str:
+    """"cluster", "sentinel" or "single": what a Redis URL names."""
+    scheme = url.split("://", 1)[0].lower()
+    return {"redis+cluster": "cluster", "rediss+cluster": "cluster", "redis+sentinel": "sentinel",
+            "rediss+sentinel": "sentinel"}.get(scheme, "single")
+
+
+def connect(url: str, *, socket_timeout_s: float = 1.0, connect_timeout_s: float = 0.5) -> Any:
+    """A redis-py client (decode_responses) for ``redis://``, ``redis+cluster://`` or ``redis+sentinel://``.
+
+    One quick retry (it reconnects a pooled connection that Redis closed when it restarted), no backoff: an
+    outage answers at once instead of hanging the request. A cluster client learns the topology at its first
+    command (RedisCluster connects in its constructor: a cluster that is down raises StoreUnavailable there).
+    """
+    options: dict[str, Any] = {"decode_responses": True, "socket_timeout": socket_timeout_s,
+                               "socket_connect_timeout": connect_timeout_s}
+    kind = url_kind(url)
+    if kind == "single":
+        return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), health_check_interval=30, **options)
+    parts = urlsplit(url)
+    tls = parts.scheme.lower().startswith("rediss")
+    user, password, nodes = _split_nodes(parts.netloc, 6379 if kind == "cluster" else 26379)
+    auth: dict[str, Any] = {"username": user, "password": password}
+    if kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        try:
+            seeds = [ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
+            return RedisCluster(startup_nodes=seeds, retry=Retry(NoBackoff(), 1),
+                                ssl=tls, **auth, **options)
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise _unavailable(exc) from None
+    from redis.sentinel import Sentinel
+
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel:// needs the service name: redis+sentinel://host:26379/mymaster")
+    db = int(path[1]) if len(path) > 1 else 0
+    query = dict(parse_qsl(parts.query))
+    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": socket_timeout_s,
+                                                "socket_connect_timeout": connect_timeout_s,
+                                                "password": query.get("sentinel_password")},
+                        **options)
+    if tls:
+        options["connection_class"] = redis.SSLConnection
+    return sentinel.master_for(path[0], db=db, retry=Retry(NoBackoff(), 1), **auth, **options)
 
 
 def _epoch_reply(exc: Exception) -> str | None:
@@ -274,8 +414,7 @@ def _safe_url(url: str) -> str:
         query = parse_qsl(parts.query, keep_blank_values=True)
         if parts.password is None and not any(k == "password" for k, _ in query):
             return url
-        host = parts.hostname or ""
-        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        netloc = parts.netloc.rsplit("@", 1)[-1]  # host:port, or a cluster's or Sentinels' list of them
         if parts.username:
             netloc = f"{parts.username}@{netloc}"
         return urlunsplit(parts._replace(netloc=netloc, query=urlencode([(k, v) for k, v in query
@@ -386,11 +525,12 @@ class _Held:
     """One held session lock: what was read with it and what is to be written when it is released."""
 
     __slots__ = ("key", "visitor_id", "session_id", "lock_key", "token", "session", "visitor", "visitor_read",
-                 "queues", "dirty", "offers", "depth", "read")
+                 "queues", "dirty", "offers", "depth", "read", "shard")
 
-    def __init__(self, key: str, visitor_id: str, session_id: str, lock_key: str, token: str) -> None:
+    def __init__(self, key: str, visitor_id: str, session_id: str, lock_key: str, token: str, shard: int) -> None:
         self.key, self.visitor_id, self.session_id = key, visitor_id, session_id
         self.lock_key, self.token = lock_key, token  # token "": not locked, reads checked on commit
+        self.shard = shard
         self.session: SessionState | None = None
         self.visitor: VisitorState | None = None
         self.visitor_read: VisitorState | None = None
@@ -407,6 +547,23 @@ class _Batch:
     def __init__(self) -> None:
         self.pending: list[tuple[Any, ...]] = []  # (held, keys, args, session written, cooldown written)
         self.written: list[bool] = []
+
+
+class _Ops:
+    """The keys and the ops of one commit: each op names its key by its index in KEYS (all of one slot)."""
+
+    __slots__ = ("keys", "args", "_index")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys, self.args = keys, args
+        self._index = {key: i + 1 for i, key in enumerate(keys)}
+
+    def add(self, op: str, key: str, a: Any, b: Any) -> None:
+        i = self._index.get(key)
+        if i is None:
+            self.keys.append(key)
+            i = self._index[key] = len(self.keys)
+        self.args += [op, i, a, b]
 
 
 class _SessionLock:
@@ -436,50 +593,73 @@ class _SessionLock:
         self._store._commit(held)
 
 
-class RedisStore:
-    """A :class:`pcrules.StateStore` in Redis, safe to share between processes (and threads)."""
 
-    def __init__(self, url: str | redis.Redis = "redis://127.0.0.1:6379/0", *, prefix: str = "pcrules:",
+class RedisStore:
+    """A :class:`pcrules.StateStore` in Redis, safe to share between processes (and threads).
+
+    ``url``: ``redis://`` (one instance), ``redis+cluster://host:port[,host:port...]`` (a Redis Cluster),
+    ``redis+sentinel://host:port[,...]/service`` (the master a Sentinel names), or a client made with
+    ``decode_responses=True`` (``redis.Redis`` or ``redis.cluster.RedisCluster``).
+    """
+
+    def __init__(self, url: Any = "redis://127.0.0.1:6379/0", *, prefix: str = "pcrules:",
                  session_ttl_s: float = 1800.0, lock_ttl_s: float = 5.0, lock_wait_s: float = 5.0,
                  due_check_interval_s: float = 0.25, socket_timeout_s: float = 1.0,
                  connect_timeout_s: float = 0.5, cache_size: int = 100_000,
                  on_contention: Callable[[str], None] | None = None, allow_volatile: bool | None = None) -> None:
-        if isinstance(url, redis.Redis):
-            if not url.get_connection_kwargs().get("decode_responses"):
-                raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
-            self._redis = url
-            self.url = repr(url)
-        else:
-            # One quick retry (it reconnects a pooled connection that Redis closed when it restarted), no backoff:
-            # an outage answers at once instead of hanging the request.
-            self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
-                                               socket_connect_timeout=connect_timeout_s,
-                                               retry=Retry(NoBackoff(), 1), health_check_interval=30)
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"RedisStore: the prefix may not contain '{{' or '}}' (hash tags): {prefix!r}")
+        self._client: Any = None
+        self._connect: Callable[[], Any] | None = None
+        if isinstance(url, str):
             self.url = _safe_url(url)
+            self.cluster = url_kind(url) == "cluster"
+            timeouts = {"socket_timeout_s": socket_timeout_s, "connect_timeout_s": connect_timeout_s}
+            if self.cluster:  # RedisCluster connects in its constructor: made at the first call (see _redis)
+                self._connect = lambda: connect(url, **timeouts)
+            else:
+                self._client = connect(url, **timeouts)
+        else:
+            from redis.cluster import RedisCluster
+
+            self.cluster = isinstance(url, RedisCluster)
+            kwargs = (url.get_connection_kwargs() if not self.cluster
+                      else {"decode_responses": url.get_encoder().decode_responses})
+            if not kwargs.get("decode_responses"):
+                raise ValueError("RedisStore: a Redis client passed in must be made with decode_responses=True")
+            self._client = url
+            self.url = repr(url)
+        self._client_lock = threading.Lock()
         self.prefix = prefix
         self.session_ttl_s = float(session_ttl_s)
         self.lock_ttl_s = float(lock_ttl_s)
         self.lock_wait_s = float(lock_wait_s)
         self.due_check_interval_s = float(due_check_interval_s)
-        self._due_key = prefix + "due"
-        self._queue_key = prefix + "q"
-        self._queue_version_key = prefix + "qv"
-        self._offer_prefix = prefix + "o:"
-        self._acquire_script = self._redis.register_script(_ACQUIRE)
-        self._commit_script = self._redis.register_script(_COMMIT)
-        self._check_and_commit_script = self._redis.register_script(_CHECK_AND_COMMIT)
-        self._set_queue_script = self._redis.register_script(_SET_QUEUE)
-        self._release_script = self._redis.register_script(_RELEASE)
-        self._due_script = self._redis.register_script(_DUE)
-        self._adopt_script = self._redis.register_script(_ADOPT)
+        # Every key but the marker is tagged with its shard's hash tag (see the module's docstring).
+        self._tagged = [f"{prefix}{{{tag}}}" for tag in _TAGS]
+        self._due_keys = [t + "due" for t in self._tagged]
+        self._queue_keys = [t + "q" for t in self._tagged]
+        self._queue_version_keys = [t + "qv" for t in self._tagged]
+        self._offer_prefixes = [t + "o:" for t in self._tagged]
+        self._marker_keys = [t + "epoch" for t in self._tagged]
+        self._acquire_script = _Script(_ACQUIRE)
+        self._commit_script = _Script(_COMMIT)
+        self._check_and_commit_script = _Script(_CHECK_AND_COMMIT)
+        self._set_queue_script = _Script(_SET_QUEUE)
+        self._release_script = _Script(_RELEASE)
+        self._due_script = _Script(_DUE)
+        self._adopt_script = _Script(_ADOPT)
         # The state marker: adopted (created when absent) at the first contact, checked by every script that
-        # decides or writes; gone means Redis lost our state (see _lost). None: not adopted yet, or lost.
+        # decides or writes (each shard's copy by the scripts of its slot); gone means Redis lost our state
+        # (see _lost). None: not adopted yet, or lost.
         self._epoch_key = prefix + "epoch"
         self._epoch: str | None = None
+        self._epochs: list[str] | None = None  # the shards' copies as adopted
+        self._lost_epoch: str | None = None  # the marker adopted before a loss: a new one acknowledges it
         self.epoch_created = False  # whether this process created the marker (a new Redis, or a loss before)
         self._lost_since: float | None = None
         self.data_losses = 0  # losses detected (the server counts them as store_contention{kind="data_lost"})
-        self._epoch_lock = threading.Lock()
+        self._epoch_lock = threading.RLock()
         # None: persistence is not checked (call check_persistence); False: checked at the first contact and a
         # volatile Redis refused; True: checked and only warned about.
         self.allow_volatile = allow_volatile
@@ -494,20 +674,43 @@ class RedisStore:
         # a visitor's requests are spread over workers.
         self._on_contention = on_contention
         # What this process last read or wrote of each session and visitor ("" = no such key), least recently
-        # used first, and the queue status with its version: observe_lock decides on these and Redis checks
-        # them when it commits. Never trusted without that check, so a stale entry costs a retry, nothing more.
+        # used first, and each shard's queue status with its version: observe_lock decides on these and Redis
+        # checks them when it commits. Never trusted without that check, so a stale entry costs a retry.
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, str] = OrderedDict()
-        self._queues_read: tuple[str, dict[str, QueueStatus]] = ("\0unread", {})
+        self._queues_read: list[tuple[str, dict[str, QueueStatus]]] = [("\0unread", {})] * SHARDS
         self.stale_reads = 0  # commits refused because something read had changed (then decided again)
+
+    @property
+    def _redis(self) -> Any:
+        """The redis-py client (a cluster's is made at the first call: its constructor connects)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    assert self._connect is not None
+                    self._client = self._connect()
+                client = self._client
+        return client
 
     # ------------------------------------------------------------------ keys
 
     def _session_key(self, visitor_id: str, session_id: str) -> str:
-        return f"{self.prefix}s:{len(visitor_id)}:{visitor_id}{session_id}"  # length-prefixed: no ambiguity
+        # length-prefixed: no ambiguity
+        return f"{self._tagged[shard_of(visitor_id)]}s:{len(visitor_id)}:{visitor_id}{session_id}"
 
     def _visitor_key(self, visitor_id: str) -> str:
-        return f"{self.prefix}v:{visitor_id}"
+        return f"{self._tagged[shard_of(visitor_id)]}v:{visitor_id}"
+
+    def _offer_key(self, visitor_id: str, offer_id: str) -> str:
+        return self._offer_prefixes[shard_of(visitor_id)] + offer_id
+
+    def _due_key(self, visitor_id: str) -> str:
+        return self._due_keys[shard_of(visitor_id)]
+
+    def _shard_of_key(self, key: str) -> int:
+        start = len(self.prefix) + 1
+        return _SHARD_OF_TAG[key[start:key.index("}", start)]]
 
     def _current(self, key: str) -> _Held | None:
         held: _Held | None = getattr(self._local, "held", None)
@@ -515,18 +718,27 @@ class RedisStore:
 
     # ------------------------------------------------------------------ the hot path: a thread's own connection
 
-    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA on this thread's own connection: half the client CPU of a pooled call (it is every request).
+    def _eval(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA with the marker copy of the keys' shard appended (``keys[0]`` names the shard).
 
-        One retry after a broken connection (Redis restarted) or a script Redis forgot (NOSCRIPT), as redis-py's
-        own Script does; an outage is StoreUnavailable.
+        One instance: on this thread's own connection, half the client CPU of a pooled call (it is every
+        request); one retry after a broken connection (Redis restarted) or a script Redis forgot (NOSCRIPT), as
+        redis-py's own Script does. A cluster: through the cluster client (it routes by the keys' slot and
+        follows MOVED). An outage is StoreUnavailable.
         """
-        epoch = self._epoch or self._adopt()
+        shard = self._shard_of_key(keys[0])
+        epochs = self._epochs or self._adopt()
+        keys, args = [*keys, self._marker_keys[shard]], [*args, epochs[shard]]
+        if self.cluster:
+            reply = self._eval_many(script, [(keys, args)])[0]
+            if isinstance(reply, Exception):
+                raise self._script_error(reply, shard) from None
+            return reply
         conn = self._connection()
         reconnect = reload = True
         while True:
             try:
-                _send_evalsha(conn, script.sha, [(keys, args)], self._epoch_key, epoch)
+                _send_evalsha(conn, script.sha, [(keys, args)])
                 return conn.read_response()
             except NoScriptError:
                 if not reload:
@@ -539,13 +751,66 @@ class RedisStore:
                     raise _unavailable(exc) from None
                 reconnect = False
             except redis.RedisError as exc:
-                raise self._script_error(exc) from None
+                raise self._script_error(exc, shard) from None
 
-    def _script_error(self, exc: redis.RedisError) -> Exception:
+    def _eval_many(self, script: _Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA of `script` for each (keys, args) as given, sent together: one write (one per node of a
+        cluster); a reply per call, an error as its exception. A script Redis does not know is loaded and its
+        calls sent again; a connection lost is StoreUnavailable (nothing is known of the replies)."""
+        if not calls:
+            return []
+        try:
+            replies = self._eval_once(script, calls)
+        except StoreUnavailable:
+            if self.cluster:  # its client retried already
+                raise
+            replies = self._eval_once(script, calls)  # once more: a pooled connection Redis closed (a restart)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            self._call("script_load", script.script)  # on a cluster: every primary
+            for i, reply in zip(again, self._eval_once(script, [calls[i] for i in again])):
+                replies[i] = reply
+        return replies
+
+    def _eval_once(self, script: _Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        if self.cluster:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return list(pipe.execute(raise_on_error=False))
+            except (redis.RedisError, RedisClusterException) as exc:
+                if _is_outage(exc):
+                    raise _unavailable(exc) from None
+                raise
+        conn = self._connection()
+        try:
+            _send_evalsha(conn, script.sha, calls)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            conn.disconnect()
+            raise _unavailable(exc) from None
+
+    def _get_many(self, keys: list[str]) -> list[str | None]:
+        """GET of keys of any slots: one MGET on one instance, one per slot (pipelined per node) on a cluster."""
+        try:
+            return list(self._redis.mget_nonatomic(keys) if self.cluster else self._redis.mget(keys))
+        except (redis.RedisError, RedisClusterException) as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    def _script_error(self, exc: Exception, shard: int | None = None) -> Exception:
         """What a script's error means to the caller: a loss of state, an outage, or itself (a bug)."""
         current = _epoch_reply(exc)
         if current is not None:
-            return self._lost(current)
+            return self._lost(current, shard)
         return _unavailable(exc) if _is_outage(exc) else exc
 
     def _connection(self) -> Any:
@@ -590,8 +855,12 @@ class RedisStore:
         except KeyError:  # another thread changed it meanwhile: a hint either way
             pass
 
-    def _remember_queues(self, version: str | None, flat: list[str]) -> None:
-        self._queues_read = (version or "", _load_queues(flat))
+    def _remember_queues(self, shard: int, version: str | None, flat: list[str]) -> None:
+        read = self._queues_read
+        read[shard] = (version or "", _load_queues(flat))
+        for k in range(SHARDS):  # every shard's copy has the same version once an update reached them all: a
+            if read[k][0] == "\0unread":  # first guess for the shards not read yet (a wrong one costs a retry)
+                read[k] = read[shard]
 
     def _acquire(self, visitor_id: str, session_id: str, optimistic: bool = False) -> _Held:
         key = self._session_key(visitor_id, session_id)
@@ -601,15 +870,17 @@ class RedisStore:
                 outer.depth += 1
                 return outer
             raise RuntimeError("RedisStore: one thread may hold one session lock at a time")
-        lock_key = self.prefix + "lock:" + key[len(self.prefix) + 2:]
+        shard = shard_of(visitor_id)
+        base = self._tagged[shard]
+        lock_key = f"{base}lock:{len(visitor_id)}:{visitor_id}{session_id}"
         visitor_key = self._visitor_key(visitor_id)
         if optimistic:
-            held = _Held(key, visitor_id, session_id, lock_key, "")
+            held = _Held(key, visitor_id, session_id, lock_key, "", shard)
             session_raw, visitor_raw = self._cached(key), self._cached(visitor_key)
-            version, held.queues = self._queues_read
+            version, held.queues = self._queues_read[shard]
         else:
-            held = _Held(key, visitor_id, session_id, lock_key, os.urandom(16).hex())
-            keys = [lock_key, key, visitor_key, self._queue_key, self._queue_version_key]
+            held = _Held(key, visitor_id, session_id, lock_key, os.urandom(16).hex(), shard)
+            keys = [lock_key, key, visitor_key, self._queue_keys[shard], self._queue_version_keys[shard]]
             args = [held.token, _ms(self.lock_ttl_s)]
             deadline = time.monotonic() + self.lock_wait_s
             delay = 0.0005
@@ -628,41 +899,47 @@ class RedisStore:
             session_raw, visitor_raw = reply[1] or "", reply[2] or ""
             self._remember(key, session_raw)
             self._remember(visitor_key, visitor_raw)
-            self._remember_queues(reply[4], reply[3])
-            version, held.queues = self._queues_read
+            self._remember_queues(shard, reply[4], reply[3])
+            version, held.queues = self._queues_read[shard]
         held.read = (session_raw, visitor_raw, version)
         held.session = _load_session(session_raw or None)
         held.visitor = held.visitor_read = _load_visitor(visitor_raw or None)
         self._local.held = held
         return held
 
+    def _done_key(self, held: _Held) -> str:
+        return f"{self._tagged[held.shard]}done:{held.lock_key[len(self._tagged[held.shard]) + 5:]}"
+
     def _commit(self, held: _Held) -> None:
-        args: list[Any] = [held.token] if held.token else list(held.read)
+        if held.token:
+            ops = _Ops([held.lock_key, self._done_key(held)], [held.token])
+        else:
+            ops = _Ops([held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_keys[held.shard],
+                        self._queue_version_keys[held.shard]], list(held.read))
         written: str | None = None
         cooldown: str | None = None
         if held.dirty and held.session is not None:
             written = _dump_session(held.session)
-            args += ["set", held.key, written, _ms(self.session_ttl_s)]
+            ops.add("set", held.key, written, _ms(self.session_ttl_s))
             visitor = held.visitor
             if visitor is not None and visitor != held.visitor_read and visitor.cooldown_until > -math.inf:
                 left = visitor.cooldown_until - held.session.last_seen  # event time; the key lives as long
                 if left > 0:
                     cooldown = _num(visitor.cooldown_until)
-                    args += ["max", self._visitor_key(held.visitor_id), cooldown, _ms(left + 60)]
+                    ops.add("max", self._visitor_key(held.visitor_id), cooldown, _ms(left + 60))
         for record in held.offers.values():
-            args += self._offer_ops(record)
+            self._offer_ops(record, ops)
         if held.token:
-            if not self._eval(self._commit_script, [held.lock_key], args):
+            if not self._eval(self._commit_script, ops.keys, ops.args):
                 raise LockLost(f"the lock on session {held.session_id!r} of visitor {held.visitor_id!r} expired "
                                f"(held longer than {self.lock_ttl_s:g} s); nothing was written, try again")
             self._written(held, written, cooldown)
             return
-        keys = [held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_key, self._queue_version_key]
         batch = getattr(self._local, "batch", None)
         if batch is not None:
-            batch.pending.append((held, keys, args, written, cooldown))
+            batch.pending.append((held, ops.keys, ops.args, written, cooldown))
             return
-        if not self._checked(held, self._eval(self._check_and_commit_script, keys, args), written, cooldown):
+        if not self._checked(held, self._eval(self._check_and_commit_script, ops.keys, ops.args), written, cooldown):
             raise StaleRead(f"session {held.session_id!r} of visitor {held.visitor_id!r} changed meanwhile")
 
     def _checked(self, held: _Held, reply: Any, written: str | None, cooldown: str | None) -> bool:
@@ -677,7 +954,7 @@ class RedisStore:
             self._remember(held.key, reply[1])
             self._remember(self._visitor_key(held.visitor_id), reply[2])
             if reply[3] != held.read[2]:
-                self._remember_queues(reply[3], reply[4])
+                self._remember_queues(held.shard, reply[3], reply[4])
         return False
 
     def _written(self, held: _Held, written: str | None, cooldown: str | None) -> None:
@@ -708,54 +985,45 @@ class RedisStore:
         if not pending:
             return []
         try:
-            epoch = self._epoch or self._adopt()
+            epochs = self._epochs or self._adopt()
+            calls = [([*keys, self._marker_keys[held.shard]], [*args, epochs[held.shard]])
+                     for held, keys, args, _, _ in pending]
+            replies = self._eval_once(self._check_and_commit_script, calls)
         except StoreUnavailable:
-            return [False] * len(pending)  # each is decided again on its own, which reports it
-        conn = self._connection()
-        try:
-            _send_evalsha(conn, self._check_and_commit_script.sha, [(keys, args) for _, keys, args, _, _ in pending],
-                          self._epoch_key, epoch)
-            replies: list[Any] = []
-            for _ in pending:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:  # NOSCRIPT after a restart, say: that one is decided again
-                    if _epoch_reply(exc) is not None:
-                        self._lost(_epoch_reply(exc) or "")  # each is then refused when decided again
-                    replies.append(exc)
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
             return [False] * len(pending)  # each is decided again on its own, which reconnects or reports it
+        for (held, _, _, _, _), reply in zip(pending, replies):
+            current = _epoch_reply(reply) if isinstance(reply, Exception) else None
+            if current is not None:  # NOSCRIPT after a restart, say: that one is decided again (and reports it)
+                self._lost(current, held.shard)  # each is then refused when decided again
         return [not isinstance(reply, Exception) and self._checked(held, reply, written, cooldown)
                 for (held, _, _, written, cooldown), reply in zip(pending, replies)]
 
     def _release_quietly(self, held: _Held) -> None:
         try:
-            self._release_script(keys=[held.lock_key], args=[held.token])
-        except redis.RedisError:
+            self._eval_many(self._release_script, [([held.lock_key], [held.token])])
+        except (StoreUnavailable, redis.RedisError, RedisClusterException):
             pass  # it expires by itself
 
-    def _offer_ops(self, record: OfferRecord) -> list[Any]:
+    def _offer_ops(self, record: OfferRecord, ops: _Ops) -> None:
         ttl = _ms(self.session_ttl_s + max(0.0, record.expires_at - record.offered_at))
-        ops: list[Any] = ["set", self._offer_prefix + record.offer_id, _dump_offer(record), ttl]
+        ops.add("set", self._offer_key(record.visitor_id, record.offer_id), _dump_offer(record), ttl)
         if record.status == OfferStatus.OFFERED:
-            ops += ["zadd", self._due_key, _num(record.expires_at), record.offer_id]
+            ops.add("zadd", self._due_key(record.visitor_id), _num(record.expires_at), record.offer_id)
         else:
-            ops += ["zrem", self._due_key, record.offer_id, "-"]
-        return ops
+            ops.add("zrem", self._due_key(record.visitor_id), record.offer_id, "-")
 
-    def _write(self, args: list[Any]) -> None:
+    def _write(self, visitor_id: str, session_id: str, build: Callable[[_Ops], None]) -> None:
         """Writes outside any session lock (the runtime makes none; kept for direct use and tests)."""
-        epoch = self._epoch or self._adopt()
-        try:
-            self._commit_script(keys=[self._epoch_key], args=["", *args, epoch])
-        except redis.RedisError as exc:
-            raise self._script_error(exc) from None
+        base = self._tagged[shard_of(visitor_id)]
+        lock = f"{base}lock:{len(visitor_id)}:{visitor_id}{session_id}"
+        ops = _Ops([lock, f"{base}done:{len(visitor_id)}:{visitor_id}{session_id}"], [""])
+        build(ops)
+        self._eval(self._commit_script, ops.keys, ops.args)
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
             return getattr(self._redis, method)(*args)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             if _is_outage(exc):
                 raise _unavailable(exc) from None
             raise
@@ -763,7 +1031,7 @@ class RedisStore:
     def _scan(self, pattern: str) -> list[str]:
         try:
             return list(self._redis.scan_iter(pattern, 1000))
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             if _is_outage(exc):
                 raise _unavailable(exc) from None
             raise
@@ -789,17 +1057,26 @@ class RedisStore:
         if held is not None:
             held.session, held.visitor, held.dirty = session, visitor, True
             return
-        args: list[Any] = ["set", key, _dump_session(session), _ms(self.session_ttl_s)]
-        if visitor.cooldown_until > session.last_seen:
-            args += ["max", self._visitor_key(visitor_id), _num(visitor.cooldown_until),
-                     _ms(visitor.cooldown_until - session.last_seen + 60)]
-        self._write(args)
+
+        def build(ops: _Ops) -> None:
+            ops.add("set", key, _dump_session(session), _ms(self.session_ttl_s))
+            if visitor.cooldown_until > session.last_seen:
+                ops.add("max", self._visitor_key(visitor_id), _num(visitor.cooldown_until),
+                        _ms(visitor.cooldown_until - session.last_seen + 60))
+
+        self._write(visitor_id, session_id, build)
 
     def offer(self, offer_id: str) -> OfferRecord | None:
         held: _Held | None = getattr(self._local, "held", None)
-        if held is not None and offer_id in held.offers:
-            return held.offers[offer_id]
-        record = _load_offer(self._call("get", self._offer_prefix + offer_id))
+        if held is not None:
+            if offer_id in held.offers:
+                return held.offers[offer_id]
+            raw = self._call("get", self._offer_prefixes[held.shard] + offer_id)  # the held visitor's offer
+            if raw is not None:
+                return _load_offer(raw)
+        # Without the visitor: every shard at once (an offer id does not say whose it is).
+        found = [raw for raw in self._get_many([p + offer_id for p in self._offer_prefixes]) if raw is not None]
+        record = _load_offer(found[0]) if found else None
         if record is None:
             self.ping()  # an unknown offer (rare): a 503 rather than a 404 if Redis lost them all
         return record
@@ -809,29 +1086,30 @@ class RedisStore:
         if held is not None:
             held.offers[record.offer_id] = record
             return
-        self._write(self._offer_ops(record))
+        self._write(record.visitor_id, record.session_id, lambda ops: self._offer_ops(record, ops))
 
     def due_offers(self, now: float) -> list[OfferRecord]:
         tick = time.monotonic()
         if tick - self._last_due_check < self.due_check_interval_s:
             return []
         self._last_due_check = tick
-        try:
-            raw = self._due_script(keys=[self._due_key], args=[_num(now), 200, self._offer_prefix])
-        except redis.RedisError as exc:
-            if _is_outage(exc):
-                raise _unavailable(exc) from None
-            raise
+        replies = self._eval_many(self._due_script, [([self._due_keys[k]], [_num(now), 200, self._offer_prefixes[k]])
+                                                     for k in range(SHARDS)])
         due = []
-        for item in raw:
-            record = _load_offer(item)
-            if record is None:
-                continue
-            if record.status == OfferStatus.OFFERED:
-                due.append(record)
-            else:  # closed, but its entry survived (a commit that failed half-way cannot happen; a crash can)
-                self._call("zrem", self._due_key, record.offer_id)
-        if len(raw) >= 200:
+        more = False
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._script_error(reply) from None
+            more = more or len(reply) >= 200
+            for item in reply:
+                record = _load_offer(item)
+                if record is None:
+                    continue
+                if record.status == OfferStatus.OFFERED:
+                    due.append(record)
+                else:  # closed, but its entry survived (a commit that failed half-way cannot happen; a crash can)
+                    self._call("zrem", self._due_key(record.visitor_id), record.offer_id)
+        if more:
             self._last_due_check = -math.inf  # more are due: look again on the next call
         return due
 
@@ -842,23 +1120,26 @@ class RedisStore:
         held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             return held.queues
-        return _load_queues([x for kv in self._call("hgetall", self._queue_key).items() for x in kv])
+        return _load_queues([x for kv in self._call("hgetall", self._queue_keys[0]).items() for x in kv])
 
     def set_queue_status(self, name: str, status: QueueStatus) -> None:
-        # With a new version: every process's cached queue status is then refused at its next commit.
-        epoch = self._epoch or self._adopt()
-        try:
-            version = self._set_queue_script(keys=[self._queue_key, self._queue_version_key, self._epoch_key],
-                                             args=[name, _dump_queue(status), epoch])
-        except redis.RedisError as exc:
-            raise self._script_error(exc) from None
-        read_version, queues = self._queues_read
-        if read_version == str(version - 1) or (read_version == "" and version == 1):  # nobody else changed it
-            self._queues_read = (str(version), {**queues, name: status})
+        # Every shard's copy, each with a new version: every process's cached queue status is then refused at its
+        # next commit in that shard. Not atomic across shards: for a moment some shards decide on the old status,
+        # as if the update had come a little later; one that failed is refused (StoreUnavailable) and sent again
+        # with the next update.
+        epochs = self._epochs or self._adopt()
+        value, version = _dump_queue(status), f"{time.time_ns()}:{os.urandom(6).hex()}"
+        replies = self._eval_many(self._set_queue_script, [
+            ([self._queue_keys[k], self._queue_version_keys[k], self._marker_keys[k]],
+             [name, value, version, epochs[k]]) for k in range(SHARDS)])
+        for k, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                raise self._script_error(reply, k) from None
+            self._remember_queues(k, version, reply)  # the copy as written, with its version
 
     def __len__(self) -> int:
         """Sessions remembered (a scan: for tests and operators, not the request path)."""
-        return len(self._scan(f"{self.prefix}s:*"))
+        return len(self._scan(f"{self.prefix}{{*}}s:*"))
 
     # ------------------------------------------------------------------ persistence and the state marker
 
@@ -867,8 +1148,32 @@ class RedisStore:
 
         Accepted: an append-only file synced always or every second. Otherwise :class:`VolatileRedis`, one line
         naming the URL (without its password) and the setting to change, unless ``allow_volatile`` (then the
-        returned line says so). Returns what a crash costs; :class:`StoreUnavailable` when Redis is down.
+        returned line says so). Returns what a crash costs; :class:`StoreUnavailable` when Redis is down. On a
+        cluster every node is asked (a replica becomes a master in a failover) and the worst answer counts.
         """
+        if self.cluster:
+            try:
+                clients = [node.redis_connection for node in self._redis.get_nodes()]
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise _unavailable(exc) from None
+        else:
+            clients = [self._redis]
+        ok, why = True, ""
+        for client in clients:
+            ok, why = self._verdict(client)
+            if not ok:
+                break
+        if ok:
+            self._persistence = why
+        elif allow_volatile:
+            self._persistence = f"VOLATILE, allowed: {why}"
+        else:
+            raise VolatileRedis(f"refusing Redis at {self.url}: {why}; to run on it anyway, pass "
+                                f"--allow-volatile-redis (server config redis_allow_volatile)")
+        return self._persistence
+
+    @staticmethod
+    def _verdict(client: Any) -> tuple[bool, str]:
         def read(fn: Callable[..., Any], arg: str) -> Any:
             try:
                 return fn(arg)
@@ -879,21 +1184,13 @@ class RedisStore:
 
         config: dict[str, Any] | None = {}
         for name in ("appendonly", "appendfsync", "save"):
-            got = read(self._redis.config_get, name)
+            got = read(client.config_get, name)
             if got is None:
                 config = None
                 break
             config.update(got)  # type: ignore[union-attr]
-        info = read(self._redis.info, "persistence") if config is None else None
-        ok, why = persistence_verdict(config, info)
-        if ok:
-            self._persistence = why
-        elif allow_volatile:
-            self._persistence = f"VOLATILE, allowed: {why}"
-        else:
-            raise VolatileRedis(f"refusing Redis at {self.url}: {why}; to run on it anyway, pass "
-                                f"--allow-volatile-redis (server config redis_allow_volatile)")
-        return self._persistence
+        info = read(client.info, "persistence") if config is None else None
+        return persistence_verdict(config, info)
 
     @property
     def epoch_key(self) -> str:
@@ -905,12 +1202,14 @@ class RedisStore:
         """The state marker's value this process adopted (None before the first contact, or after a loss)."""
         return self._epoch
 
-    def _adopt(self) -> str:
-        """First contact: adopt the state marker, created when there is none. After a loss: adopt it only once
-        someone re-created it (the acknowledgement); until then every call is refused with DataLost."""
+    def _adopt(self) -> list[str]:
+        """First contact: adopt the state marker, created when there is none, and its copy in every shard (made
+        from it when absent). After a loss: adopt them only once someone acknowledged it (a new marker, or the
+        copies re-created by a new start); until then every call is refused with DataLost.
+        Returns the shards' copies as adopted."""
         with self._epoch_lock:
-            if self._epoch is not None:
-                return self._epoch
+            if self._epochs is not None:
+                return self._epochs
             if self._refused is not None:
                 raise self._refused
             if self.allow_volatile is not None and self._persistence is None:
@@ -923,32 +1222,63 @@ class RedisStore:
             lost = self._lost_since is not None
             mine = f"{int(time.time())}:{os.urandom(8).hex()}"
             try:
-                reply: Any = (self._redis.get(self._epoch_key) if lost
-                              else self._adopt_script(keys=[self._epoch_key], args=[mine]))
-            except redis.RedisError as exc:
+                if lost:
+                    current: str | None = self._redis.get(self._epoch_key)
+                else:
+                    reply = self._eval_many(self._adopt_script, [([self._epoch_key], [mine])])[0]
+                    if isinstance(reply, Exception):
+                        raise reply
+                    current = reply  # the client decodes replies (decode_responses=True): text
+                if current is None:
+                    raise DataLost(self._lost_message())
+                copies = self._get_many(self._marker_keys)
+                missing = [k for k, copy in enumerate(copies) if copy is None]
+                if missing and lost and current == self._lost_epoch:
+                    raise DataLost(self._lost_message())  # a shard lost its copy: not acknowledged yet
+                if missing:
+                    made = self._eval_many(self._adopt_script, [([self._marker_keys[k]], [current]) for k in missing])
+                    for k, reply in zip(missing, made):
+                        if isinstance(reply, Exception):
+                            raise reply
+                        copies[k] = reply
+                    if len(missing) == SHARDS and not lost and current != mine:
+                        self._previous_layout()
+            except (redis.RedisError, RedisClusterException) as exc:
                 raise (_unavailable(exc) if _is_outage(exc) else exc) from None
-            current: str | None = reply  # the client decodes replies (decode_responses=True): text
-            if current is None:
-                raise DataLost(self._lost_message())
             if lost:
                 log.warning("Redis at %s: the state marker %s was re-created (%s): resuming; sessions active "
                             "before the loss may get a second offer", self.url, self._epoch_key, current)
                 self._lost_since = None
                 self._cache.clear()
-                self._queues_read = ("\0unread", {})
+                self._queues_read = [("\0unread", {})] * SHARDS
             elif current == mine:
                 self.epoch_created = True
                 log.info("Redis at %s had no state marker: created %s", self.url, self._epoch_key)
             self._epoch = current
-            return current
+            self._epochs = [str(copy) for copy in copies]
+            return self._epochs
 
-    def _lost(self, current: str) -> DataLost:
-        """A script found the marker gone or changed: from now on refuse (see _adopt); logged and counted once."""
+    def _previous_layout(self) -> None:
+        """A marker without shard copies: Redis may hold the previous (untagged) layout's keys. Said once, and
+        its global keys deleted (older workers still running would decide on a state this version cannot see)."""
+        old = [self.prefix + "due", self.prefix + "qv"]
+        if self.cluster or not any(self._redis.exists(key) for key in old):
+            return
+        log.warning("Redis at %s holds keys of pcrules' previous key layout (%s): sessions, cooldowns and offers "
+                    "written by an older version are not seen by this one (their visitors may get a second "
+                    "offer); stop every older worker; deleted %s", self.url, ", ".join(old), ", ".join(old))
+        self._redis.delete(*old)
+
+    def _lost(self, current: str, shard: int | None = None) -> DataLost:
+        """A script found the marker (or its shard's copy) gone or changed: from now on refuse (see _adopt);
+        logged and counted once."""
         first = False
         with self._epoch_lock:
-            if self._epoch is not None and current != self._epoch:
+            adopted = (self._epoch if shard is None else self._epochs[shard]) if self._epochs is not None else None
+            if adopted is not None and current != adopted:
                 first = True
-                self._epoch, self._lost_since = None, time.time()
+                self._lost_epoch = self._epoch
+                self._epoch, self._epochs, self._lost_since = None, None, time.time()
                 self.data_losses += 1
         if first:
             log.error("%s", self._lost_message(current))
@@ -968,18 +1298,24 @@ class RedisStore:
         """Accept that Redis lost pcrules' state and resume: a new marker, adopted by every process on it."""
         self._call("set", self._epoch_key, f"{int(time.time())}:ack:{os.urandom(8).hex()}")
         with self._epoch_lock:
-            if self._epoch is not None:
-                self._epoch, self._lost_since = None, time.time()
-        return self._adopt()
+            if self._epochs is not None:
+                self._lost_epoch = self._epoch
+                self._epoch, self._epochs, self._lost_since = None, None, time.time()
+        self._adopt()
+        assert self._epoch is not None
+        return self._epoch
 
     # ------------------------------------------------------------------ operations
 
     def ping(self) -> bool:
         """True when Redis answers and holds our state; StoreUnavailable (DataLost when it lost it) otherwise."""
-        epoch = self._epoch or self._adopt()
-        current = self._call("get", self._epoch_key)
-        if current != epoch:
-            raise self._lost(current or "")
+        epochs = self._epochs or self._adopt()
+        current = self._get_many([self._epoch_key, *self._marker_keys])
+        if current[0] != self._epoch:
+            raise self._lost(current[0] or "")
+        for k, copy in enumerate(current[1:]):
+            if copy != epochs[k]:
+                raise self._lost(copy or "", k)
         return True
 
     def configure(self, *, session_ttl_s: float | None = None) -> None:
@@ -988,9 +1324,10 @@ class RedisStore:
 
     def clear(self) -> int:
         """Delete every key under this store's prefix (tests, a fresh demo); returns how many."""
-        keys = [k for k in self._scan(self.prefix + "*") if k != self._epoch_key]  # others still share it
+        shared = {self._epoch_key, *self._marker_keys}  # others still share them
+        keys = [k for k in self._scan(self.prefix + "*") if k not in shared]
         self._cache.clear()
-        self._queues_read = ("\0unread", {})
+        self._queues_read = [("\0unread", {})] * SHARDS
         for i in range(0, len(keys), 500):
             self._call("delete", *keys[i:i + 500])
         return len(keys)
@@ -1000,4 +1337,5 @@ class RedisStore:
             for conn in self._connections:
                 conn.disconnect()
             self._connections.clear()
-        self._redis.close()
+        if self._client is not None:
+            self._client.close()
