@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Journal", "Scan", "scan", "read_records", "orphans", "remove_stale_temporaries", "SUFFIX", "MAGIC"]
+__all__ = ["Journal", "Scan", "scan", "read_records", "orphans", "remove_stale_temporaries", "whole_frames", "SUFFIX",
+           "MAGIC"]
 
 SUFFIX = ".journal"
 MAGIC = b"\xa7PJ2"                # starts every record; never the first bytes of a legacy (unframed) journal
@@ -77,7 +78,8 @@ class Journal:
     """The journal this process appends to. Not thread-safe: the caller serialises appends."""
 
     def __init__(self, directory: Path):
-        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # Unique across hosts too: the PostgreSQL log records each journal's progress under this name.
+        stem = f"{os.getpid()}-{uuid.uuid4().hex}"
         temporary = directory / f".{stem}.tmp"
         for attempt in range(3):
             directory.mkdir(parents=True, exist_ok=True)
@@ -160,6 +162,19 @@ class Scan:
     @property
     def clean(self) -> bool:
         return not self.skipped_bytes
+
+
+def whole_frames(data: bytes) -> tuple[int, int]:
+    """(bytes, records) of the longest prefix of `data` made of whole frames, read by their headers alone (a reader
+    of a journal still being written stops at the last whole record; scan() checks them)."""
+    at = count = 0
+    size, header = len(data), _HEADER.size
+    while at + header <= size and data.startswith(MAGIC, at):
+        end = at + header + _HEADER.unpack_from(data, at)[1]
+        if end > size:
+            break
+        at, count = end, count + 1
+    return at, count
 
 
 def _valid(record: Any) -> bool:

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -36,8 +36,8 @@ from ...core.decision import Decision, Outcome
 from ...errors import LogUnavailable
 from .journal import Journal, Scan, live_writers, orphans, read_records, remove_stale_temporaries
 
-__all__ = ["DecisionLog", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA", "SCHEMA_VERSION",
-           "fresh_log", "refuse_if_open", "remove_log"]
+__all__ = ["DecisionLog", "JournalRecords", "LogHealth", "MemoryDecisionLog", "SQLiteDecisionLog", "SCHEMA",
+           "SCHEMA_VERSION", "fresh_log", "refuse_if_open", "remove_log"]
 
 log = logging.getLogger("pcrules.decision_log")
 
@@ -134,6 +134,7 @@ class LogHealth:
     pending: int = 0               # records journaled and not yet in the tables
     failures: int = 0              # failed attempts to move records into the tables since it opened
     quarantined: int = 0           # damaged journals moved aside when it opened (see data/README.md)
+    pending_age_s: float = 0.0     # how long records have been waiting: since `pending` was last 0
 
 
 @runtime_checkable
@@ -304,6 +305,11 @@ def _migrate(db: sqlite3.Connection) -> None:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+# Shared with the PostgreSQL log (postgres.py), which journals the same records the same way.
+INSERTS = _INSERTS
+well_formed, upgrade_record, reserve_room, why_not_writable = _well_formed, _current, _room, _why_not_writable
 
 
 class _Sink:
@@ -530,9 +536,12 @@ class _Sink:
         try:
             self.reserve()
         except LogUnavailable as exc:
-            return LogHealth(False, exc.reason, len(self.pending), self.failures, len(self.quarantined))
+            return LogHealth(False, exc.reason, len(self.pending), self.failures, len(self.quarantined), self.age())
         problem = self.flush_problem and f"moving records into SQLite fails: {self.flush_problem}"
-        return LogHealth(True, problem, len(self.pending), self.failures, len(self.quarantined))
+        return LogHealth(True, problem, len(self.pending), self.failures, len(self.quarantined), self.age())
+
+    def age(self) -> float:
+        return round(time.monotonic() - self.oldest, 3) if self.pending else 0.0
 
     def checkpoint(self) -> None:
         with self.flush_lock:
@@ -553,7 +562,31 @@ def _background(sink: _Sink, stop: threading.Event, flush_every_s: float, checkp
             sink.failed(exc)
 
 
-class SQLiteDecisionLog:
+class JournalRecords:
+    """The record_* methods of a journaled log: each record is `(table, row)`, the row in its table's INSERT
+    order (data/README.md). Shared by the SQLite and the PostgreSQL logs, so both write the same records."""
+
+    _append: Callable[[int, tuple[Any, ...]], None]
+
+    def record_decision(self, d: Decision) -> None:
+        metadata = _dumps_text(d.metadata) if d.metadata else None
+        self._append(DECISION, (d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action.value,
+                                d.reason.value if d.reason else None, d.rule, d.queue, d.score, d.offer_id,
+                                int(d.holdout), d.expires_at, d.recheck_after, metadata, d.ruleset,
+                                d.ruleset_version, time.time(), int(d.explored), d.propensity))
+
+    def record_outcome(self, o: Outcome) -> None:
+        self._append(OUTCOME, (o.offer_id, o.status.value, o.ts, o.visitor_id, o.session_id, o.rule, o.queue,
+                               o.offered_at, o.ruleset, o.ruleset_version, time.time()))
+
+    def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
+        self._append(GOAL, (ts, visitor_id, session_id, goal, value, time.time()))
+
+    def record_ruleset(self, name: str, version: str, spec: dict[str, Any], ts: float) -> None:
+        self._append(RULESET, (name, version, ts, json.dumps(spec, default=str, ensure_ascii=False)))
+
+
+class SQLiteDecisionLog(JournalRecords):
     """The default decision log (see the module docstring for how a record reaches the file).
 
     Checkpoints (copying the WAL back into the database) run on the same
@@ -594,23 +627,6 @@ class SQLiteDecisionLog:
 
     def health(self) -> LogHealth:
         return self._sink.health()
-
-    def record_decision(self, d: Decision) -> None:
-        metadata = _dumps_text(d.metadata) if d.metadata else None
-        self._append(DECISION, (d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action.value,
-                                d.reason.value if d.reason else None, d.rule, d.queue, d.score, d.offer_id,
-                                int(d.holdout), d.expires_at, d.recheck_after, metadata, d.ruleset,
-                                d.ruleset_version, time.time(), int(d.explored), d.propensity))
-
-    def record_outcome(self, o: Outcome) -> None:
-        self._append(OUTCOME, (o.offer_id, o.status.value, o.ts, o.visitor_id, o.session_id, o.rule, o.queue,
-                               o.offered_at, o.ruleset, o.ruleset_version, time.time()))
-
-    def record_goal(self, visitor_id: str, session_id: str, goal: str, ts: float, value: float | None) -> None:
-        self._append(GOAL, (ts, visitor_id, session_id, goal, value, time.time()))
-
-    def record_ruleset(self, name: str, version: str, spec: dict[str, Any], ts: float) -> None:
-        self._append(RULESET, (name, version, ts, json.dumps(spec, default=str, ensure_ascii=False)))
 
     def flush(self) -> None:
         """Everything recorded so far is in the SQLite tables when this returns."""
