@@ -541,10 +541,11 @@ def _dashboard(args: argparse.Namespace) -> int:
         from .ops.voila import serve
     except ImportError as exc:  # voila / ipywidgets / matplotlib are the `dashboard` extra
         return _fail(f"the dashboard needs pcrules[dashboard] (voila, ipywidgets, matplotlib): {exc}")
+    url = "://" in args.log  # a database URL (postgresql://...): the dashboard names any problem with it
     log = Path(args.log)
-    if log.is_dir():
+    if not url and log.is_dir():
         return _fail(f"{log}: a directory, not a decision log (an SQLite file)", "--log")
-    if log.exists():
+    if not url and log.exists():
         try:
             with open(log, "rb") as handle:
                 head = handle.read(16)
@@ -558,7 +559,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     if busy:  # Voila would move to the next port while we print this one
         return _fail(f"{busy} (choose another with --port)")
     try:
-        return serve(Path(args.log), port=args.port, host=args.host, bundle_path=args.bundle,
+        return serve(args.log if url else log, port=args.port, host=args.host, bundle_path=args.bundle,
                      base_url=args.base_url, cull_idle_s=args.cull_idle)
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(exc)
@@ -575,7 +576,8 @@ def _add_voila_options(parser: argparse.ArgumentParser, *, port: int, prefix: st
 
 def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     dash = commands.add_parser("dashboard", help="serve the Voila ops dashboard on a decision log (127.0.0.1)")
-    dash.add_argument("--log", default="var/demo/decisions.sqlite", help="decision log (default: the demo's)")
+    dash.add_argument("--log", default="var/demo/decisions.sqlite",
+                      help="decision log: a SQLite file or a postgresql:// URL (default: the demo's)")
     dash.add_argument("--bundle", help="publish directory or bundle to show as the live bundle (default: none)")
     _add_voila_options(dash, port=8866, prefix="/ops/")
     dash.set_defaults(run=_dashboard)
