@@ -9,7 +9,8 @@ Layout of a publish directory (``published/`` below)::
         20260105T120000Z-3f9a1c0b2e/                    one immutable directory per publish
           rules.yaml                                    the rule spec (the analyst's text, verbatim when given as text)
           model.json                                    the model as ``scorer.to_dict()`` JSON (absent: rules only)
-          manifest.json                                 version, ruleset, sha256 of every part, metrics, libraries
+          manifest.json                                 version, ruleset, sha256 of every part, metrics, libraries,
+                                                        and the audit: who published it, who rolled back to it
       .tmp-<version>-<pid>/                             only while publishing, or left by a crash: never current
       .lock                                             serialises publishers and rollbacks (flock)
 
@@ -28,13 +29,29 @@ The symlink is authoritative: history is trimmed (or extended) to end at what
 cannot make them disagree. :func:`rollback` verifies the previous version
 loads before it moves ``current`` to it.
 
+**Audit.** Publishing and rolling back are operator actions: each is an entry of the manifest's ``audit``
+list, in the manifest of the version it made (publish) or made current again (rollback)::
+
+    {"action": "publish" | "rollback", "operator": "alice", "at": "2026-12-07T08:40:00Z", "via": "tuner",
+     "from": <the version current before, or null>, "to": <this version>, "made_current": true,
+     "override": <the guardrail override the operator gave: {"by", "at", "reasons"}, or null>,
+     "prev": <sha256 of the entry before; for the first, of "<version>:<content_sha256>">,
+     "sha256": <sha256 of this entry without "sha256" (canonical JSON: sorted keys, no spaces)>}
+
+``operator`` is who the caller says acted (the tuner: the authenticated dashboard operator; the CLI: the OS user or
+``--operator``); without one, the OS user. A version's parts never change; its manifest gains an audit entry (one
+``os.replace``, under the lock, verified before ``current`` moves) when a rollback makes it current again. The
+entries are chained, so an edited, removed or reordered entry, or one copied from another bundle, is refused on
+load like a changed part. A manifest without ``audit`` (written before pcrules recorded it) loads as before.
+
 **What loading verifies** (:func:`load_bundle`; every failure is a
 :class:`BundleError` naming the file and the problem): the manifest exists, is
 JSON and has every required field; the bundle format is one this pcrules reads;
 the bundle was written by the same pcrules major version and durable-rules
 major version; every part listed has the recorded size and sha256 and no
-unlisted model sits beside them; the rules validate and are the ruleset (name,
-version) the manifest names; the model loads from JSON (never pickle: nothing
+unlisted model sits beside them; the audit entries (if any) are well formed
+and chained; the rules validate and are the ruleset (name, version) the
+manifest names; the model loads from JSON (never pickle: nothing
 in a bundle can run code) and scores a probe event to a probability.
 
 Only the standard library and PyYAML are imported here (and pcrules' own light
@@ -45,6 +62,7 @@ scikit-learn.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -87,6 +105,8 @@ __all__ = [
     "history",
     "list_versions",
     "clean_staging",
+    "os_user",
+    "audit_lines",
 ]
 
 log = logging.getLogger("pcrules.bundle")
@@ -105,6 +125,8 @@ LOCK_FILE = ".lock"
 MAX_MANIFEST_BYTES = 1 << 20
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 MAJOR = re.compile(r"\s*(\d+)")
+AUDIT_ACTIONS = ("publish", "rollback")
+MAX_OPERATOR_CHARS = 200
 
 # A probe the model must score to a probability before it is published or served: the fields the runtime
 # passes to ``predict_proba_one`` (the event's own fields, numbers as floats).
@@ -130,12 +152,18 @@ class Bundle:
     def metrics(self) -> Mapping[str, Any] | None:
         return self.manifest.get("metrics")
 
+    @property
+    def audit(self) -> list[Mapping[str, Any]]:
+        """Who published this version and who rolled back to it, oldest first (empty for an older bundle)."""
+        return list(self.manifest.get("audit") or [])
+
 
 @dataclass(frozen=True)
 class RollbackResult:
     version: str  # current now
     path: Path
     previous: str  # what was current before the rollback
+    operator: str = ""  # who rolled back (recorded in the manifest of `version`)
 
 
 def _no_stage(stage: str) -> None:
@@ -353,13 +381,19 @@ def _probe(scorer: Scorer, what: str) -> float:
 
 def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any = None,
             out_dir: str | os.PathLike = "published", metrics: Mapping[str, Any] | None = None,
-            *, activate: bool = True) -> Path:
+            *, activate: bool = True, operator: str | None = None, via: str = "api",
+            override: Mapping[str, Any] | None = None) -> Path:
     """Write a new bundle version under ``out_dir/versions/`` and make it current; return its directory.
 
     ``rules``: a spec path, YAML text, a dict or a RuleSpec; ``model``: a model JSON path, a dict (a
     scorer's ``to_dict()``), a scorer with ``to_dict()``, or None for a rules-only bundle. Everything is
     validated before anything is written: a bad spec raises SpecError, a bad model BundleError.
+
+    The manifest's audit records the publish: ``operator`` (default: the OS user, :func:`os_user`), ``via`` (what
+    published: "cli", "tuner", "api"), the version current before, and ``override`` (a guardrail override: who,
+    when, why) when one was given.
     """
+    who = _operator(operator)
     text, spec = _rules_text(rules)  # SpecError before anything touches the disk
     rules_bytes = text.encode("utf-8")
     model_bytes: bytes | None = None
@@ -377,12 +411,18 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
         raise BundleError(f"metrics: cannot be stored as JSON ({exc})") from None
     if plain_metrics is not None and not isinstance(plain_metrics, dict):
         raise BundleError(f"metrics: expected a mapping, got {type(metrics).__name__}")
+    try:
+        plain_override = None if override is None else _plain(override)
+    except TypeError as exc:
+        raise BundleError(f"override: cannot be stored as JSON ({exc})") from None
+    if plain_override is not None and not isinstance(plain_override, dict):
+        raise BundleError(f"override: expected a mapping, got {type(override).__name__}")
 
     parts = {RULES_FILE: rules_bytes}
     if model_bytes is not None:
         parts[MODEL_FILE] = model_bytes
     files = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in parts.items()}
-    content = _sha256(json.dumps(files, sort_keys=True).encode())
+    content = _content_of(files)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -403,6 +443,8 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
             "metrics": plain_metrics,
             "libraries": library_versions(),
         }
+        manifest["audit"] = [_audit_entry("publish", who, now, via, current_version(out), version, activate,
+                                          plain_override, _audit_anchor(version, content))]
         staging = out / f"{STAGING_PREFIX}{version}-{os.getpid()}"
         staging.mkdir()
         try:
@@ -430,8 +472,8 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
             _point(out, version)
             _stage("pointed")
             _write_history(out, [*previous, version])
-    log.info("published bundle %s (ruleset %s %s, model %s) in %s%s", version, spec.name, spec.version,
-             model_kind, out, " and made it current" if activate else "")
+    log.info("published bundle %s (ruleset %s %s, model %s) in %s%s, by %s", version, spec.name, spec.version,
+             model_kind, out, " and made it current" if activate else "", who)
     return final
 
 
@@ -530,8 +572,10 @@ def clean_staging(out_dir: str | os.PathLike, *, _locked_already: bool = False) 
         return removed
 
 
-def rollback(out_dir: str | os.PathLike) -> RollbackResult:
-    """Make the version that was current before the current one current again (verified first)."""
+def rollback(out_dir: str | os.PathLike, *, operator: str | None = None, via: str = "api") -> RollbackResult:
+    """Make the version that was current before the current one current again (verified first); the manifest of
+    that version records the rollback in its audit (``operator``, default the OS user; ``via``; from, to)."""
+    who = _operator(operator)
     out = Path(out_dir)
     if not out.is_dir():
         raise BundleError(f"{out}: no such publish directory")
@@ -543,13 +587,130 @@ def rollback(out_dir: str | os.PathLike) -> RollbackResult:
             raise BundleError(f"{out}: {past[-1]} is the first version made current; nothing to roll back to")
         target, previous = past[-2], past[-1]
         try:
-            load_bundle(out / VERSIONS / target)
+            bundle = load_bundle(out / VERSIONS / target)
         except BundleError as exc:
             raise BundleError(f"cannot roll back to {target}: {exc}; {previous} stays current") from None
+        _record(bundle, "rollback", who, via, previous)  # the record first: no unrecorded rollback
         _point(out, target)
         _write_history(out, past[:-1])
-    log.info("rolled back %s from %s to %s", out, previous, target)
-    return RollbackResult(target, out / VERSIONS / target, previous)
+    log.info("rolled back %s from %s to %s, by %s", out, previous, target, who)
+    return RollbackResult(target, out / VERSIONS / target, previous, who)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def os_user() -> str:
+    """The OS account running this process (``getpass.getuser()``), or "unknown" where it has none."""
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:  # no login name in the environment or the password database (a container)
+        return "unknown"
+
+
+def _operator(operator: str | None) -> str:
+    who = os_user() if operator is None else operator
+    if not isinstance(who, str) or not who.strip() or len(who) > MAX_OPERATOR_CHARS \
+            or any(ord(c) < 32 or ord(c) == 127 for c in who):
+        raise BundleError(f"operator: expected a name of 1 to {MAX_OPERATOR_CHARS} printable characters, "
+                          f"got {who!r}")
+    return who.strip()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _audit_anchor(version: str, content: str) -> str:
+    """What the first audit entry of a bundle chains to: its version and its parts (no copying between bundles)."""
+    return _sha256(f"{version}:{content}".encode())
+
+
+def _audit_entry(action: str, operator: str, when: datetime, via: str, source: str | None, version: str,
+                 made_current: bool, override: Mapping[str, Any] | None, prev: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "action": action, "operator": operator,
+        "at": when.isoformat(timespec="seconds").replace("+00:00", "Z"), "via": str(via),
+        "from": source, "to": version, "made_current": bool(made_current),
+        "override": None if override is None else dict(override), "prev": prev,
+    }
+    entry["sha256"] = _sha256(_canonical(entry))
+    return entry
+
+
+def _record(bundle: Bundle, action: str, operator: str, via: str, source: str | None) -> None:
+    """Append an audit entry to the manifest of `bundle` (one atomic replace), verified before it counts: a
+    manifest that would not load back is put back as it was."""
+    path = bundle.path / MANIFEST_FILE
+    before = path.read_bytes()
+    manifest = dict(bundle.manifest)
+    past = list(manifest.get("audit") or [])
+    prev = past[-1]["sha256"] if past else _audit_anchor(bundle.version, _content_of(manifest["files"]))
+    manifest["audit"] = [*past, _audit_entry(action, operator, datetime.now(UTC), via, source, bundle.version,
+                                             True, None, prev)]
+    _replace_durable(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    try:
+        load_bundle(bundle.path)
+    except BaseException:
+        _replace_durable(path, before)
+        raise
+
+
+def _content_of(files: Mapping[str, Any]) -> str:
+    return _sha256(json.dumps({n: dict(e) for n, e in files.items()}, sort_keys=True).encode())
+
+
+def _check_audit(manifest: Mapping[str, Any], path: Path, content: str) -> None:
+    """The audit entries are well formed, each names this version, and the chain from the anchor holds."""
+    if "audit" not in manifest:
+        return  # written before pcrules recorded operators
+    audit = manifest["audit"]
+    if not isinstance(audit, list):
+        raise BundleError(f"{path}: audit: expected a list of entries, got {type(audit).__name__}")
+    prev = _audit_anchor(manifest["bundle_version"], content)
+    for i, entry in enumerate(audit):
+        where = f"{path}: audit[{i}]"
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: expected an object, got {type(entry).__name__}")
+        if entry.get("action") not in AUDIT_ACTIONS:
+            raise BundleError(f"{where}: action {entry.get('action')!r} is not one of {', '.join(AUDIT_ACTIONS)}")
+        for key in ("operator", "at", "via"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise BundleError(f"{where}: {key}: required (a non-empty string)")
+        if entry.get("to") != manifest["bundle_version"]:
+            raise BundleError(f"{where}: records a {entry['action']} to {entry.get('to')!r}, not to this bundle "
+                              f"({manifest['bundle_version']}); refused")
+        if entry.get("from") is not None and not isinstance(entry.get("from"), str):
+            raise BundleError(f"{where}: from: expected a version or null")
+        if entry.get("override") is not None and not isinstance(entry.get("override"), dict):
+            raise BundleError(f"{where}: override: expected an object or null")
+        if entry.get("prev") != prev:
+            raise BundleError(f"{where}: does not follow the entry before it (prev); the audit was edited; refused")
+        body = {k: v for k, v in entry.items() if k != "sha256"}
+        if entry.get("sha256") != _sha256(_canonical(body)):
+            raise BundleError(f"{where}: sha256 mismatch: the entry was changed after it was recorded; refused")
+        prev = entry["sha256"]
+
+
+def audit_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """The audit as a person reads it, one line per action (``pcrules bundle-info``)."""
+    audit = manifest.get("audit")
+    if not audit:
+        return ["  audit     none recorded (published before pcrules recorded operators)"]
+    lines = []
+    for entry in audit:
+        verb = "published" if entry["action"] == "publish" else "rolled back to"
+        text = f"{verb} by {entry['operator']} at {entry['at']} via {entry['via']}"
+        if entry["action"] == "publish":
+            text += f" (current before: {entry.get('from') or 'none'}" + \
+                ("" if entry.get("made_current", True) else "; not made current") + ")"
+        else:
+            text += f" (from {entry.get('from')})"
+        override = entry.get("override")
+        if override:
+            text += f"; guardrail overridden by {override.get('by', entry['operator'])}"
+        lines.append(f"  audit     {text}")
+    return lines
 
 
 # --------------------------------------------------------------------------- load + verify
@@ -606,9 +767,10 @@ def load_bundle(path: str | os.PathLike, *, _staging: bool = False) -> Bundle:
         contents[name] = data
     if MODEL_FILE not in files and (where / MODEL_FILE).exists():
         raise BundleError(f"{where / MODEL_FILE}: present but not listed in {MANIFEST_FILE}; refused")
-    content = _sha256(json.dumps({n: dict(e) for n, e in files.items()}, sort_keys=True).encode())
+    content = _content_of(files)
     if manifest.get("content_sha256") not in (None, content):
         raise BundleError(f"{manifest_path}: content_sha256 does not match the files it lists")
+    _check_audit(manifest, manifest_path, content)
 
     rules_path = where / RULES_FILE
     try:

@@ -213,7 +213,7 @@ def _publish(args: argparse.Namespace) -> int:
         if out.exists() and not out.is_dir():
             return _fail(f"{out}: not a directory (a publish directory holds current and versions/)", "--out")
         path = publish(Path(args.rules), Path(args.model) if args.model else None, out, metrics,
-                       activate=not args.no_activate)
+                       activate=not args.no_activate, via="cli")
     except SpecError as exc:
         return _spec_fail(exc, "--rules")
     except (PcrulesError, OSError) as exc:
@@ -227,10 +227,11 @@ def _rollback(args: argparse.Namespace) -> int:
     from .errors import PcrulesError
 
     try:
-        result = rollback(Path(args.out))
+        result = rollback(Path(args.out), operator=args.operator, via="cli")
     except (PcrulesError, OSError) as exc:
         return _fail(exc)
-    print(f"rolled back: current is now {result.version} (was {result.previous}): {result.path}")
+    print(f"rolled back: current is now {result.version} (was {result.previous}): {result.path}; "
+          f"recorded as {result.operator}'s")
     return 0
 
 
@@ -285,6 +286,9 @@ def describe_bundle(b: Any) -> list[str]:
         lines.append(f"  model     {model.get('kind', '?')}" + (f" on {', '.join(fields)}" if fields else ""))
     lines.extend(_metrics_lines(m.get("metrics")))
     lines.append(f"  libraries {', '.join(f'{k} {v}' for k, v in (m.get('libraries') or {}).items())}")
+    from .bundle import audit_lines
+
+    lines.extend(audit_lines(m))
     return lines
 
 
@@ -343,6 +347,7 @@ def _add_bundle_commands(commands: argparse._SubParsersAction) -> None:
     pub.set_defaults(run=_publish)
     back = commands.add_parser("rollback", help="make the previously current bundle current again")
     back.add_argument("--out", default=PUBLISHED, help=f"publish directory (default: {PUBLISHED})")
+    back.add_argument("--operator", help="who rolls back, recorded in the manifest (default: the OS user)")
     back.set_defaults(run=_rollback)
     info = commands.add_parser("bundle-info", help="verify and describe a bundle or a publish directory")
     info.add_argument("path", nargs="?", default=PUBLISHED,
@@ -559,8 +564,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     if busy:  # Voila would move to the next port while we print this one
         return _fail(f"{busy} (choose another with --port)")
     try:
+        auth = _auth(args)
         return serve(args.log if url else log, port=args.port, host=args.host, bundle_path=args.bundle,
-                     base_url=args.base_url, cull_idle_s=args.cull_idle)
+                     base_url=args.base_url, cull_idle_s=args.cull_idle, auth=auth)
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(exc)
 
@@ -568,7 +574,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _add_voila_options(parser: argparse.ArgumentParser, *, port: int, prefix: str) -> None:
     """What every Voila app the CLI serves takes: where it listens, behind which prefix, when idle kernels go."""
     parser.add_argument("--port", type=_port, default=port, help=f"port (default {port})")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; there is no login)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; beyond loopback every request needs a token or a "
+                             "trusted SSO proxy)")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="operators' tokens, one name:token a line (else $PCRULES_DASHBOARD_TOKEN; else one is "
+                             "generated and printed once); needed beyond 127.0.0.1")
+    parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
+                        help="an SSO reverse proxy's address or network (repeatable): its X-Forwarded-User is the "
+                             "operator, without a token")
     parser.add_argument("--base-url", default="/", help=f"URL prefix behind a proxy, e.g. {prefix} (default /)")
     parser.add_argument("--cull-idle", type=_positive_int, default=600,
                         help="shut down a page's kernel after this many idle seconds without a browser (default 600)")
@@ -627,17 +641,26 @@ def _tuner(args: argparse.Namespace) -> int:
     if not (bundle.is_dir() and current_version(bundle) is not None):
         print(f"note: no bundle in {bundle} yet: the tuner starts from the embedded default rules without a model, "
               f"and Publish writes the first version there", file=sys.stderr)
-    if not _loopback(args.host):
-        print(f"warning: serving on {args.host}: the tuner has no login, and its Publish button makes a bundle live",
-              file=sys.stderr)
     env = app_env({EVENTS_ENV: events, BUNDLE_ENV: bundle, LOGGING_SPEC_ENV: args.logging_spec})
     try:
+        auth = _auth(args)
+        if auth is None and not _loopback(args.host):  # pragma: no cover (beyond loopback there is always auth)
+            print(f"warning: serving on {args.host} without sign-in: its Publish button makes a bundle live",
+                  file=sys.stderr)
         return serve_app(resources.triggers_notebook(), env, port=args.port, host=args.host, base_url=args.base_url,
-                         cull_idle_s=args.cull_idle,
+                         cull_idle_s=args.cull_idle, auth=auth,
                          banner=f"trigger tuner: {{url}}  (history {events.absolute()}, bundle {bundle.absolute()}; "
                                 f"Ctrl-C stops)")
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(exc)
+
+
+def _auth(args: argparse.Namespace) -> Any:
+    """The sign-in a Voila app needs (pcrules.ops.auth.AuthConfig), or None on loopback without options; a bad
+    token file or address raises ValueError (one line)."""
+    from .ops.auth import config_from_options
+
+    return config_from_options(args.host, args.token_file, args.trusted_proxy, err=sys.stderr)
 
 
 def _loopback(host: str) -> bool:

@@ -613,3 +613,108 @@ def test_loading_a_bundle_imports_no_data_science_stack(out, files):
     proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- audit: who published, who rolled back
+
+
+def _audit(version_dir: Path) -> list[dict]:
+    return json.loads((version_dir / "manifest.json").read_text())["audit"]
+
+
+def test_publish_and_rollback_are_recorded_in_the_manifest_with_who_when_what(out):
+    from pcrules.bundle import os_user
+
+    first = publish(spec_dict(0.4), MODEL_A, out)  # no operator: the OS user
+    [entry] = _audit(first)
+    assert entry["action"] == "publish" and entry["operator"] == os_user() and entry["via"] == "api"
+    assert (entry["from"], entry["to"], entry["made_current"], entry["override"]) == (None, first.name, True, None)
+    assert datetime.fromisoformat(entry["at"].replace("Z", "+00:00")).tzinfo is not None
+    override = {"by": "alice", "at": "2026-12-07T08:00:00+00:00", "reasons": ["too little support"]}
+    second = publish(spec_dict(0.5), MODEL_A, out, operator="alice", via="tuner", override=override)
+    [entry] = load_bundle(out).audit
+    assert (entry["operator"], entry["via"], entry["from"], entry["to"]) == ("alice", "tuner", first.name, second.name)
+    assert entry["override"] == override
+    quiet = publish(spec_dict(0.6), MODEL_A, out, operator="carol", activate=False)
+    assert _audit(quiet)[0]["made_current"] is False and _audit(quiet)[0]["from"] == second.name
+
+    result = rollback(out, operator="bob", via="cli")
+    assert (result.version, result.previous, result.operator) == (first.name, second.name, "bob")
+    published, rolled = load_bundle(out).audit  # the version made current again gains the entry
+    assert published == _audit(first)[0] and published["operator"] == os_user()
+    assert (rolled["action"], rolled["operator"], rolled["via"]) == ("rollback", "bob", "cli")
+    assert (rolled["from"], rolled["to"], rolled["prev"]) == (second.name, first.name, published["sha256"])
+    assert load_bundle(out / "versions" / second.name).audit[0]["operator"] == "alice"  # untouched
+    with pytest.raises(BundleError, match="operator"):
+        publish(spec_dict(0.7), MODEL_A, out, operator="eve\nmallory")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a[0].update(operator="mallory"), r"audit\[0\]: sha256 mismatch"),
+    (lambda a: a.pop(0), r"audit\[0\]: does not follow"),
+    (lambda a: a.reverse(), r"audit\[0\]: does not follow"),
+    (lambda a: a[1].update(to="20990101T000000Z-0000000000"), r"audit\[1\]: records a rollback to"),
+    (lambda a: a[1].update(action="delete"), r"audit\[1\]: action 'delete'"),
+])
+def test_an_edited_audit_is_refused_like_a_changed_part(out, change, message):
+    first = publish(spec_dict(0.4), MODEL_A, out, operator="alice")
+    publish(spec_dict(0.5), MODEL_A, out, operator="alice")
+    rollback(out, operator="bob")
+    edit_manifest(first, lambda m: change(m["audit"]))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(out)
+
+
+def test_an_audit_copied_from_another_bundle_is_refused(out):
+    a = publish(spec_dict(0.4), MODEL_A, out, operator="alice")
+    b = publish(spec_dict(0.5), MODEL_A, out, operator="alice")
+    stolen = _audit(a)
+    stolen[0]["to"] = b.name  # even with the version rewritten, the chain is anchored to a's parts
+    edit_manifest(b, lambda m: m.update(audit=stolen))
+    with pytest.raises(BundleError, match=r"audit\[0\]"):
+        load_bundle(b)
+
+
+def test_a_manifest_without_audit_still_loads_and_gains_one_on_rollback(out, capsys):
+    old = publish(spec_dict(0.4), MODEL_A, out)
+    edit_manifest(old, lambda m: m.pop("audit"))  # as written before pcrules recorded operators
+    assert load_bundle(old).audit == []
+    assert main(["bundle-info", str(old)]) == 0
+    assert "audit     none recorded" in capsys.readouterr().out
+    new = publish(spec_dict(0.5), MODEL_A, out, operator="alice")
+    assert main(["rollback", "--out", str(out), "--operator", "bob"]) == 0
+    assert "recorded as bob's" in capsys.readouterr().out
+    [entry] = load_bundle(out).audit
+    assert (entry["action"], entry["operator"], entry["from"], entry["to"]) == ("rollback", "bob", new.name, old.name)
+    assert main(["bundle-info", str(out / "current")]) == 0
+    info = capsys.readouterr().out
+    assert f"audit     rolled back to by bob at {entry['at']} via cli (from {new.name})" in info
+
+
+def test_a_rollback_that_cannot_record_moves_nothing(out, monkeypatch):
+    import pcrules.bundle as bundle
+
+    first = publish(spec_dict(0.4), MODEL_A, out)
+    second = publish(spec_dict(0.5), MODEL_A, out)
+    before = (first / "manifest.json").read_bytes()
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle, "_replace_durable", full)
+    with pytest.raises(OSError):
+        rollback(out, operator="bob")
+    assert current_version(out) == second.name and (first / "manifest.json").read_bytes() == before
+
+
+def test_cli_publish_records_the_os_user_and_bundle_info_shows_it(out, files, capsys):
+    from pcrules.bundle import os_user
+
+    rules, model = files
+    assert main(["publish", "--rules", str(rules), "--model", str(model), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bundle-info", str(out / "current")]) == 0
+    [entry] = load_bundle(out).audit
+    assert (entry["operator"], entry["via"]) == (os_user(), "cli")
+    assert f"audit     published by {os_user()} at {entry['at']} via cli (current before: none)" in \
+        capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Notebook 3 and the Voila app of the trigger tuner: the inputs of tuning, the expected-value choice, the current
-and the tuned ruleset side by side, and :func:`dashboard` (``dashboards/triggers.ipynb``).
+and the tuned ruleset side by side, and :func:`dashboard` (``dashboards/triggers.ipynb``; Publish is recorded as the
+operator's signed in at the dashboard's proxy, ``$HTTP_X_PCRULES_OPERATOR``, else as the OS user's).
 
 Both hand the tuner the logged feedback when the history has offers with their propensities (a generated world,
 the shipped sample included, knows its logging ruleset; real history needs ``logging_spec_path``), so Publish
@@ -30,6 +31,9 @@ __all__ = ["TuningInputs", "SideBySide", "load_for_tuning", "expected_value_choi
 log = logging.getLogger("pcrules.tuning")
 
 LOGGING_SPEC_ENV = "PCRULES_LOGGING_SPEC"  # the dashboard's: the ruleset that logged the history's offers
+# The operator signed in at pcrules.ops.auth's proxy: its X-Pcrules-Operator header, which Voila gives the kernel as
+# this variable (equal to pcrules.ops.auth.OPERATOR_ENV; not imported, so that the tuner needs no tornado)
+OPERATOR_ENV = "HTTP_X_PCRULES_OPERATOR"
 
 
 @dataclass
@@ -261,13 +265,14 @@ def dashboard(data_path: str | os.PathLike | None = None, bundle_path: str | os.
     data = data_path if data_path not in (None, "") else os.environ.get(EVENTS_ENV)
     bundle = bundle_path if bundle_path not in (None, "") else os.environ.get(BUNDLE_ENV)
     logging_spec = logging_spec_path if logging_spec_path not in (None, "") else os.environ.get(LOGGING_SPEC_ENV)
+    operator = os.environ.get(OPERATOR_ENV) or None  # the signed-in operator (pcrules.ops.auth's proxy), if any
     if not data:
         from .sample import SAMPLE_PATH
 
         data = SAMPLE_PATH
     try:
         inputs = load_for_tuning(data, bundle or None, logging_spec_path=logging_spec or None)
-        tuner = inputs.tuner(title=title)
+        tuner = inputs.tuner(title=title, operator=operator)
     except Exception as exc:
         log.exception("tuner dashboard: could not start")
         where = f" (history {data}, bundle {bundle or 'none'})"

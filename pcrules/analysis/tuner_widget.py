@@ -17,6 +17,10 @@ the log") and at Publish, never on every change (it bootstraps): the off-policy 
 tuned ruleset with its interval and support diagnostics, next to the model's own. Publish refuses what the
 guardrail refuses unless the override is ticked; either way the guardrail's figures (and an override: who,
 when, what was overridden) go into the bundle's manifest, ``metrics["guardrail"]``.
+
+Publish is an operator's action: ``operator=`` (the dashboard's signed-in operator, :mod:`pcrules.ops.auth`; else
+the account running the kernel) is recorded in the manifest's audit (:mod:`pcrules.bundle`), with the version it
+replaced and the override, if any.
 """
 
 from __future__ import annotations
@@ -147,7 +151,8 @@ class Tuner:
                  bundle_dir: str | os.PathLike | None = None, current: RuleSpec | None = None,
                  model_metrics: Mapping[str, Any] | None = None, chart: bool = True, title: str | None = None,
                  model: TriggerModel | None = None, feedback: Any = None, guardrail: bool | None = None,
-                 feedback_note: str | None = None, max_unsupported: float = MAX_UNSUPPORTED, n_boot: int = 500):
+                 feedback_note: str | None = None, max_unsupported: float = MAX_UNSUPPORTED, n_boot: int = 500,
+                 operator: str | None = None):
         import ipywidgets as w
 
         self.w = w
@@ -155,6 +160,7 @@ class Tuner:
         self.spec = self.model.spec
         self.scorer = self.model.scorer
         self.bundle_dir = Path(bundle_dir).expanduser() if bundle_dir not in (None, "") else None
+        self.operator = operator.strip() if operator and operator.strip() else _user()  # who Publish records
         self.current = current or self.spec
         self.current_version: str | None = None
         self.model_metrics = dict(model_metrics or {})
@@ -662,7 +668,8 @@ class Tuner:
         try:
             result = self._evaluate(settings)
             metrics = dict(self.model_metrics)
-            metrics["guardrail"] = _plain(self._guardrail_record(verdict, candidate.overridden))
+            record = _plain(self._guardrail_record(verdict, candidate.overridden))
+            metrics["guardrail"] = record
             metrics["tuning"] = _plain({
                 "from_ruleset": {"name": self.current.name, "version": self.current.version},
                 "bundle_before": self.current_version,
@@ -671,7 +678,10 @@ class Tuner:
                                                             "declined", "expired")},
                 "queues": result.metrics["queues"],
             })
-            path = publish(tuned, candidate.model, self.bundle_dir, metrics=metrics)
+            override = record.get("override")
+            path = publish(tuned, candidate.model, self.bundle_dir, metrics=metrics, operator=self.operator,
+                           via="tuner", override=None if not override else
+                           {k: override[k] for k in ("by", "at", "reasons") if k in override})
         except SpecError as exc:
             return self._error("Nothing was published: the tuned ruleset is not valid — "
                                + "; ".join(_sentence_part(p) for p in exc.problems) + ".")
@@ -692,7 +702,8 @@ class Tuner:
              f"(recorded in the bundle): {_esc('; '.join(verdict.reasons))}.")
         self.message.value = note_html(f"Published ruleset {_esc(tuned.name)} (version {_esc(tuned.version)}) as "
                                        f"bundle {_esc(path.name)} in {_esc(self.bundle_dir)}; it is now current "
-                                       f"(it replaced {_esc(before.name)} {_esc(before.version)}).{checked}",
+                                       f"(it replaced {_esc(before.name)} {_esc(before.version)}), published by "
+                                       f"{_esc(self.operator)}.{checked}",
                                        ok=True)
         return path
 
@@ -704,7 +715,7 @@ class Tuner:
                                              "ruleset against the log"}
         record = {"checked": verdict.checked, **verdict.to_dict(), "override": None}
         if overridden:
-            record["override"] = {"by": _user(), "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            record["override"] = {"by": self.operator, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                   "label": OVERRIDE_LABEL, "reasons": list(verdict.reasons),
                                   "figures": verdict.figures()}
         return record
@@ -905,7 +916,8 @@ class Tuner:
         live = f"{_esc(self.current.name)} {_esc(self.current.version)}" + \
             (f" (bundle {_esc(self.current_version)})" if self.current_version else "")
         parts = [f"<div><b>Publish ruleset <code>{_esc(c.tuned.name)}</code> {_esc(c.tuned.version)}?</b> It becomes "
-                 f"the live bundle in {_esc(self.bundle_dir)} as soon as you confirm, in place of {live}.</div>",
+                 f"the live bundle in {_esc(self.bundle_dir)} as soon as you confirm, in place of {live}; the bundle "
+                 f'records it as published by <b class="pcrules-operator">{_esc(self.operator)}</b>.</div>',
                  self.estimates_text(c.settings)]
         if c.verdict is None:
             parts.append(note_html("Not checked against the log: the tuner's guardrail is off."))
@@ -913,7 +925,7 @@ class Tuner:
             parts.append(c.verdict.html())
         if c.overridden:
             parts.append(note_html(f"The log does not support it and “{_esc(OVERRIDE_LABEL)}” is ticked: the "
-                                   f"override is recorded in the bundle, by {_esc(_user())}.", error=True))
+                                   f"override is recorded in the bundle, by {_esc(self.operator)}.", error=True))
         parts.append(self.diff_text(c.tuned, c.settings))
         return "".join(parts)
 

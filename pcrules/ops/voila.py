@@ -5,7 +5,8 @@
 or :func:`start` for a server in the
 background, as the browser tests do) runs Voila with:
 
-* **bound to 127.0.0.1** unless another host is asked for explicitly (the dashboard has no login);
+* **bound to 127.0.0.1** unless another host is asked for explicitly; beyond loopback, every request and
+  websocket needs a token or a trusted SSO proxy (:mod:`pcrules.ops.auth`, the ``auth=`` of :func:`serve_app`);
 * **tracebacks hidden** (``show_tracebacks`` off: a failing cell shows a one-line notice, and the dashboard
   itself turns every log problem into a readable message);
 * **template and theme overrides off** (``allow_template_override`` / ``allow_theme_override`` = ``NO``: a URL
@@ -38,14 +39,17 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pcrules
 
 from .. import logdb, resources
 from .view import BUNDLE_ENV, LOG_ENV
+
+if TYPE_CHECKING:
+    from .auth import AuthConfig
 
 __all__ = ["DASHBOARDS", "NOTEBOOK", "TEMPLATE", "SAFE_SETTINGS", "DashboardServer", "free_port", "voila_command",
            "voila_env", "app_env", "start", "start_app", "serve", "serve_app"]
@@ -229,15 +233,16 @@ def start(log_path: str | os.PathLike, *, port: int = 0, host: str = "127.0.0.1"
 
 def start_app(notebook: Path, env: Mapping[str, str], *, port: int = 0, host: str = "127.0.0.1",
               base_url: str = "/", server_log: str | os.PathLike | None = None, cull_idle_s: int = CULL_IDLE_S,
-              cull_interval_s: int = CULL_INTERVAL_S) -> DashboardServer:
+              cull_interval_s: int = CULL_INTERVAL_S, extra_args: Sequence[str] = ()) -> DashboardServer:
     """Start Voila on any notebook of ``pcrules/dashboards/`` (the ops dashboard, the tuner) with the same safe
-    settings and template, in the background; `env` is the whole environment (:func:`app_env`)."""
+    settings and template, in the background; `env` is the whole environment (:func:`app_env`); `extra_args`:
+    more Voila options (:mod:`pcrules.ops.auth` adds its own token and the operator's header)."""
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: the notebook is missing from the installed package "
                                 f"(package data pcrules/dashboards/; reinstall pcrules)")
     port = port or free_port(host if _is_loopback(host) else "0.0.0.0")
     cmd = voila_command(port, host=host, base_url=base_url, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s,
-                        notebook=notebook)
+                        notebook=notebook) + list(extra_args)
     inherit = server_log == "-"
     log_file = open(server_log, "ab") if server_log and not inherit else None
     process = subprocess.Popen(cmd, cwd=DASHBOARDS, env=dict(env),
@@ -251,9 +256,9 @@ def start_app(notebook: Path, env: Mapping[str, str], *, port: int = 0, host: st
 
 def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0.1",
           bundle_path: str | os.PathLike | None = None, base_url: str = "/", cull_idle_s: int = CULL_IDLE_S,
-          out: IO[str] = sys.stdout) -> int:
-    """Run the dashboard in the foreground until Ctrl-C (what ``pcrules dashboard`` does)."""
-    if not _is_loopback(host):
+          out: IO[str] = sys.stdout, auth: AuthConfig | None = None) -> int:
+    """Run the dashboard in the foreground until Ctrl-C (what ``pcrules dashboard`` does); `auth`: behind sign-in."""
+    if auth is None and not _is_loopback(host):
         print(f"warning: serving on {host}: the dashboard has no login, so anyone who can reach this address "
               f"sees the decision log", file=sys.stderr)
     if logdb.is_url(str(log_path)):
@@ -263,14 +268,16 @@ def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0
         if not Path(log_path).exists():
             print(f"note: {log_path} does not exist yet; the dashboard says so until it does", file=sys.stderr)
     return serve_app(NOTEBOOK, voila_env(log_path, bundle_path), port=port, host=host, base_url=base_url,
-                     cull_idle_s=cull_idle_s, out=out,
+                     cull_idle_s=cull_idle_s, out=out, auth=auth,
                      banner=f"ops dashboard: {{url}}  (decision log {shown}; Ctrl-C stops)")
 
 
 def serve_app(notebook: Path, env: Mapping[str, str], *, banner: str, port: int = 8866, host: str = "127.0.0.1",
-              base_url: str = "/", cull_idle_s: int = CULL_IDLE_S, out: IO[str] = sys.stdout) -> int:
+              base_url: str = "/", cull_idle_s: int = CULL_IDLE_S, out: IO[str] = sys.stdout,
+              auth: AuthConfig | None = None) -> int:
     """Run Voila on `notebook` in the foreground until Ctrl-C (``pcrules dashboard``, ``pcrules tuner``); `banner`
-    (its ``{url}`` filled in) is printed once Voila answers."""
+    (its ``{url}`` filled in) is printed once Voila answers. `auth`: Voila on 127.0.0.1 behind the sign-in proxy of
+    :mod:`pcrules.ops.auth` on `host`:`port` (what the CLI does beyond loopback)."""
 
     def stop_on(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # stop Voila (and its kernels) too, never leave it orphaned
@@ -280,6 +287,11 @@ def serve_app(notebook: Path, env: Mapping[str, str], *, banner: str, port: int 
                 for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None}
     server = None
     try:
+        if auth is not None:
+            from .auth import serve_behind_proxy
+
+            return serve_behind_proxy(notebook, env, auth, banner=banner, port=port, host=host, base_url=base_url,
+                                      cull_idle_s=cull_idle_s, out=out)
         server = start_app(notebook, env, port=port, host=host, base_url=base_url, cull_idle_s=cull_idle_s,
                            server_log="-")  # Voila logs to this terminal
         server.wait_ready()
