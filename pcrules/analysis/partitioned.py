@@ -55,13 +55,15 @@ from ..core.events import CONTRACT
 from ..core.spec import RuleSpec, load_spec
 from .table import ANSWER_COLUMNS
 
-__all__ = ["PARTITION_KEY", "visitor_partition", "write_partitioned", "repartition", "Partition", "partitions",
-           "read_partition", "BacktestPartial", "backtest_partition", "reduce_backtest", "backtest_partitioned",
-           "OffPolicyPartial", "offpolicy_partition", "reduce_offpolicy", "offpolicy_partitioned",
-           "PartitionedOffPolicy", "PartitionProblem", "Piece", "pieces", "split_frame", "run_partitions"]
+__all__ = ["PARTITION_KEY", "visitor_partition", "write_partitioned", "repartition", "compact", "Partition",
+           "partitions", "read_partition", "BacktestPartial", "backtest_partition", "reduce_backtest",
+           "backtest_partitioned", "OffPolicyPartial", "offpolicy_partition", "reduce_offpolicy",
+           "offpolicy_partitioned", "PartitionedOffPolicy", "PartitionProblem", "Piece", "pieces", "split_frame",
+           "run_partitions"]
 
 PARTITION_KEY = b"pcrules-partition-v1"  # the hash key of the visitor partition: stable everywhere
 PART_DIR = re.compile(r"^part=(\d+)$")
+ROW_GROUP = 131_072  # rows per Parquet row group: a time window skips the groups outside it
 _NUMBER_COLUMNS = ("ts", "seconds_on_page", "pages_viewed", "session_seconds", "response_delay_s")
 
 
@@ -110,7 +112,7 @@ def write_partitioned(frame: pd.DataFrame, root: str | os.PathLike[str], parts: 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / file_name
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table.take(pa.array(order[lo:hi])), tmp, compression="zstd")
+        pq.write_table(table.take(pa.array(order[lo:hi])), tmp, compression="zstd", row_group_size=ROW_GROUP)
         os.replace(tmp, path)
         paths[p] = path
     return paths
@@ -134,6 +136,32 @@ def repartition(source: str | os.PathLike[str], root: str | os.PathLike[str], pa
     if bar is not None:
         bar.close()
     return written
+
+
+def compact(root: str | os.PathLike[str], *, workers: int | None = None, progress: bool = False) -> int:
+    """Rewrite each partition under `root` as one file in time order (``part-00000.parquet``), replacing the
+    files it had (e.g. one per chunk of a generated world, whose rows interleave in time): a partition read
+    in time order needs no sort. Returns the partitions rewritten."""
+    work = [p for p in partitions(root) if PART_DIR.match(p.name)]
+    run_partitions(_compact_one, work, engine="processes", workers=workers, progress=progress, desc="compact")
+    return len(work)
+
+
+def _compact_one(part: Partition) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame, _, problems = read_partition(part, None, required=())
+    if problems:
+        raise ValueError(f"{part.name}: cannot compact: " + "; ".join(map(str, problems[:3])))
+    folder = Path(part.files[0]).parent
+    target = folder / "part-00000.parquet"
+    tmp = folder / "part-00000.parquet.tmp"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="zstd",
+                   row_group_size=ROW_GROUP)
+    for old in part.files:
+        os.remove(old)
+    os.replace(tmp, target)
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str) -> Any:
@@ -200,16 +228,18 @@ def read_partition(part: Partition, columns: Sequence[str] | None = None, *, sin
                    until: float | None = None, required: Sequence[str] = ("ts", "visitor_id", "session_id")
                    ) -> tuple[pd.DataFrame, pd.DataFrame, list[PartitionProblem]]:
     """(rows, origin, problems) of one partition, file by file, through ``pyarrow.dataset``: only `columns`
-    (those present; None: all), only rows with ``since <= ts < until`` (row groups outside are skipped).
+    (those present; None: all), only rows with ``since <= ts < until`` (row groups outside are skipped), in
+    time order (a stable sort by ``ts``, done in Arrow when the files' rows are not in time order already).
 
-    ``origin`` has one row per row read: ``file`` (index into ``part.files``) and ``row`` (1-based within the
-    file; with a time window, within the rows the window kept). A file that cannot be read or lacks a column of
-    `required` is skipped and reported; a number column holding something else is set to missing there (the
-    backtest then refuses a required one, by file and row) and each such row is reported. Never raises for bad
-    data."""
+    ``origin`` has one row per row returned: ``file`` (index into ``part.files``) and ``row`` (1-based within
+    the file; with a time window, within the rows the window kept). A file that cannot be read or lacks a
+    column of `required` is skipped and reported; a number column holding something else is set to missing
+    there (the backtest then refuses a required one, by file and row) and each such row is reported. Never
+    raises for bad data."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
-    frames, origins, problems = [], [], []
+    tables, files, problems = [], [], []
     window = None
     if since is not None:
         window = ds.field("ts") >= since
@@ -226,13 +256,16 @@ def read_partition(part: Partition, columns: Sequence[str] | None = None, *, sin
                 continue
             wanted = names if columns is None else [c for c in columns if c in names]
             table = dataset.to_table(columns=wanted, filter=window if "ts" in names else None)
-            frame = table.to_pandas()
         except Exception as exc:  # a corrupt or foreign file: pyarrow's many errors
             problems.append(PartitionProblem(part.name, path, None, None,
                                              f"cannot read ({type(exc).__name__}: {exc}): file skipped"))
             continue
-        for column in _NUMBER_COLUMNS:
-            if column in frame.columns and not pd.api.types.is_numeric_dtype(frame[column].dtype):
+        odd = [c for c in _NUMBER_COLUMNS if c in table.column_names
+               and not (pa.types.is_integer(table.schema.field(c).type)
+                        or pa.types.is_floating(table.schema.field(c).type))]
+        if odd:  # the slow path, for a file with text (or worse) in a number column
+            frame = table.to_pandas()
+            for column in odd:
                 raw = frame[column]
                 coerced = pd.to_numeric(raw.astype(object), errors="coerce")
                 bad = np.flatnonzero(coerced.isna().to_numpy() & raw.notna().to_numpy())
@@ -244,14 +277,28 @@ def read_partition(part: Partition, columns: Sequence[str] | None = None, *, sin
                     problems.append(PartitionProblem(part.name, path, None, column,
                                                      f"... and {len(bad) - 1000:,} more rows like these"))
                 frame[column] = coerced.astype(float)
-        frames.append(frame)
-        origins.append(pd.DataFrame({"file": np.full(len(frame), k, dtype=np.int32),
-                                     "row": np.arange(1, len(frame) + 1, dtype=np.int64)}))
-    if not frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+        tables.append(table)
+        files.append(k)
+    if not tables:
         return (pd.DataFrame(columns=list(columns or required)), pd.DataFrame({"file": [], "row": []}), problems)
-    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    origin = origins[0] if len(origins) == 1 else pd.concat(origins, ignore_index=True)
-    return frame, origin, problems
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # files whose column types cannot be unified: pandas does
+        table = None
+    origin = pd.DataFrame({"file": np.concatenate([np.full(t.num_rows, k, dtype=np.int32)
+                                                   for k, t in zip(files, tables)]),
+                           "row": np.concatenate([np.arange(1, t.num_rows + 1, dtype=np.int64) for t in tables])})
+    if table is None:
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        return frame, origin, problems
+    if "ts" in table.column_names and table.num_rows > 1:
+        ts = table.column("ts").to_numpy(zero_copy_only=False).astype(float, copy=False)
+        if not (np.diff(ts) >= 0).all():  # NaN counts as out of order, as in EventTable
+            order = np.argsort(np.where(np.isnan(ts), np.inf, ts), kind="stable")
+            table = table.take(pa.array(order))
+            origin = origin.iloc[order].reset_index(drop=True)
+    return table.to_pandas(), origin, problems
 
 
 # ============================================================================================ the backtest

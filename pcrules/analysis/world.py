@@ -432,15 +432,27 @@ class World:
     offers: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, directory: str | os.PathLike[str], format: str = "parquet") -> dict[str, Path]:
+    def write(self, directory: str | os.PathLike[str], format: str = "parquet",
+              parts: int | None = None) -> dict[str, Path]:
         """Write ``events``, ``page_views`` and ``offers`` as ``<name>.parquet`` (zstd) or ``<name>.csv.gz``
         (gzip without a timestamp: the same world gives the same bytes). Each file is written to a
-        temporary name and renamed, so a crash never leaves a half-written file. Returns name -> path."""
+        temporary name and renamed, so a crash never leaves a half-written file. Returns name -> path.
+        With `parts` (Parquet only): each table as a folder ``<name>/part=NNN/`` partitioned by visitor
+        (:mod:`pcrules.analysis.partitioned`), for a partitioned backtest or off-policy estimate."""
         if format not in ("parquet", "csv.gz"):
             raise ValueError(f"format must be 'parquet' or 'csv.gz', got {format!r}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = {}
+        if parts is not None:
+            if format != "parquet":
+                raise ValueError("a partitioned world is written as Parquet (format='parquet')")
+            from .partitioned import write_partitioned
+
+            for name in ("events", "page_views", "offers"):
+                write_partitioned(getattr(self, name), out / name, parts)
+                paths[name] = out / name
+            return paths
         for name in ("events", "page_views", "offers"):
             frame = getattr(self, name)
             path = out / f"{name}.{format}"
@@ -725,6 +737,62 @@ def generate(visitors: int = 10_000, seed: int = 0, start: Any = DEFAULT_START, 
         bar.close()
     config = {"visitors": visitors, "seed": seed, "start": start_ts, "days": days}
     return World(events=events, page_views=page_views, offers=offers, config=config)
+
+
+def generate_partitioned(directory: str | os.PathLike[str], visitors: int, parts: int, *, seed: int = 0,
+                         start: Any = DEFAULT_START, days: int = 7, chunk_visitors: int = 62_500,
+                         tables: tuple[str, ...] = ("events", "offers"), truth: bool = False,
+                         workers: int | None = None, compact_parts: bool = True,
+                         progress: bool = False) -> dict[str, int]:
+    """A world too large for memory, written straight to ``<directory>/<table>/part=NNN/`` (partitioned by
+    visitor, zstd Parquet) chunk by chunk: chunk ``k`` is ``generate(chunk_visitors, seed=[seed, k])`` with its
+    ids prefixed ``c<k>-`` (so ids are unique), over the same days; memory is that of one chunk per worker
+    (``workers`` processes, default the cores). Not the same draws as ``generate(visitors)`` in one piece: a
+    concatenation of independently seeded worlds. Each partition is then rewritten as one file in time order
+    (``compact_parts``; :func:`pcrules.analysis.partitioned.compact`). `truth`: add the events' true
+    ``p_accept`` and the goal effects ``gain_if_accepted`` / ``loss_if_not_accepted`` (:func:`event_effects`).
+    Returns rows per table."""
+    from .partitioned import compact, run_partitions
+
+    if visitors < 1 or parts < 1 or chunk_visitors < 1:
+        raise ValueError("visitors, parts and chunk_visitors must be >= 1")
+    unknown = set(tables) - {"events", "offers", "page_views"}
+    if unknown:
+        raise ValueError(f"tables: unknown {sorted(unknown)}")
+    n_chunks = math.ceil(visitors / chunk_visitors)
+    chunks = [(k, min(chunk_visitors, visitors - k * chunk_visitors)) for k in range(n_chunks)]
+    options = {"directory": str(directory), "parts": parts, "seed": seed, "start": start, "days": days,
+               "tables": tables, "truth": truth}
+    counts = run_partitions(_write_chunk, chunks, options, engine="processes", workers=workers, progress=progress,
+                            desc="world")
+    if compact_parts:
+        for name in tables:
+            compact(Path(directory) / name, workers=workers, progress=progress)
+    return {t: sum(c[t] for c in counts) for t in tables}
+
+
+def _write_chunk(chunk: tuple[int, int], options: Mapping[str, Any]) -> dict[str, int]:
+    from .partitioned import write_partitioned
+
+    k, n = chunk
+    world = generate(visitors=n, seed=int(np.random.SeedSequence([options["seed"], k]).generate_state(1)[0]),
+                     start=options["start"], days=options["days"])
+    frames = {"events": world.events, "offers": world.offers, "page_views": world.page_views}
+    if options["truth"]:
+        effects = event_effects(world)
+        events = world.events
+        for column in ("p_accept", "gain_if_accepted", "loss_if_not_accepted"):
+            events[column] = effects[column].to_numpy()
+    prefix = f"c{k:05d}-"
+    out = {}
+    for name in options["tables"]:
+        frame = frames[name]
+        for column in ("visitor_id", "session_id"):
+            frame[column] = _text_column((prefix + frame[column].astype(object)).to_numpy(dtype=object))
+        write_partitioned(frame, Path(options["directory"]) / name, options["parts"],
+                          file_name=f"chunk-{k:05d}.parquet")
+        out[name] = len(frame)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
