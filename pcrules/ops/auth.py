@@ -483,9 +483,10 @@ def _make_app(auth: Authenticator, upstream: str, internal_token: str, base_url:
             except httpclient.HTTPClientError as exc:
                 self.set_status(exc.code if 400 <= exc.code < 600 and exc.code != 599 else 502)
                 self.finish(f"{exc.code}: refused by the dashboard behind this proxy\n")
-            except OSError:
+            except Exception as exc:  # refused, not a websocket there (WebSocketError), or not answering (OSError)
+                log.info("websocket %s: the dashboard behind this proxy did not upgrade (%s)", self.request.path, exc)
                 self.set_status(502)
-                self.finish("502: the dashboard behind this proxy does not answer\n")
+                self.finish("502: the dashboard behind this proxy did not accept this websocket\n")
 
         def select_subprotocol(self, subprotocols: list[str]) -> str | None:
             chosen = self.upstream_ws.selected_subprotocol if self.upstream_ws is not None else None
