@@ -4,6 +4,10 @@ Past offers are the only rows whose answer is known (an observation nobody
 was offered says nothing about acceptance), so they are the training set:
 target 1 for ``accept``, 0 for ``decline`` or no answer. Whole visitors are
 held out for the report, so a visitor's sessions never sit on both sides.
+
+The offers come from a file (``pcrules train --offers``, the schema of ``data/README.md``) or straight from a
+decision log, SQLite or PostgreSQL: :func:`offers_from_log` (one SQLAlchemy Core statement, :mod:`pcrules.logdb`,
+the same on both databases).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_on_offers", "write_model"]
+__all__ = ["train_on_offers", "write_model", "offers_from_log", "offers_from_log_query"]
+
+_RESPONSE = {"accepted": "accept", "declined": "decline", "expired": "none"}
 
 
 def train_on_offers(offers: Any, *, test_size: float = 0.25, seed: int = 0, truth: Any = None,
@@ -43,6 +49,45 @@ def train_on_offers(offers: Any, *, test_size: float = 0.25, seed: int = 0, trut
         return result
     model = clone(result.model).fit(offers.reset_index(drop=True), target)
     return dataclasses.replace(result, model=model, refit=True)
+
+
+def offers_from_log_query(*, since: float | None = None, until: float | None = None) -> Any:
+    """The statement of :func:`offers_from_log`: each ended offer (``action = 'offer'`` with an outcome) made in
+    ``[since, until)``, joined with its outcome, by ``ts, id``."""
+    import sqlalchemy as sa
+
+    from ..logdb import decisions, outcomes
+
+    d, o = decisions.alias("d"), outcomes.alias("o")
+    where = [d.c.action == sa.literal_column("'offer'"), d.c.offer_id.is_not(None)]
+    if since is not None:
+        where.append(d.c.ts >= float(since))
+    if until is not None:
+        where.append(d.c.ts < float(until))
+    return (sa.select(d.c.ts, d.c.visitor_id, d.c.session_id, d.c.page, d.c.seconds_on_page, d.c.rule, d.c.queue,
+                      d.c.score, d.c.explored, d.c.propensity, o.c.status, (o.c.ts - d.c.ts).label("answer_s"))
+            .select_from(d.join(o, o.c.offer_id == d.c.offer_id)).where(*where).order_by(d.c.ts, d.c.id))
+
+
+def offers_from_log(log: Any, *, since: float | None = None, until: float | None = None) -> Any:
+    """The offers a decision log holds, as a training table (:func:`train_on_offers`; the ``offers`` schema of
+    ``data/README.md`` as far as the log knows it): ``ts, visitor_id, session_id, page, seconds_on_page, rule,
+    queue, score, explored, propensity, response`` (``accept``, ``decline``, ``none`` for an expiry) and
+    ``response_delay_s`` (None for an expiry). Offers still waiting for an answer are left out (their answer is
+    unknown). `log`: a SQLite file's path, a ``postgresql://`` URL, an SQLAlchemy engine or connection, or a
+    decision log object. The log has no device, returning or pages_viewed: the model sees them as missing."""
+    import pandas as pd
+
+    from ..logdb import connect
+
+    with connect(log) as conn:
+        frame = pd.read_sql_query(offers_from_log_query(since=since, until=until), conn)
+    status = frame.pop("status")
+    answer_s = frame.pop("answer_s").astype(float)
+    frame["explored"] = frame["explored"].astype(bool)
+    frame["response"] = status.map(_RESPONSE).astype(object)
+    frame["response_delay_s"] = answer_s.where(status != "expired")
+    return frame
 
 
 def write_model(result: Any, model_path: str | Path, metrics_path: str | Path | None = None) -> dict:

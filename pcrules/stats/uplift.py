@@ -68,7 +68,7 @@ __all__ = [
     "estimate", "newcombe_interval", "wilson_interval",
     "sample_size", "power", "detectable_uplift",
     "uplift_from_log", "uplift_report", "unit_counts", "read_eligible", "unit_counts_query",
-    "read_eligible_query",
+    "read_eligible_query", "read_goals", "read_goals_query",
     "uplift_from_units", "units_from_frames", "expected_uplift", "goal_effect",
 ]
 
@@ -455,6 +455,30 @@ def read_eligible(log: Any, *, since: float | None = None, until: float | None =
 
     with _connect(log) as db:
         return pd.read_sql_query(read_eligible_query(since=since, until=until), db)
+
+
+def read_goals(log: Any, *, since: float | None = None, until: float | None = None) -> Any:
+    """The goals of the log (``ts, visitor_id, session_id, goal, value``; ``since <= ts < until``) as a DataFrame,
+    by ``ts, id``: with :func:`read_eligible`, what :func:`pcrules.decision_value.effects_from_log` takes."""
+    import pandas as pd
+
+    with _connect(log) as db:
+        return pd.read_sql_query(read_goals_query(since=since, until=until), db)
+
+
+def read_goals_query(*, since: float | None = None, until: float | None = None) -> Any:
+    import sqlalchemy as sa
+
+    from ..logdb import goals
+
+    g = goals.alias("g")
+    where = []
+    if since is not None:
+        where.append(g.c.ts >= float(since))
+    if until is not None:
+        where.append(g.c.ts < float(until))
+    return (sa.select(g.c.ts, g.c.visitor_id, g.c.session_id, g.c.goal, g.c.value).where(*where)
+            .order_by(g.c.ts, g.c.id))
 
 
 READ_ELIGIBLE_COLUMNS = ("id", "ts", "visitor_id", "session_id", "page", "seconds_on_page", "action", "reason",
