@@ -173,7 +173,7 @@ class PostgresServer:
         self.close()
 
     def close(self) -> None:
-        self.stop()
+        self.stop("immediate")  # its data goes with it: no shutdown checkpoint to wait for
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------------- databases

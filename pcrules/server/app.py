@@ -55,7 +55,9 @@ from starlette.routing import Route
 from ..bundle import BundleError
 from ..core.spec import load_spec
 from ..errors import InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
-from ..runtime.log.sqlite import LogHealth, SQLiteDecisionLog
+from ..runtime.log import open_log
+from ..runtime.log.postgres import is_postgres_url
+from ..runtime.log.sqlite import LogHealth
 from ..runtime.runtime import Runtime
 from ..runtime.stores.memory import MemoryStore, SharedStore
 from .config import DEMO_RULES, ServerConfig, config_from_env, security_summary
@@ -118,6 +120,7 @@ class Service:
         # Set when a call found the store unavailable, cleared by the next ping it answers (pcrules_store_ok).
         self.store_down = False
         self.demo: Any = None
+        self.decision_log: Any = None  # the log under the metrics tee (SQLite, PostgreSQL), None without one
         self.pseudonymised = config.visitor_id_key is not None
         self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
         self.client_address = ClientAddress(config.trusted_proxies)
@@ -153,7 +156,7 @@ class Service:
     @classmethod
     def build(cls, config: ServerConfig, **runtime_kwargs: Any) -> Service:
         metrics = Metrics()
-        inner = SQLiteDecisionLog(config.log_path) if config.log_path else None
+        inner = open_log(config.log_path, journal_dir=config.log_journal_dir) if config.log_path else None
         store: Any
         if config.redis_url:
             from ..runtime.stores.redis import RedisStore
@@ -180,6 +183,7 @@ class Service:
             log_.close()
             raise
         service = cls(config, runtime, metrics)
+        service.decision_log = inner
         service._configure_store()
         return service
 
@@ -544,7 +548,7 @@ def _no_paths(text: str | None, log_path: str | None = None) -> str | None:
     server's own log has it). The log's own directory first: its name may hold spaces."""
     if text is None:
         return None
-    if log_path:
+    if log_path and not is_postgres_url(log_path):
         for directory in (Path(log_path).resolve().parent, Path(log_path).parent):
             text = text.replace(str(directory), "<path>")
     return _PATH.sub("<path>", text)
@@ -561,7 +565,8 @@ async def healthz(request: Request) -> Response:
     problems = [store_problem] if store_problem else []
     if log_health is not None:
         problem = _no_paths(log_health.problem, svc.config.log_path)
-        out["log"] = {**asdict(log_health), "problem": problem}
+        out["log"] = {**asdict(log_health), "problem": problem,
+                      "database": "postgresql" if is_postgres_url(svc.config.log_path) else "sqlite"}
         if not log_health.ok:
             _warn_now_and_then("log_health", "healthz: the decision log is failing: %s", log_health.problem)
             problems.append(f"the decision log is failing: {problem or 'no reason given'}")

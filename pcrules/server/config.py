@@ -33,7 +33,10 @@ class ServerConfig:
     # Serve on a Redis that a crash or restart makes forget caps, cooldowns and pending offers (no append-only
     # file synced every second or always). Refused at start-up without it; a loss is still detected (503).
     redis_allow_volatile: bool = False
-    log_path: str | None = None       # the SQLite decision log; none without it
+    log_path: str | None = None       # the decision log: an SQLite file or a postgresql:// URL; none without it
+    # With a postgresql:// log each record is journaled on this host first (one write, crash-safe), here, and moved
+    # into PostgreSQL in batches. None: $PCRULES_LOG_JOURNAL_DIR, else ~/.local/state/pcrules/<host_port_db>.pending.
+    log_journal_dir: str | None = None
     max_body_bytes: int = 16 * 1024
     trust_client_ts: bool = False     # accept `ts` from clients (replays, server-to-server); never for browsers
     # The operator routes' bearer token (>= 16 characters; $PCRULES_OPERATOR_TOKEN). Without it they are not served.
@@ -119,6 +122,14 @@ class ServerConfig:
 
     def describe_source(self) -> str:
         return f"bundle {self.bundle}" if self.bundle else f"rules {self.rules_path()}"
+
+    def describe_log(self) -> str:
+        """The decision log for the banner: its path, or its URL without a password."""
+        from ..runtime.log.postgres import describe, is_postgres_url
+
+        if not self.log_path:
+            return "off"
+        return describe(self.log_path) if is_postgres_url(self.log_path) else self.log_path
 
 
 def config_from_env(config: ServerConfig | None = None, environ: Any = None) -> ServerConfig:

@@ -54,6 +54,9 @@ class Metrics:
                             "with 503 log_unavailable)", registry=r, multiprocess_mode="min")
         self.log_pending = Gauge("pcrules_log_pending", "Decision-log records journaled, not yet in the tables",
                                  registry=r, multiprocess_mode="livesum")
+        self.log_pending_age = Gauge("pcrules_log_pending_age_seconds", "How long the oldest decision-log record "
+                                     "not yet in the tables (SQLite or PostgreSQL) has waited", registry=r,
+                                     multiprocess_mode="max")
         self.log_failures = Gauge("pcrules_log_failures", "Failed attempts to move journaled records into the "
                                   "tables since the log opened", registry=r, multiprocess_mode="livesum")
         self.log_quarantined = Gauge("pcrules_log_quarantined", "Damaged journals moved aside when the log opened",
@@ -79,6 +82,7 @@ class Metrics:
             health = LogHealth(ok=True)
         self.log_ok.set(1 if health.ok else 0)
         self.log_pending.set(health.pending)
+        self.log_pending_age.set(health.pending_age_s)
         self.log_failures.set(health.failures)
         self.log_quarantined.set(health.quarantined)
 

@@ -109,7 +109,15 @@ def main(args: argparse.Namespace) -> int:
     store = (f"redis {service.runtime.store.url}"  # type: ignore[attr-defined]  # (without its password)
              if config.redis_url else "in memory (this process)")
     print(f"pcrules serve: ruleset {spec.name!r} ({spec.version}) from {config.describe_source()}; state {store}; "
-          f"decision log {config.log_path or 'off'}; {workers} worker(s) on {where}", flush=True)
+          f"decision log {config.describe_log()}; {workers} worker(s) on {where}", flush=True)
+    pg_log = service.decision_log
+    if getattr(pg_log, "journal_dir", None) is not None:  # a PostgreSQL log: where records wait, and whether it answers
+        if pg_log.connected:
+            print(f"decision log: PostgreSQL answers; each record is journaled in {pg_log.journal_dir} first",
+                  flush=True)
+        else:
+            print(f"warning: decision log: {pg_log.health().problem}; decisions are journaled in "
+                  f"{pg_log.journal_dir} and moved into PostgreSQL when it answers", file=sys.stderr, flush=True)
     for line in security_summary(config):
         print(line, flush=True)
     if config.redis_url:

@@ -143,7 +143,7 @@ _COPY = tuple(f"COPY {table} ({_columns(insert)}) FROM STDIN" for table, insert 
 _CONNECT_DEFAULTS = {"connect_timeout": "3", "application_name": "pcrules-log", "keepalives": "1",
                      "keepalives_idle": "10", "keepalives_interval": "3", "keepalives_count": "3",
                      "tcp_user_timeout": "15000", "options": "-c statement_timeout=60000"}
-_RETRY_FIRST_S, _RETRY_MAX_S = 0.25, 5.0  # reconnection back-off
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.25, 2.0  # reconnection back-off (a refused connection costs nothing)
 _MARK_EVERY_S = 0.05
 _ORPHANS_EVERY_S = 10.0                   # how often other processes' left-over journals are looked for
 
