@@ -671,7 +671,8 @@ def _run_dask(function: Callable[..., Any], parts: Sequence[Partition], args: tu
         own = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=None)
         client = Client(own)
     try:
-        shared = [client.scatter(a, broadcast=True) if a is not None and not isinstance(a, (str, int, float))
+        # each argument once to every worker (in a list: a scattered dict would be scattered item by item)
+        shared = [client.scatter([a], broadcast=True)[0] if a is not None and not isinstance(a, (str, int, float))
                   else a for a in args]
         futures = client.map(function, list(parts), *[[a] * len(parts) for a in shared], pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
