@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -191,11 +192,22 @@ def _fill(items: list[str], files: dict[str, str]) -> list[str]:
     return [item.format(**files) for item in items]
 
 
-@pytest.mark.parametrize("args, words", [pytest.param(a, w, id=i) for i, a, w in CASES])
-def test_bad_input_is_one_line_naming_the_file_or_option(files, args, words):
-    args, words = _fill(args, files), _fill(words, files)
-    done = subprocess.run([sys.executable, "-m", "pcrules", *args], capture_output=True, text=True, timeout=60,
-                          cwd=files["d"], env=_env(), stdin=subprocess.DEVNULL)
+@pytest.fixture(scope="module")
+def runs(files) -> dict[str, subprocess.CompletedProcess]:
+    """Every row's command, run a few at a time: each is a fresh interpreter importing pcrules, mostly waiting."""
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pcrules", *_fill(args, files)], capture_output=True, text=True,
+                              timeout=120, cwd=files["d"], env=_env(), stdin=subprocess.DEVNULL)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = {i: pool.submit(run, a) for i, a, _ in CASES}
+        return {i: future.result() for i, future in done.items()}
+
+
+@pytest.mark.parametrize("case, words", [pytest.param(i, w, id=i) for i, _, w in CASES])
+def test_bad_input_is_one_line_naming_the_file_or_option(files, runs, case, words):
+    words = _fill(words, files)
+    done = runs[case]
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     assert done.returncode != 0, done.stdout
     assert done.stdout == ""
