@@ -6,6 +6,9 @@ holdout, plus goals for a third of the offered and a quarter of the withheld vis
 has an estimate for all queues and "not enough data yet" for a single one). Every number the tiles show is
 checked against SQL run here, directly on the log (the uplift tile: the eligible visitors and their goals
 counted here, then pcrules.uplift.estimate on those counts); then the filters are changed and checked again.
+The test runs on both backends: the SQLite log, and the same rows copied into a PostgreSQL database
+(tests/logcopy.py on the ``postgres_server`` of tests/pgserver.py) that the dashboard reads by its
+``postgresql://`` URL; the SQL is run directly on each.
 Every request the page makes is recorded: none may leave 127.0.0.1. Screenshots and Voila's log go to
 test-artifacts/ (git-ignored).
 
@@ -25,9 +28,10 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from logcopy import copy_log
 
 from browser import chromium as launch_chromium
-from pcrules import SQLiteDecisionLog, dashboard, load_spec
+from pcrules import SQLiteDecisionLog, dashboard, load_spec, logdb
 from pcrules.uplift import MIN_PER_ARM
 from pcrules.uplift import estimate as uplift_estimate
 
@@ -89,7 +93,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"log": log, "published": tmp / "published", "version": version.name}
 
 
-def _start(log: Path, name: str, bundle: Path | None = None, cull_idle_s: int = 120,
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, demo: dict[str, Any]) -> dict[str, Any]:
+    """The demo's log on one backend: ``log`` is the SQLite file, or the URL of a PostgreSQL copy of it."""
+    if request.param == "sqlite":
+        return {**demo, "backend": "sqlite"}
+    url = request.getfixturevalue("postgres_server").new_database("test_ops_dashboard")
+    copy_log(demo["log"], url).dispose()
+    return {**demo, "log": url, "backend": "postgresql"}
+
+
+def _start(log: Path | str, name: str, bundle: Path | None = None, cull_idle_s: int = 120,
            cull_interval_s: int = 30) -> dashboard.DashboardServer:
     ARTIFACTS.mkdir(exist_ok=True)
     server_log = ARTIFACTS / f"voila-{name}.log"
@@ -114,8 +128,8 @@ def kernels(server: dashboard.DashboardServer) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(demo: dict[str, Any]) -> Iterator[dashboard.DashboardServer]:
-    with _start(demo["log"], "ops", demo["published"]) as srv:
+def server(backend: dict[str, Any]) -> Iterator[dashboard.DashboardServer]:
+    with _start(backend["log"], f"ops-{backend['backend']}", backend["published"]) as srv:
         yield srv.wait_ready(timeout=60)
 
 
@@ -141,9 +155,21 @@ class Recorder:
 # --------------------------------------------------------------------------- expected values: SQL on the log
 
 
-def expected(log: Path, where: str = "1", params: tuple = ()) -> dict[str, Any]:
+class Direct:
+    """SQL run directly on a log, SQLite or PostgreSQL (its own placeholders: ``?`` written, ``%s`` for psycopg)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.postgres = conn.dialect.name == "postgresql"
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        return self.conn.exec_driver_sql(sql.replace("?", "%s") if self.postgres else sql, tuple(params))
+
+
+def expected(log: Path | str, where: str = "1 = 1", params: tuple = ()) -> dict[str, Any]:
     """What the tiles must show for decisions matching ``where``, computed here from the log."""
-    with sqlite3.connect(log) as db:
+    with logdb.connect(log) as conn:
+        db = Direct(conn)
         offers = db.execute(f"SELECT COUNT(*) FROM decisions WHERE action = 'offer' AND {where}", params).fetchone()[0]
         status = dict(db.execute(
             "SELECT status, COUNT(*) FROM outcomes WHERE offer_id IN"
@@ -239,9 +265,10 @@ def screenshot(page: Any, name: str) -> Path:
 
 
 def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any, server: Any,
-                                                                   demo: dict[str, Any]) -> None:
+                                                                   backend: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 
+    demo = backend
     log = demo["log"]
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     recorder = Recorder(page)
@@ -253,6 +280,7 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     everything = expected(log)
     assert everything["offers"] > 500 and everything["uplift"].enough_data  # the sample gives a real dashboard
     check_tiles(page, everything)
+    expect(page.locator(".pcrules-ops").first).to_contain_text(f"Decision log {logdb.describe(log)}")
     # it opens on the last 7 days of activity, which hold the whole sample (a week of it): nothing older
     status = page.locator(".pcrules-status [data-older]")
     expect(status).to_contain_text("Showing the last 7 days up to the latest decision")
@@ -282,7 +310,7 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
     # recent decisions: a page of them, not the log
     expect(page.locator(".pcrules-recent-table tr")).to_have_count(26)
     assert_no_error_text(page, recorder)
-    shot = screenshot(page, "ops-dashboard.png")
+    shot = screenshot(page, "ops-dashboard.png" if demo["backend"] == "sqlite" else "ops-dashboard-postgresql.png")
     assert shot.stat().st_size > 50_000
     page.set_viewport_size({"width": 1400, "height": 1000})
 
@@ -301,8 +329,8 @@ def test_dashboard_in_chromium_matches_sql_and_follows_the_filters(chromium: Any
 
     page_filter.select_option(label="All pages")
     time_range.select_option(label="Last 24 hours")
-    with sqlite3.connect(log) as db:
-        last = db.execute("SELECT MAX(ts) FROM decisions").fetchone()[0]
+    with logdb.connect(log) as conn:
+        last = Direct(conn).execute("SELECT MAX(ts) FROM decisions").fetchone()[0]
     last_day = expected(log, "ts >= ?", (last - 86400,))
     assert 0 < last_day["offers"] < everything["offers"]
     check_tiles(page, last_day)
