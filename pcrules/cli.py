@@ -523,7 +523,8 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
     srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db)")
-    srv.add_argument("--log", metavar="PATH", help="SQLite decision log to append to (default: none)")
+    srv.add_argument("--log", metavar="PATH|URL", help="decision log to append to: an SQLite file or a "
+                                                       "postgresql:// URL (journaled here first; default: none)")
     srv.add_argument("--workers", type=_positive_int, default=1, help="worker processes (more than 1 needs --redis)")
     srv.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                      help="another site whose pages may call the public routes, e.g. https://www.example.com "
