@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from pgserver import postgres_server  # noqa: F401  (the postgres_server fixture: tests/pgserver.py)
+from rediscluster import redis_cluster  # noqa: F401 - the session's Redis Cluster (tests/rediscluster.py)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

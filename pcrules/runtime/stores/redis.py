@@ -363,9 +363,10 @@ def url_kind(url: str) -> str:
 def connect(url: str, *, socket_timeout_s: float = 1.0, connect_timeout_s: float = 0.5) -> Any:
     """A redis-py client (decode_responses) for ``redis://``, ``redis+cluster://`` or ``redis+sentinel://``.
 
-    One quick retry (it reconnects a pooled connection that Redis closed when it restarted), no backoff: an
-    outage answers at once instead of hanging the request. A cluster client learns the topology at its first
-    command (RedisCluster connects in its constructor: a cluster that is down raises StoreUnavailable there).
+    One instance: one quick retry (it reconnects a pooled connection that Redis closed when it restarted), no
+    backoff: an outage answers at once instead of hanging the request. A cluster: no retry (a stalled master
+    would cost several timeouts); the client learns the topology in its constructor (a cluster that is down
+    raises StoreUnavailable there) and again after a failure.
     """
     options: dict[str, Any] = {"decode_responses": True, "socket_timeout": socket_timeout_s,
                                "socket_connect_timeout": connect_timeout_s}
@@ -381,7 +382,9 @@ def connect(url: str, *, socket_timeout_s: float = 1.0, connect_timeout_s: float
 
         try:
             seeds = [ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
-            return RedisCluster(startup_nodes=seeds, retry=Retry(NoBackoff(), 1),
+            # No retry of its own: a master that stalls costs one socket timeout, then StoreUnavailable (a 503)
+            # while its slots move; the topology is refreshed on the next call, which follows the new master.
+            return RedisCluster(startup_nodes=seeds, retry=Retry(NoBackoff(), 0),
                                 ssl=tls, **auth, **options)
         except (redis.RedisError, RedisClusterException) as exc:
             raise _unavailable(exc) from None
@@ -797,14 +800,42 @@ class RedisStore:
             conn.disconnect()
             raise _unavailable(exc) from None
 
-    def _get_many(self, keys: list[str]) -> list[str | None]:
-        """GET of keys of any slots: one MGET on one instance, one per slot (pipelined per node) on a cluster."""
+    def _get_many(self, keys: list[str], partial: bool = False) -> list[Any]:
+        """GET of keys of any slots: one MGET on one instance, one GET per key pipelined per node on a cluster.
+
+        ``partial``: on a cluster, a key whose node failed has its error in its place instead of failing all
+        (the other masters answer while one fails over)."""
         try:
-            return list(self._redis.mget_nonatomic(keys) if self.cluster else self._redis.mget(keys))
+            if not self.cluster:
+                return list(self._redis.mget(keys))
+            if not partial:
+                return list(self._redis.mget_nonatomic(keys))
+            return self._get_per_node(keys)
         except (redis.RedisError, RedisClusterException) as exc:
             if _is_outage(exc):
                 raise _unavailable(exc) from None
             raise
+
+    def _get_per_node(self, keys: list[str]) -> list[Any]:
+        """A cluster's GETs grouped by the master of their slot, a pipeline per master: one that fails (or has
+        moved) puts its error in its keys' places only."""
+        client = self._redis
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, key in enumerate(keys):
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        out: list[Any] = [None] * len(keys)
+        for node, indices in groups.values():
+            try:
+                pipe = node.redis_connection.pipeline(transaction=False)
+                for i in indices:
+                    pipe.get(keys[i])
+                for i, reply in zip(indices, pipe.execute(raise_on_error=False)):
+                    out[i] = reply
+            except (redis.RedisError, RedisClusterException, AttributeError) as exc:
+                for i in indices:
+                    out[i] = exc
+        return out
 
     def _script_error(self, exc: Exception, shard: int | None = None) -> Exception:
         """What a script's error means to the caller: a loss of state, an outage, or itself (a bug)."""
@@ -1074,12 +1105,17 @@ class RedisStore:
             raw = self._call("get", self._offer_prefixes[held.shard] + offer_id)  # the held visitor's offer
             if raw is not None:
                 return _load_offer(raw)
-        # Without the visitor: every shard at once (an offer id does not say whose it is).
-        found = [raw for raw in self._get_many([p + offer_id for p in self._offer_prefixes]) if raw is not None]
-        record = _load_offer(found[0]) if found else None
-        if record is None:
-            self.ping()  # an unknown offer (rare): a 503 rather than a 404 if Redis lost them all
-        return record
+        # Without the visitor: every shard at once (an offer id does not say whose it is). Found on a master that
+        # answers, it is found, whichever other master is failing over.
+        replies = self._get_many([p + offer_id for p in self._offer_prefixes], partial=True)
+        found = [raw for raw in replies if isinstance(raw, str)]
+        if found:
+            return _load_offer(found[0])
+        failed = [raw for raw in replies if isinstance(raw, Exception)]
+        if failed:
+            raise self._script_error(failed[0])  # it may be on the master that did not answer: not a 404
+        self.ping()  # an unknown offer (rare): a 503 rather than a 404 if Redis lost them all
+        return None
 
     def save_offer(self, record: OfferRecord) -> None:
         held: _Held | None = getattr(self._local, "held", None)
@@ -1093,12 +1129,21 @@ class RedisStore:
         if tick - self._last_due_check < self.due_check_interval_s:
             return []
         self._last_due_check = tick
-        replies = self._eval_many(self._due_script, [([self._due_keys[k]], [_num(now), 200, self._offer_prefixes[k]])
-                                                     for k in range(SHARDS)])
+        calls: list[tuple[list[str], list[Any]]] = [([self._due_keys[k]], [_num(now), 200, self._offer_prefixes[k]])
+                                                    for k in range(SHARDS)]
+        try:
+            replies = self._eval_many(self._due_script, calls)
+        except StoreUnavailable:
+            if not self.cluster:
+                raise
+            self._last_due_check = tick + 1.0  # a master is failing over: its offers wait, nothing is lost
+            return []
         due = []
         more = False
         for reply in replies:
             if isinstance(reply, Exception):
+                if self.cluster and _is_outage(reply):
+                    continue  # that shard's master is failing over: its offers stay in its set for the next look
                 raise self._script_error(reply) from None
             more = more or len(reply) >= 200
             for item in reply:
