@@ -214,12 +214,34 @@ class RedisRateLimiter:
             from limits.aio.storage import RedisStorage
             from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-            pool = redis.asyncio.ConnectionPool.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.connect_timeout_s)
-            pool_option: Any = {"connection_pool": pool}  # passed on to redis-py (limits types options narrowly)
-            storage = RedisStorage("async+redis://", implementation="redispy", wrap_exceptions=True,
-                                   key_prefix=f"{self.prefix}ratelimit", **pool_option)
-            self._strategy, self._loop, self._pool = SlidingWindowCounterRateLimiter(storage), loop, pool
+            from ..runtime.stores.redis import url_kind
+
+            kind = url_kind(self.url)
+            timeouts: Any = {"socket_timeout": self.timeout_s, "socket_connect_timeout": self.connect_timeout_s}
+            if kind == "single":
+                pool = redis.asyncio.ConnectionPool.from_url(self.url, **timeouts)
+                pool_option: Any = {"connection_pool": pool}  # passed on to redis-py (limits types options narrowly)
+                storage = RedisStorage("async+redis://", implementation="redispy", wrap_exceptions=True,
+                                       key_prefix=f"{self.prefix}ratelimit", **pool_option)
+                self._pool = pool
+            else:  # the same URL as the store's: limits' own cluster and Sentinel storages
+                from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage
+
+                scheme, rest = self.url.split("://", 1)
+                if scheme.lower().startswith("rediss"):
+                    scheme, timeouts["ssl"] = "redis" + scheme[6:], True  # rediss+cluster: TLS
+                if kind == "cluster":
+                    storage = RedisClusterStorage(f"async+{scheme}://{rest.split('/')[0].split('?')[0]}",
+                                                  implementation="redispy", wrap_exceptions=True,
+                                                  key_prefix=f"{self.prefix}ratelimit", **timeouts)
+                else:  # redis+sentinel://hosts/service[/db]: limits reads the service from the path
+                    netloc, _, path = rest.split("?")[0].partition("/")
+                    storage = RedisSentinelStorage(f"async+{scheme}://{netloc}/{path.split('/')[0]}",
+                                                   implementation="redispy", wrap_exceptions=True,
+                                                   use_replicas=False, key_prefix=f"{self.prefix}ratelimit",
+                                                   **timeouts)
+                self._pool = storage.bridge  # its client is closed by aclose
+            self._strategy, self._loop = SlidingWindowCounterRateLimiter(storage), loop
         return self._strategy
 
     async def aclose(self) -> None:
@@ -227,7 +249,10 @@ class RedisRateLimiter:
         pool, self._pool, self._loop, self._strategy = self._pool, None, None, None
         if pool is not None:
             with contextlib.suppress(Exception):
-                await pool.disconnect()
+                if hasattr(pool, "disconnect"):
+                    await pool.disconnect()
+                else:  # limits' bridge to a cluster or Sentinel client
+                    await pool.storage.aclose()
 
     async def acquire(self, key: str) -> float:
         now = time.monotonic()
