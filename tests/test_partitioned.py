@@ -279,7 +279,7 @@ def test_generate_partitioned_writes_a_compacted_world(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_partitioned_equals_in_memory_on_1m_events(worlds: Any, scorer: Any, tmp_path: Path) -> None:
-    world = worlds(visitors=62_500, seed=3)
+    world = worlds(visitors=67_000, seed=3)
     assert len(world.events) >= 1_000_000
     paths = written(world, tmp_path, 16)
     spec = scoring_spec()
