@@ -403,3 +403,62 @@ def test_a_stale_copy_of_a_journal_adds_nothing(postgres_server, tmp_path):
     assert ingest_journals(url, tmp_path / "b") == 0
     assert rows(url, "SELECT count(*) FROM goals") == [(10,)]
     assert not list((tmp_path / "b").glob("*.journal"))
+
+
+STUCK_WRITER = r"""
+import sys, time
+import pcrules.runtime.log.postgres as pg
+url, journal_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+claim, calls = pg._claim, [0]
+
+def stuck_claim(*args):
+    moved = claim(*args)
+    calls[0] += 1
+    if calls[0] == 3:  # the third batch: its mark moved, its rows not copied, its transaction open
+        print("mid-batch", flush=True)
+        time.sleep(120)
+    return moved
+
+pg._claim = stuck_claim
+log = pg.PostgresDecisionLog(url, journal_dir=journal_dir, flush_every_s=0.02, batch_rows=50)
+for i in range(count):
+    log.reserve()
+    log.record_goal(f"r{i}", "s", "g", 1767614400.0 + i, None)
+    print(i, flush=True)
+    time.sleep(0.001)
+time.sleep(120)
+"""
+
+
+@pytest.mark.faults
+def test_a_host_killed_mid_batch_while_another_waits_on_its_journal(postgres_server, tmp_path):
+    url = postgres_server.new_database("pg_mid_batch")
+    a_dir, b_dir = tmp_path / "host-a", tmp_path / "host-b"
+    b_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, url, str(a_dir), "400"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if lines[-1] == "399":
+                break
+        assert "mid-batch" in lines, proc.stderr.read()
+        printed = [int(x) for x in lines if x.isdigit()]
+        _copy_journals(a_dir, b_dir)  # host B is given host A's journal while A's batch is open
+        moved: list[int] = []
+        b = threading.Thread(target=lambda: moved.append(ingest_journals(url, b_dir)))
+        b.start()
+        b.join(1.0)
+        assert b.is_alive(), "host B did not wait for the open batch on the same journal"
+        os.kill(proc.pid, signal.SIGKILL)  # PostgreSQL rolls A's batch back: B's compare-and-set goes through
+        b.join(30)
+        assert not b.is_alive() and moved and moved[0] > 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+    again = PostgresDecisionLog(url, journal_dir=a_dir)  # A restarts: what B moved is not moved again
+    again.close()
+    logged = [r[0] for r in rows(url, "SELECT visitor_id FROM goals")]
+    assert sorted(logged, key=lambda v: int(v[1:])) == [f"r{i}" for i in printed] == [f"r{i}" for i in range(400)]
+    assert not list(a_dir.glob("*.journal")) and not list(b_dir.glob("*.journal"))
