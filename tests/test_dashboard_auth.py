@@ -89,6 +89,7 @@ def test_tokens_cookies_and_trusted_proxies(tmp_path: Path) -> None:
 
 def test_what_the_cli_options_ask_for(tmp_path: Path) -> None:
     assert config_from_options("127.0.0.1", environ={}) is None  # loopback as before
+    assert config_from_options("localhost", environ={TOKEN_ENV: f"erin:{ALICE}"}) is None
     err = io.StringIO()
     generated = config_from_options("0.0.0.0", environ={}, err=err, who="dana")
     assert generated is not None and generated.generated
@@ -305,6 +306,9 @@ def test_signed_in_in_chromium_the_dashboard_works_and_a_publish_records_who(ser
         page.on("websocket", lambda ws: sockets.append(ws))
         response = page.goto(dash.url, timeout=60_000)
         assert response is not None and response.status == 401
+        page.locator("input.pcrules-token").fill(ALICE + "x")
+        page.locator("button.pcrules-login").click()
+        expect(page.locator("body")).to_contain_text("That token is not valid")
         page.locator("input.pcrules-token").fill(ALICE)
         page.locator("button.pcrules-login").click()
         message = page.locator(".pcrules-message-body")

@@ -251,14 +251,15 @@ def is_loopback(host: str) -> bool:
 def config_from_options(host: str, token_file: str | os.PathLike | None = None,
                         trusted_proxies: Iterable[str] | None = None, environ: Mapping[str, str] | None = None,
                         err: IO[str] | None = None, who: str | None = None) -> AuthConfig | None:
-    """The authentication the CLI's options ask for; None when none is needed (a loopback address and no option).
+    """The authentication the CLI's options ask for; None when none is needed (a loopback address and neither
+    `token_file` nor `trusted_proxies`).
 
     Beyond loopback it is never None: the token file, else ``$PCRULES_DASHBOARD_TOKEN``, else (unless trusted
     proxies alone are given) a token generated for `who` (default the OS user), printed once on `err`."""
     environ = os.environ if environ is None else environ
     trusted = [_network(t) for t in (trusted_proxies or [])]
     env_value = (environ.get(TOKEN_ENV) or "").strip()
-    if token_file is None and not trusted and not env_value and is_loopback(host):
+    if token_file is None and not trusted and is_loopback(host):
         return None  # 127.0.0.1 as before: only this machine's accounts can reach it
     config = AuthConfig(trusted=trusted)
     if token_file is not None:
@@ -361,7 +362,8 @@ def _make_app(auth: Authenticator, upstream: str, internal_token: str, base_url:
             self.set_status(401)
             self.set_header("WWW-Authenticate", 'Bearer realm="pcrules"')
             self.set_header("Cache-Control", "no-store")
-            if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", ""):
+            form = self.request.method == "GET" or self.request.path == login_url  # a wrong token: the form again
+            if form and "text/html" in self.request.headers.get("Accept", ""):
                 target = self.request.uri if self.request.path != login_url else base_url
                 self.set_header("Content-Type", "text/html; charset=utf-8")
                 self.finish(_LOGIN_PAGE.format(title=html.escape(title), message=html.escape(message),
