@@ -281,8 +281,10 @@ class _Mover:
                 log.error("decision log %s: journal write failed (%s); the record is kept in memory until it is "
                           "in PostgreSQL", self.where, exc)
             now = time.monotonic()
-            if not self.marks or now - self.marks[-1][1] >= _MARK_EVERY_S:
-                self.marks.append((self.appended, now))
+            marks = self.marks
+            # every 50 ms; every second once a long outage has made many (memory stays small for days)
+            if not marks or now - marks[-1][1] >= (_MARK_EVERY_S if len(marks) < 1000 else 1.0):
+                marks.append((self.appended, now))
             self.appended += 1
             self.since_wake += 1
             wake = self.since_wake >= self.batch_rows
@@ -384,6 +386,9 @@ class _Mover:
             raise
         self.conn = conn
         self.backoff = _RETRY_FIRST_S
+        if self.db_problem:
+            log.warning("decision log %s: PostgreSQL answers again after %d failed attempt(s); moving the %d record(s)"
+                        " that wait", self.where, self.failures, self.backlog())
         self.orphans_at = 0.0  # left-over journals first
         log.info("decision log %s: connected (schema %d)", self.where, SCHEMA_VERSION)
         return conn
