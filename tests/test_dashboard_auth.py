@@ -191,6 +191,7 @@ class _Server:
             time.sleep(0.3)
 
     def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL to its session), then check it ended cleanly and printed no token."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # pcrules stops the proxy, Voila and its kernels
             try:
@@ -231,8 +232,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         tuner.wait_ready(deadline)
         yield {"dashboard": dash, "tuner": tuner, "log": log, "published": published, "address": address}
     finally:
-        for server in (dash, tuner):
-            server.stop()
+        try:
+            dash.stop()
+        finally:
+            tuner.stop()  # even when the dashboard's checks failed: never leave a server behind
 
 
 @pytest.mark.notebook
