@@ -172,3 +172,68 @@ def redis_cluster() -> Iterator[LocalCluster]:
     redis-server)."""
     with LocalCluster() as cluster:
         yield cluster
+
+
+class LocalSentinel:
+    """One master, one replica and one Sentinel watching them as ``mymaster`` (quorum 1, down after 1 s)."""
+
+    def __init__(self) -> None:
+        taken: set[int] = set()
+        self.master, self.replica, self.sentinel = (_free_cluster_port(taken) for _ in range(3))
+        self.procs: list[subprocess.Popen] = []
+        self._dir = Path(tempfile.mkdtemp(prefix="pcrules-sentinel-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel}/mymaster"
+
+    def _run(self, *args: str) -> None:
+        self.procs.append(subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, cwd=self._dir))
+
+    def start(self) -> LocalSentinel:
+        common = ["--bind", "127.0.0.1", "--appendonly", "yes", "--save", "", "--daemonize", "no"]
+        self._run("--port", str(self.master), "--dir", str(self._dir / "m"), *common)
+        self._run("--port", str(self.replica), "--dir", str(self._dir / "r"), "--replicaof", "127.0.0.1",
+                  str(self.master), *common)
+        config = self._dir / "sentinel.conf"
+        config.write_text(f"port {self.sentinel}\nbind 127.0.0.1\ndir {self._dir}\n"
+                          f"sentinel monitor mymaster 127.0.0.1 {self.master} 1\n"
+                          f"sentinel down-after-milliseconds mymaster 1000\n"
+                          f"sentinel failover-timeout mymaster 3000\n")
+        self._run(str(config), "--sentinel")
+        deadline = time.monotonic() + 15
+        while not ("master_link_status:up" in _cli(self.replica, "INFO", "replication")
+                   and "slaves=1" in _cli(self.sentinel, "INFO", "sentinel")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel set-up did not settle")
+            time.sleep(0.1)
+        return self
+
+    def failover(self, timeout: float = 15) -> None:
+        """SENTINEL FAILOVER, until the replica is the master."""
+        _cli(self.sentinel, "SENTINEL", "FAILOVER", "mymaster")
+        deadline = time.monotonic() + timeout
+        while "role:master" not in _cli(self.replica, "INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel did not fail over")
+            time.sleep(0.05)
+
+    def __enter__(self) -> LocalSentinel:
+        for sub in ("m", "r"):
+            (self._dir / sub).mkdir()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -332,3 +332,45 @@ def test_a_master_failing_over_under_load_loses_no_answer_and_makes_no_second_of
     assert all(window[0] - 0.05 <= t <= window[1] and took < 3 for t, took, _ in slow), (window, slow)
     if how == "kill":
         assert errors and not slow  # refused connections: a 503 at once, every call under a second
+
+
+# --------------------------------------------------------------------------- Sentinel
+
+
+def test_sentinel_smoke_a_failover_keeps_the_state_and_the_rate_limits_follow_the_url():
+    """redis+sentinel://host:port/mymaster: the master Sentinel names; after SENTINEL FAILOVER the replica is the
+    master, the session's offer is still pending there (no second offer), and the rate limiter uses the URL."""
+    from rediscluster import LocalSentinel
+
+    from pcrules.server.security import RedisRateLimiter
+
+    with LocalSentinel() as sentinel:
+        store = RedisStore(sentinel.url, prefix="s:", socket_timeout_s=0.5)
+        rt = Runtime(spec_dict(), store=store)
+        first = rt.observe(ev("v1", ts=T0))
+        assert first.action == "offer"
+        assert subprocess.run([REDIS_CLI, "-p", str(sentinel.master), "WAIT", "1", "2000"], capture_output=True,
+                              text=True, timeout=5).stdout.strip() == "1"  # the replica has it
+        sentinel.failover()
+        deadline = time.monotonic() + 10
+        while True:  # 503s while the old master steps down, then the new one answers
+            try:
+                again = rt.observe(ev("v1", ts=T0 + 1))
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert again.reason == "offer_pending"
+        assert rt.accept(first.offer_id, ts=T0 + 2).status == OfferStatus.ACCEPTED
+        assert store.ping()
+        limiter = RedisRateLimiter("visitor", 1.0, 2, sentinel.url, prefix="s:")
+
+        async def hits() -> list[float]:
+            try:
+                return [await limiter.acquire("k") for _ in range(3)]
+            finally:
+                await limiter.aclose()
+
+        waits = asyncio.run(hits())
+        assert waits[:2] == [0.0, 0.0] and waits[2] > 0 and not limiter.failing  # Redis decided, not the fallback
+        store.close()

@@ -315,6 +315,8 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
 def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]]) -> None:
     """EVALSHA of one script for each (keys, args), in one write; the replies are read by the caller."""
     commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+    if getattr(conn, "_sock", None) is None:  # a Sentinel-managed connection asks the Sentinels for the master
+        conn.connect()
     if _pack is None:
         conn.send_packed_command(conn.pack_commands(commands))
     else:  # what redis-py's packer does, minus a Python pass over every argument (all str or int here)
