@@ -407,7 +407,7 @@ def _sample_data(args: argparse.Namespace) -> int:
     try:
         world = generate(visitors=args.visitors, seed=args.seed, start=args.start, days=args.days,
                          progress=sys.stderr.isatty() and not args.quiet)
-        paths = world.write(out, format=args.format)
+        paths = world.write(out, format=args.format, parts=args.partitions)
     except ImportError as exc:  # Parquet without pyarrow
         return _fail(f"cannot write {args.format} ({exc}); try --format csv.gz", "--format")
     except OSError as exc:
@@ -417,7 +417,8 @@ def _sample_data(args: argparse.Namespace) -> int:
     print(f"pcrules sample-data: {args.visitors:,} visitors, seed {args.seed}, {args.days} day(s) from {args.start}")
     print(world.summary())
     for name, path in paths.items():
-        print(f"{name:<11} {path}  ({path.stat().st_size / 1e6:.2f} MB)")
+        size = sum(f.stat().st_size for f in path.rglob("*.parquet")) if path.is_dir() else path.stat().st_size
+        print(f"{name:<11} {path}  ({size / 1e6:.2f} MB)")
     return 0
 
 
@@ -432,6 +433,8 @@ def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--days", type=_positive_int, default=7, help="days of traffic (default 7)")
     gen.add_argument("--start", default="2025-11-24",
                      help="first day, ISO date in site time UTC+1 (default 2025-11-24)")
+    gen.add_argument("--partitions", type=_positive_int,
+                     help="write each table as <out>/<table>/part=NNN/ folders partitioned by visitor (Parquet)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(run=_sample_data)
 
@@ -707,6 +710,8 @@ def _backtest(args: argparse.Namespace) -> int:
         bundle = load_bundle(Path(args.bundle))
     except (PcrulesError, OSError) as exc:
         return _fail(exc, "--bundle")
+    if args.engine in ("processes", "dask") or _partitioned_folder(Path(args.events)) is not None:
+        return _backtest_partitioned(args, bundle, pd)
     try:
         events, report = load_events(Path(args.events), columns=args.columns, format=args.format)
     except (HistoryError, OSError) as exc:
@@ -746,6 +751,54 @@ def _backtest(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.out:
         print(f"decisions: {args.out}")
+    return 0
+
+
+def _partitioned_folder(path: Path) -> Path | None:
+    """The events of a history partitioned by visitor: `path` or its events/ holding part=NNN folders."""
+    for folder in (path, path / "events"):
+        if folder.is_dir() and any(d.is_dir() and d.name.startswith("part=") for d in folder.iterdir()):
+            return folder
+    return None
+
+
+def _backtest_partitioned(args: argparse.Namespace, bundle: Any, pd: Any) -> int:
+    """pcrules backtest over a history partitioned by visitor (pcrules.analysis.partitioned), or on Dask."""
+    from .analysis.partitioned import backtest_partitioned
+
+    folder = _partitioned_folder(Path(args.events)) or Path(args.events)
+    if not folder.exists():
+        return _fail(f"{folder}: no such events folder", "--events")
+    if args.out or args.columns or args.format:
+        return _fail("a partitioned backtest writes no per-event decisions and reads its Parquet columns by "
+                     "their own names (leave out --out, --column and --format)", "--events")
+    status = None
+    if args.queue_status:
+        try:
+            status = _read_queue_status(pd, Path(args.queue_status), bundle.spec.queues)
+        except ValueError as exc:
+            return _fail(exc, "--queue-status")
+    engine = "processes" if args.engine == "fast" else args.engine
+    client = None
+    try:
+        if args.scheduler:
+            from dask.distributed import Client
+
+            client = Client(args.scheduler)
+        result = backtest_partitioned(bundle.spec, folder, bundle.scorer, engine=engine, client=client,
+                                      workers=args.workers, queue_status=status, keep_offers=False,
+                                      progress=sys.stderr.isatty() and not args.quiet)
+    except ImportError as exc:
+        return _fail(f"--engine dask needs dask[distributed] (pip install 'pcrules[scale]'): {exc}", "--engine")
+    except (OSError, ValueError) as exc:
+        return _fail(exc, "--events")
+    finally:
+        if client is not None:
+            client.close()
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"pcrules backtest: bundle {bundle.version} over {folder} (partitioned by visitor)")
+    print(result.summary())
     return 0
 
 
@@ -807,8 +860,12 @@ def _add_backtest_command(commands: argparse._SubParsersAction) -> None:
     _add_history_options(bt, "events")
     bt.add_argument("--out", help="write the per-event decisions (.parquet, else CSV)")
     bt.add_argument("--queue-status", help="queue status timeline (ts, queue, agents_available, estimated_wait_s)")
-    bt.add_argument("--engine", choices=("fast", "policy"), default="fast",
-                    help="fast (vectorised, default) or policy (the runtime's pure core row by row)")
+    bt.add_argument("--engine", choices=("fast", "policy", "processes", "dask"), default="fast",
+                    help="fast (vectorised, default) or policy (the runtime's pure core row by row); a history "
+                         "partitioned by visitor (--events a folder of part=NNN folders) runs on a process pool "
+                         "(processes) or on Dask (dask: a local cluster, or --scheduler)")
+    bt.add_argument("--workers", type=_positive_int, help="processes or Dask workers (default: the cores)")
+    bt.add_argument("--scheduler", help="with --engine dask: the address of a running Dask scheduler")
     bt.add_argument("--quiet", action="store_true", help="no progress bar")
     bt.set_defaults(run=_backtest)
 
