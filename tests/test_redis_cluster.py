@@ -329,7 +329,7 @@ def test_a_master_failing_over_under_load_loses_no_answer_and_makes_no_second_of
     # stalled master (its socket timeout, a topology refresh that asked it) did so then too
     assert all(window[0] - 0.05 <= t <= window[1] for t, _ in errors), (window, [t for t, _ in errors])
     assert all(shard_of(v) in moving for _, v in errors)
-    assert all(window[0] - 0.05 <= t <= window[1] and took < 3 for t, took, _ in slow), (window, slow)
+    assert all(window[0] - 0.05 <= t <= window[1] and took < 4 for t, took, _ in slow), (window, slow)  # < the stall
     if how == "kill":
         assert errors and not slow  # refused connections: a 503 at once, every call under a second
 
@@ -374,3 +374,30 @@ def test_sentinel_smoke_a_failover_keeps_the_state_and_the_rate_limits_follow_th
         waits = asyncio.run(hits())
         assert waits[:2] == [0.0, 0.0] and waits[2] > 0 and not limiter.failing  # Redis decided, not the fallback
         store.close()
+
+
+# --------------------------------------------------------------------------- the previous key layout
+
+
+def test_keys_of_the_previous_layout_are_reported_once_and_deleted(redis_server, caplog):
+    import redis as redis_py
+
+    prefix = f"old{next(_prefixes)}:"
+    raw = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+    raw.set(prefix + "epoch", "1700000000:abc")  # an older version's marker, due set and queue version
+    raw.zadd(prefix + "due", {"o1": T0})
+    raw.set(prefix + "qv", "3")
+    store = RedisStore(redis_server.url, prefix=prefix)
+    with caplog.at_level("WARNING", logger="pcrules.redis_store"):
+        assert store.ping() and store.epoch == "1700000000:abc"  # the marker is kept: nothing else was lost
+    assert "previous key layout" in caplog.text and "stop every older worker" in caplog.text
+    assert not raw.exists(prefix + "due", prefix + "qv")
+    assert all(raw.get(key) == "1700000000:abc" for key in store._marker_keys)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pcrules.redis_store"):
+        assert RedisStore(redis_server.url, prefix=prefix).ping()
+    assert "previous key layout" not in caplog.text
+    store.clear()
+    raw.delete(prefix + "epoch", *store._marker_keys)
+    store.close()
+    raw.close()
