@@ -221,6 +221,23 @@ def dialect_of(conn: Connection | Engine) -> str:
     return conn.dialect.name
 
 
+class _Borrowed:
+    """A caller's sqlite3 connection lent to SQLAlchemy: everything passes through but ``rollback`` and ``close``
+    (SQLAlchemy rolls back a new connection and closes it when done; the caller's work and connection stay)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
 @contextlib.contextmanager
 def connect(log: Any) -> Iterator[Connection]:
     """A connection to a decision log for reading. `log`: a path of a SQLite file, a database URL, an SQLAlchemy
@@ -234,7 +251,9 @@ def connect(log: Any) -> Iterator[Connection]:
             yield conn
         return
     if isinstance(log, sqlite3.Connection):
-        wrapped = sa.create_engine("sqlite://", creator=lambda: log, poolclass=sa.pool.StaticPool)
+        # the caller's connection, used as it is (its own uncommitted rows included): never rolled back or closed
+        wrapped = sa.create_engine("sqlite://", creator=lambda: _Borrowed(log), poolclass=sa.pool.NullPool,
+                                   pool_reset_on_return=None)
         with wrapped.connect() as conn:
             yield conn
         return

@@ -2,8 +2,10 @@
 the readers give the same answers on both (tests/test_query_layer.py, tests/test_ops_dashboard.py).
 
 The tables are made from the SQLite file's own schema, read by SQLAlchemy's reflection (SQLite's ``REAL`` as
-``double precision``, ``INTEGER`` as ``bigint``, ``TEXT`` as ``text``), with the log's indexes on ``ts``,
-``offer_id`` and the goals' visitor; then each table's rows are copied in batches."""
+``double precision``, ``INTEGER`` as ``bigint`` for ids and ``integer`` otherwise, ``TEXT`` as ``text``: the
+PostgreSQL log's own types), with the log's indexes on ``ts``,
+``offer_id`` and the goals' visitor; then each table's rows are copied with PostgreSQL's COPY (a million
+decisions in seconds; benchmarks/bench_dashboard.py --postgres copies its log so too)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ BATCH = 5000
 
 def _pg_type(column: sa.Column) -> Any:
     name = type(column.type).__name__.upper()
-    if "INT" in name:
-        return sa.BigInteger()
+    if "INT" in name:  # ids as bigint, flags (holdout, explored) as integer: as pcrules.runtime.log.postgres
+        return sa.BigInteger() if column.primary_key else sa.Integer()
     if name in ("REAL", "FLOAT", "DOUBLE", "NUMERIC", "DOUBLE_PRECISION"):
         return sa.Double()
     return sa.Text()
@@ -48,9 +50,13 @@ def copy_log(sqlite_path: Path, url: str) -> sa.Engine:
     sa.Index("goals_visitor", tables["goals"].c.visitor_id, tables["goals"].c.session_id)
     meta.create_all(target)
     with source.connect() as src, target.begin() as dst:
+        cursor = dst.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         for name in TABLES:
+            columns = [c.name for c in reflected.tables[name].columns]
             result = src.execute(sa.select(reflected.tables[name]).order_by(reflected.tables[name].c.id))
-            while batch := result.fetchmany(BATCH):
-                dst.execute(tables[name].insert(), [row._asdict() for row in batch])
+            with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+                while batch := result.fetchmany(BATCH):
+                    for row in batch:
+                        copy.write_row(tuple(row))
     source.dispose()
     return target

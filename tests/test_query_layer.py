@@ -241,6 +241,13 @@ def test_urls_and_engines(tmp_path: Path) -> None:
         with ops.open_log(given) as conn:
             assert ops.log_info(conn).decisions == 0
     assert logdb.describe(f"sqlite:///{plain}") == str(plain)
+    # a caller's own sqlite3 connection is read as it is: its uncommitted rows seen, never rolled back or closed
+    db = sqlite3.connect(plain)
+    db.execute("INSERT INTO goals (ts, visitor_id, session_id, goal, value, logged_at) VALUES (1, 'v', 's', 'g', 1, 0)")
+    assert len(up.read_goals(db)) == 1 and up.unit_counts(db) == []
+    assert db.in_transaction
+    db.rollback()
+    db.close()
     with pytest.raises(FileNotFoundError):
         up.uplift_from_log(tmp_path / "missing.sqlite")
 
