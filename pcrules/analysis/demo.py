@@ -9,7 +9,6 @@ holdout has data. The ops dashboard and the demo site then read that log.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +60,18 @@ def _goals(log_path: Path) -> Any:
     from .world import draw_goals, generate
 
     world = generate(visitors=SAMPLE_VISITORS, seed=SAMPLE_SEED, start=SAMPLE_START, days=SAMPLE_DAYS)
-    with sqlite3.connect(log_path) as db:
-        decisions = pd.read_sql_query(
-            "SELECT d.ts, d.visitor_id, d.session_id, d.page, d.seconds_on_page, d.action, d.holdout, d.offer_id,"
-            " o.status FROM decisions d LEFT JOIN outcomes o ON o.offer_id = d.offer_id"
-            " WHERE d.action = 'offer' OR d.holdout = 1", db)
+    import sqlalchemy as sa
+
+    from ..logdb import connect, outcomes
+    from ..logdb import decisions as table
+
+    d, o = table.alias("d"), outcomes.alias("o")
+    query = (sa.select(d.c.ts, d.c.visitor_id, d.c.session_id, d.c.page, d.c.seconds_on_page, d.c.action,
+                       d.c.holdout, d.c.offer_id, o.c.status)
+             .select_from(d.outerjoin(o, o.c.offer_id == d.c.offer_id))
+             .where(sa.or_(d.c.action == "offer", d.c.holdout == 1)).order_by(d.c.id))
+    with connect(log_path) as conn:  # the same query on any decision log (pcrules.logdb)
+        decisions = pd.read_sql_query(query, conn)
     return draw_goals(world, decisions)
 
 
