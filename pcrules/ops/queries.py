@@ -61,6 +61,7 @@ __all__ = [
     "time_filters",
     "resolve_log_path",
     "describe_conditions",
+    "describe_error",
 ]
 
 log = logging.getLogger("pcrules.ops")
@@ -217,13 +218,13 @@ def open_log(path: str | os.PathLike) -> Iterator[Connection]:
     try:
         conn = logdb.engine_for(p).connect()
     except sa.exc.SQLAlchemyError as exc:
-        raise LogNotReadable(f"Cannot open the decision log {p}: {_reason(exc)}.", kind="unreadable") from None
+        raise LogNotReadable(f"Cannot open the decision log {p}: {describe_error(exc)}.", kind="unreadable") from None
     try:
         try:
             version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
             tables = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise LogNotReadable(f"{p} is not a readable SQLite decision log ({_reason(exc)}).",
+            raise LogNotReadable(f"{p} is not a readable SQLite decision log ({describe_error(exc)}).",
                                  kind="unreadable") from None
         if not tables:
             raise LogNotReadable(EMPTY.format(log=p), kind="empty")
@@ -239,7 +240,7 @@ def open_log(path: str | os.PathLike) -> Iterator[Connection]:
         conn.close()
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A database error in one line, without SQLAlchemy's SQL echo and help link."""
     inner = getattr(exc, "orig", None) or exc
     return str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
@@ -255,13 +256,14 @@ def _open_database(url: str) -> Iterator[Connection]:
         raise LogNotReadable(f"{shown} is not a database URL the dashboard can read ({exc}).",
                              kind="unreadable") from None
     except sa.exc.SQLAlchemyError as exc:
-        raise LogNotReadable(f"Cannot connect to the decision log {shown}: {_reason(exc)}. Is the database "
+        raise LogNotReadable(f"Cannot connect to the decision log {shown}: {describe_error(exc)}. Is the database "
                              f"server running, and the URL right?", kind="unreadable") from None
     try:
         try:
             tables = set(sa.inspect(conn).get_table_names())
         except sa.exc.SQLAlchemyError as exc:
-            raise LogNotReadable(f"Cannot read the decision log {shown}: {_reason(exc)}.", kind="unreadable") from None
+            raise LogNotReadable(f"Cannot read the decision log {shown}: {describe_error(exc)}.",
+                                 kind="unreadable") from None
         present = set(logdb.TABLES) & tables
         if not present:
             raise LogNotReadable(EMPTY.format(log=shown), kind="empty")

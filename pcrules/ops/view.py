@@ -374,7 +374,7 @@ class Dashboard:
                 self.status.value = (f'<div class="pcrules-sub pcrules-note">Cannot apply the filters: {_esc(exc)}; '
                                      f'the numbers below are for the previous selection.</div>')
             except SQLAlchemyError as exc:
-                reason = queries._reason(exc)
+                reason = queries.describe_error(exc)
                 log.warning("ops dashboard: reading %s failed: %s", self.log_name, reason)
                 self._show_message(f"Reading the decision log {self.log_name} failed ({reason}). Press Refresh to "
                                    f"try again.", "unreadable")
