@@ -307,3 +307,20 @@ def test_nan_free_answers(logs: dict[str, Any]) -> None:
             assert ops.uplift(conn, nothing) == ops.Uplift(0, 0, 0, 0)
             info = ops.log_info(conn)
             assert isinstance(info.first_ts, float) and not math.isnan(info.first_ts)
+
+
+def test_cli_dashboard_takes_a_postgresql_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``pcrules dashboard --log postgresql://...`` hands the URL to Voila as given (no file checks on it), and
+    voila's environment carries it unchanged to the kernel; a path is still checked and made absolute."""
+    from pcrules import cli
+    from pcrules.ops import voila
+
+    seen: list[Any] = []
+    monkeypatch.setattr(voila, "serve", lambda log, **kw: seen.append(log) or 0)
+    url = "postgresql://ops@127.0.0.1:5/pcrules"
+    assert cli.main(["dashboard", "--log", url, "--port", str(_closed_port())]) == 0
+    assert seen == [url]
+    assert voila.voila_env(url, None, {})[ops.LOG_ENV] == url
+    (tmp_path / "not-a-log.sqlite").write_text("hello")
+    assert cli.main(["dashboard", "--log", str(tmp_path / "not-a-log.sqlite")]) != 0
+    assert voila.voila_env("rel.sqlite", None, {})[ops.LOG_ENV] == str(Path("rel.sqlite").absolute())
