@@ -294,3 +294,23 @@ def test_partitioned_equals_in_memory_on_1m_events(worlds: Any, scorer: Any, tmp
     lift = uplift(fb, candidate_spec(), fb.goals(goals), n_boot=100)
     for name in lift.estimates:
         same_estimate(lift[name], ope.uplift[name])
+
+
+def test_training_on_a_stratified_visitor_sample_sized_by_a_learning_curve(history: Any) -> None:
+    from pcrules.analysis.partitioned import stratified_visitors, train_on_sample, visitor_hash
+
+    world, paths = history
+    offers = world.offers
+    visitor = offers["visitor_id"].astype(object).to_numpy()
+    accepted = (offers["response"] == "accept").groupby(visitor).transform("max").to_numpy()
+    pick = stratified_visitors(visitor, accepted, 0.3, visitor_hash(visitor))
+    by_visitor = pd.DataFrame({"v": visitor, "a": accepted, "pick": pick}).drop_duplicates("v")
+    for _, stratum in by_visitor.groupby("a"):  # proportional allocation: 30 % of each stratum, whole visitors
+        assert stratum["pick"].sum() == round(0.3 * len(stratum))
+    result, curve = train_on_sample(paths["offers"], shares=(0.3, 0.8), n_boot=20)
+    frame = curve.frame
+    assert list(frame["share"]) == [0.3, 0.8] and frame["visitors"].is_monotonic_increasing
+    assert ((frame["auc_low"] <= frame["auc"]) & (frame["auc"] <= frame["auc_high"])).all()
+    assert (frame["ece_low"] <= frame["ece_high"]).all() and frame["auc_loss"].iloc[-1] == 0
+    assert curve.chosen in (0.3, 0.8) and "training sample" in curve.summary()
+    assert result.model is not None

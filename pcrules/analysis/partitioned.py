@@ -40,6 +40,7 @@ The partition function, :func:`backtest_partition`, takes one partition's events
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import time
@@ -880,3 +881,133 @@ def offpolicy_partitioned(logging_spec: RuleSpec | Mapping[str, Any] | str,
 
     uplift = difference(report("goals"), report("never")) if goals is not None else None
     return PartitionedOffPolicy(report("accepts"), uplift, [q for p in partials for q in p.problems])
+
+
+# ============================================================================================ training on a sample
+
+
+def visitor_hash(visitor_ids: Any, key: bytes = b"pcrules-sample-v1") -> np.ndarray:
+    """A keyed hash of each visitor id as a number in [0, 1): independent of the partition's (another key)."""
+    codes, uniques = pd.factorize(pd.Series(visitor_ids, copy=False).astype(object))
+    of_unique = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(u).encode(), digest_size=8, key=key).digest(), "big") / 2**64
+         for u in uniques), dtype=float, count=len(uniques))
+    return np.where(codes >= 0, of_unique[np.maximum(codes, 0)], 1.0)
+
+
+def stratified_visitors(visitor: np.ndarray, stratum: np.ndarray, share: float, u: np.ndarray) -> np.ndarray:
+    """Per row: its visitor is in a sample of `share` of the visitors of each stratum (proportional allocation:
+    round(share x visitors) of each stratum, those with the smallest keyed hash `u`)."""
+    frame = pd.DataFrame({"visitor": visitor, "stratum": stratum, "u": u}).drop_duplicates("visitor")
+    frame["rank"] = frame.groupby("stratum")["u"].rank(method="first")
+    frame["size"] = frame.groupby("stratum")["u"].transform("size")
+    chosen = set(frame.loc[frame["rank"] <= np.round(share * frame["size"]), "visitor"])
+    return pd.Series(visitor).isin(chosen).to_numpy()
+
+
+@dataclass
+class LearningCurve:
+    """AUC and calibration on held-out visitors of models trained on growing stratified visitor samples, each
+    with a visitor-bootstrap interval, and the AUC lost against the largest sample (``auc_loss``, paired on the
+    same resamples, with its interval); ``chosen``: the smallest share whose AUC loss is below ``tolerance``
+    with the interval's confidence (its lower bound above ``-tolerance``)."""
+
+    frame: pd.DataFrame
+    chosen: float
+    level: float
+    tolerance: float
+
+    def summary(self) -> str:
+        row = self.frame.loc[self.frame["share"] == self.chosen].iloc[0]
+        return (f"training sample: {self.chosen:.0%} of the visitors ({int(row['offers']):,} offers): AUC "
+                f"{row['auc']:.4f} [{row['auc_low']:.4f}, {row['auc_high']:.4f}], calibration error "
+                f"{row['ece']:.4f} [{row['ece_low']:.4f}, {row['ece_high']:.4f}] ({self.level:.0%}, held-out "
+                f"visitors); AUC lost against the largest sample {row['auc_loss']:+.4f} (at worst "
+                f"{row['auc_loss_low']:+.4f}; tolerance {self.tolerance})\n"
+                + self.frame.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def _weighted_ece(y: np.ndarray, p: np.ndarray, w: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error with row weights: |weighted mean p - weighted mean y| per equal-width bin of p,
+    averaged by the bins' weights."""
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    total = np.bincount(b, weights=w, minlength=bins)
+    gap = np.abs(np.bincount(b, weights=w * p, minlength=bins) - np.bincount(b, weights=w * y, minlength=bins))
+    return float(gap.sum() / total.sum()) if total.sum() else float("nan")
+
+
+def learning_curve(offers: pd.DataFrame, shares: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8), *,
+                   test_share: float = 0.2, n_boot: int = 100, level: float = 0.95, tolerance: float = 0.002,
+                   seed: int = 0) -> LearningCurve:
+    """The sample size a model needs, chosen from the data: a held-out `test_share` of the visitors, then models
+    (:class:`pcrules.scoring.AcceptanceModel`) trained on `shares` of all visitors (drawn from the others),
+    stratified by whether the visitor ever accepted (the rare class keeps its share in every sample), each scored
+    on the held-out visitors: AUC and expected calibration error with a percentile bootstrap over held-out
+    visitors (the same resamples for every share, so the AUC lost against the largest sample is paired)."""
+    from sklearn.metrics import roc_auc_score
+
+    from ..scoring import AcceptanceModel
+
+    if not 0 < test_share < 1 or not shares or any(not 0 < x <= 1 - test_share for x in shares):
+        raise ValueError(f"shares must lie in (0, 1 - test_share], test_share in (0, 1); got {shares}, {test_share}")
+    offers = offers.reset_index(drop=True)
+    y = (offers["response"].astype(str) == "accept").to_numpy(dtype=int)
+    visitor = offers["visitor_id"].astype(object).to_numpy()
+    accepted = pd.Series(y).groupby(visitor).transform("max").to_numpy()
+    u = visitor_hash(visitor)
+    test = stratified_visitors(visitor, accepted, test_share, u)
+    rest = ~test
+    codes, _ = pd.factorize(visitor[test])
+    n_vis = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    weights = [np.bincount(rng.integers(0, n_vis, n_vis), minlength=n_vis)[codes].astype(float)
+               for _ in range(n_boot)]
+    X_test, y_test = offers.loc[test], y[test]
+    tail = 100 * (1 - level) / 2
+    rows, boots = [], []
+    for share in sorted(shares):
+        pick = np.zeros(len(offers), dtype=bool)  # `share` of all visitors, drawn from those not held out
+        pick[rest] = stratified_visitors(visitor[rest], accepted[rest], share / (1.0 - test_share), u[rest])
+        model = AcceptanceModel().fit(offers.loc[pick], y[pick])
+        p = np.clip(model.predict_proba(X_test)[:, 1], 0.0, 1.0)
+        auc_b = np.array([roc_auc_score(y_test, p, sample_weight=w) for w in weights])
+        ece_b = np.array([_weighted_ece(y_test, p, w) for w in weights])
+        boots.append(auc_b)
+        ones = np.ones(len(p))
+        rows.append({"share": share, "visitors": len(set(visitor[pick])), "offers": int(pick.sum()),
+                     "auc": roc_auc_score(y_test, p), "auc_low": np.percentile(auc_b, tail),
+                     "auc_high": np.percentile(auc_b, 100 - tail), "ece": _weighted_ece(y_test, p, ones),
+                     "ece_low": np.percentile(ece_b, tail), "ece_high": np.percentile(ece_b, 100 - tail)})
+    frame = pd.DataFrame(rows)
+    frame["auc_loss"] = frame["auc"] - frame["auc"].iloc[-1]
+    frame["auc_loss_low"] = [np.percentile(b - boots[-1], tail) for b in boots]
+    chosen = float(frame.loc[frame["auc_loss_low"] >= -tolerance, "share"].min())
+    return LearningCurve(frame, chosen, level, tolerance)
+
+
+def train_on_sample(offers: str | os.PathLike[str] | pd.DataFrame, *, curve_share: float = 1.0,
+                    shares: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8), seed: int = 0,
+                    **curve: Any) -> tuple[Any, LearningCurve]:
+    """Train the acceptance model on a stratified visitor sample whose size the data chose: the learning curve
+    (:func:`learning_curve`) on the logged offers of `curve_share` of the visitors (read partition by partition
+    from a partitioned folder), then :func:`pcrules.scoring.training.train_on_offers` on the chosen share of
+    them. Returns (the training result, the curve)."""
+    from ..scoring.training import train_on_offers
+
+    frame = offers if isinstance(offers, pd.DataFrame) else offers_sample(offers, curve_share)
+    lc = learning_curve(frame, shares, seed=seed, **curve)
+    visitor = frame["visitor_id"].astype(object).to_numpy()
+    y = (frame["response"].astype(str) == "accept").to_numpy(dtype=int)
+    accepted = pd.Series(y).groupby(visitor).transform("max").to_numpy()
+    pick = stratified_visitors(visitor, accepted, lc.chosen, visitor_hash(visitor, b"pcrules-train-v1"))
+    return train_on_offers(frame.loc[pick].reset_index(drop=True), seed=seed), lc
+
+
+def offers_sample(source: str | os.PathLike[str], share: float) -> pd.DataFrame:
+    """The logged offers of about `share` of the visitors of a partitioned history, read partition by partition
+    (a partition is a keyed-hash share of the visitors, so whole partitions make a visitor sample: the first
+    ceil(share x partitions) of them)."""
+    parts = partitions(source)
+    take = parts[:max(1, math.ceil(share * len(parts)))]
+    frames = [read_partition(p, None, required=("visitor_id", "response"))[0] for p in take]
+    return pd.concat(frames, ignore_index=True)
