@@ -520,12 +520,16 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     srv = commands.add_parser("serve", help="run the HTTP server (observe / answer / queues / metrics), "
                                             "optionally with the demo site")
     source = srv.add_mutually_exclusive_group()
-    source.add_argument("--bundle", help="serve a published bundle (publish dir, its current, or a version dir)")
+    source.add_argument("--bundle", help="serve a published bundle: a publish dir (or its current), followed when "
+                                         "a Publish or rollback moves current; a version dir stays as it is")
+    srv.add_argument("--pin-bundle", action="store_true", default=None,
+                     help="keep the version loaded at start until a reload (SIGHUP, POST /v1/admin/reload)")
     source.add_argument("--rules", help="serve a rule spec YAML (default: the embedded one; with --demo the demo's)")
     srv.add_argument("--demo", action="store_true", help="also serve the demo site, Pega stand-in and CSR console")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
-    srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db)")
+    srv.add_argument("--redis", metavar="URL", help="share state between workers in Redis (redis://host:port/db, "
+                                                    "redis+cluster://h1:p1,h2:p2, redis+sentinel://h1:p1/master)")
     srv.add_argument("--log", metavar="PATH|URL", help="decision log to append to: an SQLite file or a "
                                                        "postgresql:// URL (journaled here first; default: none)")
     srv.add_argument("--workers", type=_positive_int, default=1, help="worker processes (more than 1 needs --redis)")

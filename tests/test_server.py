@@ -418,3 +418,54 @@ def test_serving_a_bundle_and_reloading_the_one_published_next(tmp_path: Path):
         body = refused(c.post("/v1/admin/reload"), 422, None)
         assert body["error"] == "invalid_bundle" and "rules.yaml" in body["message"], body
         assert c.get("/healthz").json()["version"] == r["version"]
+
+
+def test_every_worker_follows_the_publish_directory(tmp_path: Path):
+    """Issue 18: a Publish or a rollback made anywhere (the tuner on a shared host, the CLI) reaches every host
+    serving that publish directory, without a reload call; a version that fails to load is reported once and
+    the last good one keeps serving; a version dir, or follow_bundle off, is pinned."""
+    import asyncio
+
+    from pcrules.bundle import load_bundle, publish, rollback
+
+    out = tmp_path / "published"
+    first = publish(write_rules(tmp_path / "v1.yaml"), None, out)
+    followers = [create_app(ServerConfig(bundle=str(out), operator_token=TOKEN)),
+                 create_app(ServerConfig(bundle=str(out / "current"), operator_token=TOKEN))]
+    pinned = [create_app(ServerConfig(bundle=str(out), follow_bundle=False, operator_token=TOKEN)),
+              create_app(ServerConfig(bundle=str(out / "versions" / first.name), operator_token=TOKEN))]
+    clients = [TestClient(app, headers=AUTH) for app in followers + pinned]
+    for c in clients:
+        c.__enter__()
+    try:
+        v1 = clients[0].get("/healthz").json()["version"]
+        second = publish(write_rules(tmp_path / "v2.yaml", decline_cooldown_s=30), None, out)
+
+        def served() -> list[str]:
+            for app in followers + pinned:  # what the watch loop does every second, now
+                asyncio.run(app.state.service.follow_publish())
+            return [c.get("/healthz").json()["version"] for c in clients]
+
+        v2 = load_bundle(second).spec.version
+        assert served() == [v2, v2, v1, v1]
+        rollback(out)
+        assert served() == [v1, v1, v1, v1]
+        third = publish(write_rules(tmp_path / "v3.yaml", decline_cooldown_s=60), None, out)
+        (third / "rules.yaml").write_text("tampered: true\n")  # fails verification: the last good one serves
+        assert served() == [v1, v1, v1, v1]
+        reloads = clients[0].get("/metrics").text
+        assert 'pcrules_reloads_total{result="failed"} 1.0' in reloads, reloads
+        assert served() == [v1, v1, v1, v1]  # one try per move, not one per second
+        assert 'pcrules_reloads_total{result="failed"} 1.0' in clients[0].get("/metrics").text
+    finally:
+        for c in clients:
+            c.__exit__(None, None, None)
+
+
+def test_pin_bundle_turns_following_off(tmp_path: Path):
+    from pcrules.cli import build_parser
+    from pcrules.server.serve import config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["serve", "--bundle", str(tmp_path)]), {}).follow_bundle is True
+    assert config_from_args(parse(["serve", "--bundle", str(tmp_path), "--pin-bundle"]), {}).follow_bundle is False

@@ -52,7 +52,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from ..bundle import BundleError
+from ..bundle import BundleError, current_version, load_bundle
 from ..core.spec import load_spec
 from ..errors import InvalidEvent, LogUnavailable, OfferClosed, OfferNotFound, PcrulesError, SpecError, UnknownQueue
 from ..runtime.log import open_log
@@ -120,6 +120,7 @@ class Service:
         # Set when a call found the store unavailable, cleared by the next ping it answers (pcrules_store_ok).
         self.store_down = False
         self.demo: Any = None
+        self.followed: str | None = None  # the bundle version served, or last tried, from a publish directory
         self.decision_log: Any = None  # the log under the metrics tee (SQLite, PostgreSQL), None without one
         self.pseudonymised = config.visitor_id_key is not None
         self.operator_auth = OperatorAuth(config.operator_token) if config.operator_token else None
@@ -174,15 +175,18 @@ class Service:
         log_ = MetricsLog(metrics, inner)
         if config.visitor_id_key is not None:
             runtime_kwargs.setdefault("visitor_id_key", config.visitor_id_key)
+        bundle = None
         try:
             if config.bundle:
-                runtime = Runtime.from_bundle(config.bundle, log=log_, store=store, **runtime_kwargs)
+                bundle = load_bundle(config.bundle)
+                runtime = Runtime(bundle.spec, scorer=bundle.scorer, log=log_, store=store, **runtime_kwargs)
             else:
                 runtime = Runtime(load_spec(config.rules_path()), log=log_, store=store, **runtime_kwargs)
         except BaseException:
             log_.close()
             raise
         service = cls(config, runtime, metrics)
+        service.followed = None if bundle is None else bundle.version
         service.decision_log = inner
         service._configure_store()
         return service
@@ -329,12 +333,39 @@ class Service:
         while True:
             with contextlib.suppress(Exception):
                 await asyncio.gather(self.check_store(), self.check_log())
+            with contextlib.suppress(Exception):  # a publish directory being rewritten: asked again next time
+                await self.follow_publish()
             await asyncio.sleep(WATCH_EVERY_S)
+
+    def _publish_dir(self) -> Path | None:
+        """The publish directory whose `current` this worker follows, or None (rules, a version dir, or
+        ``follow_bundle`` off)."""
+        if not (self.config.bundle and self.config.follow_bundle):
+            return None
+        where = Path(self.config.bundle)
+        if where.name == "current" and where.is_symlink():
+            where = where.parent
+        return where if (where / "versions").is_dir() else None
+
+    async def follow_publish(self) -> None:
+        """Load the version the publish directory's `current` points to when it is not the one served: a Publish
+        or a rollback made anywhere reaches every host. One try per move: a version that fails to load is
+        reported once (reload() logs it and counts it) and the one served stays."""
+        where = self._publish_dir()
+        if where is None:
+            return
+        now = await anyio.to_thread.run_sync(current_version, where)
+        if now is None or now == self.followed:
+            return
+        self.followed = now
+        with contextlib.suppress(Exception):  # reload() has logged and counted it; the served version stays
+            await self.reload(f"{where}/current moved to {now}")
 
     def _reload_now(self) -> dict:
         old = self.runtime.spec
         if self.config.bundle:
             bundle = self.runtime.reload_bundle(self.config.bundle)
+            self.followed = bundle.version
             source = f"bundle {bundle.version}"
         else:
             self.runtime.reload(self.config.rules_path())

@@ -27,6 +27,11 @@ CONFIG_ENV = "PCRULES_SERVER_CONFIG"
 class ServerConfig:
     rules: str | None = None          # a rule spec file; reloaded from the same path
     bundle: str | None = None         # a bundle (publish dir, its `current`, or a version dir)
+    # With a publish dir (or its `current`) as the bundle, each worker follows `current`: when a Publish or a
+    # rollback (from any host, the tuner or the CLI) moves it, the worker loads that version within a second or
+    # so. A version that fails to load is reported once and the last good one keeps serving. False: the version
+    # loaded at start stays until a reload (SIGHUP, POST /v1/admin/reload). A version dir is never followed.
+    follow_bundle: bool = True
     demo: bool = False                # serve the demo site (and use its ruleset when none is given)
     redis_url: str | None = None      # shared state in Redis; in-memory (one process) without it
     redis_prefix: str = "pcrules:"

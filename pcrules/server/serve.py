@@ -38,7 +38,8 @@ def config_from_args(args: argparse.Namespace, environ: dict | None = None) -> S
              "cors_origins": getattr(args, "cors_origins", None),
              "trusted_proxies": getattr(args, "trusted_proxies", None),
              "metrics_public": getattr(args, "metrics_public", None),
-             "redis_allow_volatile": getattr(args, "allow_volatile_redis", None)}
+             "redis_allow_volatile": getattr(args, "allow_volatile_redis", None),
+             "follow_bundle": False if getattr(args, "pin_bundle", None) else None}
     base.update({k: v for k, v in given.items() if v is not None})
     if args.demo:
         base["demo"] = True
