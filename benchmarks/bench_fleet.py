@@ -1,0 +1,407 @@
+"""Load test of a fleet on this machine: 2 `pcrules serve` hosts + Redis Cluster + a PostgreSQL decision log.
+
+    python benchmarks/bench_fleet.py                          # 2,000/s per host for 60 s, then SQLite, ~4 minutes
+    python benchmarks/bench_fleet.py --seconds 10 --rate 500  # a short run
+    python benchmarks/bench_fleet.py --no-sqlite --replicas 0
+
+Issue 18's load test. In one run:
+
+- **fleet**: two `python -m pcrules serve` processes stand for two hosts (each its own port and its own journal
+  directory), sharing a local Redis Cluster of 3 masters (`--replicas` each, 1 by default as the README advises;
+  tests/rediscluster.py starts it) and one PostgreSQL decision log (`--log postgresql://...`; tests/pgserver.py
+  starts it, as the tests do: fsync=off, so commits cost no disk flush). An open loop at `--rate` decisions/s to
+  EACH host for `--seconds` (latency counted from when a request was due: no coordinated omission), each visitor
+  always sent to the same host (visitor affinity, as in bench_server.py). Rate limits lifted (one loopback client
+  stands for 20,000 visitors). Printed per host: the rate achieved, p50/p99/max, errors, 429s, 503s.
+  Then the hosts' journals are left to drain (their /healthz `log.pending` reaches 0) and every decision the
+  client received is looked up in PostgreSQL: an offer by its offer_id, any other decision by (visitor_id,
+  session_id, ts) as the answer carries them; each must be there exactly once and nothing else may be.
+- **sqlite**: the single-host figures for comparison, measured in the same run: one `pcrules serve` with the
+  in-memory store and `--log file.sqlite`, the same open loop at `--rate` for `--seconds`, the same check
+  against the SQLite file.
+
+CPU seconds used by each group (servers, redis nodes, postgres and its backends, this client) are printed
+with the load average: the client shares the machine's cores with everything it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from bench_server import Result, _run, contention, make_bodies, route  # noqa: E402
+
+from pcrules.server._procs import ServeProcess  # noqa: E402
+
+RULES = ROOT / "pcrules" / "server" / "demo_rules.yaml"
+# One loopback client stands for 20,000 visitors: both rate limits lifted, /metrics readable without a token.
+LOAD = {"address_rate": None, "visitor_rate": None, "metrics_public": True}
+Key = tuple
+
+
+# --------------------------------------------------------------------------------------------- the client
+
+
+@dataclass
+class HostLoad:
+    """What one host answered: latencies and statuses (Result), the bodies of its 200s, connection errors."""
+
+    result: Result = field(default_factory=Result)
+    answers: list[bytes] = field(default_factory=list)
+    errors: int = 0
+
+
+async def _connection(host: str, port: int, requests: list[bytes], tickets: asyncio.Queue, start: int,
+                      out: HostLoad) -> None:
+    """Takes a due time from `tickets`, sends the next request, reads the answer and keeps its body (parsed after
+    the run: no JSON on the hot path). A broken connection is counted as an error and opened again."""
+    reader, writer = await asyncio.open_connection(host, port)
+    i = start
+    res = out.result
+    try:
+        while True:
+            due = await tickets.get()
+            if due is None:
+                return
+            req = requests[i]
+            i = (i + 1) % len(requests)
+            try:
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                out.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            res.latencies.append(time.perf_counter() - due)
+            status = int(head[9:12])
+            res.statuses[status] = res.statuses.get(status, 0) + 1
+            if status == 200:
+                out.answers.append(body)
+    finally:
+        writer.close()
+
+
+async def open_loop(targets: list[tuple[str, int]], bodies: list[bytes], rate: float, seconds: float,
+                    connections: int = 48) -> dict[tuple[str, int], HostLoad]:
+    """Requests due every 1/rate s to each target (each visitor to one target); latency from when each was due."""
+    routed = route(targets, bodies, sticky=True)
+    loads = {t: HostLoad() for t in targets}
+    queues: dict[tuple[str, int], asyncio.Queue] = {t: asyncio.Queue() for t in targets}
+    tasks = []
+    for t in targets:
+        step = max(1, len(routed[t]) // connections)
+        for c in range(connections):  # each connection starts at its own place in the visitor stream
+            tasks.append(asyncio.ensure_future(_connection(t[0], t[1], routed[t], queues[t], c * step, loads[t])))
+    await asyncio.sleep(0.2)  # connections open
+    start = time.perf_counter()
+    interval = 1.0 / rate
+    for k in range(int(rate * seconds)):
+        due = start + k * interval
+        delay = due - time.perf_counter()
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+        for q in queues.values():
+            q.put_nowait(due)
+    for q in queues.values():
+        for _ in range(connections):
+            q.put_nowait(None)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for load in loads.values():
+        load.result.elapsed = elapsed
+    return loads
+
+
+# --------------------------------------------------------------------------------------------- exactly once
+
+
+def key_of(action: str, offer_id: str | None, visitor_id: str, session_id: str, ts: float) -> Key:
+    """An offer by its offer_id; any other decision by (visitor, session, ts)."""
+    if action == "offer" and offer_id:
+        return ("offer", offer_id)
+    return (visitor_id, session_id, ts)
+
+
+def received_keys(answers: Iterable[bytes]) -> Counter:
+    out: Counter = Counter()
+    for body in answers:
+        d = json.loads(body)
+        out[key_of(d["action"], d.get("offer_id"), d["visitor_id"], d["session_id"], d["ts"])] += 1
+    return out
+
+
+def logged_keys(rows: Iterable[tuple]) -> Counter:
+    """rows: (action, offer_id, visitor_id, session_id, ts) from the log's decisions table."""
+    return Counter(key_of(*r) for r in rows)
+
+
+@dataclass
+class Check:
+    received: int
+    logged: int
+    missing: int
+    extra: int
+    duplicated: int
+    examples: list
+
+    @property
+    def ok(self) -> bool:
+        return self.received > 0 and not self.missing and not self.extra
+
+    def line(self) -> str:
+        verdict = "OK: every decision received is in the log exactly once, nothing else" if self.ok else "FAILED"
+        return (f"exactly once: {self.received:,} decisions received, {self.logged:,} rows logged; missing "
+                f"{self.missing:,}, extra {self.extra:,} (of them logged twice or more: {self.duplicated:,}): "
+                f"{verdict}" + (f"; e.g. {self.examples[:5]}" if self.examples else ""))
+
+
+def compare(received: Counter, logged: Counter) -> Check:
+    missing = received - logged
+    extra = logged - received
+    duplicated = sum(1 for k, n in logged.items() if n > 1 and n > received.get(k, 0))
+    examples = [("missing", k) for k in list(missing)[:3]] + [("extra", k) for k in list(extra)[:3]]
+    return Check(sum(received.values()), sum(logged.values()), sum(missing.values()), sum(extra.values()),
+                 duplicated, examples)
+
+
+QUERY = "SELECT action, offer_id, visitor_id, session_id, ts FROM decisions"
+
+
+def postgres_rows(url: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(QUERY).fetchall()
+
+
+def sqlite_rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(QUERY).fetchall()
+
+
+# --------------------------------------------------------------------------------------------- processes and CPU
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and of its children it has reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            parts = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(parts[1]), sum(int(x) for x in parts[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(roots: Iterable[int]) -> float:
+    """CPU seconds of the processes `roots` and all their descendants (a postgres backend, a uvicorn worker), with
+    the CPU of the descendants that have exited and been reaped (counted in their parent)."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            s = _stat(int(name))
+            if s is not None:
+                stats[int(name)] = s
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+class Cpu:
+    """CPU seconds of each group of processes between start() and stop(), and this client's own."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+
+    def __enter__(self) -> Cpu:
+        self.t0, self.own0 = time.monotonic(), time.process_time()
+        self.cpu0 = {g: tree_cpu(p) for g, p in self.groups.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.monotonic() - self.t0
+        self.used = {g: tree_cpu(p) - self.cpu0[g] for g, p in self.groups.items()}
+        self.used["client"] = time.process_time() - self.own0
+
+    def line(self) -> str:
+        parts = ", ".join(f"{g} {s:.1f} s ({s / self.wall:.2f} cores)" for g, s in self.used.items())
+        total = sum(self.used.values())
+        return (f"CPU over {self.wall:.1f} s: {parts}; in all {total / self.wall:.2f} of {os.cpu_count()} cores; "
+                f"load average {load_average()}")
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def health(srv: ServeProcess) -> dict:
+    with urllib.request.urlopen(srv.url + "/healthz", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wait_drained(servers: list[ServeProcess], timeout: float) -> tuple[float, list[int]]:
+    """Seconds until every host's journal is moved (/healthz log.pending 0, no problem), and the backlogs seen first."""
+    t0 = time.monotonic()
+    first = [health(s)["log"]["pending"] for s in servers]
+    while True:
+        logs = [health(s)["log"] for s in servers]
+        if all(lg["pending"] == 0 and lg["problem"] is None for lg in logs):
+            return time.monotonic() - t0, first
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"the journals did not drain within {timeout} s: {logs}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def report(label: str, loads: dict[tuple[str, int], HostLoad], names: list[str]) -> None:
+    total = Result()
+    for name, load in zip(names, loads.values()):
+        r = load.result
+        total.add(r)
+        total.elapsed = r.elapsed
+        print(r.line(f"  {label} {name}"))
+        print(f"{'':<44} errors {load.errors}, 429s {r.statuses.get(429, 0)}, 503s {r.statuses.get(503, 0)}, "
+              f"other non-200 {sum(v for k, v in r.statuses.items() if k not in (200, 429, 503))}")
+    if len(loads) > 1:
+        print(total.line(f"  {label} all hosts"))
+
+
+def run_load(targets: list[tuple[str, int]], bodies: list[bytes], args) -> dict[tuple[str, int], HostLoad]:
+    return _run(open_loop(targets, bodies, args.rate, args.seconds, args.connections))
+
+
+def warm_up(targets: list[tuple[str, int]], bodies: list[bytes], args) -> list[bytes]:
+    """A short open loop at a tenth of the rate: code paths, connections, caches. Its decisions are logged too, so
+    the client keeps them for the exactly-once check."""
+    if args.warmup <= 0:
+        return []
+    loads = _run(open_loop(targets, bodies, max(50.0, args.rate / 10), args.warmup, 8))
+    bad = {t: (lo.errors, {k: v for k, v in lo.result.statuses.items() if k != 200}) for t, lo in loads.items()}
+    if any(e or s for e, s in bad.values()):
+        print(f"  warm-up: not all answered 200: {bad}")
+    return [b for lo in loads.values() for b in lo.answers]
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+
+
+def fleet(args, bodies: list[bytes], tmp: Path) -> bool:
+    from pgserver import PostgresServer
+    from rediscluster import LocalCluster
+
+    t0 = time.monotonic()
+    with PostgresServer() as pg, LocalCluster(replicas=args.replicas) as cluster:
+        url = pg.new_database("fleet")
+        names = ["host A", "host B"]
+        servers = [ServeProcess(["--rules", str(RULES), "--redis", cluster.url, "--log", url],
+                                log_file=tmp / f"host{k}.out", python=args.server_python,
+                                config={**LOAD, "log_journal_dir": str(tmp / f"host{k}.journal")})
+                   for k in "ab"]
+        try:
+            for s in servers:
+                s.start()
+            print(f"fleet: PostgreSQL on {pg.port}, Redis Cluster of {cluster.masters} masters with {args.replicas} "
+                  f"replica(s) each, hosts on {', '.join(str(s.port) for s in servers)}; up in "
+                  f"{time.monotonic() - t0:.1f} s")
+            targets = [("127.0.0.1", s.port) for s in servers]
+            answers = warm_up(targets, bodies, args)
+            groups = {"servers": [s.proc.pid for s in servers],
+                      "redis nodes": [p.pid for p in cluster.procs.values()],
+                      "postgres": [pg.proc.pid]}
+            with Cpu(groups) as cpu:
+                loads = run_load(targets, bodies, args)
+            report("fleet", loads, names)
+            print(f"  {cpu.line()}")
+            print(f"  {contention(servers)}")
+            drained_s, backlog = wait_drained(servers, args.drain_timeout)
+            print(f"  journals drained {drained_s:.2f} s after the load (backlog then: "
+                  f"{', '.join(f'{n} {b:,} records' for n, b in zip(names, backlog))})")
+        finally:
+            for s in servers:
+                s.stop()
+        for lo in loads.values():
+            answers += lo.answers
+        check = compare(received_keys(answers), logged_keys(postgres_rows(url)))
+        print(f"  PostgreSQL {check.line()}")
+        return check.ok and not any(lo.errors or set(lo.result.statuses) - {200} for lo in loads.values())
+
+
+def single_sqlite(args, bodies: list[bytes], tmp: Path) -> bool:
+    path = tmp / "single.sqlite"
+    srv = ServeProcess(["--rules", str(RULES), "--log", str(path)], log_file=tmp / "single.out",
+                       python=args.server_python, config=LOAD)
+    with srv:
+        print(f"single host: 1 pcrules serve, memory store, SQLite log {path}")
+        targets = [("127.0.0.1", srv.port)]
+        answers = warm_up(targets, bodies, args)
+        with Cpu({"server": [srv.proc.pid]}) as cpu:
+            loads = run_load(targets, bodies, args)
+        report("sqlite", loads, ["host"])
+        print(f"  {cpu.line()}")
+    for lo in loads.values():
+        answers += lo.answers
+    check = compare(received_keys(answers), logged_keys(sqlite_rows(path)))
+    print(f"  SQLite {check.line()}")
+    return check.ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default 60)")
+    parser.add_argument("--rate", type=float, default=2000.0, help="decisions/s to each host (default 2000)")
+    parser.add_argument("--connections", type=int, default=48, help="client connections per host (default 48)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up at a tenth of the rate")
+    parser.add_argument("--replicas", type=int, default=1, help="Redis Cluster replicas per master (default 1)")
+    parser.add_argument("--no-sqlite", action="store_true", help="leave out the single-host SQLite figures")
+    parser.add_argument("--no-fleet", action="store_true", help="leave out the fleet")
+    parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the journals")
+    parser.add_argument("--server-python", default=sys.executable, help="the Python that runs the servers")
+    args = parser.parse_args()
+    bodies = make_bodies()
+    tmp = Path(tempfile.mkdtemp(prefix="pcrules-bench-fleet-"))
+    print(f"pcrules fleet load test: {os.cpu_count()} cores, load average {load_average()} at start; open loop "
+          f"{args.rate:,.0f}/s per host for {args.seconds:g} s, latency from when each request was due; client in "
+          f"this process (it shares the cores); targets >= 2,000/s per host, p99 <= 20 ms")
+    ok = True
+    if not args.no_fleet:
+        ok &= fleet(args, bodies, tmp)
+    if not args.no_sqlite:
+        ok &= single_sqlite(args, bodies, tmp)
+    print(f"load average at the end {load_average()}; server output in {tmp}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
