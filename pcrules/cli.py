@@ -443,19 +443,26 @@ def _train(args: argparse.Namespace) -> int:
     from .analysis.history import HistoryError, load_offers
     from .scoring.training import train_on_offers, write_model
 
-    try:
-        offers, report = load_offers(args.offers, columns=args.columns, format=args.format)
-    except (HistoryError, OSError) as exc:
-        return _history_fail(exc, "--offers", format_option=True, column_option=True)
-    if report.problems:
-        print(report, file=sys.stderr)
+    if args.log:
+        offers = _offers_from_log(args.log)
+        if offers is None:
+            return 1
+        source = args.log
+    else:
+        try:
+            offers, report = load_offers(args.offers, columns=args.columns, format=args.format)
+        except (HistoryError, OSError) as exc:
+            return _history_fail(exc, "--offers", format_option=True, column_option=True)
+        if report.problems:
+            print(report, file=sys.stderr)
+        source = args.offers
     for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
         if path and (Path(path).is_dir() or any(p.exists() and not p.is_dir() for p in Path(path).parents)):
             return _fail(f"{path}: cannot write a file there (a directory, or under a file)", option)
     try:
         result = train_on_offers(offers, seed=args.seed)
     except ValueError as exc:
-        return _fail(f"{args.offers}: {exc}", "--offers")
+        return _fail(f"{source}: {exc}", "--log" if args.log else "--offers")
     try:
         write_model(result, args.out, args.metrics_out)
     except OSError as exc:
@@ -478,9 +485,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offers_from_log(log: str) -> Any:
+    """The ended offers of a decision log (SQLite file or PostgreSQL URL) as a training table; None when it cannot
+    be read (said in one line)."""
+    from .logdb import describe
+    from .scoring.training import offers_from_log
+
+    try:
+        return offers_from_log(log)
+    except FileNotFoundError:
+        _fail(f"{log}: no such decision log", "--log")
+    except Exception as exc:  # the database's own words (sqlite3, psycopg), in one line, without a password
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        _fail(f"{describe(log)}: cannot read it as a decision log ({reason})", "--log")
+    return None
+
+
 def _add_train_command(commands: Any) -> None:
     train = commands.add_parser("train", help="train the acceptance model on past offers; write a model file")
-    train.add_argument("--offers", required=True, help="offers table (Parquet or CSV, see data/README.md)")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--offers", help="offers table (Parquet or CSV, see data/README.md)")
+    source.add_argument("--log", metavar="PATH|URL",
+                        help="or the ended offers of a decision log: an SQLite file or a postgresql:// URL")
     _add_history_options(train, "offers")
     train.add_argument("--out", required=True, help="model file to write (JSON; publish it with `pcrules publish`)")
     train.add_argument("--metrics-out", help="held-out metrics to write (JSON; `publish --metrics` takes it)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -99,3 +100,17 @@ def test_demo_command_runs_end_to_end(tmp_path):
         assert db.execute("SELECT count(*) FROM goals").fetchone()[0] > 100
         assert db.execute("SELECT count(*) FROM decisions WHERE score IS NOT NULL").fetchone()[0] > 1000
     assert (tmp_path / "published" / "current").exists()
+    # Training from the log itself (issue 18: any CLI that reads the log reads it through the one query layer)
+    model = tmp_path / "from-log.json"
+    trained = subprocess.run([sys.executable, "-m", "pcrules", "train", "--log", str(log_path), "--out", str(model)],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    with sqlite3.connect(log_path) as db:
+        ended = db.execute("SELECT count(*) FROM decisions d JOIN outcomes o ON o.offer_id = d.offer_id "
+                           "WHERE d.action = 'offer'").fetchone()[0]
+    assert f"the model written is then trained on all {ended:,}" in trained.stdout, trained.stdout
+    assert json.loads(model.read_text())["kind"]
+    missing = subprocess.run([sys.executable, "-m", "pcrules", "train", "--log", str(tmp_path / "nope.sqlite"),
+                              "--out", str(model)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: --log {tmp_path / 'nope.sqlite'}: no such decision log"]
