@@ -109,3 +109,19 @@ def test_one_set_of_paths_readme_cli_notebooks() -> None:
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8765/demo/", "http://127.0.0.1:8866/", "http://127.0.0.1:8867/"])
 def test_quick_start_names_what_make_demo_serves(url: str) -> None:
     assert url in _section("## Quick start")
+
+
+def test_the_fleet_commands_are_commands_the_cli_takes() -> None:
+    """The "Running a fleet" block cannot run here (other hosts), but every line is a command and options that
+    `pcrules` accepts as written."""
+    from pcrules.cli import build_parser
+
+    block = re.search(r"```sh\n(.*?)```", _section("## Running a fleet"), re.S)
+    assert block, "README.md: no ```sh block under '## Running a fleet'"
+    lines = [shlex.split(line, comments=True) for line in block.group(1).replace("\\\n", " ").splitlines()]
+    commands = [line for line in lines if line]
+    assert [c[:2] for c in commands] == [["pcrules", "serve"], ["pcrules", "dashboard"], ["pcrules", "tuner"],
+                                         ["pcrules", "train"]]
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command[1:])  # argparse exits (SystemExit) on an option the CLI does not take
