@@ -237,14 +237,33 @@ def tree_cpu(roots: Iterable[int]) -> float:
     return total
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (every process, this benchmark's and everyone else's)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest time is inside user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_pressure() -> float | None:
+    """Microseconds some runnable task waited for a CPU, since boot (Linux PSI), or None."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return float(fh.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Cpu:
-    """CPU seconds of each group of processes between start() and stop(), and this client's own."""
+    """CPU seconds of each group of processes between start() and stop(), this client's own, the rest of the
+    machine's (other people's processes), and how long runnable tasks waited for a core (PSI)."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self.groups = groups
 
     def __enter__(self) -> Cpu:
         self.t0, self.own0 = time.monotonic(), time.process_time()
+        self.machine0, self.psi0 = machine_cpu(), cpu_pressure()
         self.cpu0 = {g: tree_cpu(p) for g, p in self.groups.items()}
         return self
 
@@ -252,12 +271,56 @@ class Cpu:
         self.wall = time.monotonic() - self.t0
         self.used = {g: tree_cpu(p) - self.cpu0[g] for g, p in self.groups.items()}
         self.used["client"] = time.process_time() - self.own0
+        self.machine = machine_cpu() - self.machine0
+        psi = cpu_pressure()
+        self.waited = None if psi is None or self.psi0 is None else (psi - self.psi0) / 1e6
 
     def line(self) -> str:
         parts = ", ".join(f"{g} {s:.1f} s ({s / self.wall:.2f} cores)" for g, s in self.used.items())
-        total = sum(self.used.values())
-        return (f"CPU over {self.wall:.1f} s: {parts}; in all {total / self.wall:.2f} of {os.cpu_count()} cores; "
+        ours = sum(self.used.values())
+        others = max(0.0, self.machine - ours)
+        waited = "" if self.waited is None else (f"; some runnable task waited for a core "
+                                                 f"{self.waited / self.wall:.0%} of the time (PSI)")
+        return (f"CPU over {self.wall:.1f} s: {parts}; in all {ours / self.wall:.2f} of {os.cpu_count()} cores; "
+                f"other processes on the machine {others / self.wall:.2f} cores{waited}; "
                 f"load average {load_average()}")
+
+
+def scrape(servers: list[ServeProcess]) -> dict[str, float]:
+    """The hosts' in-server latency histogram and batch sizes from /metrics, summed over the hosts."""
+    out: dict[str, float] = {}
+    for srv in servers:
+        with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith(("pcrules_decision_seconds_", "pcrules_observe_batch_size_")):
+                name, value = line.rsplit(" ", 1)
+                out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def inside(before: dict[str, float], after: dict[str, float]) -> str:
+    """What the servers measured themselves over the load: time from the handler's start to its answer (p50 / p99
+    bounds from the histogram's buckets, mean) and the mean observe batch; the rest of the client's latency is
+    spent before the handler runs (the kernel's and uvicorn's queues, waiting for a core)."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    n = d.get("pcrules_decision_seconds_count", 0.0)
+    if not n:
+        return "in-server latency: no observations counted"
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in d.items()
+                     if k.startswith("pcrules_decision_seconds_bucket"))
+
+    def bound(p: float) -> str:
+        for le, count in buckets:
+            if count >= p * n:
+                return f"<= {le * 1000:g} ms"
+        return "over the last bucket"
+
+    batches = d.get("pcrules_observe_batch_size_count", 0.0)
+    batch = d.get("pcrules_observe_batch_size_sum", 0.0) / batches if batches else float("nan")
+    return (f"in-server latency (handler start to answer, /metrics): mean "
+            f"{d['pcrules_decision_seconds_sum'] / n * 1000:.2f} ms, p50 {bound(0.5)}, p99 {bound(0.99)}; "
+            f"mean observe batch {batch:.1f}")
 
 
 def load_average() -> str:
@@ -340,10 +403,13 @@ def fleet(args, bodies: list[bytes], tmp: Path) -> bool:
             groups = {"servers": [s.proc.pid for s in servers],
                       "redis nodes": [p.pid for p in cluster.procs.values()],
                       "postgres": [pg.proc.pid]}
+            before = scrape(servers)
             with Cpu(groups) as cpu:
                 loads = run_load(targets, bodies, args)
+            after = scrape(servers)
             report("fleet", loads, names)
             print(f"  {cpu.line()}")
+            print(f"  {inside(before, after)}")
             print(f"  {contention(servers)}")
             drained_s, backlog = wait_drained(servers, args.drain_timeout)
             print(f"  journals drained {drained_s:.2f} s after the load (backlog then: "
@@ -366,10 +432,13 @@ def single_sqlite(args, bodies: list[bytes], tmp: Path) -> bool:
         print(f"single host: 1 pcrules serve, memory store, SQLite log {path}")
         targets = [("127.0.0.1", srv.port)]
         answers = warm_up(targets, bodies, args)
+        before = scrape([srv])
         with Cpu({"server": [srv.proc.pid]}) as cpu:
             loads = run_load(targets, bodies, args)
+        after = scrape([srv])
         report("sqlite", loads, ["host"])
         print(f"  {cpu.line()}")
+        print(f"  {inside(before, after)}")
     for lo in loads.values():
         answers += lo.answers
     check = compare(received_keys(answers), logged_keys(sqlite_rows(path)))
