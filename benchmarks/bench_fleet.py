@@ -53,6 +53,7 @@ RULES = ROOT / "pcrules" / "server" / "demo_rules.yaml"
 # One loopback client stands for 20,000 visitors: both rate limits lifted, /metrics readable without a token.
 LOAD = {"address_rate": None, "visitor_rate": None, "metrics_public": True}
 Key = tuple
+TARGET_RATE, TARGET_P99_MS = 2000.0, 20.0  # issue 18: per host
 
 
 # --------------------------------------------------------------------------------------------- the client
@@ -359,6 +360,14 @@ def report(label: str, loads: dict[tuple[str, int], HostLoad], names: list[str])
               f"other non-200 {sum(v for k, v in r.statuses.items() if k not in (200, 429, 503))}")
     if len(loads) > 1:
         print(total.line(f"  {label} all hosts"))
+    for name, load in zip(names, loads.values()):
+        r = load.result
+        lat = sorted(r.latencies)
+        rate = r.statuses.get(200, 0) / r.elapsed if r.elapsed else 0.0
+        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("inf")
+        met = rate >= TARGET_RATE * 0.99 and p99 <= TARGET_P99_MS
+        print(f"  {label} {name}: target >= {TARGET_RATE:,.0f}/s at p99 <= {TARGET_P99_MS:g} ms "
+              f"{'met' if met else 'NOT met'} ({rate:,.0f}/s, p99 {p99:.1f} ms)")
 
 
 def run_load(targets: list[tuple[str, int]], bodies: list[bytes], args) -> dict[tuple[str, int], HostLoad]:
