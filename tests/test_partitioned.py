@@ -314,3 +314,23 @@ def test_training_on_a_stratified_visitor_sample_sized_by_a_learning_curve(histo
     assert (frame["ece_low"] <= frame["ece_high"]).all() and frame["auc_loss"].iloc[-1] == 0
     assert curve.chosen in (0.3, 0.8) and "training sample" in curve.summary()
     assert result.model is not None
+
+
+def test_a_sample_of_partitions_scaled_to_the_history_and_rechecked_in_full(history: Any, scorer: Any) -> None:
+    from pcrules.analysis.partitioned import recheck, sample_backtest
+
+    _, paths = history
+    spec = scoring_spec()
+    estimate = sample_backtest(spec, paths["events"], scorer, share=0.5, engine="serial", truth="p_accept",
+                               effects=EFFECTS)
+    assert estimate.partitions == (4, 8)
+    figures = estimate.figures
+    assert {"events", "offers", "expected_accepts", "true_expected_uplift"} <= set(figures.index)
+    assert (figures["low"] <= figures["estimate"]).all() and (figures["estimate"] <= figures["high"]).all()
+    assert figures.loc["events", "estimate"] == figures.loc["events", "high"]  # known from the Parquet footers
+    full, inside = recheck(spec, paths["events"], scorer, estimate, engine="serial", truth="p_accept",
+                           effects=EFFECTS)
+    assert set(inside) == set(figures.index)
+    assert sum(inside.values()) >= len(inside) - 2  # 95 % intervals: most hold the whole history's figure
+    offers = figures.loc["offers"]
+    assert abs(offers["estimate"] - full.metrics["offers"]) / full.metrics["offers"] < 0.1

@@ -60,7 +60,8 @@ __all__ = ["PARTITION_KEY", "visitor_partition", "write_partitioned", "repartiti
            "partitions", "read_partition", "BacktestPartial", "backtest_partition", "reduce_backtest",
            "backtest_partitioned", "OffPolicyPartial", "offpolicy_partition", "reduce_offpolicy",
            "offpolicy_partitioned", "PartitionedOffPolicy", "PartitionProblem", "Piece", "pieces", "split_frame",
-           "run_partitions"]
+           "run_partitions", "learning_curve", "LearningCurve", "train_on_sample", "offers_sample",
+           "stratified_visitors", "visitor_hash", "sample_backtest", "SampleEstimate", "recheck", "SCALED"]
 
 PARTITION_KEY = b"pcrules-partition-v1"  # the hash key of the visitor partition: stable everywhere
 PART_DIR = re.compile(r"^part=(\d+)$")
@@ -742,6 +743,17 @@ def _unit_partial(fb: Any, cluster_first_ts: np.ndarray, visitor_ids: np.ndarray
                             cluster_first_ts[first_unit], len(w), digest.hexdigest())
 
 
+def _model_q(fb: Any, scorer: Any, spec: RuleSpec, choice: np.ndarray) -> np.ndarray:
+    """The model's P(accept) of each unit's choice (0 for no offer), as ``feedback.estimate`` computes it."""
+    from .scores import scores_for
+
+    q = np.zeros(fb.n)
+    at = choice >= 0
+    if at.any():
+        q[at] = scores_for(fb.table, spec, scorer, choice[at], False)[choice[at]]
+    return q
+
+
 def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
                         candidate: RuleSpec | Mapping[str, Any] | str, events: pd.DataFrame, offers: pd.DataFrame,
                         scorer: Any = None, *, goals: pd.DataFrame | None = None, logging_scorer: Any = None,
@@ -749,7 +761,7 @@ def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
     """The partition function of the off-policy estimates: :func:`pcrules.analysis.feedback.feedback` on one
     partition's events and logged offers, the candidate judged on it as :func:`~.feedback.estimate` and
     :func:`~.feedback.uplift` do, reduced to per-visitor sums (what the visitor bootstrap needs)."""
-    from .feedback import _q, candidate_choices, feedback
+    from .feedback import candidate_choices, feedback
     from .offpolicy import NO_OFFER
 
     logging_spec = logging_spec if isinstance(logging_spec, RuleSpec) else load_spec(logging_spec)
@@ -770,7 +782,7 @@ def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
     p_choice = np.where(choice >= 0, fb.chance[np.maximum(choice, 0)], fb.p_none)
     q_cand = q_log = None
     if scorer is not None:
-        q_cand, q_log = _q(fb, scorer, candidate, choice), _q(fb, scorer, candidate, fb.shown)
+        q_cand, q_log = _model_q(fb, scorer, candidate, choice), _model_q(fb, scorer, candidate, fb.shown)
     reports = {"accepts": _unit_partial(fb, unit_ts, visitor_ids, fb.shown, fb.p_shown, fb.accepted, choice,
                                         p_choice, q_cand, q_log)}
     if goals is not None:
@@ -1011,3 +1023,81 @@ def offers_sample(source: str | os.PathLike[str], share: float) -> pd.DataFrame:
     take = parts[:max(1, math.ceil(share * len(parts)))]
     frames = [read_partition(p, None, required=("visitor_id", "response"))[0] for p in take]
     return pd.concat(frames, ignore_index=True)
+
+
+# ============================================================================================ tuning on a sample
+
+SCALED = ("events", "sessions", "visitors", "offers", "holdout", "expected_accepts", "true_expected_accepts",
+          "accepted", "declined", "expired", "expected_uplift", "true_expected_uplift")
+
+
+@dataclass
+class SampleEstimate:
+    """A backtest on ``k`` of the ``n`` partitions (a keyed-hash sample of the visitors, each visitor in with
+    probability k/n) scaled to the whole history by the ratio to its events (every partition's row count is in
+    its Parquet footers: known without reading a row): per figure of :data:`SCALED`, ``E x sum(x) / sum(e)``
+    over the sampled partitions, with a Student-t interval on k - 1 degrees of freedom from the spread of the
+    partitions' residuals ``x - R e`` (the ratio estimator of cluster sampling without replacement).
+    ``sample``: the sample's own (reduced) result."""
+
+    figures: pd.DataFrame  # index: figure; columns estimate, low, high
+    partitions: tuple[int, int]
+    level: float
+    sample: Any
+
+    def contains(self, metrics: Mapping[str, Any]) -> dict[str, bool]:
+        """Per figure: does the whole history's value (a full backtest's metrics) lie in the interval."""
+        return {name: bool(row["low"] <= metrics[name] <= row["high"]) for name, row in self.figures.iterrows()
+                if metrics.get(name) is not None}
+
+
+def _rows(part: Partition) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in part.files)
+
+
+def sample_backtest(spec: RuleSpec | Mapping[str, Any] | str, source: str | os.PathLike[str], scorer: Any = None,
+                    *, share: float = 0.1, level: float = 0.95, **options: Any) -> SampleEstimate:
+    """What a tuner reads of a candidate when the history is too large to judge at every slider move: the
+    backtest of the first ``ceil(share x n)`` partitions (at least 2), its additive figures scaled to the whole
+    history with intervals (:class:`SampleEstimate`). ``options`` as :func:`backtest_partitioned`."""
+    from scipy.stats import t as student  # type: ignore[import-untyped]
+
+    spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
+    parts = partitions(source)
+    n = len(parts)
+    k = min(n, max(2, math.ceil(share * n)))
+    total_events = float(sum(_rows(p) for p in parts))
+    work = [Piece(p.name, {"events": p}) for p in parts[:k]]
+    opts = {"queue_status": options.get("queue_status"), "truth": options.get("truth"),
+            "effects": options.get("effects"), "effect_columns": _effect_columns(options.get("effects")),
+            "keep_offers": False, "keep_decisions": False, "exploration_cost": False}
+    partials = run_partitions(_read_and_judge, work, dict(spec.source), scorer, opts,
+                              engine=options.get("engine", "processes"), client=options.get("client"),
+                              workers=options.get("workers"), progress=options.get("progress", False),
+                              desc=f"sample {spec.name}")
+    e = np.array([p.metrics["events"] for p in partials], dtype=float)
+    q = student.ppf(0.5 + level / 2, k - 1) if k > 1 else float("nan")
+    rows = {}
+    for name in SCALED:
+        values = [p.metrics.get(name) for p in partials]
+        if any(v is None for v in values):
+            continue
+        x = np.asarray(values, dtype=float)
+        ratio = x.sum() / e.sum()
+        estimate = total_events * ratio
+        spread = (x - ratio * e).var(ddof=1) if k > 1 else float("nan")
+        half = q * total_events / e.mean() * np.sqrt((1 - k / n) * spread / k)
+        rows[name] = {"estimate": estimate, "low": estimate - half, "high": estimate + half}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    return SampleEstimate(frame, (k, n), level, reduce_backtest(spec, partials, engine="sample"))
+
+
+def recheck(spec: RuleSpec | Mapping[str, Any] | str, source: str | os.PathLike[str], scorer: Any,
+            estimate: SampleEstimate, **options: Any) -> tuple[Any, dict[str, bool]]:
+    """Before Publish: the full partitioned backtest of the ruleset a tuner chose on a sample, and per scaled
+    figure whether the whole history's value lies in the sample's interval (``all(...)``: the sample told the
+    truth about it)."""
+    full = backtest_partitioned(spec, source, scorer, keep_offers=False, **options)
+    return full, estimate.contains(full.metrics)
