@@ -439,11 +439,41 @@ def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
     gen.set_defaults(run=_sample_data)
 
 
+def _sample_share(text: str) -> float | str:
+    """--sample: ``auto`` (a learning curve chooses) or a share of the visitors in (0, 1]."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a share of the visitors such as 0.2, got {text!r}") \
+            from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a share of the visitors in (0, 1], got {text}")
+    return value
+
+
+def _partitioned_offers(path: str | None) -> Path | None:
+    """The offers of a history partitioned by visitor: `path` or its offers/ holding part=NNN folders."""
+    if not path:
+        return None
+    for folder in (Path(path), Path(path) / "offers"):
+        if folder.is_dir() and any(d.is_dir() and d.name.startswith("part=") for d in folder.iterdir()):
+            return folder
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
     from .analysis.history import HistoryError, load_offers
     from .scoring.training import train_on_offers, write_model
 
-    if args.log:
+    parts = _partitioned_offers(args.offers) if not args.log else None
+    sampled = parts is not None or args.sample is not None
+    share = args.sample if isinstance(args.sample, float) else None
+    offers: Any = None
+    if parts is not None:
+        offers, source = parts, str(parts)
+    elif args.log:
         offers = _offers_from_log(args.log)
         if offers is None:
             return 1
@@ -459,14 +489,27 @@ def _train(args: argparse.Namespace) -> int:
     for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
         if path and (Path(path).is_dir() or any(p.exists() and not p.is_dir() for p in Path(path).parents)):
             return _fail(f"{path}: cannot write a file there (a directory, or under a file)", option)
+    curve = None
     try:
-        result = train_on_offers(offers, seed=args.seed)
-    except ValueError as exc:
+        if sampled:  # a stratified visitor sample, its size chosen by a learning curve (or --sample SHARE)
+            from .analysis.partitioned import train_on_sample
+
+            result, curve = train_on_sample(offers, seed=args.seed, share=share)
+        else:
+            result = train_on_offers(offers, seed=args.seed)
+    except (ValueError, KeyError) as exc:
         return _fail(f"{source}: {exc}", "--log" if args.log else "--offers")
+    except OSError as exc:
+        return _os_fail(exc, "--offers", source)
     try:
         write_model(result, args.out, args.metrics_out)
     except OSError as exc:
         return _os_fail(exc, "--out", args.out)
+    if curve is not None:
+        why = "the share given by --sample" if share else \
+            "the smallest share that loses less than the tolerance in AUC, with the interval's confidence"
+        print(f"learning curve (held-out visitors; the model is trained on {why}):")
+        print(curve.summary())
     print(f"measured on {result.n_test:,} held-out offers after training on {result.n_train:,}; the model written "
           f"is then trained on all {result.n_train + result.n_test:,}")
     print(result.test.summary())
@@ -504,13 +547,18 @@ def _offers_from_log(log: str) -> Any:
 def _add_train_command(commands: Any) -> None:
     train = commands.add_parser("train", help="train the acceptance model on past offers; write a model file")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--offers", help="offers table (Parquet or CSV, see data/README.md)")
+    source.add_argument("--offers", help="offers table (Parquet or CSV, see data/README.md), or a folder "
+                                         "partitioned by visitor (part=NNN, as sample-data --partitions writes)")
     source.add_argument("--log", metavar="PATH|URL",
                         help="or the ended offers of a decision log: an SQLite file or a postgresql:// URL")
     _add_history_options(train, "offers")
     train.add_argument("--out", required=True, help="model file to write (JSON; publish it with `pcrules publish`)")
     train.add_argument("--metrics-out", help="held-out metrics to write (JSON; `publish --metrics` takes it)")
     train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    train.add_argument("--sample", type=_sample_share, metavar="auto|SHARE",
+                       help="train on a stratified visitor sample: auto (a learning curve chooses its size; the "
+                            "default when --offers is a folder partitioned by visitor, part=NNN) or a share of the "
+                            "visitors in (0, 1]; prints the curve and the AUC / calibration intervals")
     train.add_argument("--calibration", action="store_true",
                        help="also print the held-out calibration per time-on-page and time-on-site bin "
                             "(always in --metrics-out)")

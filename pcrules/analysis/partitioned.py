@@ -998,20 +998,26 @@ def learning_curve(offers: pd.DataFrame, shares: Sequence[float] = (0.05, 0.1, 0
 
 
 def train_on_sample(offers: str | os.PathLike[str] | pd.DataFrame, *, curve_share: float = 1.0,
-                    shares: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8), seed: int = 0,
+                    shares: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8), seed: int = 0, share: float | None = None,
                     **curve: Any) -> tuple[Any, LearningCurve]:
     """Train the acceptance model on a stratified visitor sample whose size the data chose: the learning curve
     (:func:`learning_curve`) on the logged offers of `curve_share` of the visitors (read partition by partition
     from a partitioned folder), then :func:`pcrules.scoring.training.train_on_offers` on the chosen share of
-    them. Returns (the training result, the curve)."""
+    them. `share`: train on that share instead (the curve then has it and the largest of `shares`, and says
+    what it loses). Returns (the training result, the curve)."""
     from ..scoring.training import train_on_offers
 
     frame = offers if isinstance(offers, pd.DataFrame) else offers_sample(offers, curve_share)
+    if share is not None:
+        shares = sorted({min(share, 1.0 - curve.get("test_share", 0.2)), max(shares)})
     lc = learning_curve(frame, shares, seed=seed, **curve)
+    if share is not None:
+        lc.chosen = min(share, max(lc.frame["share"]))
     visitor = frame["visitor_id"].astype(object).to_numpy()
     y = (frame["response"].astype(str) == "accept").to_numpy(dtype=int)
     accepted = pd.Series(y).groupby(visitor).transform("max").to_numpy()
-    pick = stratified_visitors(visitor, accepted, lc.chosen, visitor_hash(visitor, b"pcrules-train-v1"))
+    pick = stratified_visitors(visitor, accepted, lc.chosen if share is None else share,
+                               visitor_hash(visitor, b"pcrules-train-v1"))
     return train_on_offers(frame.loc[pick].reset_index(drop=True), seed=seed), lc
 
 
@@ -1062,8 +1068,6 @@ def sample_backtest(spec: RuleSpec | Mapping[str, Any] | str, source: str | os.P
     """What a tuner reads of a candidate when the history is too large to judge at every slider move: the
     backtest of the first ``ceil(share x n)`` partitions (at least 2), its additive figures scaled to the whole
     history with intervals (:class:`SampleEstimate`). ``options`` as :func:`backtest_partitioned`."""
-    from scipy.stats import t as student  # type: ignore[import-untyped]
-
     spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
     parts = partitions(source)
     n = len(parts)
@@ -1078,20 +1082,98 @@ def sample_backtest(spec: RuleSpec | Mapping[str, Any] | str, source: str | os.P
                               workers=options.get("workers"), progress=options.get("progress", False),
                               desc=f"sample {spec.name}")
     e = np.array([p.metrics["events"] for p in partials], dtype=float)
+    values = {name: [p.metrics.get(name) for p in partials] for name in SCALED}
+    frame = ratio_figures({name: np.asarray(v, dtype=float) for name, v in values.items()
+                           if not any(x is None for x in v)}, e, total_events, n, level)
+    return SampleEstimate(frame, (k, n), level, reduce_backtest(spec, partials, engine="sample"))
+
+
+def ratio_figures(per_partition: Mapping[str, np.ndarray], events: np.ndarray, total_events: float, n: int,
+                  level: float = 0.95) -> pd.DataFrame:
+    """Figures of ``k = len(events)`` sampled partitions (of `n`) scaled to the whole history's `total_events`:
+    per figure ``E x sum(x) / sum(e)`` and its Student-t interval on k - 1 degrees of freedom (the ratio estimator
+    of cluster sampling without replacement; see :class:`SampleEstimate`). Index: figure; columns estimate, low,
+    high."""
+    from scipy.stats import t as student  # type: ignore[import-untyped]
+
+    e = np.asarray(events, dtype=float)
+    k = len(e)
     q = student.ppf(0.5 + level / 2, k - 1) if k > 1 else float("nan")
     rows = {}
-    for name in SCALED:
-        values = [p.metrics.get(name) for p in partials]
-        if any(v is None for v in values):
-            continue
+    for name, values in per_partition.items():
         x = np.asarray(values, dtype=float)
-        ratio = x.sum() / e.sum()
+        ratio = x.sum() / e.sum() if e.sum() else float("nan")
         estimate = total_events * ratio
         spread = (x - ratio * e).var(ddof=1) if k > 1 else float("nan")
-        half = q * total_events / e.mean() * np.sqrt((1 - k / n) * spread / k)
+        half = q * total_events / e.mean() * np.sqrt((1 - k / n) * spread / k) if k and e.mean() else float("nan")
         rows[name] = {"estimate": estimate, "low": estimate - half, "high": estimate + half}
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    return SampleEstimate(frame, (k, n), level, reduce_backtest(spec, partials, engine="sample"))
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["estimate", "low", "high"])
+
+
+def partitioned_folder(path: str | os.PathLike[str]) -> Path | None:
+    """The events of a history partitioned by visitor: `path` or its ``events/`` when it holds ``part=NNN``
+    folders; None otherwise."""
+    root = Path(path)
+    for folder in (root, root / "events"):
+        if folder.is_dir() and any(d.is_dir() and PART_DIR.match(d.name) for d in folder.iterdir()):
+            return folder
+    return None
+
+
+@dataclass
+class TuningSample:
+    """What a tuner built on a sample of the partitions knows of the whole history: the events folder, the
+    sampled partitions' names and events, and the whole history's events (from the Parquet footers), so that
+    any figure summed per sampled partition scales to the whole history with an interval (:meth:`scale`)."""
+
+    source: str
+    names: tuple[str, ...]
+    partitions: tuple[int, int]  # (sampled, all)
+    part_events: np.ndarray  # events of each sampled partition
+    total_events: int
+    level: float = 0.95
+    options: dict[str, Any] = field(default_factory=dict)  # what recheck's full backtest takes (truth, effects,
+    # engine, workers), as the sample was judged
+
+    @property
+    def share(self) -> float:
+        """The sample's share of the visitors (each partition is a keyed-hash share of them)."""
+        return self.partitions[0] / self.partitions[1]
+
+    def scale(self, per_partition: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        return ratio_figures(per_partition, self.part_events, self.total_events, self.partitions[1], self.level)
+
+    def estimate(self, figures: pd.DataFrame) -> SampleEstimate:
+        """A :class:`SampleEstimate` of scaled `figures` (for :func:`recheck`)."""
+        return SampleEstimate(figures, self.partitions, self.level, None)
+
+    def summary(self) -> str:
+        k, n = self.partitions
+        return (f"a sample of {k} of {n} partitions ({self.share:.0%} of the visitors, "
+                f"{int(self.part_events.sum()):,} of {self.total_events:,} events); figures scaled to the whole "
+                f"history with {self.level:.0%} intervals")
+
+
+def read_sample(source: str | os.PathLike[str], share: float = 0.1, *, columns: Sequence[str] | None = None,
+                level: float = 0.95) -> tuple[pd.DataFrame, np.ndarray, TuningSample, list[PartitionProblem]]:
+    """The events of the first ``ceil(share x n)`` partitions (at least 2) of a partitioned history, as one frame
+    (all columns, or `columns`), each row's sampled-partition index (0 .. k-1), the :class:`TuningSample` and
+    the problems met while reading. The sample :func:`sample_backtest` judges."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must lie in (0, 1], got {share}")
+    parts = partitions(source)
+    n = len(parts)
+    k = min(n, max(2, math.ceil(share * n)))
+    frames, problems = [], []
+    for part in parts[:k]:
+        frame, _, found = read_partition(part, columns)
+        frames.append(frame)
+        problems += found
+    frame = pd.concat(frames, ignore_index=True)
+    index = np.repeat(np.arange(k), [len(f) for f in frames])
+    sample = TuningSample(str(source), tuple(p.name for p in parts[:k]), (k, n),
+                          np.array([len(f) for f in frames], dtype=float), sum(_rows(p) for p in parts), level)
+    return frame, index, sample, problems
 
 
 def recheck(spec: RuleSpec | Mapping[str, Any] | str, source: str | os.PathLike[str], scorer: Any,
