@@ -88,7 +88,7 @@ from .figures import (
 )
 from .judge import ACTIONS, REASONS, RuleBits, RuleSets, Stretches, Verdict, crossable
 from .scores import SCORE_EPS, batch_scores, score_one, score_thresholds
-from .table import EventTable
+from .table import ACCEPT, DECLINE, NO_ANSWER, EventTable
 from .value import RuleChoice, with_parameters
 
 __all__ = [
@@ -257,6 +257,9 @@ class TunerResult:
     accepted_h: np.ndarray  # (queues, hours)
     open_h: np.ndarray  # (queues, hours) bool
     seconds: float = 0.0
+    # on a sample of a partitioned history: the additive figures scaled to the whole history, with their
+    # intervals (index: figure; columns estimate, low, high); None on a whole history
+    scaled: pd.DataFrame | None = None
 
     @property
     def per_rule(self) -> pd.DataFrame:
@@ -345,12 +348,17 @@ class TriggerModel:
     column name or an array in the input's order) on a generated world.
     ``effects``: what an offer at each event does to the goal probability (as
     ``backtest(effects=...)``): then the figures include the expected uplift.
+    ``partition`` and ``sample``: when `events` are a sample of the partitions of a partitioned history
+    (:func:`pcrules.analysis.partitioned.read_sample`), each event's sampled-partition index (input order) and the
+    :class:`~pcrules.analysis.partitioned.TuningSample`; then every result also has its additive figures scaled to
+    the whole history with intervals (:attr:`TunerResult.scaled`).
     """
 
     MAX_RULES = 64
 
     def __init__(self, spec: RuleSpec | str | Mapping[str, Any], events: pd.DataFrame | EventTable,
-                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None):
+                 scorer: Any = None, *, truth: str | np.ndarray | pd.Series | None = None, effects: Any = None,
+                 partition: np.ndarray | None = None, sample: Any = None):
         started = time.perf_counter()
         self.spec = spec = spec if isinstance(spec, RuleSpec) else load_spec(spec)
         if len(spec.rules) > self.MAX_RULES:
@@ -475,8 +483,46 @@ class TriggerModel:
                 self._correct_near(t)
             if not self.typing_varies:
                 self._fixed = self._fixed_matches(spec)
+        self.sample = sample
+        self.part: np.ndarray | None = None
+        if sample is not None:
+            if partition is None or len(partition) != n:
+                raise ValueError(f"partition: expected one sampled-partition index per event ({n})")
+            k = sample.partitions[0]
+            part_all = np.asarray(partition, dtype=np.int64)
+            part_all = part_all[table.order] if table.order is not None else part_all
+            self.part = part_all[rows]
+            self._part_constants = {
+                "events": np.bincount(part_all, minlength=k).astype(float),
+                "sessions": np.array([distinct(skey[valid & (part_all == j)]) for j in range(k)], dtype=float),
+                "visitors": np.array([distinct(vcode[valid & (part_all == j)]) for j in range(k)], dtype=float)}
         self.last_stats: dict[str, Any] = {}
         self.prepare_seconds = time.perf_counter() - started
+
+    def _scaled(self, facts: OfferFacts, effect: Mapping[str, np.ndarray], part: np.ndarray) -> pd.DataFrame:
+        """The additive figures per sampled partition, scaled to the whole history (see ``sample``)."""
+        k = self.sample.partitions[0]
+        real, hold = ~facts.hold, facts.hold
+
+        def per(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            w = None if weights is None else np.nan_to_num(weights[mask])
+            return np.bincount(part[mask], weights=w, minlength=k).astype(float)
+
+        x = dict(self._part_constants)
+        x["offers"], x["holdout"] = per(real), per(hold)
+        if facts.p is not None:
+            x["expected_accepts"] = per(real, facts.p)
+        if facts.truth is not None:
+            x["true_expected_accepts"] = per(real, facts.truth)
+        for label, code in (("accepted", ACCEPT), ("declined", DECLINE), ("expired", NO_ANSWER)):
+            x[label] = per(real & (facts.kind == code))
+        for column in ("expected_uplift", "true_expected_uplift"):
+            if column in effect:
+                x[column] = per(real, effect[column])
+        order = [f for f in ("events", "sessions", "visitors", "offers", "holdout", "expected_accepts",
+                             "true_expected_accepts", "accepted", "declined", "expired", "expected_uplift",
+                             "true_expected_uplift") if f in x]
+        return self.sample.scale({f: x[f] for f in order})
 
     # -- preparation helpers ---------------------------------------------------------------------------------
     def _base_masks(self, spec: RuleSpec, loose: bool) -> dict[str, np.ndarray]:
@@ -729,5 +775,7 @@ class TriggerModel:
                       effects=None if self.effects is None else self.effects.description)
         result = TunerResult(settings, fig.metrics, list(enabled), fig.per_rule, list(self.queue_names), self.hours,
                              fig.offers_h, fig.chats_h, fig.accepted_h, self.open_h)
+        if self.sample is not None and self.part is not None:
+            result.scaled = self._scaled(facts, fig.effect, self.part[pos])
         result.seconds = time.perf_counter() - started
         return result

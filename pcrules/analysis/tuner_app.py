@@ -26,7 +26,8 @@ from .tuner import BUNDLE_ENV, EVENTS_ENV
 from .tuner_widget import Tuner, note_html, sentence_reason
 
 __all__ = ["TuningInputs", "SideBySide", "load_for_tuning", "expected_value_choice", "side_by_side",
-           "uplift_side_by_side", "plot_side_by_side", "dashboard", "LOGGING_SPEC_ENV"]
+           "uplift_side_by_side", "plot_side_by_side", "dashboard", "LOGGING_SPEC_ENV",
+           "SAMPLE_SHARE_ENV"]
 
 log = logging.getLogger("pcrules.tuning")
 
@@ -34,6 +35,10 @@ LOGGING_SPEC_ENV = "PCRULES_LOGGING_SPEC"  # the dashboard's: the ruleset that l
 # The operator signed in at pcrules.ops.auth's proxy: its X-Pcrules-Operator header, which Voila gives the kernel as
 # this variable (equal to pcrules.ops.auth.OPERATOR_ENV; not imported, so that the tuner needs no tornado)
 OPERATOR_ENV = "HTTP_X_PCRULES_OPERATOR"
+SAMPLE_SHARE = 0.1  # of a partitioned history's partitions, the share the tuner works on (at least 2)
+SAMPLE_SHARE_ENV = "PCRULES_SAMPLE_SHARE"  # the dashboard's
+TRUTH_COLUMN = "p_accept"  # a generated partitioned world's truth and effects (generate_partitioned(truth=True))
+EFFECT_COLUMNS = ("gain_if_accepted", "loss_if_not_accepted")
 
 
 @dataclass
@@ -42,7 +47,7 @@ class TuningInputs:
 
     spec: RuleSpec
     scorer: Any
-    history: Any  # analysis.History
+    history: Any  # analysis.History (None on a partitioned history: see sample)
     table: EventTable
     truth: np.ndarray | None  # true P(accept) per event (input order), on a generated world
     bundle_dir: Path | None
@@ -52,30 +57,43 @@ class TuningInputs:
     effects: Any = None  # what an offer at each event does to the goal probability (a generated world's truth)
     feedback: Any = None  # analysis.feedback.Feedback: the log, for the guardrail (None: none to be had) ...
     feedback_note: str | None = None  # ... and why not
+    # a partitioned history: the sample of its partitions the tuner works on (analysis.partitioned.TuningSample)
+    # and each event's sampled-partition index; None for a history loaded whole
+    sample: Any = None
+    partition: np.ndarray | None = None
 
     def summary(self) -> str:
         lines = [f"ruleset {self.spec.name} {self.spec.version} ({len(self.spec.rules)} rules, "
                  f"{len(self.spec.queues)} queues); "
                  + ("a model" if self.scorer is not None else "no model")
                  + (f"; bundle {self.bundle_version} in {self.bundle_dir}" if self.bundle_version else ""),
-                 self.history.summary()]
+                 self.history.summary() if self.history is not None else
+                 f"history {self.sample.source}: {self.sample.summary()}"]
         return "\n".join(lines + self.notes)
 
     def tuner(self, **kwargs: Any) -> Tuner:
         """A :class:`Tuner` over these inputs, publishing to their bundle folder, Publish checked against the log
-        (the guardrail is on even without feedback: then Publish needs the override)."""
+        (the guardrail is on even without feedback: then Publish needs the override). On a partitioned history
+        its model is built on the sample, its figures scaled to the whole history, and Publish rechecks the
+        ruleset with a full partitioned backtest first."""
         kwargs.setdefault("bundle_dir", self.bundle_dir)
         kwargs.setdefault("model_metrics", self.model_metrics)
         kwargs.setdefault("feedback", self.feedback)
         kwargs.setdefault("feedback_note", self.feedback_note)
         kwargs.setdefault("guardrail", True)
+        if self.sample is not None and "model" not in kwargs:
+            from .tuner import TriggerModel
+
+            kwargs["model"] = TriggerModel(self.spec, self.table, self.scorer, truth=self.truth, effects=self.effects,
+                                           partition=self.partition, sample=self.sample)
         return Tuner(self.spec, self.table, self.scorer, truth=self.truth, effects=self.effects, **kwargs)
 
 
 def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike | None = None, *,
                     rules_path: str | os.PathLike | None = None, model_path: str | os.PathLike | None = None,
                     columns: Mapping[str, Mapping[str, str]] | None = None,
-                    logging_spec_path: str | os.PathLike | None = None) -> TuningInputs:
+                    logging_spec_path: str | os.PathLike | None = None, sample_share: float = SAMPLE_SHARE,
+                    engine: str = "processes") -> TuningInputs:
     """The history at `data_path` (see ``analysis.load_history``) and the ruleset and model to tune.
 
     The ruleset and model come from the current bundle of `bundle_path` when there is one; ``rules_path`` /
@@ -85,13 +103,23 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     The logged feedback (``analysis.history_feedback``) comes from the history's offers and their propensities,
     read with ``logging_spec_path`` (the ruleset that made them) or, for a generated world, its own; when there
     is none, ``feedback`` is None and a note says why (Publish then needs the override).
+
+    A history partitioned by visitor (`data_path` or its ``events/`` holds ``part=NNN`` folders) is not loaded
+    whole: the tuner works on ``sample_share`` of its partitions (at least 2; a keyed-hash visitor sample,
+    :func:`pcrules.analysis.partitioned.read_sample`), states that share, scales its figures to the whole
+    history with intervals, and Publish rechecks the chosen ruleset with a full partitioned backtest on
+    `engine` (``"processes"``, ``"serial"``). A ``p_accept`` column is the truth, ``gain_if_accepted`` /
+    ``loss_if_not_accepted`` the effects (as ``generate_partitioned(truth=True)`` writes them); the guardrail
+    reads the sampled partitions of ``offers/`` with ``logging_spec_path``.
     """
     from ..bundle import current_version, load_bundle
     from ..scoring import load_scorer
     from .explore import event_truth, history_feedback, load_history
+    from .partitioned import partitioned_folder
 
     notes: list[str] = []
-    history = load_history(data_path, columns=columns)
+    folder = partitioned_folder(data_path)
+    history = load_history(data_path, columns=columns) if folder is None else None
     bundle_dir = Path(bundle_path).expanduser() if bundle_path not in (None, "") else None
     spec, scorer, version, metrics = None, None, None, {}
     if bundle_dir is not None and bundle_dir.exists() and current_version(bundle_dir) is not None:
@@ -123,6 +151,10 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
             notes.append(f"There is no model file at {path}.")
     if scorer is None:
         notes.append("No model: rules cannot use a score threshold, and expected accepts are not known.")
+    if folder is not None:
+        return _partitioned_inputs(folder, spec, scorer, bundle_dir, version, metrics, notes, logging_spec_path,
+                                   sample_share, engine)
+    assert history is not None
     truth = event_truth(history)
     effects = None
     if history.generated:
@@ -146,6 +178,57 @@ def load_for_tuning(data_path: str | os.PathLike, bundle_path: str | os.PathLike
     table = EventTable(history.events)
     return TuningInputs(spec, scorer, history, table, truth, bundle_dir, version, metrics, notes, effects,
                         feedback, feedback_note)
+
+
+def _partitioned_inputs(folder: Path, spec: RuleSpec, scorer: Any, bundle_dir: Path | None, version: str | None,
+                        metrics: dict[str, Any], notes: list[str], logging_spec_path: Any, share: float,
+                        engine: str) -> TuningInputs:
+    """:func:`load_for_tuning` on a history partitioned by visitor: the events of a sample of its partitions."""
+    from .partitioned import partitioned_folder, partitions, read_partition, read_sample
+
+    frame, partition, sample, problems = read_sample(folder, share)
+    if problems:
+        notes.append(f"{len(problems):,} problem(s) reading the sample, e.g. {problems[0]}.")
+    truth = effects = None
+    options: dict[str, Any] = {"engine": engine}
+    if TRUTH_COLUMN in frame.columns:
+        truth = pd.to_numeric(frame[TRUTH_COLUMN], errors="coerce").to_numpy(dtype=float)
+        options["truth"] = TRUTH_COLUMN
+    if all(c in frame.columns for c in EFFECT_COLUMNS):
+        effects = frame[list(EFFECT_COLUMNS)].reset_index(drop=True)
+        options["effects"] = EFFECT_COLUMNS
+        notes.append("The events carry the effect of an offer: the expected uplift (extra goals) uses it.")
+    sample.options.update(options)
+    events = frame.drop(columns=[c for c in (TRUTH_COLUMN, *EFFECT_COLUMNS) if c in frame.columns])
+    k, n = sample.partitions
+    notes.append(f"A history partitioned by visitor ({folder}): the tuner works on {sample.summary()}. Publish "
+                 f"first rechecks the ruleset with a backtest of all {n} partitions.")
+    feedback, feedback_note = None, None
+    offers_folder = partitioned_folder(folder.parent / "offers") if folder.name == "events" else None
+    if logging_spec_path in (None, "") or offers_folder is None:
+        feedback_note = ("the history is partitioned and no logging ruleset was given (--logging-spec) to read "
+                         "its offers with" if offers_folder is not None else
+                         "the partitioned history has no offers/ folder of logged offers")
+        notes.append(f"Publish cannot be checked against the log ({feedback_note}): it needs the override.")
+    else:
+        try:
+            from .feedback import feedback as make_feedback
+
+            wanted = set(sample.names)
+            offers = pd.concat([read_partition(p, required=("visitor_id", "session_id", "ts"))[0]
+                                for p in partitions(offers_folder) if p.name in wanted], ignore_index=True)
+            logging_spec = load_spec(Path(logging_spec_path).expanduser())
+            feedback = make_feedback(logging_spec, events, offers,
+                                     scorer=scorer if logging_spec.uses_score else None)
+            notes.append(f"Publish is checked against the log of the sampled partitions: {feedback.n:,} session "
+                         f"stretches ({logging_spec.name}).")
+        except Exception as exc:
+            log.warning("tuning: no logged feedback: %s", exc)
+            feedback_note = sentence_reason(exc)
+            notes.append(f"Publish cannot be checked against the log ({feedback_note}): it needs the override.")
+    table = EventTable(events)
+    return TuningInputs(spec, scorer, None, table, truth, bundle_dir, version, metrics, notes, effects, feedback,
+                        feedback_note, sample, partition)
 
 
 def expected_value_choice(inputs: TuningInputs, *, value_of_accept: float = 1.0, cost_of_offer: float = 0.03,
@@ -271,7 +354,8 @@ def dashboard(data_path: str | os.PathLike | None = None, bundle_path: str | os.
 
         data = SAMPLE_PATH
     try:
-        inputs = load_for_tuning(data, bundle or None, logging_spec_path=logging_spec or None)
+        share = float(os.environ.get(SAMPLE_SHARE_ENV) or SAMPLE_SHARE)
+        inputs = load_for_tuning(data, bundle or None, logging_spec_path=logging_spec or None, sample_share=share)
         tuner = inputs.tuner(title=title, operator=operator)
     except Exception as exc:
         log.exception("tuner dashboard: could not start")

@@ -586,6 +586,14 @@ class Tuner:
         candidate = self._candidate()
         if candidate is None:
             return
+        if self.model.sample is not None:  # a sample of a partitioned history: the full backtest first
+            try:
+                rc = self.recheck(candidate.settings, candidate.tuned)
+            except Exception as exc:
+                log.exception("tuner: recheck failed")
+                return self._error(f"Nothing was published: the full backtest that checks the sample's figures "
+                                   f"failed ({sentence_reason(exc)}).")
+            candidate = dataclasses.replace(candidate, recheck=rc)
         self.confirmation_html.value = self.confirmation_text(candidate)
         self._pending = candidate
         self.confirmation.layout.display = None
@@ -678,6 +686,13 @@ class Tuner:
                                                             "declined", "expired")},
                 "queues": result.metrics["queues"],
             })
+            if candidate.recheck is not None:
+                rc = candidate.recheck
+                metrics["tuning"]["sample"] = _plain({"partitions": list(self.model.sample.partitions),
+                                                      "scaled": rc.scaled.to_dict(orient="index")})
+                metrics["tuning"]["recheck"] = _plain({
+                    "backtest": {k: rc.full.get(k) for k in rc.inside}, "inside": rc.inside,
+                    "outside": rc.outside})
             override = record.get("override")
             path = publish(tuned, candidate.model, self.bundle_dir, metrics=metrics, operator=self.operator,
                            via="tuner", override=None if not override else
@@ -738,9 +753,16 @@ class Tuner:
         if self.current_version:
             version = _esc(self.current_version)
             live, bundle = "live: ", f', bundle <code class="pcrules-bundle-version">{version}</code>'
+        on = f"backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}"
+        if m.sample is not None:
+            k, n = m.sample.partitions
+            on = (f'backtest on <span class="pcrules-sample-share" data-share="{m.sample.share:.6g}">a sample of '
+                  f"{m.sample.share:.0%} of the visitors</span> ({k} of {n} partitions: {m.table.n:,} of "
+                  f"{m.sample.total_events:,} events, {m.n_sessions:,} sessions{_esc(span)}; totals scaled to the "
+                  f"whole history with {m.sample.level:.0%} intervals; Publish rechecks on all {n} partitions)")
         return (f'<div class="pcrules-title"><b>{_esc(self.title or "Trigger tuner")}</b> — {live}ruleset '
                 f"<code>{_esc(self.current.name)}</code> {_esc(self.current.version)}{bundle}"
-                f"; backtest on {m.table.n:,} events, {m.n_sessions:,} sessions{_esc(span)}; {model}.</div>")
+                f"; {on}; {model}.</div>")
 
     def metrics_text(self, r: TunerResult) -> str:
         """The results panel (HTML): headline figures, by rule, by queue, blocked reasons."""
@@ -775,6 +797,8 @@ class Tuner:
                  ".pcrules-table td:first-child,.pcrules-table th:first-child{text-align:left}"
                  ".pcrules-over{color:#b00020;font-weight:bold}</style>")
         parts = [style, f'<div class="pcrules-figures">{"".join(head)}</div>']
+        if r.scaled is not None:
+            parts.append(self.scaled_text(r))
         # by rule
         per = r.per_rule_counts
         cols = [("offers", "offers"), ("expected_accepts", "exp. accepts"), ("expected_uplift", "exp. uplift"),
@@ -910,6 +934,63 @@ class Tuner:
         image.convert("RGB").save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
+    def scaled_text(self, r: TunerResult) -> str:
+        """On a sample of a partitioned history: the totals above scaled to the whole history, with intervals."""
+        sample = self.model.sample
+        assert r.scaled is not None and sample is not None
+        rows = []
+        for name, row in r.scaled.iterrows():
+            mine = r.metrics.get(str(name))
+            rows.append(f'<tr data-scaled="{_esc(name)}"><td>{_esc(_SCALED_LABELS.get(str(name), name))}</td>'
+                        f"<td>{_fmt(mine)}</td><td>{_fmt(row['estimate'])}</td>"
+                        f"<td>{_fmt(row['low'])} – {_fmt(row['high'])}</td></tr>")
+        return (f'<div><b>Whole history</b> (the figures above are those of the sample, {sample.share:.0%} of the '
+                f"visitors; scaled to all {sample.total_events:,} events with {sample.level:.0%} intervals)</div>"
+                '<table class="pcrules-table pcrules-scaled"><tr><th>figure</th><th>sample</th>'
+                "<th>whole history</th><th>interval</th></tr>" + "".join(rows) + "</table>")
+
+    def recheck(self, settings: Settings, tuned: RuleSpec) -> _Recheck | None:
+        """On a sample of a partitioned history: the full partitioned backtest of `tuned` and, per scaled figure,
+        whether its whole-history value lies in the sample's interval (None on a whole history)."""
+        sample = self.model.sample
+        if sample is None:
+            return None
+        from .partitioned import recheck
+
+        scaled = self._evaluate(settings).scaled
+        assert scaled is not None
+        estimate = sample.estimate(scaled)
+        full, inside = recheck(tuned, sample.source, self.scorer, estimate, **sample.options)
+        return _Recheck(scaled, full.metrics, inside, sample.partitions[1], float(full.seconds))
+
+    def recheck_text(self, rc: _Recheck) -> str:
+        """The recheck in the confirmation (HTML): each figure's sample interval, the full backtest's value and
+        whether it fell inside; a plain warning when one fell outside."""
+        rows = []
+        for name, row in rc.scaled.iterrows():
+            key = str(name)
+            if key not in rc.inside:
+                continue
+            ok = rc.inside[key]
+            rows.append(f'<tr data-recheck="{_esc(key)}"><td>{_esc(_SCALED_LABELS.get(key, key))}</td>'
+                        f"<td>{_fmt(row['estimate'])}</td><td>{_fmt(row['low'])} – {_fmt(row['high'])}</td>"
+                        f'<td data-full="{_esc(key)}" data-value="{rc.full[key]!r}">{_fmt(rc.full[key])}</td>'
+                        f'<td{"" if ok else " class=pcrules-over"}>{"inside" if ok else "OUTSIDE"}</td></tr>')
+        outside = [_SCALED_LABELS.get(k, k) for k, v in rc.inside.items() if not v]
+        table = ('<table class="pcrules-table pcrules-recheck"><tr><th>figure</th><th>sample: scaled</th>'
+                 "<th>interval</th><th>full backtest</th><th></th></tr>" + "".join(rows) + "</table>")
+        intro = (f"<div><b>Recheck</b>: the full backtest of this ruleset on all {rc.partitions} partitions "
+                 f"({rc.seconds:.1f} s) against the sample's intervals.</div>")
+        if outside:
+            verdict = note_html(f"The full backtest contradicts the sample: {_esc(', '.join(outside))} "
+                                f"{'falls' if len(outside) == 1 else 'fall'} outside the sample's interval. The "
+                                "figures you tuned on do not hold for the whole history; read the full backtest's "
+                                "figures above before you confirm.", error=True)
+        else:
+            verdict = note_html(f"All {len(rc.inside)} figures of the full backtest fell inside the sample's "
+                                "intervals.", ok=True)
+        return intro + table + verdict
+
     def confirmation_text(self, c: _Candidate) -> str:
         """The question Publish asks (HTML): what goes live in place of what, the estimates of both, the guardrail's
         verdict (and the override, if it is used), and the changes knob by knob and in the YAML."""
@@ -919,6 +1000,8 @@ class Tuner:
                  f"the live bundle in {_esc(self.bundle_dir)} as soon as you confirm, in place of {live}; the bundle "
                  f'records it as published by <b class="pcrules-operator">{_esc(self.operator)}</b>.</div>',
                  self.estimates_text(c.settings)]
+        if c.recheck is not None:
+            parts.append(self.recheck_text(c.recheck))
         if c.verdict is None:
             parts.append(note_html("Not checked against the log: the tuner's guardrail is off."))
         else:
@@ -981,6 +1064,29 @@ class _Candidate:
     model: Any
     verdict: GuardrailVerdict | None
     overridden: bool
+    recheck: _Recheck | None = None  # on a sample of a partitioned history: the full backtest, before Publish
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recheck:
+    """The full partitioned backtest of the ruleset to publish against the sample's scaled figures."""
+
+    scaled: pd.DataFrame  # the sample's: index figure; estimate, low, high
+    full: dict[str, Any]  # the full backtest's metrics
+    inside: dict[str, bool]  # per figure: the full value lies in the sample's interval
+    partitions: int
+    seconds: float
+
+    @property
+    def outside(self) -> list[str]:
+        return [k for k, v in self.inside.items() if not v]
+
+
+_SCALED_LABELS = {"events": "events", "sessions": "sessions", "visitors": "visitors", "offers": "offers",
+                  "holdout": "holdout (withheld)", "expected_accepts": "expected accepts (model)",
+                  "true_expected_accepts": "true expected accepts", "accepted": "accepted (recorded)",
+                  "declined": "declined", "expired": "expired", "expected_uplift": "expected uplift (model)",
+                  "true_expected_uplift": "true expected uplift"}
 
 
 # The confirmation's estimates: (metric, label, how it reads); a metric the result lacks is left out.
