@@ -125,7 +125,7 @@ def test_the_shipped_sample_warns_in_the_report_the_notebook_and_the_cli(sample,
 def test_a_big_explored_world_has_nothing_to_warn_about(worlds):
     """Every observation event with its would-be answer (history that explored every moment): nothing is
     too small or too narrow. The same world's offers hold enough accepts, but only some moments."""
-    world = worlds(visitors=30_000, seed=21)
+    world = worlds(visitors=15_000, seed=21)  # 224k events, 2.8k accepts held out
     events = world.events
     y = (events["response"].astype(str) == "accept").to_numpy()
     result = train_and_evaluate(events, y, groups=events["visitor_id"])
