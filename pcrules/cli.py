@@ -439,6 +439,17 @@ def _add_sample_data_command(commands: argparse._SubParsersAction) -> None:
     gen.set_defaults(run=_sample_data)
 
 
+def _share(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.2, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
+    return value
+
+
 def _sample_share(text: str) -> float | str:
     """--sample: ``auto`` (a learning curve chooses) or a share of the visitors in (0, 1]."""
     if text.strip().lower() == "auto":
@@ -685,7 +696,7 @@ def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
 def _tuner(args: argparse.Namespace) -> int:
     try:
         from .analysis.tuner import BUNDLE_ENV, EVENTS_ENV
-        from .analysis.tuner_app import LOGGING_SPEC_ENV
+        from .analysis.tuner_app import LOGGING_SPEC_ENV, SAMPLE_SHARE, SAMPLE_SHARE_ENV
         from .ops.voila import app_env, serve_app
     except ImportError as exc:  # numpy / pandas, voila / ipywidgets: the `analysis` and `dashboard` extras
         return _fail(f"the tuner needs pcrules[analysis,dashboard] (pandas, voila, ipywidgets): {exc}")
@@ -724,6 +735,13 @@ def _tuner(args: argparse.Namespace) -> int:
         print(f"note: no bundle in {bundle} yet: the tuner starts from the embedded default rules without a model, "
               f"and Publish writes the first version there", file=sys.stderr)
     env = app_env({EVENTS_ENV: events, BUNDLE_ENV: bundle, LOGGING_SPEC_ENV: args.logging_spec})
+    env.pop(SAMPLE_SHARE_ENV, None)
+    if _partitioned_folder(events) is not None:  # not loaded whole: a sample of the partitions, then a recheck
+        share = args.sample_share or SAMPLE_SHARE
+        env[SAMPLE_SHARE_ENV] = repr(share)
+        print(f"note: {events} is partitioned by visitor: the tuner works on {share:.0%} of its partitions (at least "
+              f"2), shows its figures scaled to the whole history with intervals, and Publish rechecks the ruleset "
+              f"with a backtest of every partition first", file=sys.stderr)
     try:
         auth = _auth(args)
         if auth is None and not _loopback(args.host):  # pragma: no cover (beyond loopback there is always auth)
@@ -765,6 +783,9 @@ def _add_tuner_command(commands: argparse._SubParsersAction) -> None:
     tun.add_argument("--logging-spec", metavar="RULES",
                      help="the ruleset that logged the history's offers (real history: Publish checks against the "
                           "log with it; a generated world knows its own)")
+    tun.add_argument("--sample-share", type=_share, metavar="SHARE",
+                     help="on a history partitioned by visitor (part=NNN): the share of its partitions the tuner "
+                          "works on, in (0, 1] (default 0.1, at least 2 partitions)")
     _add_voila_options(tun, port=8867, prefix="/tuner/")
     tun.set_defaults(run=_tuner)
 
