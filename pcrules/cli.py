@@ -743,10 +743,7 @@ def _tuner(args: argparse.Namespace) -> int:
               f"2), shows its figures scaled to the whole history with intervals, and Publish rechecks the ruleset "
               f"with a backtest of every partition first", file=sys.stderr)
     try:
-        auth = _auth(args)
-        if auth is None and not _loopback(args.host):  # pragma: no cover (beyond loopback there is always auth)
-            print(f"warning: serving on {args.host} without sign-in: its Publish button makes a bundle live",
-                  file=sys.stderr)
+        auth = _auth(args)  # beyond loopback there always is one
         return serve_app(resources.triggers_notebook(), env, port=args.port, host=args.host, base_url=args.base_url,
                          cull_idle_s=args.cull_idle, auth=auth,
                          banner=f"trigger tuner: {{url}}  (history {events.absolute()}, bundle {bundle.absolute()}; "
@@ -761,15 +758,6 @@ def _auth(args: argparse.Namespace) -> Any:
     from .ops.auth import config_from_options
 
     return config_from_options(args.host, args.token_file, args.trusted_proxy, err=sys.stderr)
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _add_tuner_command(commands: argparse._SubParsersAction) -> None:

@@ -54,7 +54,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 __all__ = ["AuthConfig", "AuthError", "Authenticator", "OPERATOR_ENV", "OPERATOR_HEADER", "TOKEN_ENV",
-           "USER_HEADER", "config_from_options", "read_token_file", "serve_behind_proxy"]
+           "USER_HEADER", "config_from_options", "is_loopback", "read_token_file", "serve_behind_proxy"]
 
 log = logging.getLogger("pcrules.ops.auth")
 
@@ -240,6 +240,7 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server on this machine (no sign-in needed there)."""
     if host == "localhost":
         return True
     try:

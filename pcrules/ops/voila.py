@@ -28,7 +28,6 @@ Voila runs in that folder, so the same settings in ``voila.json`` apply to a Voi
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import site
@@ -46,6 +45,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pcrules
 
 from .. import logdb, resources
+from .auth import is_loopback
 from .view import BUNDLE_ENV, LOG_ENV
 
 if TYPE_CHECKING:
@@ -84,15 +84,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_site_dir(path: Path) -> bool:
@@ -240,7 +231,7 @@ def start_app(notebook: Path, env: Mapping[str, str], *, port: int = 0, host: st
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: the notebook is missing from the installed package "
                                 f"(package data pcrules/dashboards/; reinstall pcrules)")
-    port = port or free_port(host if _is_loopback(host) else "0.0.0.0")
+    port = port or free_port(host if is_loopback(host) else "0.0.0.0")
     cmd = voila_command(port, host=host, base_url=base_url, cull_idle_s=cull_idle_s, cull_interval_s=cull_interval_s,
                         notebook=notebook) + list(extra_args)
     inherit = server_log == "-"
@@ -258,7 +249,7 @@ def serve(log_path: str | os.PathLike, *, port: int = 8866, host: str = "127.0.0
           bundle_path: str | os.PathLike | None = None, base_url: str = "/", cull_idle_s: int = CULL_IDLE_S,
           out: IO[str] = sys.stdout, auth: AuthConfig | None = None) -> int:
     """Run the dashboard in the foreground until Ctrl-C (what ``pcrules dashboard`` does); `auth`: behind sign-in."""
-    if auth is None and not _is_loopback(host):
+    if auth is None and not is_loopback(host):
         print(f"warning: serving on {host}: the dashboard has no login, so anyone who can reach this address "
               f"sees the decision log", file=sys.stderr)
     if logdb.is_url(str(log_path)):
