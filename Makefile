@@ -34,9 +34,9 @@ demo: $(VENV)/.demo
 test: lint typecheck
 	$(PY) -m pytest
 
-# The suite without the browser, notebook, slow and fault-injection tests (under 2 minutes on 2 cores),
+# The suite without the browser, notebook, slow, services and fault-injection tests (under 2 minutes on 2 cores),
 # after the linter (a second).
-QUICK := not browser and not notebook and not slow and not faults
+QUICK := not browser and not notebook and not slow and not services and not faults
 test-quick: lint
 	$(PY) -m pytest -m "$(QUICK)"
 

@@ -136,6 +136,7 @@ def test_tuned_on_the_true_p_is_not_worse_than_the_best_wait_per_page_in_sample(
         assert any(c.threshold is not None for c in tuned.choices)  # the score thresholds are what pays
 
 
+@pytest.mark.slow
 def test_compare_at_budgets_gives_every_family_at_the_same_volumes(setup: dict) -> None:
     from pcrules.decision_value import FAMILIES, compare_at_budgets, world_truth
 

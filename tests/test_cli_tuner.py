@@ -204,6 +204,7 @@ def _one_line_error(done: Any, *words: str, usage: bool = False) -> None:
     assert all(w in lines[-1] for w in words), lines[-1]
 
 
+@pytest.mark.slow
 def test_tuner_refuses_bad_input_in_one_line(published: Path, tmp_path: Path) -> None:
     _one_line_error(_run("--events", str(tmp_path / "nowhere.csv"), "--bundle", str(published)), "--events",
                     "nowhere.csv")

@@ -201,6 +201,7 @@ def same_report(a: Any, b: Any) -> None:
         assert math.isclose(getattr(a, attr), getattr(b, attr), rel_tol=1e-9), attr
 
 
+@pytest.mark.services  # a Dask LocalCluster of 2 workers
 def test_dask_local_cluster_equals_the_single_process_run(history: Any, scorer: Any) -> None:
     distributed = pytest.importorskip("dask.distributed")
     _, paths = history

@@ -34,6 +34,8 @@ from pcrules.runtime.log import PostgresDecisionLog, open_log
 from pcrules.runtime.log.postgres import SCHEMA_VERSION, describe, ingest_journals
 from pcrules.server._procs import ServeProcess
 
+pytestmark = pytest.mark.services  # a PostgreSQL server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pcrules.__file__)))
 RULES = {"name": "pg", "policy": {"holdout": 0.0, "max_offers_per_session": 1, "offer_timeout_s": 3600},
          "queues": {"Billing": {}},

@@ -29,6 +29,8 @@ from pcrules.sample import read_events
 from pcrules.scoring.training import offers_from_log, train_on_offers
 from pcrules.stats import uplift as up
 
+pytestmark = pytest.mark.services  # a PostgreSQL server
+
 
 def build_log(path: Path) -> None:
     """The sample replayed through the default ruleset, then goals: every 3rd treated and 4th withheld eligible

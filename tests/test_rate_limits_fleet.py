@@ -28,7 +28,7 @@ from pcrules.server import ServerConfig, create_app
 from pcrules.server._procs import RedisServer, ServeProcess, free_port
 from pcrules.server.security import Limiter, RateLimiter, RedisRateLimiter
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.services]
 
 _prefixes = iter(range(1_000_000))
 

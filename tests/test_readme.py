@@ -54,6 +54,7 @@ def test_the_analyst_path_block_is_pcrules_commands_from_init_on() -> None:
     assert "EVENTS" not in text and " rules.yaml" not in text  # no placeholder, no file a fresh clone lacks
 
 
+@pytest.mark.slow  # ten commands, each a fresh interpreter
 def test_the_analyst_path_runs_as_written(tmp_path: Path) -> None:
     (tmp_path / "data").symlink_to(ROOT / "data", target_is_directory=True)
     for args in analyst_commands():

@@ -32,7 +32,7 @@ from pcrules.redis_store import RedisStore, StoreUnavailable
 from pcrules.runtime.stores.redis import _TAGS, SHARDS, shard_of
 from pcrules.server._procs import ServeProcess
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.services]
 
 _prefixes = itertools.count()
 TOKEN = "cluster-test-operator-token"
