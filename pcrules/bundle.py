@@ -379,6 +379,17 @@ def _probe(scorer: Scorer, what: str) -> float:
 # --------------------------------------------------------------------------- publish
 
 
+def _plain_mapping(value: Any, what: str) -> dict[str, Any] | None:
+    """`value` (a mapping or None) as plain JSON data; BundleError naming `what` if it is not one."""
+    try:
+        plain = None if value is None else _plain(value)
+    except TypeError as exc:
+        raise BundleError(f"{what}: cannot be stored as JSON ({exc})") from None
+    if plain is not None and not isinstance(plain, dict):
+        raise BundleError(f"{what}: expected a mapping, got {type(value).__name__}")
+    return plain
+
+
 def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any = None,
             out_dir: str | os.PathLike = "published", metrics: Mapping[str, Any] | None = None,
             *, activate: bool = True, operator: str | None = None, via: str = "api",
@@ -405,18 +416,8 @@ def publish(rules: RuleSpec | str | os.PathLike | Mapping[str, Any], model: Any 
         expected_probe = _probe(scorer, origin)
         model_kind = data["kind"]
         model_bytes = (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
-    try:
-        plain_metrics = None if metrics is None else _plain(metrics)
-    except TypeError as exc:
-        raise BundleError(f"metrics: cannot be stored as JSON ({exc})") from None
-    if plain_metrics is not None and not isinstance(plain_metrics, dict):
-        raise BundleError(f"metrics: expected a mapping, got {type(metrics).__name__}")
-    try:
-        plain_override = None if override is None else _plain(override)
-    except TypeError as exc:
-        raise BundleError(f"override: cannot be stored as JSON ({exc})") from None
-    if plain_override is not None and not isinstance(plain_override, dict):
-        raise BundleError(f"override: expected a mapping, got {type(override).__name__}")
+    plain_metrics = _plain_mapping(metrics, "metrics")
+    plain_override = _plain_mapping(override, "override")
 
     parts = {RULES_FILE: rules_bytes}
     if model_bytes is not None:
