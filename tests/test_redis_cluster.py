@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 from rediscluster import REDIS_CLI, LocalCluster
-from test_redis_store import _offers_logged, _outcomes, _play, _scenario, ev
+from test_redis_store import _play, _scenario, ev, one_winner_per_offer
 
 from helpers import T0, counter_ids, rule, spec_dict
 from pcrules import OfferClosed, Runtime, load_spec
@@ -181,16 +181,7 @@ def test_two_hosts_on_the_cluster_make_no_double_offer_and_lose_no_outcome(redis
     assert sorted(d["session_id"] for d in offers) == sorted(f"s{i}" for i in range(n_sessions))
     assert Counter(d["reason"] for d in decisions if d["action"] != "offer") == {
         "offer_pending": n_sessions * (per_session - 1)}
-    won = {}
-    for r in answered:
-        if r.status_code == 200:
-            assert r.json()["offer_id"] not in won
-            won[r.json()["offer_id"]] = r.json()["status"]
-        else:
-            assert r.status_code == 409 and r.json()["error"] == "offer_closed", r.text
-    assert set(won) == {d["offer_id"] for d in offers}
-    assert sorted(_outcomes(*logs)) == sorted(won.items())
-    assert sorted(_offers_logged(*logs)) == sorted(won)
+    one_winner_per_offer(offers, answered, *logs)
     assert all(h["store"] == "redis" and h["status"] == "ok" for h in health), health
     for out in ("a.out", "b.out"):
         text = (tmp_path / out).read_text()

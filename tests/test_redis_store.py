@@ -562,6 +562,22 @@ def _offers_logged(*logs: Path) -> list[str]:
     return rows
 
 
+def one_winner_per_offer(offers: list[dict], answered: list[Any], *logs: Path) -> dict[str, str]:
+    """One answer wins per offer, the others are refused as already answered; each winner is in the decision logs
+    exactly once (outcome and offer). Returns offer id -> the winning status."""
+    won: dict[str, str] = {}
+    for r in answered:
+        if r.status_code == 200:
+            assert r.json()["offer_id"] not in won
+            won[r.json()["offer_id"]] = r.json()["status"]
+        else:
+            assert r.status_code == 409 and r.json()["error"] == "offer_closed", r.text
+    assert set(won) == {d["offer_id"] for d in offers}
+    assert sorted(_outcomes(*logs)) == sorted(won.items())
+    assert sorted(_offers_logged(*logs)) == sorted(won)
+    return won
+
+
 @pytest.mark.slow
 def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_server, tmp_path: Path):
     rules = _rules(tmp_path)
@@ -609,18 +625,8 @@ def test_two_workers_hammered_make_no_double_offer_and_lose_no_outcome(redis_ser
     # no double offer: exactly one per session, the other 7 observations saw it pending
     assert sorted(d["session_id"] for d in offers) == sorted(f"s{i}" for i in range(n_sessions))
     assert Counter(d["reason"] for d in decisions if d["action"] != "offer") == {"offer_pending": n_sessions * 7}
-    # one answer wins per offer, the other is refused as already answered
-    won = {}
-    for r in answered:
-        if r.status_code == 200:
-            assert r.json()["offer_id"] not in won
-            won[r.json()["offer_id"]] = r.json()["status"]
-        else:
-            assert r.status_code == 409 and r.json()["error"] == "offer_closed", r.text
-    assert set(won) == {d["offer_id"] for d in offers}
-    # no lost outcome: each winner is in the decision logs exactly once, and the sessions saw it
-    assert sorted(_outcomes(*logs)) == sorted(won.items())
-    assert sorted(_offers_logged(*logs)) == sorted(won)
+    # one answer wins per offer; no lost outcome: each winner is in the logs exactly once, and the sessions saw it
+    won = one_winner_per_offer(offers, answered, *logs)
     by_session = {d["session_id"]: won[d["offer_id"]] for d in offers}
     for d in after:
         assert d["reason"] == ("in_chat" if by_session[d["session_id"]] == "accepted" else "max_offers"), d
