@@ -232,12 +232,16 @@ def open_log(path: str | os.PathLike) -> Iterator[Connection]:
         if missing:
             raise LogNotReadable(f"{p} is a SQLite file but not a pcrules decision log (no table "
                                  f"{', '.join(sorted(missing))}).", kind="not_a_log")
-        if version > SUPPORTED_SCHEMA:
-            raise LogNotReadable(f"The decision log {p} has schema version {version}, written by a newer pcrules; "
-                                 f"this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.", kind="newer")
+        _check_schema(p, version)
         yield conn
     finally:
         conn.close()
+
+
+def _check_schema(shown: Any, version: int) -> None:
+    if version > SUPPORTED_SCHEMA:
+        raise LogNotReadable(f"The decision log {shown} has schema version {version}, written by a newer pcrules; "
+                             f"this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.", kind="newer")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -274,10 +278,7 @@ def _open_database(url: str) -> Iterator[Connection]:
         version = 0
         if "log_schema" in tables:  # the PostgreSQL log's schema version (SQLite's user_version)
             version = conn.exec_driver_sql("SELECT MAX(version) FROM log_schema").scalar() or 0
-        if version > SUPPORTED_SCHEMA:
-            raise LogNotReadable(f"The decision log {shown} has schema version {version}, written by a newer "
-                                 f"pcrules; this dashboard reads version {SUPPORTED_SCHEMA}. Upgrade pcrules.",
-                                 kind="newer")
+        _check_schema(shown, version)
         yield conn
     finally:
         conn.close()
