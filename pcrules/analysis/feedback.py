@@ -168,7 +168,8 @@ def candidate_choices(fb: Feedback, spec: RuleSpec | str | dict, scorer: Any = N
     return choice
 
 
-def _q(fb: Feedback, scorer: Any, spec: RuleSpec, choice: np.ndarray) -> np.ndarray:
+def model_q(fb: Feedback, scorer: Any, spec: RuleSpec, choice: np.ndarray) -> np.ndarray:
+    """The model's P(accept) of each unit's choice (0 for no offer); :mod:`.partitioned` uses it too."""
     q = np.zeros(fb.n)
     at = choice >= 0
     if at.any():
@@ -186,7 +187,7 @@ def estimate(fb: Feedback, spec: RuleSpec | str | dict, scorer: Any = None, *, r
     r = fb.accepted if reward is None else np.asarray(reward, dtype=float)
     q_cand = q_logged = None
     if scorer is not None and reward is None:
-        q_cand, q_logged = _q(fb, scorer, spec, choice), _q(fb, scorer, spec, fb.shown)
+        q_cand, q_logged = model_q(fb, scorer, spec, choice), model_q(fb, scorer, spec, fb.shown)
     return evaluate(fb.shown, fb.p_shown, r, choice, p_choice, q_logged=q_logged, q_candidate=q_cand,
                     cluster=fb.visitor, n_boot=n_boot, seed=seed, level=level,
                     total_units=fb.n * (1.0 - spec.policy.holdout))

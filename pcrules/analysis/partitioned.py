@@ -743,17 +743,6 @@ def _unit_partial(fb: Any, cluster_first_ts: np.ndarray, visitor_ids: np.ndarray
                             cluster_first_ts[first_unit], len(w), digest.hexdigest())
 
 
-def _model_q(fb: Any, scorer: Any, spec: RuleSpec, choice: np.ndarray) -> np.ndarray:
-    """The model's P(accept) of each unit's choice (0 for no offer), as ``feedback.estimate`` computes it."""
-    from .scores import scores_for
-
-    q = np.zeros(fb.n)
-    at = choice >= 0
-    if at.any():
-        q[at] = scores_for(fb.table, spec, scorer, choice[at], False)[choice[at]]
-    return q
-
-
 def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
                         candidate: RuleSpec | Mapping[str, Any] | str, events: pd.DataFrame, offers: pd.DataFrame,
                         scorer: Any = None, *, goals: pd.DataFrame | None = None, logging_scorer: Any = None,
@@ -761,7 +750,7 @@ def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
     """The partition function of the off-policy estimates: :func:`pcrules.analysis.feedback.feedback` on one
     partition's events and logged offers, the candidate judged on it as :func:`~.feedback.estimate` and
     :func:`~.feedback.uplift` do, reduced to per-visitor sums (what the visitor bootstrap needs)."""
-    from .feedback import candidate_choices, feedback
+    from .feedback import candidate_choices, feedback, model_q
     from .offpolicy import NO_OFFER
 
     logging_spec = logging_spec if isinstance(logging_spec, RuleSpec) else load_spec(logging_spec)
@@ -782,7 +771,7 @@ def offpolicy_partition(logging_spec: RuleSpec | Mapping[str, Any] | str,
     p_choice = np.where(choice >= 0, fb.chance[np.maximum(choice, 0)], fb.p_none)
     q_cand = q_log = None
     if scorer is not None:
-        q_cand, q_log = _model_q(fb, scorer, candidate, choice), _model_q(fb, scorer, candidate, fb.shown)
+        q_cand, q_log = model_q(fb, scorer, candidate, choice), model_q(fb, scorer, candidate, fb.shown)
     reports = {"accepts": _unit_partial(fb, unit_ts, visitor_ids, fb.shown, fb.p_shown, fb.accepted, choice,
                                         p_choice, q_cand, q_log)}
     if goals is not None:
