@@ -46,7 +46,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-__all__ = ["is_url", "is_postgres", "log_url", "engine_for", "connect", "describe", "dialect_of",
+__all__ = ["is_url", "is_postgres", "log_url", "engine_for", "connect", "describe",
            "METADATA", "decisions", "outcomes", "goals", "rulesets", "hour_of", "DatabaseError"]
 
 DatabaseError = sa.exc.SQLAlchemyError  # what a failed read raises, on either database
@@ -215,10 +215,6 @@ def engine_for(log: str | os.PathLike | URL) -> Engine:
 
 def _pg_connect_args(url: URL) -> dict[str, Any]:
     return {} if "connect_timeout" in url.query else {"connect_timeout": 10}
-
-
-def dialect_of(conn: Connection | Engine) -> str:
-    return conn.dialect.name
 
 
 class _Borrowed:
