@@ -803,12 +803,10 @@ def _backtest(args: argparse.Namespace) -> int:
         events, report = load_events(Path(args.events), columns=args.columns, format=args.format)
     except (HistoryError, OSError) as exc:
         return _history_fail(exc, "--events", format_option=True, column_option=True)
-    status = None
-    if args.queue_status:
-        try:
-            status = _read_queue_status(pd, Path(args.queue_status), bundle.spec.queues)
-        except ValueError as exc:
-            return _fail(exc, "--queue-status")
+    try:
+        status = _queue_status_option(args, pd, bundle)
+    except ValueError as exc:
+        return _fail(exc, "--queue-status")
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents)):
         return _fail(f"{out}: cannot write a file there (a directory, or under a file)", "--out")
@@ -859,12 +857,10 @@ def _backtest_partitioned(args: argparse.Namespace, bundle: Any, pd: Any) -> int
     if args.out or args.columns or args.format:
         return _fail("a partitioned backtest writes no per-event decisions and reads its Parquet columns by "
                      "their own names (leave out --out, --column and --format)", "--events")
-    status = None
-    if args.queue_status:
-        try:
-            status = _read_queue_status(pd, Path(args.queue_status), bundle.spec.queues)
-        except ValueError as exc:
-            return _fail(exc, "--queue-status")
+    try:
+        status = _queue_status_option(args, pd, bundle)
+    except ValueError as exc:
+        return _fail(exc, "--queue-status")
     engine = "processes" if args.engine == "fast" else args.engine
     client = None
     try:
@@ -890,6 +886,11 @@ def _backtest_partitioned(args: argparse.Namespace, bundle: Any, pd: Any) -> int
 
 
 QUEUE_STATUS_COLUMNS = ("ts", "queue", "agents_available", "estimated_wait_s")
+
+
+def _queue_status_option(args: argparse.Namespace, pd: Any, bundle: Any) -> Any:
+    """The --queue-status table of a backtest (None without the option); ValueError as _read_queue_status."""
+    return _read_queue_status(pd, Path(args.queue_status), bundle.spec.queues) if args.queue_status else None
 
 
 def _read_queue_status(pd: Any, path: Path, queues: Any) -> Any:
