@@ -51,8 +51,12 @@ DECISION_COLUMNS = ("ts, visitor_id, session_id, page, seconds_on_page, action, 
                     " holdout, expires_at, recheck_after, metadata, ruleset, ruleset_version, logged_at")
 
 
-def base_log(path: Path) -> int:
-    """Replay the sample through the default ruleset into ``path``, add goals; return the decisions logged."""
+def base_log(path: Path, late_goal: str | None = None) -> int:
+    """Replay the sample through the default ruleset into ``path``, add goals; return the decisions logged.
+
+    Goals: every 3rd treated and 4th withheld eligible visitor converts 5 minutes after her first eligible
+    decision (bill_paid); with ``late_goal``, every 7th also reaches that goal two days later (outside the window).
+    """
     from pcrules import Runtime, SQLiteDecisionLog, load_spec
     from pcrules.cli import DEFAULT_RULES
     from pcrules.replay import replay
@@ -68,6 +72,8 @@ def base_log(path: Path) -> int:
         for i, (visitor, session, holdout, first) in enumerate(eligible):
             if i % (4 if holdout else 3) == 0:
                 runtime.record_goal(visitor, session, "bill_paid", ts=first + 300)
+            if late_goal is not None and i % 7 == 0:
+                runtime.record_goal(visitor, session, late_goal, ts=first + 2 * 86400)
     with sqlite3.connect(path) as db:
         return db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
 

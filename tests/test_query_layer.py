@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,33 +22,23 @@ import pytest
 import sqlalchemy as sa
 from logcopy import copy_log
 
-from pcrules import Runtime, SQLiteDecisionLog, load_spec, logdb, ops
-from pcrules.cli import DEFAULT_RULES
+from pcrules import SQLiteDecisionLog, logdb, ops
 from pcrules.ops import Filters
-from pcrules.replay import replay
-from pcrules.sample import read_events
 from pcrules.scoring.training import offers_from_log, train_on_offers
 from pcrules.stats import uplift as up
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_dashboard  # noqa: E402
 
 pytestmark = pytest.mark.services  # a PostgreSQL server
 
 
 def build_log(path: Path) -> None:
-    """The sample replayed through the default ruleset, then goals: every 3rd treated and 4th withheld eligible
-    visitor converts 5 minutes after her first eligible decision (bill_paid), every 7th two days later (outside
-    the window: plan_bought)."""
-    with Runtime(load_spec(DEFAULT_RULES), log=SQLiteDecisionLog(path)) as runtime:
-        replay(runtime, read_events())
-        runtime.flush()
-        with sqlite3.connect(path) as db:
-            eligible = db.execute(
-                "SELECT visitor_id, MIN(session_id), holdout, MIN(ts) FROM decisions"
-                " WHERE action = 'offer' OR holdout = 1 GROUP BY visitor_id, holdout ORDER BY visitor_id").fetchall()
-        for i, (visitor, session, holdout, first) in enumerate(eligible):
-            if i % (4 if holdout else 3) == 0:
-                runtime.record_goal(visitor, session, "bill_paid", ts=first + 300)
-            if i % 7 == 0:
-                runtime.record_goal(visitor, session, "plan_bought", ts=first + 2 * 86400)
+    """The sample replayed through the default ruleset, then goals (benchmarks/bench_dashboard.py's base_log):
+    every 3rd treated and 4th withheld eligible visitor converts 5 minutes after her first eligible decision
+    (bill_paid), every 7th two days later (outside the window: plan_bought)."""
+    bench_dashboard.base_log(path, late_goal="plan_bought")
 
 
 @pytest.fixture(scope="module")
