@@ -515,12 +515,16 @@ class _Mover:
                             copy.write_row(row)
         return claimed
 
+    def _own_names(self) -> set[str]:
+        """The file names of this process's own journals (not left-overs to move or count)."""
+        with self.lock:
+            return {o.path.name for o in self.sealed} | ({self.current.path.name} if self.current else set())
+
     def recover(self, conn: psycopg.Connection[Any]) -> int:
         """Move the journals other processes left in the directory (dead ones, or a copy from another host)."""
         moved = 0
         remove_stale_temporaries(self.directory)
-        with self.lock:
-            mine = {o.path.name for o in self.sealed} | ({self.current.path.name} if self.current else set())
+        mine = self._own_names()
         for path, fd in orphans(self.directory):
             try:
                 if path.name not in mine:
@@ -573,8 +577,7 @@ class _Mover:
     def count_orphans(self) -> None:
         """While PostgreSQL is down: the records in left-over journals past the last mark seen (an upper bound)."""
         total = 0
-        with self.lock:
-            mine = {o.path.name for o in self.sealed} | ({self.current.path.name} if self.current else set())
+        mine = self._own_names()
         for path, fd in orphans(self.directory):
             try:
                 if path.name not in mine:
