@@ -700,9 +700,10 @@ class RedisStore:
 
     # ------------------------------------------------------------------ keys
 
-    def _session_key(self, visitor_id: str, session_id: str) -> str:
+    def _session_key(self, visitor_id: str, session_id: str, kind: str = "s") -> str:
+        """A session's key (`kind` "s"), its lock's ("lock") or its last commit's token ("done")."""
         # length-prefixed: no ambiguity
-        return f"{self._tagged[shard_of(visitor_id)]}s:{len(visitor_id)}:{visitor_id}{session_id}"
+        return f"{self._tagged[shard_of(visitor_id)]}{kind}:{len(visitor_id)}:{visitor_id}{session_id}"
 
     def _visitor_key(self, visitor_id: str) -> str:
         return f"{self._tagged[shard_of(visitor_id)]}v:{visitor_id}"
@@ -904,8 +905,7 @@ class RedisStore:
                 return outer
             raise RuntimeError("RedisStore: one thread may hold one session lock at a time")
         shard = shard_of(visitor_id)
-        base = self._tagged[shard]
-        lock_key = f"{base}lock:{len(visitor_id)}:{visitor_id}{session_id}"
+        lock_key = self._session_key(visitor_id, session_id, "lock")
         visitor_key = self._visitor_key(visitor_id)
         if optimistic:
             held = _Held(key, visitor_id, session_id, lock_key, "", shard)
@@ -940,12 +940,9 @@ class RedisStore:
         self._local.held = held
         return held
 
-    def _done_key(self, held: _Held) -> str:
-        return f"{self._tagged[held.shard]}done:{held.lock_key[len(self._tagged[held.shard]) + 5:]}"
-
     def _commit(self, held: _Held) -> None:
         if held.token:
-            ops = _Ops([held.lock_key, self._done_key(held)], [held.token])
+            ops = _Ops([held.lock_key, self._session_key(held.visitor_id, held.session_id, "done")], [held.token])
         else:
             ops = _Ops([held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_keys[held.shard],
                         self._queue_version_keys[held.shard]], list(held.read))
@@ -1047,9 +1044,8 @@ class RedisStore:
 
     def _write(self, visitor_id: str, session_id: str, build: Callable[[_Ops], None]) -> None:
         """Writes outside any session lock (the runtime makes none; kept for direct use and tests)."""
-        base = self._tagged[shard_of(visitor_id)]
-        lock = f"{base}lock:{len(visitor_id)}:{visitor_id}{session_id}"
-        ops = _Ops([lock, f"{base}done:{len(visitor_id)}:{visitor_id}{session_id}"], [""])
+        keys = [self._session_key(visitor_id, session_id, kind) for kind in ("lock", "done")]
+        ops = _Ops(keys, [""])
         build(ops)
         self._eval(self._commit_script, ops.keys, ops.args)
 
