@@ -701,6 +701,7 @@ def _tuner(args: argparse.Namespace) -> int:
     except ImportError as exc:  # numpy / pandas, voila / ipywidgets: the `analysis` and `dashboard` extras
         return _fail(f"the tuner needs pcrules[analysis,dashboard] (pandas, voila, ipywidgets): {exc}")
     from .analysis.history import HistoryError, check_columns
+    from .analysis.partitioned import partitioned_folder
     from .bundle import current_version, load_bundle
     from .core.spec import load_spec
     from .errors import PcrulesError
@@ -736,7 +737,7 @@ def _tuner(args: argparse.Namespace) -> int:
               f"and Publish writes the first version there", file=sys.stderr)
     env = app_env({EVENTS_ENV: events, BUNDLE_ENV: bundle, LOGGING_SPEC_ENV: args.logging_spec})
     env.pop(SAMPLE_SHARE_ENV, None)
-    if _partitioned_folder(events) is not None:  # not loaded whole: a sample of the partitions, then a recheck
+    if partitioned_folder(events) is not None:  # not loaded whole: a sample of the partitions, then a recheck
         share = args.sample_share or SAMPLE_SHARE
         env[SAMPLE_SHARE_ENV] = repr(share)
         print(f"note: {events} is partitioned by visitor: the tuner works on {share:.0%} of its partitions (at least "
@@ -790,6 +791,7 @@ def _backtest(args: argparse.Namespace) -> int:
         print(f"error: backtest needs numpy and pandas ({exc})", file=sys.stderr)
         return 1
     from .analysis.history import HistoryError, load_events
+    from .analysis.partitioned import partitioned_folder
     from .bundle import load_bundle
     from .errors import PcrulesError
 
@@ -797,7 +799,7 @@ def _backtest(args: argparse.Namespace) -> int:
         bundle = load_bundle(Path(args.bundle))
     except (PcrulesError, OSError) as exc:
         return _fail(exc, "--bundle")
-    if args.engine in ("processes", "dask") or _partitioned_folder(Path(args.events)) is not None:
+    if args.engine in ("processes", "dask") or partitioned_folder(Path(args.events)) is not None:
         return _backtest_partitioned(args, bundle, pd)
     try:
         events, report = load_events(Path(args.events), columns=args.columns, format=args.format)
@@ -839,19 +841,11 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _partitioned_folder(path: Path) -> Path | None:
-    """The events of a history partitioned by visitor: `path` or its events/ holding part=NNN folders."""
-    for folder in (path, path / "events"):
-        if folder.is_dir() and any(d.is_dir() and d.name.startswith("part=") for d in folder.iterdir()):
-            return folder
-    return None
-
-
 def _backtest_partitioned(args: argparse.Namespace, bundle: Any, pd: Any) -> int:
     """pcrules backtest over a history partitioned by visitor (pcrules.analysis.partitioned), or on Dask."""
-    from .analysis.partitioned import backtest_partitioned
+    from .analysis.partitioned import backtest_partitioned, partitioned_folder
 
-    folder = _partitioned_folder(Path(args.events)) or Path(args.events)
+    folder = partitioned_folder(Path(args.events)) or Path(args.events)
     if not folder.exists():
         return _fail(f"{folder}: no such events folder", "--events")
     if args.out or args.columns or args.format:
