@@ -326,12 +326,18 @@ def _row_status(csr, work_id: str, status: str, timeout: float = 10_000):
     return row.inner_text()
 
 
+def _offered_page(ctx, url: str):
+    """A new page of `ctx` on Bill Payment, once the pop-up offers a chat."""
+    page = ctx.new_page()
+    page.goto(url + "/demo/bill-payment.html")
+    page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+    return page
+
+
 def _accepted_chat(browser, server):
     """A new visitor who accepts the Bill Payment offer: (context, page, work id)."""
     ctx = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = ctx.new_page()
-    page.goto(server.url + "/demo/bill-payment.html")
-    page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+    page = _offered_page(ctx, server.url)
     page.click("#pega-proactive-popup .pega-accept")
     page.wait_for_selector("#pega-chat-window")
     page.wait_for_function("() => window.pcrules.state.workId")
@@ -384,9 +390,7 @@ def test_offers_that_expire_or_whose_page_went_away_do_not_stay_offered(browser,
         ctx = browser.new_context()
         try:
             # 1. nobody answers: the stand-in withdraws the pop-up after the wait time, the console says so
-            page = ctx.new_page()
-            page.goto(srv.url + "/demo/bill-payment.html")
-            page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+            page = _offered_page(ctx, srv.url)
             work_id = _newest_work_id(csr, srv)
             text = _row_status(csr, work_id, "Offered", timeout=2_000)
             assert "expires in" in text or "expiring" in text
@@ -399,9 +403,7 @@ def test_offers_that_expire_or_whose_page_went_away_do_not_stay_offered(browser,
             # 2. the visitor leaves the page while the pop-up is up: "Page closed", at once
             other = browser.new_context()
             try:
-                page = other.new_page()
-                page.goto(srv.url + "/demo/bill-payment.html")
-                page.wait_for_selector("#pega-proactive-popup", timeout=10_000)
+                page = _offered_page(other, srv.url)
                 work_id = _newest_work_id(csr, srv)
                 page.goto(srv.url + "/demo/")
                 _row_status(csr, work_id, "Page closed", timeout=1_900)  # before the wait time could end it
