@@ -324,8 +324,9 @@ def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]])
 
 
 def _is_outage(exc: Exception) -> bool:
+    # AskError (MovedError too): a node asked directly (_get_per_node) no longer serves the slot, as in a failover
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, ClusterDownError,
-                        TryAgainError, SlotNotCoveredError)):
+                        TryAgainError, SlotNotCoveredError, redis.exceptions.AskError)):
         return True
     if isinstance(exc, RedisClusterException):  # no node reachable, or none serves the slot (a failover)
         return "slot" not in str(exc).lower() or "covered" in str(exc).lower()
