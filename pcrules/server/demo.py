@@ -40,10 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DemoPega", "demo_routes", "STATUSES", "ANSWERS"]
 
-OFFERED, ACCEPTED, CHAT_CLOSED = "Offered", "Accepted by customer", "Chat closed"
-ANSWERS = (ACCEPTED, "Declined by customer", "No response", "Page closed")  # how an offer ends
+OFFERED, ACCEPTED, NO_RESPONSE, CHAT_CLOSED = "Offered", "Accepted by customer", "No response", "Chat closed"
+ANSWERS = (ACCEPTED, "Declined by customer", NO_RESPONSE, "Page closed")  # how an offer ends
 STATUSES = (OFFERED, *ANSWERS, CHAT_CLOSED)
-NO_RESPONSE = "No response"
 GRACE_S = 5.0  # past the wait time, an offer nobody answered is closed by the server (the page may be gone)
 MAX_ITEMS = 500
 MAX_PAIRS = 50
