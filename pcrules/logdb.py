@@ -175,7 +175,9 @@ def describe(log: Any) -> str:
         url = sa.make_url(str(log)) if not isinstance(log, URL) else log
         if url.get_backend_name() == "sqlite" and sqlite_path(url.render_as_string()) is not None:
             return str(sqlite_path(url.render_as_string()))
-        return url.render_as_string(hide_password=True)
+        # libpq also takes the password as a query parameter: dropped, as the runtime's banner drops it
+        return url.difference_update_query([k for k in url.query if k.lower() == "password"]).render_as_string(
+            hide_password=True)
     return str(log)
 
 

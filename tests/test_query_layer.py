@@ -222,6 +222,8 @@ def test_urls_and_engines(tmp_path: Path) -> None:
     assert url.drivername == "postgresql+psycopg" and url.database == "pcrules"
     assert logdb.log_url("postgresql+psycopg://h/db").drivername == "postgresql+psycopg"
     assert logdb.describe("postgresql://ops:secret@db.example/pcrules") == "postgresql://ops:***@db.example/pcrules"
+    assert logdb.describe("postgresql://ops@db.example/pcrules?password=secret&sslmode=require") == \
+        "postgresql://ops@db.example/pcrules?sslmode=require"
     assert logdb.is_postgres("postgres://h/db") and not logdb.is_postgres(tmp_path / "x.sqlite")
     assert logdb.engine_for("postgresql://ops@h/db") is logdb.engine_for("postgresql://ops@h/db")  # pooled, one
     # a SQLite file whose name a URI would misread
