@@ -178,8 +178,9 @@ class Authenticator:
         if not token:
             return None
         found = None
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()  # equal lengths: no length leak
         for known, name in self.tokens().items():
-            if hmac.compare_digest(known.encode(), token.encode()):
+            if hmac.compare_digest(hashlib.sha256(known.encode()).digest(), given):
                 found = name
         return found
 
