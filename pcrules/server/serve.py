@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..errors import PcrulesError
-from .app import Service, create_app, guard_connections
+from .app import Service, create_app, freeze_startup_heap, guard_connections
 from .config import CONFIG_ENV, ServerConfig, config_from_env, security_summary
 
 __all__ = ["main", "config_from_args"]
@@ -133,7 +133,9 @@ def main(args: argparse.Namespace) -> int:
                   timeout_graceful_shutdown=5, lifespan="on", http=GuardedHttpTools)
     if workers == 1:
         guard_connections(config, service)
-        uvicorn.run(create_app(config, service=service), **common)
+        app = create_app(config, service=service)
+        freeze_startup_heap()
+        uvicorn.run(app, **common)
         return 0
     service.close()
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))

@@ -291,6 +291,7 @@ def _shard_tags() -> tuple[str, ...]:
 
 _TAGS = _shard_tags()
 _SHARD_OF_TAG = {tag: k for k, tag in enumerate(_TAGS)}
+_SHARD_SLOTS = [key_slot(tag.encode()) for tag in _TAGS]  # a key tagged {tag} hashes to its tag's slot
 
 
 def shard_of(visitor_id: str) -> int:
@@ -804,6 +805,65 @@ class RedisStore:
             conn.disconnect()
             raise _unavailable(exc) from None
 
+    def _eval_direct(self, script: _Script, calls: list[tuple[list[str], list[Any]]], shards: list[int]) -> list[Any]:
+        """A cluster's batched commits, each sent straight to the master of its shard's slot on this thread's
+        own connection to it: one write per master, all written before any reply is read.
+
+        redis-py's ClusterPipeline costs about 90 us of CPU for one call and 130 for four, against 25 and 40 here
+        (measured on the development machine): it is every batch of observations. Nothing here follows a
+        redirect or a failover: a call that met one (MOVED, ASK, TRYAGAIN, NOSCRIPT, a lost connection) has the
+        error as its reply, wrote nothing (a lost connection: or was applied, which its compare-and-set makes
+        harmless), and is decided again on its own through the cluster client, which does.
+        """
+        client = self._redis
+        conns: dict[str, Any] | None = getattr(self._local, "nodes", None)
+        if conns is None:
+            conns = self._local.nodes = {}
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        replies: list[Any] = [None] * len(calls)
+        for i, shard in enumerate(shards):
+            try:
+                node = client.nodes_manager.get_node_from_slot(_SHARD_SLOTS[shard])
+            except (redis.RedisError, RedisClusterException) as exc:
+                replies[i] = exc
+                continue
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        sent = []
+        for name, (node, indices) in groups.items():
+            conn = conns.get(name)
+            try:
+                if conn is None:
+                    conn = conns[name] = node.redis_connection.connection_pool.make_connection()
+                    with self._connections_lock:
+                        self._connections.append(conn)
+                _send_evalsha(conn, script.sha, [calls[i] for i in indices])
+                sent.append((conn, indices))
+            except (redis.RedisError, AttributeError) as exc:  # AttributeError: a node not connected yet
+                self._drop_node(name, conn)
+                for i in indices:
+                    replies[i] = exc
+        for conn, indices in sent:
+            for k, i in enumerate(indices):
+                try:
+                    replies[i] = conn.read_response()
+                except redis.ResponseError as exc:
+                    replies[i] = exc
+                except redis.RedisError as exc:  # the rest of this connection's replies are lost with it
+                    self._drop_node(f"{conn.host}:{conn.port}", conn)
+                    for j in indices[k:]:
+                        replies[j] = exc
+                    break
+        return replies
+
+    def _drop_node(self, name: str, conn: Any) -> None:
+        nodes = getattr(self._local, "nodes", None) or {}
+        nodes.pop(name, None)
+        if conn is not None:
+            conn.disconnect()
+            with self._connections_lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+
     def _get_many(self, keys: list[str], partial: bool = False) -> list[Any]:
         """GET of keys of any slots: one MGET on one instance, one GET per key pipelined per node on a cluster.
 
@@ -1019,7 +1079,10 @@ class RedisStore:
             epochs = self._epochs or self._adopt()
             calls = [([*keys, self._marker_keys[held.shard]], [*args, epochs[held.shard]])
                      for held, keys, args, _, _ in pending]
-            replies = self._eval_once(self._check_and_commit_script, calls)
+            if self.cluster:
+                replies = self._eval_direct(self._check_and_commit_script, calls, [h.shard for h, *_ in pending])
+            else:
+                replies = self._eval_once(self._check_and_commit_script, calls)
         except StoreUnavailable:
             return [False] * len(pending)  # each is decided again on its own, which reconnects or reports it
         for (held, _, _, _, _), reply in zip(pending, replies):
