@@ -249,3 +249,61 @@ def test_the_budgets_hold_across_workers(redis_server, tmp_path: Path, workers: 
     out = (tmp_path / "serve.out").read_text()
     assert "Traceback" not in out and "did not answer" not in out
     assert "rate limits shared by every worker and host (in Redis)" in out
+
+
+# --------------------------------------------------------------------------- checked in the batch of observations
+
+
+def _batch_hits(store, limiter: RedisRateLimiter, keys: list[str]) -> list[bool | None]:
+    """One hit of each key as a server's batch makes it: limits' own script, one round trip for all."""
+    calls = limiter.batch_calls(keys)
+    assert calls is not None
+    return limiter.batch_results(store.run_script(limiter.script, calls), len(keys))
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
+def test_a_batch_and_a_single_check_draw_on_one_budget(redis_server, redis_cluster, where: str):
+    from pcrules.redis_store import RedisStore
+
+    url = redis_server.url if where == "redis" else redis_cluster.url
+    prefix = _prefix()
+    store = RedisStore(url, prefix=prefix)
+    limiter = RedisRateLimiter("per_visitor", 0.1, 5, url, prefix=prefix)
+    try:
+        keys = [f"v{i}" for i in range(40)]  # over every master of the cluster
+        assert _batch_hits(store, limiter, keys * 3) == [True] * 120
+        assert _acquire_all([limiter], "v0", 2) == [0.0, 0.0]  # the 4th and 5th of v0's burst
+        refused = _acquire_all([limiter], "v0", 1)[0]
+        assert 40 <= refused <= 50  # the 6th: the burst of 5 is spent, whichever way it was drawn
+        assert _batch_hits(store, limiter, ["v0", "v1", "v1", "v1"]) == [False, True, True, False]
+    finally:
+        store.close()
+
+
+def test_the_checks_of_a_batch_cost_one_round_trip(redis_server):
+    from pcrules.server.app import BatchLimits
+
+    config = ServerConfig(rules="pcrules/server/demo_rules.yaml", redis_url=redis_server.url,
+                          redis_prefix=_prefix(), visitor_rate=0.1, visitor_burst=2, address_rate=1.0,
+                          address_burst=5)
+    from pcrules.server import Service
+
+    svc = Service.build(config)
+    try:
+        assert svc.limits_in_batch
+        probe = redis_py.Redis.from_url(redis_server.url)
+        reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
+        idle = -reads() + reads()
+        assert svc._check_limits([BatchLimits(svc, "10.0.0.9", "w0")]) == [None]  # connected, the script loaded
+        batch = [BatchLimits(svc, f"10.0.0.{i % 3}", f"v{i % 4}") for i in range(12)]
+        before = reads()
+        verdicts = svc._check_limits(batch)
+        assert reads() - before - idle <= 2  # 24 checks in one go (two reads if the write arrived split)
+        probe.close()
+        # address 10.0.0.0 has 4 requests, .1 and .2 4 each (burst 5: all pass); v0..v3 3 each (burst 2)
+        assert [v is None for v in verdicts] == [True] * 8 + [False] * 4
+        assert {v.limiter.name for v in verdicts[8:]} == {"per_visitor"}
+        more = svc._check_limits([BatchLimits(svc, "10.0.0.0", "w1"), BatchLimits(svc, "10.0.0.0", "v0")])
+        assert more[0] is None and more[1].limiter.name == "per_address"  # the address first, as the handler
+    finally:
+        svc.close()

@@ -96,9 +96,9 @@ def test_every_script_is_given_keys_of_one_slot(store: RedisStore, redis_cluster
 
     real_direct = store._eval_direct
 
-    def spy_direct(script, batch, shards):
+    def spy_direct(script, batch, slots):
         calls.extend((script.sha, [k for k in keys]) for keys, _ in batch)
-        return real_direct(script, batch, shards)
+        return real_direct(script, batch, slots)
 
     monkeypatch.setattr(store, "_eval_once", spy)
     monkeypatch.setattr(store, "_eval_direct", spy_direct)  # batched commits, straight to each master

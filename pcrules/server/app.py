@@ -41,7 +41,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,35 @@ class StoreDown(PcrulesError):
     code = "store_unavailable"  # type: ignore[assignment]
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """What an observation's budgets are checked on in its batch: its client's address, its visitor id."""
+
+    service: Service
+    address: str | None
+    visitor_id: Any
+
+    def checks(self) -> list[tuple[RedisRateLimiter, str]]:
+        svc = self.service
+        out: list[tuple[Any, str]] = []
+        if svc.address_limit is not None and self.address is not None:
+            out.append((svc.address_limit, self.address))
+        if svc.visitor_limit is not None and _limited_visitor(self.visitor_id):
+            out.append((svc.visitor_limit, self.visitor_id))
+        return out
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An observation its batch's check refused: `limiter`'s budget for `key` is spent."""
+
+    limiter: Any
+    key: str
+
+
+UNCHECKED = object()  # a batch could not check an observation's budgets in Redis: the handler does
+
+
 def _outcome(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
@@ -112,7 +141,7 @@ class Service:
         # time (in order) on one thread: with Redis their writes share one round trip, and the busier the
         # server, the more share each write. Other calls go to a small pool.
         self.batches = not self.offload
-        self._waiting: list[tuple[dict, asyncio.Future]] = []
+        self._waiting: list[tuple[dict, BatchLimits | None, asyncio.Future]] = []
         self._deciding = False  # a batch is on the batcher thread
         self._batcher = ThreadPoolExecutor(1, thread_name_prefix="pcrules-batch")
         self._callers = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="pcrules-call")
@@ -132,6 +161,9 @@ class Service:
         # Failed operator logins per address: 20, then one every 10 s (the token itself is far beyond guessing).
         self.auth_failures = RateLimiter("operator_auth", 0.1, 20, max_keys=10_000)
         self.proxy_hint_given = False
+        # An observation's budgets in Redis are checked in its batch, one round trip for the batch's checks.
+        self.limits_in_batch = self.batches and hasattr(store, "run_script") and any(
+            isinstance(limit, RedisRateLimiter) for limit in (self.visitor_limit, self.address_limit))
 
     def _limiter(self, name: str, rate: float | None, burst: int) -> Limiter | None:
         """The per-visitor / per-address budget: in Redis when the state is (shared by every worker and host),
@@ -205,13 +237,15 @@ class Service:
             self._saw(exc)
             raise
 
-    async def observe(self, body: dict) -> Any:
+    async def observe(self, body: dict, limits: BatchLimits | None = None) -> Any:
+        """The decision on `body`. With `limits` (limits_in_batch), its budgets are checked in its batch first,
+        and the answer may instead be a Refused or UNCHECKED."""
         await self._store_gate()
         if not self.batches:
             return await self.call(self.runtime.observe, body)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._waiting.append((body, future))
+        self._waiting.append((body, limits, future))
         if len(self._waiting) == 1 and not self._deciding:
             loop.call_soon(self._next_batch)  # after the other requests already read: they join this batch
         return await future
@@ -219,7 +253,7 @@ class Service:
     def _next_batch(self) -> None:
         if self.store_down:  # found down while these waited: they would only wait out the timeouts in turn
             waiting, self._waiting = self._waiting, []
-            for _, future in waiting:
+            for _, _, future in waiting:
                 if not future.done():
                     future.set_exception(StoreDown("the shared state store is unavailable"))
             return
@@ -228,12 +262,60 @@ class Service:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._deciding = True
         self.metrics.batch_size.observe(len(batch))
-        done = asyncio.get_running_loop().run_in_executor(self._batcher, self._decide, [body for body, _ in batch])
+        done = asyncio.get_running_loop().run_in_executor(self._batcher, self._decide,
+                                                          [(body, limits) for body, limits, _ in batch])
         done.add_done_callback(functools.partial(self._decided, batch))
 
-    def _decide(self, bodies: list[dict]) -> list[Any]:
-        """On the batcher thread: each body's decision, or its error (one by one on a local store: a failure
-        stays the request's own)."""
+    def _decide(self, items: list[tuple[dict, BatchLimits | None]]) -> list[Any]:
+        """On the batcher thread: each observation's decision or error, after its budgets if it has some."""
+        if not any(limits is not None for _, limits in items):
+            return self._decide_bodies([body for body, _ in items])
+        verdicts = self._check_limits([limits for _, limits in items])
+        decided = iter(self._decide_bodies([body for (body, _), v in zip(items, verdicts) if v is None]))
+        return [next(decided) if v is None else v for v in verdicts]
+
+    def _check_limits(self, batch: list[BatchLimits | None]) -> list[Any]:
+        """Each observation's budgets, checked together in one round trip: None (passed, or none to check), a
+        Refused (the first budget that refused it, the address's before the visitor's, as the handler checks
+        them), or UNCHECKED (Redis did not answer for one: checked on the event loop instead)."""
+        checks: list[tuple[int, RedisRateLimiter, str]] = []
+        for k, limits in enumerate(batch):
+            if limits is not None:
+                checks += [(k, limiter, key) for limiter, key in limits.checks()]
+        calls: list[tuple[list[str], list[Any]]] = []
+        spans: list[tuple[RedisRateLimiter, list[tuple[int, str]], tuple[int, int] | None]] = []
+        for limiter in {id(lim): lim for _, lim, _ in checks}.values():
+            mine = [(k, key) for k, lim, key in checks if lim is limiter]
+            asked = limiter.batch_calls([key for _, key in mine])
+            spans.append((limiter, mine, None if asked is None else (len(calls), len(calls) + len(asked))))
+            calls += asked or []
+        replies: list[Any] | BaseException = []
+        if calls:
+            try:
+                store: Any = self.runtime.store
+                replies = store.run_script(spans[0][0].script, calls)  # every limiter runs limits' one script
+            except Exception as exc:  # noqa: BLE001 - the checks are then made on the loop, as without a batch
+                replies = exc
+        verdicts: list[Any] = [None] * len(batch)
+        refusals: dict[int, list[tuple[int, Refused]]] = {}
+        for limiter, mine, span in spans:
+            got = (None if span is None else replies if isinstance(replies, BaseException)
+                   else replies[span[0]:span[1]])
+            for (k, key), passed in zip(mine, limiter.batch_results(got, len(mine))):
+                if passed is None:
+                    verdicts[k] = UNCHECKED
+                elif not passed:
+                    order = 0 if limiter is self.address_limit else 1
+                    refusals.setdefault(k, []).append((order, Refused(limiter, key)))
+        for k, refused in refusals.items():
+            if verdicts[k] is None:
+                verdicts[k] = min(refused, key=lambda r: r[0])[1]
+        return verdicts
+
+    def _decide_bodies(self, bodies: list[dict]) -> list[Any]:
+        """Each body's decision, or its error (one by one on a local store: a failure stays the request's own)."""
+        if not bodies:
+            return []
         if not isinstance(self.runtime.store, SharedStore):
             return [_outcome(self.runtime.observe, body) for body in bodies]
         try:
@@ -241,14 +323,14 @@ class Service:
         except Exception as exc:  # not one event's fault (a bug, a failed disk): every request of the batch gets it
             return [exc] * len(bodies)
 
-    def _decided(self, batch: list[tuple[dict, asyncio.Future]], done: asyncio.Future) -> None:
+    def _decided(self, batch: list[tuple[dict, BatchLimits | None, asyncio.Future]], done: asyncio.Future) -> None:
         self._deciding = False
         if done.cancelled():  # shutting down
-            for _, future in batch:
+            for _, _, future in batch:
                 future.cancel()
             return
         results = [done.exception()] * len(batch) if done.exception() else done.result()
-        for (_, future), result in zip(batch, results):
+        for (_, _, future), result in zip(batch, results):
             if isinstance(result, BaseException):
                 self._saw(result)
             if future.done():  # the client went away
@@ -439,13 +521,17 @@ def _check_ts(svc: Service, body: dict) -> None:
 # --------------------------------------------------------------------------- rate limits and the operator token
 
 
+def _rate_limited(limiter: Limiter, wait: float, who: str) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(429, "rate_limited", f"too many requests {who}: at most {limiter.describe()}; retry after "
+                                         f"{seconds} s", None, headers={"retry-after": str(seconds)},
+                    limit=limiter.name, retry_after_s=seconds)
+
+
 async def _throttle(limiter: Limiter, key: str, who: str) -> None:
     wait = await limiter.acquire(key)
     if wait:
-        seconds = max(1, math.ceil(wait))
-        raise ApiError(429, "rate_limited", f"too many requests {who}: at most {limiter.describe()}; retry after "
-                                            f"{seconds} s", None, headers={"retry-after": str(seconds)},
-                       limit=limiter.name, retry_after_s=seconds)
+        raise _rate_limited(limiter, wait, who)
 
 
 async def _limit_address(svc: Service, request: Request) -> None:
@@ -454,11 +540,24 @@ async def _limit_address(svc: Service, request: Request) -> None:
         try:
             await _throttle(svc.address_limit, where, "from this address")
         except ApiError:
-            if not svc.proxy_hint_given and not svc.config.trusted_proxies and _private(where):
-                svc.proxy_hint_given = True
-                log.warning("the per-address rate limit refused %s; if a proxy forwards every visitor from there, "
-                            "list it in trusted_proxies (else all visitors share one address's limit)", where)
+            _address_refused(svc, where)
             raise
+
+
+def _address_refused(svc: Service, where: str) -> None:
+    if not svc.proxy_hint_given and not svc.config.trusted_proxies and _private(where):
+        svc.proxy_hint_given = True
+        log.warning("the per-address rate limit refused %s; if a proxy forwards every visitor from there, "
+                    "list it in trusted_proxies (else all visitors share one address's limit)", where)
+
+
+async def _refused(svc: Service, refused: Refused) -> ApiError:
+    limiter: Any = refused.limiter
+    wait = await limiter.retry_after(refused.key)
+    by_address = limiter is svc.address_limit
+    if by_address:
+        _address_refused(svc, refused.key)
+    return _rate_limited(limiter, wait, "from this address" if by_address else "for this visitor")
 
 
 def _private(address: str) -> bool:
@@ -468,9 +567,13 @@ def _private(address: str) -> bool:
         return False
 
 
-async def _limit_visitor(svc: Service, visitor_id: Any) -> None:
+def _limited_visitor(visitor_id: Any) -> bool:
     # An id the runtime will refuse anyway is not worth a bucket.
-    if svc.visitor_limit is not None and visitor_id.__class__ is str and 0 < len(visitor_id) <= 128:
+    return visitor_id.__class__ is str and 0 < len(visitor_id) <= 128
+
+
+async def _limit_visitor(svc: Service, visitor_id: Any) -> None:
+    if svc.visitor_limit is not None and _limited_visitor(visitor_id):
         await _throttle(svc.visitor_limit, visitor_id, "for this visitor")
 
 
@@ -510,11 +613,22 @@ def _operator(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
 async def observe(request: Request) -> Response:
     start = time.perf_counter()
     svc = _svc(request)
-    await _limit_address(svc, request)
+    in_batch = svc.limits_in_batch and not svc.store_down  # (down: the limits are this worker's, at once)
+    if not in_batch:
+        await _limit_address(svc, request)
     body = await read_json(request, svc.config.max_body_bytes)
     _check_ts(svc, body)
-    await _limit_visitor(svc, body.get("visitor_id"))
-    decision = await svc.observe(body)
+    decision = None
+    if in_batch:
+        address = svc.client_address(request.scope) if svc.address_limit is not None else None
+        decision = await svc.observe(body, BatchLimits(svc, address, body.get("visitor_id")))
+        if isinstance(decision, Refused):
+            raise await _refused(svc, decision)
+    if decision is None or decision is UNCHECKED:
+        if decision is UNCHECKED:
+            await _limit_address(svc, request)
+        await _limit_visitor(svc, body.get("visitor_id"))
+        decision = await svc.observe(body)
     response = json_response(decision.to_public_dict(body["visitor_id"] if svc.pseudonymised else None))
     svc.metrics.latency.observe(time.perf_counter() - start)
     return response

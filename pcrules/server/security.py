@@ -141,6 +141,12 @@ class RateLimiter:
         return f"{self.rate:g}/s (bursts of {self.burst})"
 
 
+def _limits_script(name: str) -> str:
+    from importlib.resources import files
+
+    return (files("limits") / "resources" / "redis" / "lua_scripts" / name).read_text()
+
+
 class RedisRateLimiter:
     """A budget of `burst` requests, then `rate` per second, per key, held in Redis: every worker and every host
     using that Redis draws on the same budget, so N workers allow the budget once, not N times.
@@ -202,6 +208,7 @@ class RedisRateLimiter:
         self._loop: Any = None
         self._strategy: Any = None
         self._pool: Any = None
+        self.script = _limits_script("acquire_sliding_window.lua")  # what limits' storage runs for one hit
 
     def _digest(self, key: str) -> str:
         return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), key=self._hash_key, digest_size=16).hexdigest()
@@ -254,30 +261,76 @@ class RedisRateLimiter:
                 else:  # limits' bridge to a cluster or Sentinel client
                     await pool.storage.aclose()
 
-    async def acquire(self, key: str) -> float:
-        now = time.monotonic()
-        if now < self.down_until or (self.skip is not None and self.skip()):
-            return self._fall_back(key)
-        digest = self._digest(key)
-        try:
-            limiter = self._limiter()
-            if await limiter.hit(self.item, self.name, digest):
-                wait = 0.0
-            else:
-                stats = await limiter.get_window_stats(self.item, self.name, digest)
-                wait = min(float(self.window_s), max(0.001, stats.reset_time - time.time()))
-        except Exception as exc:  # noqa: BLE001 - whatever Redis or the client raise, the request goes on
-            self.down_until = time.monotonic() + self.retry_s
-            if not self.failing:
-                self.failing = True
-                log.warning("rate limit %s: Redis did not answer (%s: %s); this worker's own token bucket decides "
-                            "until it does (the budget is per worker meanwhile)", self.name, type(exc).__name__,
-                            str(exc)[:200])
-            return self._fall_back(key)
+    def _asking(self) -> bool:
+        return time.monotonic() >= self.down_until and not (self.skip is not None and self.skip())
+
+    def _failed(self, exc: BaseException) -> None:
+        self.down_until = time.monotonic() + self.retry_s
+        if not self.failing:
+            self.failing = True
+            log.warning("rate limit %s: Redis did not answer (%s: %s); this worker's own token bucket decides "
+                        "until it does (the budget is per worker meanwhile)", self.name, type(exc).__name__,
+                        str(exc)[:200])
+
+    def _answered(self) -> None:
         if self.failing:
             self.failing = False
             log.warning("rate limit %s: Redis answers again; the budget is shared by every worker", self.name)
-        return wait
+
+    async def acquire(self, key: str) -> float:
+        if not self._asking():
+            return self._fall_back(key)
+        try:
+            passed = await self._limiter().hit(self.item, self.name, self._digest(key))
+        except Exception as exc:  # noqa: BLE001 - whatever Redis or the client raise, the request goes on
+            self._failed(exc)
+            return self._fall_back(key)
+        self._answered()
+        return 0.0 if passed else await self.retry_after(key)
+
+    async def retry_after(self, key: str) -> float:
+        """Seconds until `key`, refused, would pass again (at most the window)."""
+        try:
+            stats = await self._limiter().get_window_stats(self.item, self.name, self._digest(key))
+        except Exception:  # noqa: BLE001 - refused either way; the window is an upper bound
+            return float(self.window_s)
+        return min(float(self.window_s), max(0.001, stats.reset_time - time.time()))
+
+    # A server deciding observations in batches checks their budgets in the batch, one round trip for all
+    # (RedisStore.run_script), instead of one asynchronous call per check: about 100 us of CPU each on a
+    # cluster, as much as the rest of the request. It runs limits' own script for one hit on the keys limits'
+    # storage uses, so both ways draw on one budget.
+
+    def batch_calls(self, keys: list[str]) -> list[tuple[list[str], list[Any]]] | None:
+        """The script calls that hit `keys` once each, or None when Redis is not to be asked now."""
+        if not self._asking():
+            return None
+        expiry = self.item.get_expiry()
+        out = []
+        for key in keys:
+            current = f"{self.prefix}ratelimit:{{{self.item.key_for(self.name, self._digest(key))}}}"
+            out.append(([current + "/-1", current], [self.limit, expiry, 1]))
+        return out
+
+    def batch_results(self, replies: list[Any] | BaseException | None, n: int) -> list[bool | None]:
+        """Whether each of the `n` checks passed, from its script reply; None: not known (Redis not asked, not
+        answering, failing for that key), to be checked with acquire, on the event loop like every use of this
+        worker's own buckets."""
+        if replies is None:
+            return [None] * n
+        if isinstance(replies, BaseException):
+            self._failed(replies)
+            return [None] * n
+        out: list[bool | None] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                self._failed(reply)
+                out.append(None)
+            else:
+                out.append(reply == 1)
+        if None not in out:
+            self._answered()
+        return out
 
     def _fall_back(self, key: str) -> float:
         if self.on_fallback is not None:
