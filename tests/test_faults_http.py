@@ -454,3 +454,13 @@ def test_a_stalled_redis_does_not_stall_the_server(tmp_path: Path):
     assert all(s[4]["error"] == "store_unavailable" for s in observes[2:]) and len(observes) == 12
     assert all(s[2] == 200 for s in seen if s[0] in ("before", "after")), [s for s in seen if s[2] != 200]
     assert "Traceback" not in (tmp_path / "serve.out").read_text()
+
+
+def test_a_client_cannot_pick_its_address_with_x_forwarded_for_when_no_proxy_is_trusted(tmp_path: Path):
+    """The per-address budget of a real server with no trusted_proxies: a loopback client sending a new
+    X-Forwarded-For each time is still one address (uvicorn alone would take the header from 127.0.0.1)."""
+    with serve(tmp_path, config={"address_rate": 0.1, "address_burst": 5}) as srv:
+        statuses = [httpx.post(srv.url + "/v1/observe", headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                               json={"visitor_id": f"v{i}", "session_id": "s", "page": "Home",
+                                     "seconds_on_page": 1}).status_code for i in range(7)]
+    assert statuses == [200] * 5 + [429] * 2

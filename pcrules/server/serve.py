@@ -129,8 +129,11 @@ def main(args: argparse.Namespace) -> int:
     from .transport import GuardedHttpTools
 
     # GuardedHttpTools: time limits, a head size limit and a connection cap that uvicorn lacks (transport.py)
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any peer on 127.0.0.1 (its default
+    # FORWARDED_ALLOW_IPS) as the client's address before the app sees it, so that a local client could pick its
+    # rate-limit key; the app reads that header only from the configured trusted_proxies (ClientAddress).
     common = dict(host=args.host, port=args.port, log_level="info", access_log=False, server_header=False,
-                  timeout_graceful_shutdown=5, lifespan="on", http=GuardedHttpTools)
+                  timeout_graceful_shutdown=5, lifespan="on", http=GuardedHttpTools, proxy_headers=False)
     if workers == 1:
         guard_connections(config, service)
         app = create_app(config, service=service)
