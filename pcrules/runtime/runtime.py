@@ -89,6 +89,7 @@ class Runtime:
         self._store: StateStore = store if store is not None else MemoryStore()
         # Exclusive across processes for a store they share (Redis); a no-op for a store without one.
         self._session_lock = self._store.session_lock
+        self._commits_together = isinstance(self._store, SharedStore)  # (a Protocol: isinstance is slow, ask once)
         self._observe_lock = self._store.observe_lock
         self._clock = clock
         # Event time drives expiries and idle eviction for everyone: one event dated far ahead would expire
@@ -243,7 +244,7 @@ class Runtime:
         all of them) this is cheaper than one `observe` each; a server hands it the requests that arrived
         together. Events of one session are decided in order. Other stores observe them one by one.
         """
-        if not isinstance(self._store, SharedStore):
+        if not self._commits_together:
             return [_result_or_error(self.observe, event) for event in events]
         batch = self._store.batch
         results: list[Decision | PcrulesError | None] = [None] * len(events)

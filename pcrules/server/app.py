@@ -316,7 +316,7 @@ class Service:
         """Each body's decision, or its error (one by one on a local store: a failure stays the request's own)."""
         if not bodies:
             return []
-        if not isinstance(self.runtime.store, SharedStore):
+        if self.store_kind != "redis":
             return [_outcome(self.runtime.observe, body) for body in bodies]
         try:
             return self.runtime.observe_many(bodies)
