@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from ..bundle import Bundle, load_bundle
 from ..core.decision import Decision, OfferStatus, Outcome
@@ -246,7 +246,7 @@ class Runtime:
         """
         if not self._commits_together:
             return [_result_or_error(self.observe, event) for event in events]
-        batch = self._store.batch
+        batch = cast(SharedStore, self._store).batch
         results: list[Decision | PcrulesError | None] = [None] * len(events)
         matched, alone = [], []  # alone: the ruleset was replaced meanwhile; observed again on its own
         for i, event in enumerate(events):
