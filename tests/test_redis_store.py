@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,77 @@ def test_expiries_are_closed_once_across_runtimes(store: RedisStore, redis_serve
     assert sorted(expired) == sorted(offers)  # each once, none lost
     assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
     assert sum(store._redis.zcard(key) for key in store._due_keys) == 0
+
+
+def test_offers_due_are_closed_in_the_batch_without_locks_once_across_hosts(store: RedisStore, redis_server):
+    """A busy server has as many offers falling due each second as it makes: closed inside the observations'
+    batch (checked by Redis on commit), not under a lock each (two more round trips per offer, in turn)."""
+    spec = load_spec(spec_dict(offer_timeout_s=10))
+    logs = [ListLog(), ListLog()]
+    stores = [RedisStore(redis_server.url, prefix=store.prefix, due_check_interval_s=0) for _ in range(2)]
+    a, b = (Runtime(spec, log=log, store=s) for log, s in zip(logs, stores))
+    offers = [d.offer_id for d in a.observe_many([ev(f"v{i}", "s", ts=T0) for i in range(30)])]
+    locked = []
+    for s in stores:
+        real = s._acquire
+        s._acquire = lambda v, sid, optimistic=False, real=real: (locked.append(optimistic is False)  # type: ignore
+                                                                  or real(v, sid, optimistic))
+    done = threading.Barrier(2)
+
+    def tick(rt: Runtime, who: str) -> None:
+        done.wait()
+        for k in range(12):  # event time past every offer's expiry; four offers handed out per look at most
+            rt.observe_many([ev(f"{who}{j}", "x", page="Home", ts=T0 + 20 + k) for j in range(3)])
+
+    threads = [threading.Thread(target=tick, args=(rt, who)) for rt, who in ((a, "w"), (b, "u"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expired = [o.offer_id for log in logs for o in log.outcomes]
+    assert sorted(expired) == sorted(offers)  # each once, none lost
+    assert {o.status for log in logs for o in log.outcomes} == {OfferStatus.EXPIRED}
+    assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
+    assert sum(store._redis.zcard(key) for key in store._due_keys) == 0
+    assert not any(locked), "an expiry took a session lock"
+
+
+def test_an_offer_answered_after_it_was_found_due_is_not_also_expired(store: RedisStore, redis_server):
+    spec = load_spec(spec_dict(offer_timeout_s=10))
+    log, other_log = ListLog(), ListLog()
+    rt = Runtime(spec, log=log, store=store)
+    other = Runtime(spec, log=other_log, store=RedisStore(redis_server.url, prefix=store.prefix))
+    offer = rt.observe(ev("v1", "s", ts=T0)).offer_id
+    real = store.due_offers
+
+    def found_then_answered(now):
+        due = real(now)
+        if due:  # another host's answer lands between the look and this batch's commit
+            other.accept(offer, ts=T0 + 9, visitor_id="v1", session_id="s")
+        return due
+
+    store.due_offers = found_then_answered  # type: ignore[method-assign]
+    rt.observe_many([ev("w1", "x", page="Home", ts=T0 + 20)])
+    store.due_offers = real  # type: ignore[method-assign]
+    assert [o.status for o in other_log.outcomes] == [OfferStatus.ACCEPTED]
+    assert log.outcomes == []  # the expiry was refused: the offer had changed
+    assert store.offer(offer).status == OfferStatus.ACCEPTED
+    rt.observe_many([ev("w2", "x", page="Home", ts=T0 + 30)])
+    assert log.outcomes == []  # and it is not found due again
+
+
+def test_an_expiry_in_a_batch_is_refused_when_the_offer_changed_even_if_its_session_did_not(store: RedisStore):
+    rt = Runtime(load_spec(spec_dict(offer_timeout_s=10)), store=store)
+    offer = rt.observe(ev("v1", "s", ts=T0)).offer_id
+    (record,) = store.due_offers(T0 + 20)
+    key = store._offer_key("v1", offer)
+    with store.batch() as commits:
+        with store.observe_lock("v1", "s"):
+            assert store.expect_offer(offer)
+            store.save_offer(replace(record, status=OfferStatus.EXPIRED, answered_at=T0 + 10))
+        store._redis.set(key, store._redis.get(key).replace('"offered"', '"accepted"'))  # closed meanwhile
+    assert commits.written == [False]
+    assert '"accepted"' in store._redis.get(key)  # nothing of the expiry was written
 
 
 # --------------------------------------------------------------------------- decided on the cache, checked by Redis

@@ -267,6 +267,7 @@ class Runtime:
             k = 0
             while k < len(matched):
                 staged = []
+                expiries: list[tuple[int, Outcome]] = []  # offers due, closed in this batch: (ticket, outcome)
                 due = math.inf  # the earliest expiry among this batch's offers
                 with batch() as commits:  # the observations' writes, sent together when it ends
                     while k < len(matched):
@@ -282,7 +283,7 @@ class Runtime:
                             alone.append(i)
                             continue
                         try:
-                            self._housekeeping(spec, ev.ts)
+                            self._expire_in_batch(spec, ev.ts, commits, expiries)
                             ticket = len(commits.pending)
                             decision, expired = self._attempt(self._observe_lock, spec, ev, matches, score, offer_id)
                         except PcrulesError as exc:
@@ -293,11 +294,15 @@ class Runtime:
                         staged.append((i, spec, ev, matches, score, offer_id, decision, expired, ticket))
                         if decision.expires_at is not None:
                             due = min(due, decision.expires_at)
+                for ticket, outcome in expiries:
+                    if commits.written[ticket]:  # else the offer or its session changed: looked at again later
+                        self._record(outcome)
                 for i, spec, ev, matches, score, offer_id, decision, expired, ticket in staged:
                     # Not written (another process changed the session, or this one earlier in the batch):
                     # decide again on what the store holds now, as observe would.
                     results[i] = (self._logged(decision, expired) if commits.written[ticket]
-                                  else _result_or_error(self._judge, spec, ev, matches, score, offer_id))
+                                  # (its batch has looked for offers due: the next batch looks again)
+                                  else _result_or_error(self._judge, spec, ev, matches, score, offer_id, False))
         for i in sorted(alone):
             results[i] = _result_or_error(self.observe, events[i])
         return results  # type: ignore[return-value]
@@ -333,8 +338,9 @@ class Runtime:
         return score
 
     def _judge(self, spec: RuleSpec, ev: Event, matches: Any, score: float | None,
-               new_offer_id: Callable[[], str] | None = None) -> Decision:
-        self._housekeeping(spec, ev.ts)
+               new_offer_id: Callable[[], str] | None = None, housekeeping: bool = True) -> Decision:
+        if housekeeping:
+            self._housekeeping(spec, ev.ts)
         new_offer_id = new_offer_id or _OneOfferId(self._new_offer_id)
         # Read-decide-write of one session is atomic across every process sharing the store. A store may let
         # the first two tries read from its cache and check at the end (one round trip instead of two); a
@@ -379,17 +385,39 @@ class Runtime:
             self._log.record_decision(decision)
         return decision
 
+    def _expire_in_batch(self, spec: RuleSpec, now: float, commits: Any, expiries: list[tuple[int, Outcome]]) -> None:
+        """The offers due, closed in the batch: each commit checks that its session and the offer are still as
+        read, so no lock (two more round trips per offer, in turn, while the batch waits: a fleet made as many
+        expiries a second as offers and stalled). What changed meanwhile is not written, and found due again."""
+        if now > self._high_water:
+            self._high_water = now
+        store = cast(SharedStore, self._store)
+        for record in store.due_offers(self._high_water):
+            ticket = len(commits.pending)
+            with self._observe_lock(record.visitor_id, record.session_id):
+                if store.expect_offer(record.offer_id):
+                    outcome = self._finish(spec, record, OfferStatus.EXPIRED, record.expires_at)
+                else:
+                    outcome = None
+            if outcome is None:  # not handed out for this (another thread looked meanwhile): under its lock
+                self._expire_locked(spec, record)
+            elif len(commits.pending) > ticket:
+                expiries.append((ticket, outcome))
+
+    def _expire_locked(self, spec: RuleSpec, record: OfferRecord) -> None:
+        outcome = None
+        with self._session_lock(record.visitor_id, record.session_id):
+            current = self._store.offer(record.offer_id)  # another process may have closed it meanwhile
+            if current is not None and current.status == OfferStatus.OFFERED:
+                outcome = self._finish(spec, current, OfferStatus.EXPIRED, current.expires_at)
+        self._record(outcome)
+
     def _housekeeping(self, spec: RuleSpec, now: float) -> None:
         """Expire offers whose time ran out, then forget sessions idle for longer than the TTL."""
         if now > self._high_water:
             self._high_water = now
         for record in self._store.due_offers(self._high_water):
-            outcome = None
-            with self._session_lock(record.visitor_id, record.session_id):
-                current = self._store.offer(record.offer_id)  # another process may have closed it meanwhile
-                if current is not None and current.status == OfferStatus.OFFERED:
-                    outcome = self._finish(spec, current, OfferStatus.EXPIRED, current.expires_at)
-            self._record(outcome)
+            self._expire_locked(spec, record)
         for gone in self._store.evict_idle(self._high_water - spec.policy.session_idle_ttl_s):
             if gone.pending_offer is not None:
                 self._record(self._closing(gone.pending_offer, OfferStatus.EXPIRED, gone.pending_offer.expires_at))

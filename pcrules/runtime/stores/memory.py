@@ -103,6 +103,12 @@ class SharedStore(StateStore, Protocol):
         """Writes made inside it are sent together when it ends; ``.pending`` / ``.written`` say which landed."""
         ...
 
+    def expect_offer(self, offer_id: str) -> bool:
+        """Inside ``observe_lock``: its commit also checks that the offer is still as ``due_offers`` handed it
+        out (else nothing is written), so that an offer can be expired in a batch without a lock. False: the
+        store cannot (the offer was not handed out here); take ``session_lock`` instead."""
+        ...
+
 
 class MemoryStore:
     """A process-local store; not shared between workers (the Redis store is)."""

@@ -41,10 +41,13 @@ commit script, so a decision in one session never erases a cooldown set by a
 decline in another.
 
 **Expiries.** Unanswered offers sit in a sorted set by ``expires_at`` (event
-time); :meth:`RedisStore.due_offers` returns the due ones at most every
-``due_check_interval_s`` per process, and the runtime closes each under its
-session's lock after re-reading it, so two processes never both expire one
-offer. Nothing is lost if a process dies meanwhile: the offer stays in the set
+time); :meth:`RedisStore.due_offers` looks for the due ones at most every
+``due_check_interval_s`` per process and hands them out a few at a time
+(:data:`DUE_PER_CALL`). Inside a batch the runtime closes each like an
+observation, on the cache, and its commit also checks that the offer is still
+as it was found (:meth:`RedisStore.expect_offer`): no lock, no extra round
+trip; outside one, under its session's lock after re-reading it. Either way two
+processes never both expire one offer. Nothing is lost if a process dies meanwhile: the offer stays in the set
 until it is closed, and a later observation or answer of its session expires it
 too. Sessions expire in Redis after ``session_ttl_s`` without a write (the
 policy's ``session_idle_ttl_s``), a visitor's record when its cooldown ends,
@@ -88,6 +91,7 @@ master Sentinel names ``service``; a failover is followed on the next connection
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -97,7 +101,7 @@ import random
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -239,8 +243,9 @@ if s ~= ARGV[1] or v ~= ARGV[2] or qv ~= ARGV[3] then
   if qv ~= ARGV[3] then q = redis.call('HGETALL', KEYS[4]) end
   return {2, s, v, qv, q}
 end
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[4] then return {3} end
 if s == '' then""" + _EPOCH + """end
-local i = 4
+local i = 5
 """ + _APPLY_OPS + """
 return {1}
 """
@@ -275,6 +280,7 @@ _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "NOREPLI
 
 #: The number of hash tags (shards) keys are spread over: a store-format constant.
 SHARDS = 32
+DUE_PER_CALL = 4  # offers due handed out by one due_offers call
 
 
 def _shard_tags() -> tuple[str, ...]:
@@ -322,6 +328,12 @@ def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]])
         conn.send_packed_command(conn.pack_commands(commands))
     else:  # what redis-py's packer does, minus a Python pass over every argument (all str or int here)
         conn.send_packed_command([b"".join(_pack(command) for command in commands)])
+
+
+def _script_refusal(exc: Exception) -> bool:
+    """An error the script itself raised (a lost state marker, a bug): the same whichever way it is sent."""
+    return (isinstance(exc, redis.ResponseError) and not isinstance(exc, (NoScriptError, redis.exceptions.AskError))
+            and not _is_outage(exc))
 
 
 def _is_outage(exc: Exception) -> bool:
@@ -532,7 +544,7 @@ class _Held:
     """One held session lock: what was read with it and what is to be written when it is released."""
 
     __slots__ = ("key", "visitor_id", "session_id", "lock_key", "token", "session", "visitor", "visitor_read",
-                 "queues", "dirty", "offers", "depth", "read", "shard")
+                 "queues", "dirty", "offers", "depth", "read", "shard", "expected")
 
     def __init__(self, key: str, visitor_id: str, session_id: str, lock_key: str, token: str, shard: int) -> None:
         self.key, self.visitor_id, self.session_id = key, visitor_id, session_id
@@ -546,6 +558,7 @@ class _Held:
         self.offers: dict[str, OfferRecord] = {}
         self.depth = 1
         self.read: tuple[str, str, str] = ("", "", "")  # session, visitor, queue version as read ("" = none)
+        self.expected: tuple[str, str] | None = None  # (offer key, its text): the commit also checks it
 
 
 class _Batch:
@@ -677,6 +690,8 @@ class RedisStore:
         self._connections: list[Any] = []  # one per thread for the hot path, closed by close()
         self._connections_lock = threading.Lock()
         self._last_due_check = -math.inf
+        self._due_found: deque[OfferRecord] = deque()  # found due, not handed out yet (see due_offers)
+        self._due_raw: dict[str, str] = {}  # the text of each offer the last look found due (expect_offer)
         self.lock_waits = 0  # times a lock was found taken (contention between processes), for tests and metrics
         # Told "lock_wait" or "stale_read" each time (the server counts them in /metrics): many stale reads mean
         # a visitor's requests are spread over workers.
@@ -739,7 +754,11 @@ class RedisStore:
         epochs = self._epochs or self._adopt()
         keys, args = [*keys, self._marker_keys[shard]], [*args, epochs[shard]]
         if self.cluster:
-            reply = self._eval_many(script, [(keys, args)])[0]
+            # straight to the slot's master (a lock, a commit: answers and expiries); anything but a reply (a
+            # redirect, NOSCRIPT, a node gone) is sent again through the cluster client, as it would have retried
+            reply = self._eval_direct(script, [(keys, args)], [_SHARD_SLOTS[shard]])[0]
+            if isinstance(reply, Exception) and not _script_refusal(reply):
+                reply = self._eval_many(script, [(keys, args)])[0]
             if isinstance(reply, Exception):
                 raise self._script_error(reply, shard) from None
             return reply
@@ -1024,8 +1043,12 @@ class RedisStore:
         if held.token:
             ops = _Ops([held.lock_key, self._session_key(held.visitor_id, held.session_id, "done")], [held.token])
         else:
-            ops = _Ops([held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_keys[held.shard],
-                        self._queue_version_keys[held.shard]], list(held.read))
+            keys = [held.lock_key, held.key, self._visitor_key(held.visitor_id), self._queue_keys[held.shard],
+                    self._queue_version_keys[held.shard]]
+            expected = held.expected
+            if expected is not None:
+                keys.append(expected[0])
+            ops = _Ops(keys, [*held.read, "" if expected is None else expected[1]])
         written: str | None = None
         cooldown: str | None = None
         if held.dirty and held.session is not None:
@@ -1206,7 +1229,30 @@ class RedisStore:
             return
         self._write(record.visitor_id, record.session_id, lambda ops: self._offer_ops(record, ops))
 
+    def expect_offer(self, offer_id: str) -> bool:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.token:
+            raise RuntimeError("RedisStore.expect_offer: only inside observe_lock")
+        raw = self._due_raw.pop(offer_id, None)
+        if raw is None:
+            return False
+        held.expected = (self._offer_prefixes[held.shard] + offer_id, raw)
+        return True
+
     def due_offers(self, now: float) -> list[OfferRecord]:
+        """Offers due by `now`, at most DUE_PER_CALL at a time: each is closed under its session's lock (two round
+        trips) while the observation that asked waits, and the offers made in one busy second all fall due in
+        another; the rest are handed out by the next calls, without looking again."""
+        found = self._due_found
+        if not found:
+            found.extend(self._look_for_due(now))
+        out: list[OfferRecord] = []
+        with contextlib.suppress(IndexError):  # another thread took the last ones
+            while len(out) < DUE_PER_CALL:
+                out.append(found.popleft())
+        return out
+
+    def _look_for_due(self, now: float) -> list[OfferRecord]:
         tick = time.monotonic()
         if tick - self._last_due_check < self.due_check_interval_s:
             return []
@@ -1222,6 +1268,8 @@ class RedisStore:
             return []
         due = []
         more = False
+        if len(self._due_raw) > 10_000:  # handed out, then closed under a lock instead: not asked for again
+            self._due_raw.clear()
         for reply in replies:
             if isinstance(reply, Exception):
                 if self.cluster and _is_outage(reply):
@@ -1234,6 +1282,7 @@ class RedisStore:
                     continue
                 if record.status == OfferStatus.OFFERED:
                     due.append(record)
+                    self._due_raw[record.offer_id] = item
                 else:  # closed, but its entry survived (a commit that failed half-way cannot happen; a crash can)
                     self._call("zrem", self._due_key(record.visitor_id), record.offer_id)
         if more:
@@ -1454,6 +1503,7 @@ class RedisStore:
         shared = {self._epoch_key, *self._marker_keys}  # others still share them
         keys = [k for k in self._scan(self.prefix + "*") if k not in shared]
         self._cache.clear()
+        self._due_found.clear()
         self._queues_read = [("\0unread", {})] * SHARDS
         for i in range(0, len(keys), 500):
             self._call("delete", *keys[i:i + 500])
