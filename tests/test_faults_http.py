@@ -150,6 +150,29 @@ def test_an_unhandled_exception_is_a_500_with_the_security_headers(tmp_path: Pat
     assert_secured(r.headers, "500")
 
 
+def test_a_bug_while_observing_is_a_500_with_the_security_headers_and_the_next_request_is_served(tmp_path: Path):
+    app = create_app(ServerConfig(rules=str(write_rules(tmp_path / "rules.yaml"))))
+    svc = app.state.service
+    real = svc.observe
+    calls = []
+
+    async def once_broken(body, limits=None):
+        calls.append(body)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return await real(body, limits)
+
+    svc.observe = once_broken
+    event = {"visitor_id": "v1", "session_id": "s1", "page": "Home", "seconds_on_page": 1}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        first, second = c.post("/v1/observe", json=event), c.post("/v1/observe", json=event)
+        refused = c.post("/v1/observe", json={**event, "seconds_on_page": "soon"})
+    assert first.status_code == 500 and first.json()["error"] == "internal"
+    assert_secured(first.headers, "500")
+    assert second.status_code == 200 and second.json()["action"] == "none"
+    assert refused.status_code == 400 and refused.json()["field"] == "seconds_on_page"  # a library error's handler
+
+
 # --------------------------------------------------------------------------- a decision log that cannot be written
 
 

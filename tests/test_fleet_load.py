@@ -29,7 +29,8 @@ RATE, SECONDS = 300.0, 5.0  # per host
 def test_two_hosts_on_redis_cluster_and_postgresql_answer_all_and_log_each_decision_exactly_once(
         postgres_server, redis_cluster, tmp_path):
     url = postgres_server.new_database("test_fleet_load")
-    servers = [ServeProcess(["--rules", str(bench_fleet.RULES), "--redis", redis_cluster.url, "--log", url],
+    rules = bench_fleet.rules_file(tmp_path, offer_timeout_s=2.0)  # offers expire during the load too
+    servers = [ServeProcess(["--rules", str(rules), "--redis", redis_cluster.url, "--log", url],
                             log_file=tmp_path / f"host{k}.out",
                             config={**bench_fleet.LOAD, "log_journal_dir": str(tmp_path / f"host{k}.journal"),
                                     "redis_prefix": "fleetload:"})
@@ -53,5 +54,12 @@ def test_two_hosts_on_redis_cluster_and_postgresql_answer_all_and_log_each_decis
                                 bench_fleet.logged_keys(bench_fleet.postgres_rows(url)))
     assert check.ok, check.line()
     assert check.received == 2 * int(RATE * SECONDS)
+    import psycopg
+
+    with psycopg.connect(url) as conn:  # the offers that expired meanwhile, each closed once by one host
+        expired = conn.execute("SELECT offer_id, count(*) FROM outcomes WHERE status = 'expired' "
+                               "GROUP BY offer_id").fetchall()
+        offers = {r[0] for r in conn.execute("SELECT offer_id FROM decisions WHERE action = 'offer'")}
+    assert len(expired) > 100 and all(n == 1 for _, n in expired) and {o for o, _ in expired} <= offers
     a, b = ({json.loads(body)["visitor_id"] for body in load.answers} for load in loads.values())
     assert a and b and not a & b  # visitor affinity: each visitor was answered by one host only
