@@ -309,20 +309,30 @@ def test_expiries_are_closed_once_across_runtimes(store: RedisStore, redis_serve
     a, b = (Runtime(spec, log=log, store=RedisStore(redis_server.url, prefix=store.prefix, due_check_interval_s=0))
             for log in logs)
     offers = [a.observe(ev(f"v{i}", "s", ts=T0)).offer_id for i in range(20)]
-    done = threading.Barrier(2)
 
     def tick(rt: Runtime, visitor: str) -> None:
-        done.wait()
         for k in range(5):
             rt.observe(ev(visitor, "x", page="Home", ts=T0 + 20 + k))  # event time past every offer's expiry
 
-    threads = [threading.Thread(target=tick, args=(rt, f"w{i}")) for i, rt in enumerate((a, b))]
+    _expire_together(store, [a, b], logs, offers, tick)
+
+
+def _expire_together(store: RedisStore, runtimes: list[Runtime], logs: list, offers: list[str], tick) -> None:
+    """`tick(runtime, visitor)` on two threads at once; then every offer must have been expired once, by one."""
+    done = threading.Barrier(len(runtimes))
+
+    def run(rt: Runtime, who: str) -> None:
+        done.wait()
+        tick(rt, who)
+
+    threads = [threading.Thread(target=run, args=(rt, f"w{i}")) for i, rt in enumerate(runtimes)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     expired = [o.offer_id for log in logs for o in log.outcomes]
     assert sorted(expired) == sorted(offers)  # each once, none lost
+    assert {o.status for log in logs for o in log.outcomes} == {OfferStatus.EXPIRED}
     assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
     assert sum(store._redis.zcard(key) for key in store._due_keys) == 0
 
@@ -340,24 +350,24 @@ def test_offers_due_are_closed_in_the_batch_without_locks_once_across_hosts(stor
         real = s._acquire
         s._acquire = lambda v, sid, optimistic=False, real=real: (locked.append(optimistic is False)  # type: ignore
                                                                   or real(v, sid, optimistic))
-    done = threading.Barrier(2)
 
     def tick(rt: Runtime, who: str) -> None:
-        done.wait()
         for k in range(12):  # event time past every offer's expiry; four offers handed out per look at most
-            rt.observe_many([ev(f"{who}{j}", "x", page="Home", ts=T0 + 20 + k) for j in range(3)])
+            rt.observe_many([ev(f"{who}-{j}", "x", page="Home", ts=T0 + 20 + k) for j in range(3)])
 
-    threads = [threading.Thread(target=tick, args=(rt, who)) for rt, who in ((a, "w"), (b, "u"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    expired = [o.offer_id for log in logs for o in log.outcomes]
-    assert sorted(expired) == sorted(offers)  # each once, none lost
-    assert {o.status for log in logs for o in log.outcomes} == {OfferStatus.EXPIRED}
-    assert all(store.offer(o).status == OfferStatus.EXPIRED for o in offers)
-    assert sum(store._redis.zcard(key) for key in store._due_keys) == 0
+    _expire_together(store, [a, b], logs, offers, tick)
     assert not any(locked), "an expiry took a session lock"
+
+
+def test_an_offer_due_is_left_to_the_process_that_knows_its_session_for_a_while(store: RedisStore, redis_server):
+    from pcrules.runtime.stores.redis import OTHERS_DUE_AFTER_S
+
+    Runtime(load_spec(spec_dict(offer_timeout_s=10)), store=store).observe(ev("v1", "s", ts=T0))
+    other = RedisStore(redis_server.url, prefix=store.prefix, due_check_interval_s=0)
+    assert other.due_offers(T0 + 10 + OTHERS_DUE_AFTER_S / 2) == []  # not its session: not yet
+    assert [r.visitor_id for r in store.due_offers(T0 + 10.1)] == ["v1"]  # its own: at once
+    assert [r.visitor_id for r in other.due_offers(T0 + 10 + OTHERS_DUE_AFTER_S + 0.1)] == ["v1"]  # then anyone
+    other.close()
 
 
 def test_an_offer_answered_after_it_was_found_due_is_not_also_expired(store: RedisStore, redis_server):

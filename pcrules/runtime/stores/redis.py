@@ -43,11 +43,13 @@ decline in another.
 **Expiries.** Unanswered offers sit in a sorted set by ``expires_at`` (event
 time); :meth:`RedisStore.due_offers` looks for the due ones at most every
 ``due_check_interval_s`` per process and hands them out a few at a time
-(:data:`DUE_PER_CALL`). Inside a batch the runtime closes each like an
-observation, on the cache, and its commit also checks that the offer is still
-as it was found (:meth:`RedisStore.expect_offer`): no lock, no extra round
-trip; outside one, under its session's lock after re-reading it. Either way two
-processes never both expire one offer. Nothing is lost if a process dies meanwhile: the offer stays in the set
+(:data:`DUE_PER_CALL`), those of sessions it has not seen only once they are
+:data:`OTHERS_DUE_AFTER_S` overdue (the process that made them goes first).
+Inside a batch the runtime closes each like an observation, on the cache, and
+its commit also checks that the offer is still as it was found
+(:meth:`RedisStore.expect_offer`): no lock, no extra round trip; outside one,
+under its session's lock after re-reading it. Either way two processes never
+both expire one offer. Nothing is lost if a process dies meanwhile: the offer stays in the set
 until it is closed, and a later observation or answer of its session expires it
 too. Sessions expire in Redis after ``session_ttl_s`` without a write (the
 policy's ``session_idle_ttl_s``), a visitor's record when its cooldown ends,
@@ -281,6 +283,9 @@ _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "NOREPLI
 #: The number of hash tags (shards) keys are spread over: a store-format constant.
 SHARDS = 32
 DUE_PER_CALL = 4  # offers due handed out by one due_offers call
+# An offer due whose session this process has not seen is left to the process that made it for this long (event
+# time): closing it here would fail on the empty cache and race that process, whose cache knows the session.
+OTHERS_DUE_AFTER_S = 2.0
 
 
 def _shard_tags() -> tuple[str, ...]:
@@ -1281,6 +1286,9 @@ class RedisStore:
                 if record is None:
                     continue
                 if record.status == OfferStatus.OFFERED:
+                    if (record.expires_at > now - OTHERS_DUE_AFTER_S
+                            and self._session_key(record.visitor_id, record.session_id) not in self._cache):
+                        continue  # another process's session, most likely: that one closes it first, on its cache
                     due.append(record)
                     self._due_raw[record.offer_id] = item
                 else:  # closed, but its entry survived (a commit that failed half-way cannot happen; a crash can)
