@@ -28,10 +28,10 @@ with the load average, the rest of the machine's CPU and CPU pressure (PSI), and
 
 Measured on the quiet 2-core development VM (2026-12-07, after the changes README "A fleet on one machine" lists):
 2,000/s per host with no error, 429 or 503, every decision in PostgreSQL exactly once (241,200 of 241,200),
-journals drained within 0.01 s; p50 1.5-1.6 ms, p99 15.6 / 18.3 ms (other runs 14.4 / 18.8, and 10.8 / 13.7 over
-100 s): the target is met, with little room: the fleet and this client use 1.77 of the 2 cores (servers 1.26,
+journals drained within 0.01 s; p50 1.5-1.6 ms, p99 15.6 / 18.3 ms (other runs 15.4 / 13.7, 14.4 / 18.8, and 10.8 /
+13.7 over 100 s): the target is met, with little room: the fleet and this client use 1.77 of the 2 cores (servers 1.26,
 Redis nodes 0.30, PostgreSQL 0.03, client 0.18; a task waited for a core 64 % of the time). With `--limits`:
-p99 22-28 ms. Single host, SQLite, same run: 2,000/s, p50 0.48 ms, p99 2.4 ms, server 0.52 cores.
+p99 22-27 ms. Single host, SQLite, same run: 2,000/s, p50 0.48 ms, p99 2.4 ms, server 0.52 cores.
 """
 
 from __future__ import annotations
