@@ -280,30 +280,31 @@ def test_a_batch_and_a_single_check_draw_on_one_budget(redis_server, redis_clust
         store.close()
 
 
-def test_the_checks_of_a_batch_cost_one_round_trip(redis_server):
+def test_the_checks_of_a_batch_cost_one_round_trip():
+    from pcrules.server import Service
     from pcrules.server.app import BatchLimits
 
-    config = ServerConfig(rules="pcrules/server/demo_rules.yaml", redis_url=redis_server.url,
-                          redis_prefix=_prefix(), visitor_rate=0.1, visitor_burst=2, address_rate=1.0,
-                          address_burst=5)
-    from pcrules.server import Service
-
-    svc = Service.build(config)
-    try:
-        assert svc.limits_in_batch
-        probe = redis_py.Redis.from_url(redis_server.url)
-        reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
-        idle = -reads() + reads()
-        assert svc._check_limits([BatchLimits(svc, "10.0.0.9", "w0")]) == [None]  # connected, the script loaded
-        batch = [BatchLimits(svc, f"10.0.0.{i % 3}", f"v{i % 4}") for i in range(12)]
-        before = reads()
-        verdicts = svc._check_limits(batch)
-        assert reads() - before - idle <= 2  # 24 checks in one go (two reads if the write arrived split)
-        probe.close()
-        # address 10.0.0.0 has 4 requests, .1 and .2 4 each (burst 5: all pass); v0..v3 3 each (burst 2)
-        assert [v is None for v in verdicts] == [True] * 8 + [False] * 4
-        assert {v.limiter.name for v in verdicts[8:]} == {"per_visitor"}
-        more = svc._check_limits([BatchLimits(svc, "10.0.0.0", "w1"), BatchLimits(svc, "10.0.0.0", "v0")])
-        assert more[0] is None and more[1].limiter.name == "per_address"  # the address first, as the handler
-    finally:
-        svc.close()
+    # A Redis of its own: it counts the socket reads it does, and no other test's client may add to them.
+    with RedisServer() as redis_server:
+        config = ServerConfig(rules="pcrules/server/demo_rules.yaml", redis_url=redis_server.url,
+                              redis_prefix=_prefix(), visitor_rate=0.1, visitor_burst=2, address_rate=1.0,
+                              address_burst=5)
+        svc = Service.build(config)
+        try:
+            assert svc.limits_in_batch
+            probe = redis_py.Redis.from_url(redis_server.url)
+            reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
+            idle = -reads() + reads()
+            assert svc._check_limits([BatchLimits(svc, "10.0.0.9", "w0")]) == [None]  # connected, the script loaded
+            batch = [BatchLimits(svc, f"10.0.0.{i % 3}", f"v{i % 4}") for i in range(12)]
+            before = reads()
+            verdicts = svc._check_limits(batch)
+            assert reads() - before - idle <= 2  # 24 checks in one go (two reads if the write arrived split)
+            probe.close()
+            # address 10.0.0.0 has 4 requests, .1 and .2 4 each (burst 5: all pass); v0..v3 3 each (burst 2)
+            assert [v is None for v in verdicts] == [True] * 8 + [False] * 4
+            assert {v.limiter.name for v in verdicts[8:]} == {"per_visitor"}
+            more = svc._check_limits([BatchLimits(svc, "10.0.0.0", "w1"), BatchLimits(svc, "10.0.0.0", "v0")])
+            assert more[0] is None and more[1].limiter.name == "per_address"  # the address first, as the handler
+        finally:
+            svc.close()

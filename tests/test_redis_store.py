@@ -497,22 +497,28 @@ def test_a_cached_decision_waits_for_a_session_another_process_holds(store: Redi
     assert result["decision"].reason == "in_chat"  # decided after the holder's write, on it
 
 
-def test_observations_decided_together_are_written_in_one_round_trip(store: RedisStore, redis_server):
+def test_observations_decided_together_are_written_in_one_round_trip():
     import redis as redis_py
 
-    log = ListLog()
-    rt = Runtime(spec_dict(), store=store, log=log)
-    first = rt.observe_many([ev(f"v{i}", ts=T0) for i in range(20)])
-    assert [d.action for d in first] == ["offer"] * 20
-    store.due_check_interval_s = 3600
-    probe = redis_py.Redis.from_url(redis_server.url)
-    reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
-    idle = -reads() + reads()  # what asking costs (its own read)
-    before = reads()
-    again = rt.observe_many([ev(f"v{i}", ts=T0 + 1) for i in range(20)])
-    # Redis read the 20 commits in one go (two reads if the write arrived split), not in 20.
-    assert reads() - before - idle <= 2
-    probe.close()
+    from pcrules.server._procs import RedisServer
+
+    # A Redis of its own: it counts the socket reads it does, and no other test's client may add to them.
+    with RedisServer() as redis_server:
+        store = RedisStore(redis_server.url, due_check_interval_s=0)
+        log = ListLog()
+        rt = Runtime(spec_dict(), store=store, log=log)
+        first = rt.observe_many([ev(f"v{i}", ts=T0) for i in range(20)])
+        assert [d.action for d in first] == ["offer"] * 20
+        store.due_check_interval_s = 3600
+        probe = redis_py.Redis.from_url(redis_server.url)
+        reads = lambda: int(probe.info("stats")["total_reads_processed"])  # noqa: E731 - socket reads Redis did
+        idle = -reads() + reads()  # what asking costs (its own read)
+        before = reads()
+        again = rt.observe_many([ev(f"v{i}", ts=T0 + 1) for i in range(20)])
+        # Redis read the 20 commits in one go (two reads if the write arrived split), not in 20.
+        assert reads() - before - idle <= 2
+        probe.close()
+        store.close()
     assert [d.reason for d in again] == ["offer_pending"] * 20
     assert [d.visitor_id for d in log.decisions] == [f"v{i}" for i in range(20)] * 2
 
