@@ -337,8 +337,7 @@ def _send_evalsha(conn: Any, sha: str, calls: list[tuple[list[str], list[Any]]])
 
 def _script_refusal(exc: Exception) -> bool:
     """An error the script itself raised (a lost state marker, a bug): the same whichever way it is sent."""
-    return (isinstance(exc, redis.ResponseError) and not isinstance(exc, (NoScriptError, redis.exceptions.AskError))
-            and not _is_outage(exc))
+    return isinstance(exc, redis.ResponseError) and not isinstance(exc, NoScriptError) and not _is_outage(exc)
 
 
 def _is_outage(exc: Exception) -> bool:
