@@ -387,8 +387,9 @@ class Runtime:
 
     def _expire_in_batch(self, spec: RuleSpec, now: float, commits: Any, expiries: list[tuple[int, Outcome]]) -> None:
         """The offers due, closed in the batch: each commit checks that its session and the offer are still as
-        read, so no lock (two more round trips per offer, in turn, while the batch waits: a fleet made as many
-        expiries a second as offers and stalled). What changed meanwhile is not written, and found due again."""
+        read, so no lock (under one: three round trips per offer, in turn, while the batch waited, and a fleet
+        making as many expiries a second as offers stalled). What changed meanwhile is not written, and found due
+        again."""
         if now > self._high_water:
             self._high_water = now
         store = cast(SharedStore, self._store)

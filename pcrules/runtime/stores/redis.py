@@ -1244,9 +1244,9 @@ class RedisStore:
         return True
 
     def due_offers(self, now: float) -> list[OfferRecord]:
-        """Offers due by `now`, at most DUE_PER_CALL at a time: each is closed under its session's lock (two round
-        trips) while the observation that asked waits, and the offers made in one busy second all fall due in
-        another; the rest are handed out by the next calls, without looking again."""
+        """Offers due by `now`, at most DUE_PER_CALL at a time: each is closed while the observation that asked
+        waits (in its batch, or under its session's lock outside one), and the offers made in one busy second
+        all fall due in another; the rest are handed out by the next calls, without looking again."""
         found = self._due_found
         if not found:
             found.extend(self._look_for_due(now))
