@@ -284,7 +284,7 @@ class Service:
                 checks += [(k, limiter, key) for limiter, key in limits.checks()]
         calls: list[tuple[list[str], list[Any]]] = []
         spans: list[tuple[RedisRateLimiter, list[tuple[int, str]], tuple[int, int] | None]] = []
-        for limiter in {id(lim): lim for _, lim, _ in checks}.values():
+        for limiter in dict.fromkeys(lim for _, lim, _ in checks):
             mine = [(k, key) for k, lim, key in checks if lim is limiter]
             asked = limiter.batch_calls([key for _, key in mine])
             spans.append((limiter, mine, None if asked is None else (len(calls), len(calls) + len(asked))))
